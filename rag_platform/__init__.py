@@ -1,0 +1,1 @@
+"""rag-platform: a multi-tenant RAG data platform."""

