@@ -1,0 +1,171 @@
+"""Dataset connector: a JSONL, CSV or Parquet file with one document per row."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from rag_platform.lib.models import SourceDocument
+from rag_platform.lib.tenants import DatasetSource
+
+_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
+            ".parquet": "parquet", ".pq": "parquet"}
+
+
+def _read_table(path: Path, string_columns: list[str]) -> pa.Table:
+    """Reads the whole file into an Arrow table (pyarrow readers; multithreaded, about 0.1 s for
+    the 8 MB SciFact corpus)."""
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(
+            f"dataset {str(path)!r}: unsupported extension {path.suffix!r} "
+            f"(expected one of {sorted(_FORMATS)})"
+        )
+    if fmt == "jsonl":
+        import pyarrow.json as pa_json
+
+        return pa_json.read_json(path)
+    if fmt == "csv":
+        import pyarrow.csv as pa_csv
+
+        # Ids such as "007" must stay strings, not become the integer 7.
+        header = pa_csv.read_csv(path, read_options=pa_csv.ReadOptions(block_size=1 << 16))
+        types = {c: pa.string() for c in string_columns if c in header.column_names}
+        return pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(column_types=types))
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path)
+
+
+def _to_datetime(value: Any) -> datetime:
+    """Aware UTC datetime from an ISO string, a datetime/date or epoch seconds.
+
+    Raises:
+        ValueError: the value cannot be read as a time.
+    """
+    if isinstance(value, datetime):
+        dt = value
+    elif isinstance(value, date):
+        dt = datetime(value.year, value.month, value.day)
+    elif isinstance(value, int | float):
+        return datetime.fromtimestamp(float(value), tz=UTC)
+    else:
+        text = str(value).strip()
+        if text.endswith("Z"):
+            text = text[:-1] + "+00:00"
+        dt = datetime.fromisoformat(text)
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def _acl_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, list | tuple):
+        items = [str(v) for v in value if v is not None]
+    else:
+        items = [str(value)]
+    groups: list[str] = []
+    for item in items:
+        g = item.strip()
+        if g and g not in groups:
+            groups.append(g)
+    return groups
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or value != value
+
+
+class DatasetConnector:
+    """Reads a JSONL, CSV or Parquet file (chosen by extension); each row is a text document.
+
+    Columns are mapped by ``id_column``, ``title_column``, ``text_column``, ``acl_column``
+    (a list or a comma-separated string) and ``updated_at_column`` (ISO string, timestamp or
+    epoch seconds). Documents are text rows: ``text`` set, ``content`` None, mime type
+    ``text/plain``, ``uri = f"{path}#{id}"``. A row without an id or text, with an id seen
+    before, or with an unreadable time becomes a problem ``("row N", reason)`` (N 1-based).
+    """
+
+    def __init__(self, source: DatasetSource, default_acl_groups: list[str]) -> None:
+        self.source = source
+        self.source_id = source.id
+        self.path = Path(source.path)
+        self.default_acl_groups = list(default_acl_groups)
+        self.problems: list[tuple[str, str]] = []
+
+    def list_documents(self) -> Iterator[SourceDocument]:
+        """Yields the rows as documents, in file order (at most ``limit``).
+
+        Raises:
+            ValueError: the file is missing, has an unsupported extension or lacks the id or
+                text column.
+        """
+        self.problems = []
+        src = self.source
+        if not self.path.is_file():
+            raise ValueError(
+                f"source {self.source_id!r}: dataset file {str(self.path)!r} not found"
+            )
+        wanted = [c for c in (src.id_column, src.title_column, src.text_column, src.acl_column,
+                              src.updated_at_column) if c]
+        table = _read_table(self.path, [c for c in wanted if c != src.updated_at_column])
+        missing = [c for c in (src.id_column, src.text_column) if c not in table.column_names]
+        missing += [c for c in (src.title_column, src.acl_column, src.updated_at_column)
+                    if c and c not in table.column_names]
+        if missing:
+            raise ValueError(
+                f"source {self.source_id!r}: columns {missing} not in {str(self.path)!r} "
+                f"(has {table.column_names})"
+            )
+        if src.limit is not None:
+            table = table.slice(0, src.limit)
+        n = table.num_rows
+        ids = table.column(src.id_column).to_pylist()
+        texts = table.column(src.text_column).to_pylist()
+        titles = table.column(src.title_column).to_pylist() if src.title_column else [None] * n
+        acls = table.column(src.acl_column).to_pylist() if src.acl_column else [None] * n
+        times = (table.column(src.updated_at_column).to_pylist() if src.updated_at_column
+                 else [None] * n)
+        seen: set[str] = set()
+        for i in range(n):
+            row = f"row {i + 1}"
+            raw_id = ids[i]
+            if _blank(raw_id):
+                self.problems.append((row, f"missing id in column {src.id_column!r}"))
+                continue
+            native_id = str(raw_id).strip()
+            if isinstance(raw_id, float) and raw_id.is_integer():
+                native_id = str(int(raw_id))
+            if native_id in seen:
+                self.problems.append((native_id, f"duplicate id at {row}"))
+                continue
+            text = texts[i]
+            if _blank(text):
+                self.problems.append((native_id, f"missing text in column {src.text_column!r}"))
+                continue
+            updated_at = None
+            if not _blank(times[i]):
+                try:
+                    updated_at = _to_datetime(times[i])
+                except (ValueError, TypeError, OverflowError) as exc:
+                    self.problems.append((native_id, f"unreadable updated_at {times[i]!r}: {exc}"))
+                    continue
+            groups = [] if _blank(acls[i]) else _acl_list(acls[i])
+            seen.add(native_id)
+            title = "" if _blank(titles[i]) else str(titles[i]).strip()
+            yield SourceDocument(
+                source_id=self.source_id,
+                native_id=native_id,
+                uri=f"{self.path}#{native_id}",
+                title=title or native_id,
+                mime_type="text/plain",
+                content=None,
+                text=str(text),
+                acl_groups=groups or list(self.default_acl_groups),
+                updated_at=updated_at,
+                metadata={"row": i + 1},
+            )
