@@ -1,0 +1,17 @@
+"""Partitions: one partition per tenant (kept in step with the registry by a sensor), and
+tenant × day for cost rollups."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+#: Tenants are dynamic partitions; ``tenant_registry_sensor`` adds and removes them.
+tenants_partitions = dg.DynamicPartitionsDefinition(name="tenants")
+
+#: Cost rollups: one partition per tenant and UTC day.
+tenant_day_partitions = dg.MultiPartitionsDefinition(
+    {
+        "tenant": tenants_partitions,
+        "day": dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1),
+    }
+)

@@ -1,0 +1,139 @@
+"""Resources: the platform (settings, tenant registry, metadata store, models) and the Parquet
+IO manager that stores intermediate assets under ``RAG_HOME/storage``."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+from pydantic import Field, PrivateAttr
+from upath import UPath
+
+from rag_platform.lib.stages import EmbeddingSet
+from rag_platform.lib.tenants import TenantConfig, TenantRegistry, load_registry
+from rag_platform.settings import Settings, get_settings
+
+
+class PlatformResource(dg.ConfigurableResource):
+    """Settings, tenant registry, metadata store and models, shared by every asset of a run.
+
+    Unset fields fall back to :class:`rag_platform.settings.Settings` (the ``RAG_*`` environment),
+    so the Dagster UI, the CLI and the tests see the same state.
+    """
+
+    rag_home: str | None = Field(None, description="Overrides RAG_HOME for this code location.")
+    tenants_file: str | None = Field(None, description="Overrides RAG_TENANTS_FILE.")
+    database_url: str | None = Field(
+        None, description="Overrides RAG_DATABASE_URL (pass secrets with dg.EnvVar)."
+    )
+
+    _settings: Settings | None = PrivateAttr(None)
+    _store: Any = PrivateAttr(None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._settings = self._build_settings()
+        self._settings.ensure_dirs()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._store is not None:
+            self._store.dispose()
+            self._store = None
+
+    def _build_settings(self) -> Settings:
+        base = get_settings()
+        overrides: dict[str, Any] = {}
+        if self.rag_home:
+            overrides["home"] = Path(self.rag_home)
+        if self.tenants_file:
+            overrides["tenants_file"] = Path(self.tenants_file)
+        if self.database_url:
+            overrides["database_url"] = self.database_url
+        return base.model_copy(update=overrides) if overrides else base
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = self._build_settings()
+        return self._settings
+
+    def registry(self) -> TenantRegistry:
+        return load_registry(self.settings.tenants_file, self.settings.data_dir)
+
+    def tenant(self, tenant_id: str) -> TenantConfig:
+        """Raises ``KeyError`` when the tenant is not in the registry."""
+        return self.registry().get(tenant_id)
+
+    def store(self) -> Any:
+        """The metadata store (created once per run, migrated)."""
+        if self._store is None:
+            from rag_platform.lib.store import MetadataStore
+
+            self._store = MetadataStore.from_settings(self.settings)
+            self._store.migrate()
+        return self._store
+
+    def tenant_cache_dir(self, tenant_id: str) -> Path:
+        path = self.settings.cache_dir / tenant_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def tenant_index_dir(self, tenant_id: str) -> Path:
+        path = self.settings.index_dir / tenant_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class _FrameIOManager(dg.UPathIOManager):
+    """DataFrames as Parquet, embedding sets as ``.npz``, everything else as JSON."""
+
+    extension = ""
+
+    def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(obj, pd.DataFrame):
+            buf = io.BytesIO()
+            obj.to_parquet(buf, index=False)
+            path.write_bytes(buf.getvalue())
+        elif isinstance(obj, EmbeddingSet):
+            buf = io.BytesIO()
+            np.savez(buf, model=np.array(obj.model), hashes=np.array(obj.hashes, dtype=str),
+                     vectors=obj.vectors.astype(np.float32))
+            path.write_bytes(buf.getvalue())
+        else:
+            path.write_text(json.dumps(obj, default=str))
+
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
+        data = path.read_bytes()
+        if data[:4] == b"PAR1":
+            return pd.read_parquet(io.BytesIO(data))
+        if data[:2] == b"PK":
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                return EmbeddingSet(str(z["model"]), [str(h) for h in z["hashes"]],
+                                    np.asarray(z["vectors"], dtype=np.float32))
+        return json.loads(data)
+
+
+class AssetStorageIOManager(dg.ConfigurableIOManagerFactory):
+    """Stores each asset partition under ``RAG_HOME/storage/<asset>/<partition>``."""
+
+    base_path: str | None = Field(None, description="Overrides RAG_HOME/storage.")
+
+    def create_io_manager(self, context: dg.InitResourceContext) -> _FrameIOManager:
+        base = Path(self.base_path) if self.base_path else get_settings().storage_dir
+        base.mkdir(parents=True, exist_ok=True)
+        return _FrameIOManager(base_path=UPath(base))
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    return dg.Definitions(
+        resources={
+            "platform": PlatformResource(),
+            "io_manager": AssetStorageIOManager(),
+        }
+    )
