@@ -1,0 +1,246 @@
+"""Tables of the metadata store (SQLAlchemy 2.0 declarative models).
+
+This module is the source of truth for the schema; the Alembic migrations under
+``migrations/versions`` must produce exactly ``Base.metadata`` (a test compares them with
+``alembic.autogenerate.compare_metadata``).
+
+Tables: ``tenants``, ``api_keys``, ``index_versions``, ``query_log``, ``feedback``,
+``audit_log``, ``usage_events``. Every timestamp is a timezone-aware UTC ``datetime``
+(:class:`UTCDateTime`). JSON columns use the portable ``sqlalchemy.JSON`` type (``JSON`` on
+PostgreSQL, text on SQLite).
+
+The models are used for their tables only: the store runs Core statements and returns plain
+dataclasses, so no ORM object (and no session) ever leaves it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+#: Roles an API key may have.
+ROLES: tuple[str, ...] = ("reader", "admin")
+#: Lifecycle of an index version. ``published`` is set only by publish/rollback.
+VERSION_STATUSES: tuple[str, ...] = (
+    "building",
+    "built",
+    "failed_checks",
+    "published",
+    "retired",
+    "deleted",
+)
+#: Kinds of usage event (the inputs of the daily cost rollup).
+USAGE_KINDS: tuple[str, ...] = (
+    "embedding_tokens",
+    "compute_seconds",
+    "storage_bytes",
+    "llm_prompt_tokens",
+    "llm_completion_tokens",
+    "queries",
+)
+
+#: Deterministic constraint names, so migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+_PUBLISHED = text("status = 'published'")
+
+
+def _in(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A ``DateTime(timezone=True)`` that always round-trips as an aware UTC ``datetime``.
+
+    Bound values are converted to UTC (naive values are taken to be UTC already). SQLite has no
+    time zone type, so UTC is stored without offset there and re-attached on load; PostgreSQL
+    stores ``timestamptz`` and the loaded value is converted to UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    """The current time as an aware UTC ``datetime``."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[str]: JSON()}
+
+
+class Tenant(Base):
+    """A tenant known to the store (the registry YAML is the source of its configuration)."""
+
+    __tablename__ = "tenants"
+
+    tenant_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: tenant, ACL groups and role; the secret only as its peppered HMAC."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (CheckConstraint(f"role IN ({_in(ROLES)})", name="role"),)
+
+    key_id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    tenant: Mapped[str] = mapped_column(
+        String(63), ForeignKey("tenants.tenant_id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200), default="")
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    groups: Mapped[list[str]] = mapped_column(default=list)
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class IndexVersionRow(Base):
+    """One built index of a tenant (a Qdrant Edge shard directory or a server collection).
+
+    The partial unique index ``uq_index_versions_one_published`` guarantees, in the database,
+    at most one ``published`` row per tenant (SQLite >= 3.8 and PostgreSQL both support partial
+    indexes).
+    """
+
+    __tablename__ = "index_versions"
+    __table_args__ = (
+        UniqueConstraint("tenant", "version"),
+        CheckConstraint(f"status IN ({_in(VERSION_STATUSES)})", name="status"),
+        Index(
+            "uq_index_versions_one_published",
+            "tenant",
+            unique=True,
+            sqlite_where=_PUBLISHED,
+            postgresql_where=_PUBLISHED,
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(63))
+    version: Mapped[str] = mapped_column(String(100))
+    path: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16))
+    documents: Mapped[int] = mapped_column(Integer, default=0)
+    chunks: Mapped[int] = mapped_column(Integer, default=0)
+    config_hash: Mapped[str] = mapped_column(String(128), default="")
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column()
+
+
+class QueryLogRow(Base):
+    """One answered (or refused) query; the question is stored PII-masked only."""
+
+    __tablename__ = "query_log"
+    __table_args__ = (Index(None, "tenant", "created_at"),)
+
+    query_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63))
+    key_id: Mapped[str] = mapped_column(String(12), default="")
+    question_masked: Mapped[str] = mapped_column(Text, default="")
+    top_k: Mapped[int] = mapped_column(Integer, default=0)
+    filters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    cited_chunk_ids: Mapped[list[str]] = mapped_column(default=list)
+    hit_chunk_ids: Mapped[list[str]] = mapped_column(default=list)
+    index_version: Mapped[str] = mapped_column(String(100), default="")
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    embed_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    search_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cache_hit: Mapped[bool] = mapped_column(Boolean, default=False)
+    status_code: Mapped[int] = mapped_column(Integer, default=200)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FeedbackRow(Base):
+    """A rating (1..5) of one logged query, by a key of the same tenant."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (CheckConstraint("rating BETWEEN 1 AND 5", name="rating"),)
+
+    feedback_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    query_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("query_log.query_id", ondelete="CASCADE"), index=True
+    )
+    tenant: Mapped[str] = mapped_column(String(63), index=True)
+    key_id: Mapped[str] = mapped_column(String(12), default="")
+    rating: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(32))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditLogRow(Base):
+    """Who did what: key creation and revocation, publish, rollback, ..."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index(None, "tenant", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    action: Mapped[str] = mapped_column(String(64))
+    tenant: Mapped[str | None] = mapped_column(String(63))
+    actor: Mapped[str] = mapped_column(String(200), default="")
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UsageEventRow(Base):
+    """A metered quantity (tokens, seconds, bytes, queries) for the per-day cost rollup."""
+
+    __tablename__ = "usage_events"
+    __table_args__ = (
+        Index(None, "tenant", "at"),
+        CheckConstraint(f"kind IN ({_in(USAGE_KINDS)})", name="kind"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(63))
+    kind: Mapped[str] = mapped_column(String(32))
+    quantity: Mapped[float] = mapped_column(Float)
+    run_id: Mapped[str] = mapped_column(String(200), default="")
+    at: Mapped[datetime] = mapped_column(default=utcnow)

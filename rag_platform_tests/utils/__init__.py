@@ -1,0 +1,1 @@
+"""Shared test utilities (factories, service helpers)."""
