@@ -404,7 +404,8 @@ def chunk_stage(
     rows: list[dict[str, Any]] = []
     quarantined: list[Quarantined] = []
     for doc in masked.itertuples(index=False):
-        key = f"{doc.doc_id}:{doc.masked_hash}:{cfg_key}:{hashlib.sha256(doc.title.encode()).hexdigest()[:16]}"
+        title_key = hashlib.sha256(doc.title.encode()).hexdigest()[:16]
+        key = f"{doc.doc_id}:{doc.masked_hash}:{cfg_key}:{title_key}"
         cached = cache.get(key)
         if cached is None:
             if chunker is None:

@@ -1,6 +1,5 @@
 """Indexing: chunk embeddings → a new Qdrant Edge index version → atomic publish."""
 
-from __future__ import annotations
 
 import shutil
 import time

@@ -1,6 +1,5 @@
 """Ingestion: connector sync → text extraction → PII masking → chunks, one partition per tenant."""
 
-from __future__ import annotations
 
 import json
 from collections.abc import Sequence

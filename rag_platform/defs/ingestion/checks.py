@@ -4,7 +4,6 @@ A failing check stops the run before embedding, so the previously published inde
 serving (DESIGN.md: "Asset checks ... block bad output").
 """
 
-from __future__ import annotations
 
 import os
 from collections.abc import Iterator
@@ -83,7 +82,9 @@ def validate_chunks(frame: pd.DataFrame, tenant: str, max_tokens: int) -> dict[s
         out[name] = {
             "success": bool(result.success),
             "unexpected_count": int(result.result.get("unexpected_count") or 0),
-            "examples": [str(x)[:120] for x in (result.result.get("partial_unexpected_list") or [])[:5]],
+            "examples": [
+                str(x)[:120] for x in (result.result.get("partial_unexpected_list") or [])[:5]
+            ],
         }
     return out
 

@@ -1,0 +1,379 @@
+"""``rag-platform``: tenants, materialization, API keys, serving, evaluation, index versions.
+
+Commands whose output a script reads (``materialize``, ``eval``, ``keys create``) print one JSON
+object (or the key) as their last line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rag_platform.settings import PROJECT_ROOT, Settings, get_settings
+
+app = typer.Typer(help="rag-platform: multi-tenant RAG data platform.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
+tenants_app = typer.Typer(help="The tenant registry.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys (principals).", no_args_is_help=True)
+index_app = typer.Typer(help="Index versions: list and roll back.", no_args_is_help=True)
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(keys_app, name="keys")
+app.add_typer(index_app, name="index")
+
+
+def _echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, default=str))
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _store(settings: Settings | None = None) -> Any:
+    from rag_platform.lib.store import MetadataStore
+
+    store = MetadataStore.from_settings(settings or get_settings())
+    store.migrate()
+    return store
+
+
+# ------------------------------------------------------------------------------------------
+# tenants
+# ------------------------------------------------------------------------------------------
+
+
+@tenants_app.command("add")
+def tenants_add(
+    tenant_id: Annotated[str, typer.Argument(help="Lower-case id: letters, digits, dashes.")],
+    path: Annotated[Path, typer.Option(help="Folder of files (filesystem source).")],
+    name: Annotated[str, typer.Option(help="Display name.")] = "",
+    groups: Annotated[str, typer.Option(help="Default ACL groups, comma-separated.")] = "all",
+    include: Annotated[str, typer.Option(help="Glob of files to include.")] = "**/*",
+) -> None:
+    """Adds a tenant with one filesystem source to the registry."""
+    from pydantic import ValidationError
+
+    from rag_platform.lib.tenants import (
+        FilesystemSource,
+        TenantConfig,
+        load_registry,
+        save_registry,
+    )
+
+    settings = get_settings()
+    folder = path.expanduser().resolve()
+    if not folder.is_dir():
+        _fail(f"{folder} is not a folder")
+    registry = load_registry(settings.tenants_file, settings.data_dir)
+    if tenant_id in registry.ids:
+        _fail(f"tenant {tenant_id!r} already exists")
+    try:
+        tenant = TenantConfig(
+            id=tenant_id, name=name,
+            sources=[FilesystemSource(id="files", path=folder, include=[include])],
+            default_acl_groups=[g.strip() for g in groups.split(",") if g.strip()],
+        )
+    except ValidationError as exc:
+        _fail(str(exc.errors()[0]["msg"]))
+    # Re-read raw YAML so ${RAG_DATA_DIR} placeholders of other tenants survive.
+    import yaml
+
+    exists = settings.tenants_file.exists()
+    raw = yaml.safe_load(settings.tenants_file.read_text()) if exists else None
+    raw = raw or {"tenants": []}
+    raw.setdefault("tenants", []).append(tenant.model_dump(mode="json", exclude_defaults=True))
+    settings.tenants_file.parent.mkdir(parents=True, exist_ok=True)
+    settings.tenants_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    load_registry(settings.tenants_file, settings.data_dir)  # validates the result
+    _ = save_registry  # the raw round-trip above keeps comments-free YAML readable
+    _store(settings).upsert_tenant(tenant_id, name)
+    _echo_json({"tenant": tenant_id, "path": str(folder)})
+
+
+@tenants_app.command("list")
+def tenants_list() -> None:
+    """Lists registered tenants with their sources and published index version."""
+    from rag_platform.lib.tenants import load_registry
+
+    settings = get_settings()
+    store = _store(settings)
+    for t in load_registry(settings.tenants_file, settings.data_dir).tenants:
+        published = store.get_published_version(t.id)
+        _echo_json({"tenant": t.id, "sources": [s.id for s in t.sources],
+                    "published": published.version if published else None})
+
+
+@tenants_app.command("remove")
+def tenants_remove(tenant_id: str) -> None:
+    """Removes a tenant from the registry (its partition goes with the next sensor tick)."""
+    import yaml
+
+    settings = get_settings()
+    raw = yaml.safe_load(settings.tenants_file.read_text()) or {}
+    before = len(raw.get("tenants", []))
+    raw["tenants"] = [t for t in raw.get("tenants", []) if t.get("id") != tenant_id]
+    if len(raw["tenants"]) == before:
+        _fail(f"unknown tenant {tenant_id!r}")
+    settings.tenants_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    _echo_json({"removed": tenant_id})
+
+
+# ------------------------------------------------------------------------------------------
+# materialize
+# ------------------------------------------------------------------------------------------
+
+
+@app.command()
+def materialize(
+    tenant: Annotated[list[str], typer.Option(help="Tenant id (repeatable).")] = [],  # noqa: B006
+    all_tenants: Annotated[bool, typer.Option("--all", help="Every tenant.")] = False,
+) -> None:
+    """Materializes each tenant's whole graph in-process (same Definitions as the Dagster UI).
+
+    The last line is a JSON summary (one object; a list when several tenants ran).
+    """
+    from rag_platform.lib.tenants import load_registry
+    from rag_platform.runner import materialize_tenant
+
+    settings = get_settings()
+    registry = load_registry(settings.tenants_file, settings.data_dir)
+    ids = registry.ids if all_tenants else tenant
+    if not ids:
+        _fail("give --tenant <id> or --all")
+    unknown = [t for t in ids if t not in registry.ids]
+    if unknown:
+        _fail(f"unknown tenant(s): {', '.join(unknown)}")
+    summaries = []
+    for t in ids:
+        summary = materialize_tenant(t, settings)
+        summaries.append(summary.as_json())
+        if len(ids) > 1:
+            _echo_json(summary.as_json())
+    _echo_json(summaries[0] if len(summaries) == 1 else summaries)
+    if not all(s["success"] for s in summaries):
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------
+# keys
+# ------------------------------------------------------------------------------------------
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant the key is scoped to.")],
+    groups: Annotated[str, typer.Option(help="ACL groups, comma-separated.")] = "all",
+    role: Annotated[str, typer.Option(help="reader or admin.")] = "reader",
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+    expires_days: Annotated[int | None, typer.Option(help="Expire after N days.")] = None,
+) -> None:
+    """Creates an API key; the last line is the key itself (shown once, stored hashed)."""
+    from rag_platform.lib.tenants import load_registry
+
+    settings = get_settings()
+    if tenant not in load_registry(settings.tenants_file, settings.data_dir).ids:
+        _fail(f"unknown tenant {tenant!r}")
+    if role not in ("reader", "admin"):
+        _fail("role must be reader or admin")
+    expires = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
+    info, plaintext = _store(settings).create_api_key(
+        tenant, [g.strip() for g in groups.split(",") if g.strip()], role=role,
+        expires_at=expires, name=name, actor="cli")
+    typer.echo(json.dumps({"key_id": info.key_id, "tenant": tenant, "role": role,
+                           "groups": info.groups}), err=True)
+    typer.echo(plaintext)
+
+
+@keys_app.command("list")
+def keys_list(tenant: Annotated[str | None, typer.Option()] = None) -> None:
+    """Lists keys (never the secret or its hash)."""
+    for info in _store().list_api_keys(tenant):
+        _echo_json(info.__dict__)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revokes a key at once."""
+    if not _store().revoke_api_key(key_id, actor="cli"):
+        _fail(f"unknown key {key_id!r}")
+    _echo_json({"revoked": key_id})
+
+
+# ------------------------------------------------------------------------------------------
+# index versions
+# ------------------------------------------------------------------------------------------
+
+
+@index_app.command("list")
+def index_list(tenant: Annotated[str, typer.Option()]) -> None:
+    """Lists the tenant's index versions, newest first."""
+    for v in _store().list_versions(tenant):
+        _echo_json({"version": v.version, "status": v.status, "documents": v.documents,
+                    "chunks": v.chunks, "created_at": v.created_at,
+                    "published_at": v.published_at})
+
+
+@index_app.command("rollback")
+def index_rollback(
+    tenant: Annotated[str, typer.Option()],
+    version: Annotated[str | None, typer.Option(help="Default: the previous version.")] = None,
+) -> None:
+    """Publishes an earlier version again (atomic; the API switches without restart)."""
+    try:
+        v = _store().rollback(tenant, version, actor="cli")
+    except ValueError as exc:
+        _fail(str(exc))
+    _echo_json({"tenant": tenant, "published": v.version})
+
+
+# ------------------------------------------------------------------------------------------
+# eval, costs
+# ------------------------------------------------------------------------------------------
+
+
+@app.command("eval")
+def eval_command(
+    tenant: Annotated[str, typer.Option()],
+    golden: Annotated[Path | None, typer.Option(help="JSONL, CSV or BEIR folder.")] = None,
+    golden_format: Annotated[str, typer.Option("--format")] = "auto",
+    split: Annotated[str, typer.Option(help="BEIR qrels split.")] = "train",
+    k: Annotated[int, typer.Option(help="Cut-off for nDCG/precision.")] = 10,
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N questions.")] = None,
+) -> None:
+    """Evaluates the published version on the tenant's (or any) golden set; last line is JSON."""
+    from rag_platform.lib.evaluation_runner import evaluate_published
+
+    settings = get_settings()
+    try:
+        result = evaluate_published(settings, _store(settings), tenant, golden=golden,
+                                    golden_format=golden_format, split=split, k=k, limit=limit)
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    _echo_json(result)
+
+
+@app.command()
+def costs(
+    tenant: Annotated[str, typer.Option()],
+    day: Annotated[str | None, typer.Option(help="YYYY-MM-DD (UTC); default today.")] = None,
+) -> None:
+    """Prints a tenant's cost rollup for one day (the same code as tenant_daily_costs)."""
+    from rag_platform.lib import stages
+    from rag_platform.lib.costs import PriceTable, rollup_costs
+
+    store = _store()
+    d = date.fromisoformat(day) if day else datetime.now(UTC).date()
+    usage = dict(store.usage_by_day(tenant, d))
+    published = store.get_published_version(tenant)
+    if published is not None and Path(published.path).exists():
+        usage["storage_bytes"] = float(stages.directory_bytes(Path(published.path)))
+    _echo_json({"tenant": tenant, "day": d.isoformat(), "usage": usage,
+                **rollup_costs(usage, PriceTable.load())})
+
+
+# ------------------------------------------------------------------------------------------
+# serve, ui, demo
+# ------------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """Runs the query API (one process; its thread pool shares the opened index shards)."""
+    import uvicorn
+
+    _store().dispose()
+    uvicorn.run("serving.main:create_app", factory=True, host=host, port=port, workers=1,
+                log_config=None)
+
+
+@app.command()
+def ui(port: Annotated[int, typer.Option()] = 3000) -> None:
+    """Starts the Dagster UI and daemon (`dagster dev`) on this project's RAG_HOME."""
+    from rag_platform.runner import dagster_instance
+
+    dagster_instance()  # writes RAG_HOME/dagster/dagster.yaml, sets DAGSTER_HOME
+    os.execvp(sys.executable, [sys.executable, "-m", "dagster", "dev", "-w",
+                               str(PROJECT_ROOT / "workspace.yaml"), "-p", str(port)])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@app.command()
+def demo(
+    tenant: Annotated[list[str], typer.Option(help="Tenants (default: all).")] = [],  # noqa: B006
+    keep_serving: Annotated[bool, typer.Option(help="Leave the API running.")] = False,
+    port: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Materializes the demo tenants, starts the API, asks each tenant's sample question and
+    prints the cited answers."""
+    import httpx
+
+    from rag_platform.lib.tenants import load_registry
+    from rag_platform.runner import materialize_tenant
+
+    settings = get_settings()
+    registry = load_registry(settings.tenants_file, settings.data_dir)
+    ids = tenant or registry.ids
+    store = _store(settings)
+    for t in ids:
+        typer.echo(f"== materializing {t} ...", err=True)
+        summary = materialize_tenant(t, settings)
+        _echo_json(summary.as_json())
+        if store.get_published_version(t) is None:
+            _fail(f"tenant {t} has no published index (see the run above)", 1)
+    keys = {t: store.create_api_key(t, registry.get(t).default_acl_groups, name="demo",
+                                    actor="demo")[1] for t in ids}
+    port = port or _free_port()
+    env = {**os.environ, "RAG_HOME": str(settings.home)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rag_platform.cli", "serve", "--port", str(port)], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                _fail("the API did not become ready", 1)
+            time.sleep(0.5)
+        for t in ids:
+            for question in registry.get(t).sample_questions[:1] or ["What is this about?"]:
+                r = httpx.post(f"{base}/v1/query", json={"query": question, "top_k": 5},
+                               headers={"Authorization": f"Bearer {keys[t]}"}, timeout=120)
+                r.raise_for_status()
+                body = r.json()
+                typer.echo(f"\n[{t}] Q: {question}\nA: {body['answer']}")
+                for c in body.get("citations", []):
+                    page = f", p. {c['page']}" if c.get("page") else ""
+                    typer.echo(f"  [{c['index']}] {c['title']}{page} — {c['uri']}")
+        if keep_serving:
+            typer.echo(f"\nAPI at {base}; keys: {json.dumps(keys)}; Ctrl-C to stop.")
+            server.wait()
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    app()

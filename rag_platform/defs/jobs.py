@@ -1,0 +1,25 @@
+"""Jobs: the per-tenant pipeline (sync to publish) and the per-tenant-day cost rollup."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from rag_platform.defs.partitions import tenant_day_partitions, tenants_partitions
+
+PIPELINE_GROUPS = ("ingestion", "indexing", "evaluation")
+
+#: Everything from connector sync to publishing, for one tenant partition, with its checks.
+tenant_pipeline = dg.define_asset_job(
+    "tenant_pipeline",
+    selection=dg.AssetSelection.groups(*PIPELINE_GROUPS),
+    partitions_def=tenants_partitions,
+    description="Sync, parse, mask, chunk, embed, index, evaluate and publish one tenant.",
+)
+
+#: Daily cost rollup for one tenant and day.
+tenant_costs = dg.define_asset_job(
+    "tenant_costs",
+    selection=dg.AssetSelection.groups("costs"),
+    partitions_def=tenant_day_partitions,
+    description="Roll up embedding, compute, LLM and storage costs per tenant per day.",
+)

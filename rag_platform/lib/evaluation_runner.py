@@ -1,0 +1,203 @@
+"""Golden-set evaluation of an index version with the API's own retrieval and answer code.
+
+Used by the ``index_evaluation`` asset (on the version just built, before publishing) and by
+``rag-platform eval`` (on the published version, or on any external golden set).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rag_platform.lib.evaluation.golden import (
+    GoldenQuestion,
+    GoldenSet,
+    load_golden_set,
+    resolve_relevance,
+)
+from rag_platform.lib.models import Answer, Hit, SearchFilters, make_doc_id
+from rag_platform.lib.tenants import TenantConfig, load_registry
+from rag_platform.settings import Settings
+
+#: Questions whose answers are scored with ragas per evaluation (answers cost ~0.1 s each).
+ANSWER_SAMPLE = 50
+
+
+def _documents(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
+    return [(r.doc_id, r.native_id, r.title) for r in frame.itertuples(index=False)]
+
+
+def load_tenant_golden_set(
+    tenant: TenantConfig, documents: pd.DataFrame | Iterable[tuple[str, str, str]],
+    path: Path | None = None, fmt: str | None = None, split: str | None = None,
+    limit: int | None = None,
+) -> GoldenSet | None:
+    """Loads the tenant's golden set (or the one at ``path``) with relevance resolved to the
+    tenant's document ids.
+
+    ``documents`` is the source_documents frame or ``(doc_id, native_id, title)`` tuples.
+    Returns None when the tenant has no golden set and no ``path`` is given.
+    """
+    cfg = tenant.golden_set
+    if path is None and cfg is None:
+        return None
+    golden = load_golden_set(
+        Path(path or cfg.path),  # type: ignore[union-attr]
+        format=(fmt or (cfg.format if cfg else "auto")),  # type: ignore[arg-type]
+        split=split or (cfg.split if cfg else "train"),
+        limit=limit if limit is not None else (cfg.limit if cfg else None),
+    )
+    docs = _documents(documents) if isinstance(documents, pd.DataFrame) else list(documents)
+    sources = [s.id for s in tenant.sources]
+
+    def doc_id_for(native: str) -> str | None:
+        # BEIR corpus ids are the dataset connector's native ids.
+        return make_doc_id(tenant.id, sources[0], native) if len(sources) == 1 else None
+
+    return resolve_relevance(golden, docs, doc_id_for, known_only=True)
+
+
+def _golden_from_dict(data: dict[str, Any]) -> GoldenSet:
+    return GoldenSet(questions=[GoldenQuestion(**q) for q in data.get("questions", [])],
+                     name=data.get("name") or "golden")
+
+
+def _acl_groups_of_index(reader: Any) -> tuple[str, ...]:
+    groups: set[str] = set()
+    for payload in reader.scroll_payloads():
+        groups.update(payload.get("acl_groups") or [])
+    return tuple(sorted(groups)) or ("all",)
+
+
+def run_evaluation(
+    settings: Settings, tenant: TenantConfig, index_path: Path, golden: GoldenSet, k: int = 10,
+    answer_sample: int | None = ANSWER_SAMPLE,
+) -> dict[str, Any]:
+    """Evaluates one index version on ``golden``.
+
+    Retrieval: every judged question through :class:`~rag_platform.lib.retrieval.Retriever`
+    (ranx metrics). Answers: a sample through the API's answerer, scored with ragas (non-LLM
+    metrics always; LLM-judged ones when an LLM endpoint is configured). The principal sees every
+    ACL group of the index, so permissions never hide relevant documents from the evaluation.
+
+    Returns:
+        ``{"summary", "retrieval", "answers", "queries"}`` (JSON-ready).
+    """
+    from rag_platform.lib.answer import ExtractiveAnswerer, LLMAnswerer
+    from rag_platform.lib.embedding import get_embedder, get_sparse_encoder
+    from rag_platform.lib.evaluation.answers import LLMConfig, evaluate_answers
+    from rag_platform.lib.evaluation.metrics import evaluate_retrieval
+    from rag_platform.lib.index.edge import EdgeIndexReader
+    from rag_platform.lib.retrieval import Retriever
+
+    embedder = get_embedder()
+    with EdgeIndexReader(index_path) as reader:
+        retriever = Retriever(reader, embedder, get_sparse_encoder(), tenant.retrieval, tenant.id)
+        filters = SearchFilters(acl_groups=_acl_groups_of_index(reader))
+
+        def retrieve(question: str, top: int) -> list[Hit]:
+            return retriever.search(question, top, filters)
+
+        retrieval = evaluate_retrieval(golden, retrieve, k_values=(1, 3, 5, k, 100))
+        answerer: Any
+        if settings.llm_base_url and settings.llm_model:
+            answerer = LLMAnswerer(settings.llm_base_url, settings.llm_api_key, settings.llm_model)
+        else:
+            answerer = ExtractiveAnswerer(embedder)
+
+        def answer(question: str, hits: list[Hit]) -> Answer:
+            return answerer.answer(question, hits)
+
+        answers = evaluate_answers(
+            golden, retrieve, answer, llm=LLMConfig.from_settings(settings),
+            embedder_fn=embedder.embed_documents, limit=answer_sample,
+        )
+    summary = {**retrieval.summary, **{f"answer_{k_}": v for k_, v in answers["summary"].items()}}
+    return {"summary": summary, "retrieval": retrieval.to_dict(), "answers": answers,
+            "queries": int(retrieval.summary.get("questions", 0))}
+
+
+def evaluate_version(
+    settings: Settings, store: Any, tenant: TenantConfig, search_index: dict[str, Any],
+    golden_data: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``index_evaluation`` asset's work: evaluate the new version, write the report, record
+    the headline numbers on the version, and decide the gate against the published version.
+
+    A version that was already evaluated (an unchanged index reused) is not evaluated again.
+    """
+    from rag_platform.lib.evaluation.gate import check_gate
+    from rag_platform.lib.evaluation.report import load_history, write_report
+
+    version = search_index["version"]
+    record = store.get_version(tenant.id, version)
+    if search_index.get("reused") and record is not None and "evaluation" in (record.details or {}):
+        previous = record.details["evaluation"]
+        return {**previous, "version": version, "reused": True,
+                "gate": {"passed": True, "reasons": [], "compared_to": version}}
+    golden = _golden_from_dict(golden_data)
+    if not golden.questions:
+        return {"version": version, "summary": {}, "queries": 0,
+                "gate": {"passed": True, "reasons": ["no golden set"], "compared_to": None}}
+
+    evaluation = run_evaluation(settings, tenant, Path(search_index["path"]), golden,
+                                k=tenant.evaluation.k)
+    published = store.get_published_version(tenant.id)
+    published_summary = None
+    if published is not None and published.version != version:
+        published_summary = (published.details or {}).get("evaluation", {}).get("summary")
+    gate = check_gate(evaluation["summary"], tenant.evaluation.thresholds,
+                      tenant.evaluation.max_regression, published_summary,
+                      published.version if published else None)
+    reports_dir = settings.reports_dir / tenant.id
+    history = load_history(reports_dir)
+    paths = write_report(
+        tenant.id, version,
+        {**evaluation, "gate": asdict(gate), "evaluated_at": datetime.now(UTC).isoformat(),
+         "published_version": published.version if published else None,
+         "published_summary": published_summary},
+        history, reports_dir,
+    )
+    headline = {"summary": evaluation["summary"], "queries": evaluation["queries"],
+                "report_html": str(paths.html), "report_md": str(paths.markdown)}
+    store.set_version_details(tenant.id, version, {"evaluation": headline})
+    return {**headline, "version": version, "reused": False, "gate": asdict(gate),
+            "markdown": paths.markdown.read_text()}
+
+
+def evaluate_published(
+    settings: Settings, store: Any, tenant_id: str, golden: Path | None = None,
+    golden_format: str = "auto", split: str = "train", k: int = 10, limit: int | None = None,
+) -> dict[str, Any]:
+    """``rag-platform eval``: evaluates the tenant's published version.
+
+    Raises:
+        KeyError: unknown tenant. ValueError: no published version or no golden set.
+    """
+    from rag_platform.lib.index.edge import EdgeIndexReader
+
+    tenant = load_registry(settings.tenants_file, settings.data_dir).get(tenant_id)
+    published = store.get_published_version(tenant_id)
+    if published is None:
+        raise ValueError(f"tenant {tenant_id!r} has no published index version")
+    with EdgeIndexReader(Path(published.path)) as reader:
+        documents = reader.documents()
+    gs = load_tenant_golden_set(tenant, [(d["doc_id"], d["uri"], d["title"]) for d in documents],
+                                path=golden, fmt=golden_format if golden else None,
+                                split=split, limit=limit)
+    if gs is None:
+        raise ValueError(f"tenant {tenant_id!r} has no golden set; pass --golden")
+    result = run_evaluation(settings, tenant, Path(published.path), gs, k=k, answer_sample=None
+                            if limit else ANSWER_SAMPLE)
+    s = result["summary"]
+    return {
+        "tenant": tenant_id, "version": published.version, "golden": gs.name,
+        "queries": result["queries"], f"ndcg@{k}": s.get(f"ndcg@{k}"),
+        "recall@100": s.get("recall@100"), "mrr": s.get("mrr"),
+        **{key: value for key, value in s.items() if key not in ("questions",)},
+    }

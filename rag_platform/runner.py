@@ -1,0 +1,126 @@
+"""Run the Dagster definitions in-process: the one way the CLI, the tests and the benchmarks
+materialize a tenant, so they all exercise the same assets and checks as the Dagster UI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import dagster as dg
+
+from rag_platform.settings import PROJECT_ROOT, Settings, get_settings
+
+
+@lru_cache(maxsize=1)
+def load_definitions() -> dg.Definitions:
+    from rag_platform.definitions import defs
+
+    return defs()
+
+
+def dagster_instance(settings: Settings | None = None) -> dg.DagsterInstance:
+    """The Dagster instance under ``RAG_HOME/dagster`` (SQLite), created on first use.
+
+    ``DAGSTER_HOME`` is pointed there, so ``dagster dev`` and the CLI share runs and
+    materializations.
+    """
+    settings = settings or get_settings()
+    settings.ensure_dirs()
+    home = settings.dagster_home
+    config = home / "dagster.yaml"
+    if not config.exists():
+        shutil.copy(PROJECT_ROOT / "dagster_home" / "dagster.yaml", config)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.from_config(str(home))
+
+
+@dataclass
+class PipelineSummary:
+    """What one tenant run did; ``as_json()`` is the CLI's last line."""
+
+    tenant: str
+    success: bool
+    documents: int = 0
+    chunks: int = 0
+    embedded: int = 0
+    index_version: str | None = None
+    published: bool = False
+    seconds: float = 0.0
+    quarantined: int = 0
+    failed_checks: list[str] = field(default_factory=list)
+    seconds_by_stage: dict[str, float] = field(default_factory=dict)
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    run_id: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant, "success": self.success, "documents": self.documents,
+            "chunks": self.chunks, "embedded": self.embedded, "index_version": self.index_version,
+            "published": self.published, "seconds": round(self.seconds, 2),
+            "quarantined": self.quarantined, "failed_checks": self.failed_checks,
+            "run_id": self.run_id,
+        }
+
+
+def _metadata_values(event: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in (event.metadata or {}).items():
+        out[key] = getattr(value, "value", value)
+    return out
+
+
+def materialize_tenant(tenant: str, settings: Settings | None = None,
+                       instance: dg.DagsterInstance | None = None) -> PipelineSummary:
+    """Materializes the tenant's whole graph (the ``tenant_pipeline`` job) in-process.
+
+    Raises:
+        KeyError: the tenant is not in the registry.
+    """
+    from rag_platform.lib.tenants import load_registry
+
+    settings = settings or get_settings()
+    registry = load_registry(settings.tenants_file, settings.data_dir)
+    registry.get(tenant)  # KeyError for an unknown tenant
+    instance = instance or dagster_instance(settings)
+    if not instance.has_dynamic_partition("tenants", tenant):
+        instance.add_dynamic_partitions("tenants", [tenant])
+    job = load_definitions().get_job_def("tenant_pipeline")
+    start = time.perf_counter()
+    result = job.execute_in_process(partition_key=tenant, instance=instance, raise_on_error=False)
+    seconds = time.perf_counter() - start
+
+    summary = PipelineSummary(tenant=tenant, success=result.success, seconds=seconds,
+                              run_id=result.run_id)
+    for event in result.get_asset_materialization_events():
+        mat = event.step_materialization_data.materialization
+        name = mat.asset_key.to_user_string()
+        summary.metadata[name] = _metadata_values(mat)
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            data = event.event_specific_data
+            if not data.passed:
+                summary.failed_checks.append(data.check_name)
+    md = summary.metadata
+    summary.documents = int(md.get("source_documents", {}).get("documents", 0))
+    summary.chunks = int(md.get("chunks", {}).get("chunks", 0))
+    summary.embedded = int(md.get("chunk_embeddings", {}).get("embedded", 0))
+    summary.quarantined = int(md.get("parsed_documents", {}).get("quarantined", 0)) + int(
+        md.get("chunks", {}).get("quarantined", 0))
+    summary.index_version = md.get("search_index", {}).get("version")
+    for name, values in md.items():
+        if "seconds" in values:
+            summary.seconds_by_stage[name] = float(values["seconds"])
+    from rag_platform.lib.store import MetadataStore
+
+    store = MetadataStore.from_settings(settings)
+    try:
+        published = store.get_published_version(tenant)
+    finally:
+        store.dispose()
+    summary.published = bool(published and published.version == summary.index_version
+                             and "published_index" in md)
+    return summary
