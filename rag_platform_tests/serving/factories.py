@@ -1,0 +1,146 @@
+"""Factories for serving tests: real Edge shards of real SciFact abstracts in a real store.
+
+``publish_tenant`` embeds documents with the real model (all-MiniLM-L6-v2) and BM25 encoder,
+writes a new Qdrant Edge version with :class:`EdgeIndexWriter`, registers it in a
+``MetadataStore`` and publishes it: exactly what the indexing pipeline leaves behind.
+Embeddings are memoised per text, so re-publishing the same documents costs no model time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag_platform.lib.embedding import SparseVector, get_embedder, get_sparse_encoder
+from rag_platform.lib.index.edge import EdgeIndexWriter, IndexPoint, make_payload
+from rag_platform.lib.models import make_chunk_id, make_doc_id, sha256_hex
+from rag_platform.lib.store.store import IndexVersion, MetadataStore
+from rag_platform.settings import Settings
+
+SCIFACT_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "scifact"
+SCIFACT_CORPUS = SCIFACT_DIR / "corpus.jsonl"
+SCIFACT_QUERIES = SCIFACT_CORPUS.parent / "queries.jsonl"
+DIM = 384
+
+
+@dataclass
+class Doc:
+    """One single-chunk document to index."""
+
+    native_id: str
+    title: str
+    text: str
+    acl_groups: list[str] = field(default_factory=lambda: ["all"])
+    source_id: str = "corpus"
+    mime_type: str = "text/plain"
+    updated_at: str | None = None
+
+
+@lru_cache(maxsize=1)
+def _scifact_rows() -> tuple[dict[str, Any], ...]:
+    rows = []
+    with SCIFACT_CORPUS.open() as f:
+        for i, line in enumerate(f):
+            if i >= 400:
+                break
+            rows.append(json.loads(line))
+    return tuple(rows)
+
+
+def scifact_docs(start: int, count: int, acl_groups: list[str] | None = None) -> list[Doc]:
+    """SciFact abstracts ``start .. start+count`` (of the first 400) as documents."""
+    rows = _scifact_rows()[start:start + count]
+    return [
+        Doc(native_id=str(r["_id"]), title=r["title"], text=r["text"][:1200],
+            acl_groups=list(acl_groups or ["all"]))
+        for r in rows
+    ]
+
+
+_DENSE: dict[str, np.ndarray] = {}
+_SPARSE: dict[str, SparseVector] = {}
+
+
+def _encode(texts: list[str]) -> tuple[list[np.ndarray], list[SparseVector]]:
+    todo = [t for t in dict.fromkeys(texts) if t not in _DENSE]
+    if todo:
+        dense = get_embedder().embed_documents(todo)
+        sparse = get_sparse_encoder().encode_documents(todo)
+        for t, d, s in zip(todo, dense, sparse, strict=True):
+            _DENSE[t], _SPARSE[t] = np.asarray(d, dtype=np.float32), s
+    return [_DENSE[t] for t in texts], [_SPARSE[t] for t in texts]
+
+
+def chunk_ids(tenant: str, doc: Doc) -> tuple[str, str]:
+    """``(doc_id, chunk_id)`` of a single-chunk document."""
+    doc_id = make_doc_id(tenant, doc.source_id, doc.native_id)
+    text = f"{doc.title}. {doc.text}"
+    return doc_id, make_chunk_id(doc_id, 0, sha256_hex(text))
+
+
+def build_shard(path: Path, tenant: str, docs: list[Doc]) -> int:
+    """Writes a new Edge version at ``path`` with one chunk per document; returns the count."""
+    texts = [f"{d.title}. {d.text}" for d in docs]
+    dense, sparse = _encode(texts)
+    points = []
+    for d, text, dv, sv in zip(docs, texts, dense, sparse, strict=True):
+        doc_id, chunk_id = chunk_ids(tenant, d)
+        payload = make_payload(
+            tenant=tenant, doc_id=doc_id, chunk_id=chunk_id, ordinal=0, text=text,
+            title=d.title, uri=f"scifact://{d.native_id}", source_id=d.source_id,
+            mime_type=d.mime_type, heading_path=[d.title], page=None,
+            acl_groups=d.acl_groups, updated_at=d.updated_at,
+        )
+        points.append(IndexPoint(id=chunk_id, dense=dv, sparse=sv, payload=payload))
+    writer = EdgeIndexWriter.create(path, DIM)
+    try:
+        if points:
+            writer.upsert(points)
+    finally:
+        writer.close()
+    return len(points)
+
+
+def publish_tenant(
+    store: MetadataStore, settings: Settings, tenant: str, version: str, docs: list[Doc]
+) -> IndexVersion:
+    """Builds, registers and publishes ``version`` of ``tenant`` (under ``settings.index_dir``)."""
+    path = settings.index_dir / tenant / version
+    n = build_shard(path, tenant, docs)
+    store.register_version(tenant, version, str(path), documents=n, chunks=n,
+                           config_hash="test")
+    return store.publish_version(tenant, version, actor="test")
+
+
+def make_settings(home: Path, **overrides: Any) -> Settings:
+    """Test settings: everything under ``home``, SQLite store, no tenants file, high limits."""
+    values: dict[str, Any] = {
+        "home": home,
+        "database_url": f"sqlite:///{home / 'metadata.db'}",
+        "tenants_file": home / "no-tenants.yaml",
+        "key_pepper": "test-pepper",
+        "redis_url": None,
+        "rate_limit_per_key": "10000/minute",
+        "rate_limit_per_tenant": "10000/minute",
+        "environment": "test",
+    }
+    values.update(overrides)
+    settings = Settings(**values)
+    settings.ensure_dirs()
+    return settings
+
+
+def new_store(settings: Settings) -> MetadataStore:
+    """A migrated store for ``settings``."""
+    store = MetadataStore.from_settings(settings)
+    store.migrate()
+    return store
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}

@@ -1,0 +1,105 @@
+"""``POST /v1/search`` against real shards of two tenants."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi.testclient import TestClient
+
+from rag_platform_tests.serving.conftest import TENANT_A, TENANT_B, World
+from rag_platform_tests.serving.factories import bearer, chunk_ids, publish_tenant, scifact_docs
+
+
+class TestSearch:
+    def test_returns_ranked_hits_of_own_tenant(self, client: TestClient, world: World) -> None:
+        doc = world.docs[TENANT_A][5]
+        r = client.post("/v1/search", json={"query": doc.title, "top_k": 5},
+                        headers=bearer(world.keys["a_reader"]))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["index_version"] == "v1"
+        assert r.headers["X-Query-Id"] == body["query_id"]
+        assert len(body["hits"]) == 5
+        scores = [h["score"] for h in body["hits"]]
+        assert scores == sorted(scores, reverse=True)
+        # searching a document's own title finds it first
+        assert body["hits"][0]["chunk_id"] == chunk_ids(TENANT_A, doc)[1]
+        assert body["hits"][0]["title"] == doc.title
+        assert {h["chunk_id"] for h in body["hits"]} <= world.chunk_ids_of(TENANT_A)
+        for key in ("doc_id", "uri", "text", "heading_path", "page", "source_id"):
+            assert key in body["hits"][0]
+        assert body["timings"]["embed_ms"] > 0 and body["timings"]["search_ms"] > 0
+
+    def test_acl_hides_document_and_still_returns_top_k(
+        self, client: TestClient, world: World
+    ) -> None:
+        hidden = world.hidden_doc
+        r = client.post("/v1/search", json={"query": hidden.title, "top_k": 10},
+                        headers=bearer(world.keys["a_reader"]))
+        assert r.status_code == 200
+        ids = [h["chunk_id"] for h in r.json()["hits"]]
+        assert world.hidden_chunk_id not in ids
+        assert len(ids) == 10  # filtered inside the index, so top_k visible hits come back
+        r2 = client.post("/v1/search", json={"query": hidden.title, "top_k": 10},
+                         headers=bearer(world.keys["a_secret"]))
+        assert r2.json()["hits"][0]["chunk_id"] == world.hidden_chunk_id
+
+    def test_user_filters_restrict_hits(self, client: TestClient, world: World) -> None:
+        wanted = [chunk_ids(TENANT_A, d) for d in world.docs[TENANT_A][3:6]]
+        r = client.post(
+            "/v1/search",
+            json={"query": "cells", "top_k": 10,
+                  "filters": {"doc_ids": [doc_id for doc_id, _ in wanted]}},
+            headers=bearer(world.keys["a_reader"]),
+        )
+        assert r.status_code == 200, r.text
+        assert {h["chunk_id"] for h in r.json()["hits"]} == {c for _, c in wanted}
+
+    def test_other_tenant_sees_only_its_documents(self, client: TestClient, world: World) -> None:
+        doc = world.docs[TENANT_A][7]
+        r = client.post("/v1/search", json={"query": doc.title, "top_k": 20},
+                        headers=bearer(world.keys["b_reader"]))
+        assert r.status_code == 200
+        ids = {h["chunk_id"] for h in r.json()["hits"]}
+        assert ids and ids <= world.chunk_ids_of(TENANT_B)
+
+    def test_query_is_logged_with_masked_question_and_hits(
+        self, client: TestClient, world: World
+    ) -> None:
+        r = client.post("/v1/search",
+                        json={"query": "vitamin D and bones, mail me at jane.doe@example.com"},
+                        headers=bearer(world.keys["a_reader"]))
+        assert r.status_code == 200
+        body = r.json()
+        row = world.store.get_query(body["query_id"])
+        assert row is not None
+        assert row.tenant == TENANT_A and row.key_id == world.key_ids["a_reader"]
+        assert "jane.doe@example.com" not in row.question_masked
+        assert row.hit_chunk_ids == [h["chunk_id"] for h in body["hits"]]
+        assert row.index_version == "v1" and row.status_code == 200 and row.top_k == 10
+        assert row.filters["acl_groups"] == ["all"]
+        assert row.latency_ms > 0 and row.search_ms > 0
+
+
+class TestVersionSwitch:
+    def test_publish_serves_new_version_without_restart_and_invalidates_cache(
+        self, client: TestClient, world: World
+    ) -> None:
+        key = bearer(world.keys["b_reader"])
+        query = {"query": "tumor suppressor genes", "top_k": 3}
+        first = client.post("/v1/search", json=query, headers=key).json()
+        again = client.post("/v1/search", json=query, headers=key).json()
+        assert first["cached"] is False and again["cached"] is True
+        assert again["hits"] == first["hits"]
+        new_docs = scifact_docs(60, 30)
+        publish_tenant(world.store, world.settings, TENANT_B, "v2", new_docs)
+        time.sleep(1.1)  # the published-version look-up is reused for up to 1 s
+        after = client.post("/v1/search", json=query, headers=key).json()
+        assert after["index_version"] == "v2"
+        assert after["cached"] is False
+        v2_ids = {chunk_ids(TENANT_B, d)[1] for d in new_docs}
+        assert {h["chunk_id"] for h in after["hits"]} <= v2_ids
+        # the other tenant is untouched
+        a = client.post("/v1/search", json=query, headers=bearer(world.keys["a_reader"])).json()
+        assert a["index_version"] == "v1"
+        world.docs[TENANT_B] = new_docs

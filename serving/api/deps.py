@@ -1,0 +1,182 @@
+"""FastAPI dependencies and their ``Annotated`` aliases.
+
+- ``SettingsDep``: the app's ``Settings``.
+- ``StateDep``: the per-process ``ServingState``.
+- ``AuthenticatedDep``: the ``Principal`` of the ``Authorization: Bearer`` API key (401 otherwise).
+- ``PrincipalDep``: the same, after the per-key and per-tenant rate limits (429 otherwise).
+- ``AdminDep``: a rate-limited principal with role ``admin`` (403 otherwise).
+- ``PublishedVersionDep``: the caller's tenant's published index version (503 otherwise).
+- ``RetrieverDep``: a ``Retriever`` over that version, its shard held open for the request.
+
+The tenant comes only from the API key: no request field, header or path names it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from rag_platform.lib.models import Principal
+from rag_platform.lib.retrieval import Retriever
+from rag_platform.settings import Settings
+from serving.errors import ApiError
+from serving.state import ServingState
+
+logger = logging.getLogger("serving.auth")
+
+#: Documents the scheme in OpenAPI; parsing and errors are ours (auto_error=False).
+bearer_scheme = HTTPBearer(auto_error=False, description="An API key: `Bearer rag_<id>_<secret>`.")
+
+_UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="rag-platform"'}
+
+
+def get_state(request: Request) -> ServingState:
+    """The ``ServingState`` created by the lifespan.
+
+    Raises:
+        ApiError: 503 ``starting`` when the app has not finished starting.
+    """
+    state: ServingState | None = getattr(request.app.state, "serving", None)
+    if state is None:
+        raise ApiError(503, "starting", "the service is starting")
+    return state
+
+
+StateDep = Annotated[ServingState, Depends(get_state)]
+
+
+def get_settings_dep(state: StateDep) -> Settings:
+    return state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def _unauthorized(code: str, message: str) -> ApiError:
+    return ApiError(401, code, message, headers=_UNAUTHORIZED_HEADERS)
+
+
+def authenticate(
+    request: Request,
+    state: StateDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Principal:
+    """Resolves the API key to its principal.
+
+    Raises:
+        ApiError: 401 ``missing_api_key`` (no ``Authorization`` header),
+            401 ``invalid_api_key`` (not a Bearer key, or unknown, revoked or expired),
+            503 ``database_unavailable`` (the store cannot be reached).
+    """
+    if credentials is None:
+        if request.headers.get("authorization"):
+            raise _unauthorized("invalid_api_key", "Authorization must be `Bearer <api key>`")
+        raise _unauthorized(
+            "missing_api_key", "an API key is required: Authorization: Bearer <key>"
+        )
+    token = credentials.credentials.strip()
+    if not token or len(token) > 512:
+        raise _unauthorized("invalid_api_key", "the API key is malformed")
+    try:
+        principal = state.store.authenticate(token)
+    except Exception as exc:
+        logger.error("authentication failed: store unavailable",
+                     extra={"error": type(exc).__name__})
+        raise ApiError(503, "database_unavailable", "the metadata store is unavailable") from exc
+    if principal is None:
+        raise _unauthorized("invalid_api_key", "the API key is unknown, revoked or expired")
+    request.state.tenant = principal.tenant
+    request.state.key_id = principal.key_id
+    return principal
+
+
+AuthenticatedDep = Annotated[Principal, Depends(authenticate)]
+
+
+def get_current_principal(principal: AuthenticatedDep, state: StateDep) -> Principal:
+    """The authenticated principal, once the per-key and per-tenant limits allow the request.
+
+    Raises:
+        ApiError: 429 ``rate_limited`` with ``Retry-After`` (seconds).
+    """
+    decision = state.limiter.check(principal.tenant, principal.key_id)
+    if not decision.allowed:
+        state.metrics.rate_limited.labels(decision.scope, principal.tenant).inc()
+        raise ApiError(
+            429, "rate_limited",
+            f"rate limit of this {'API key' if decision.scope == 'key' else 'tenant'} exceeded; "
+            f"retry in {decision.retry_after} s",
+            details=[{"scope": decision.scope, "retry_after": decision.retry_after}],
+            headers={"Retry-After": str(decision.retry_after)},
+        )
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_current_principal)]
+
+
+def get_admin(principal: PrincipalDep) -> Principal:
+    """The principal, if its role is ``admin``.
+
+    Raises:
+        ApiError: 403 ``forbidden``.
+    """
+    if not principal.is_admin:
+        raise ApiError(403, "forbidden", "this endpoint needs an API key with role `admin`")
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(get_admin)]
+
+
+def get_published_version(principal: PrincipalDep, state: StateDep) -> Any:
+    """The published index version of the principal's tenant.
+
+    Raises:
+        ApiError: 503 ``index_not_ready`` (nothing published yet),
+            503 ``database_unavailable``.
+    """
+    try:
+        version = state.published_version(principal.tenant)
+    except Exception as exc:
+        logger.error("published version look-up failed", extra={"error": type(exc).__name__})
+        raise ApiError(503, "database_unavailable", "the metadata store is unavailable") from exc
+    if version is None:
+        raise ApiError(
+            503, "index_not_ready",
+            "no index version is published for this tenant yet; run the indexing pipeline",
+            headers={"Retry-After": "30"},
+        )
+    return version
+
+
+PublishedVersionDep = Annotated[Any, Depends(get_published_version)]
+
+
+def get_retriever(version: PublishedVersionDep, state: StateDep) -> Iterator[Retriever]:
+    """A retriever over the published version, with its shard held open for the request.
+
+    Raises:
+        ApiError: 503 ``index_unavailable`` when the version's shard cannot be opened.
+    """
+    try:
+        cm = state.open_retriever(version)
+        retriever = cm.__enter__()
+    except Exception as exc:
+        logger.error("cannot open the published index", extra={
+            "error": type(exc).__name__, "tenant": version.tenant, "version": version.version})
+        raise ApiError(503, "index_unavailable", "the published index cannot be opened") from exc
+    try:
+        yield retriever
+    except BaseException as exc:
+        if not cm.__exit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        cm.__exit__(None, None, None)
+
+
+RetrieverDep = Annotated[Retriever, Depends(get_retriever)]

@@ -1,0 +1,177 @@
+"""Tenant administration (role ``admin``; every call is scoped to the admin key's tenant).
+
+Rollbacks and revocations write an audit-log row (``index.rollback``, ``key.revoke``; the
+store writes it in the same transaction) with the actor ``key:<admin key id>``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from fastapi import APIRouter
+
+from rag_platform.lib.store.store import NotFoundError
+from serving.api.deps import AdminDep, StateDep
+from serving.api.routes.search import COMMON_ERRORS
+from serving.errors import ApiError
+from serving.schemas import (
+    ApiKeyPublic,
+    ApiKeysPublic,
+    DocumentPublic,
+    DocumentsPublic,
+    ErrorPublic,
+    IndexVersionPublic,
+    IndexVersionsPublic,
+    RollbackPublic,
+    RollbackRequest,
+)
+
+logger = logging.getLogger("serving.admin")
+
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    **COMMON_ERRORS,
+    403: {"model": ErrorPublic, "description": "The API key's role is not admin."},
+}
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=ADMIN_ERRORS)
+
+
+def _unavailable(exc: Exception) -> ApiError:
+    logger.error("admin call failed: store unavailable", extra={"error": type(exc).__name__})
+    return ApiError(503, "database_unavailable", "the metadata store is unavailable")
+
+
+@router.get("/documents", response_model=DocumentsPublic, summary="Documents in the index")
+def list_documents(admin: AdminDep, state: StateDep) -> DocumentsPublic:
+    """The tenant's documents in the published version, read from the index payloads."""
+    try:
+        version = state.published_version(admin.tenant)
+    except Exception as exc:
+        raise _unavailable(exc) from exc
+    if version is None:
+        raise ApiError(503, "index_not_ready", "no index version is published for this tenant")
+    docs: OrderedDict[str, DocumentPublic] = OrderedDict()
+    try:
+        with state.open_reader(version) as reader:
+            for item in reader.scroll():
+                _, payload = item
+                if payload.get("tenant") != admin.tenant:
+                    continue
+                doc_id = str(payload.get("doc_id", ""))
+                doc = docs.get(doc_id)
+                if doc is None:
+                    docs[doc_id] = DocumentPublic(
+                        doc_id=doc_id, title=str(payload.get("title") or ""),
+                        uri=str(payload.get("uri") or ""),
+                        source_id=str(payload.get("source_id") or ""), chunks=1,
+                    )
+                else:
+                    doc.chunks += 1
+    except (FileNotFoundError, OSError, RuntimeError) as exc:
+        raise ApiError(503, "index_unavailable", "the published index cannot be opened") from exc
+    documents = sorted(docs.values(), key=lambda d: (d.title, d.doc_id))
+    return DocumentsPublic(index_version=version.version, count=len(documents),
+                           documents=documents)
+
+
+@router.get("/index-versions", response_model=IndexVersionsPublic, summary="Index versions")
+def list_index_versions(admin: AdminDep, state: StateDep) -> IndexVersionsPublic:
+    """Every index version of the tenant, newest first, and which one is published."""
+    try:
+        versions = state.store.list_versions(admin.tenant)
+        published = state.store.get_published_version(admin.tenant)
+    except Exception as exc:
+        raise _unavailable(exc) from exc
+    published_name = published.version if published is not None else None
+    return IndexVersionsPublic(
+        published_version=published_name,
+        versions=[
+            IndexVersionPublic(
+                version=v.version, status=str(v.status), documents=v.documents,
+                chunks=v.chunks, created_at=v.created_at, published_at=v.published_at,
+                is_published=v.version == published_name,
+            )
+            for v in versions
+        ],
+    )
+
+
+@router.post(
+    "/index-versions/rollback",
+    response_model=RollbackPublic,
+    responses={
+        404: {"model": ErrorPublic, "description": "No such version."},
+        409: {"model": ErrorPublic, "description": "Nothing to roll back to."},
+    },
+    summary="Publish an earlier index version",
+)
+def rollback_index_version(
+    body: RollbackRequest, admin: AdminDep, state: StateDep
+) -> RollbackPublic:
+    """Publishes ``version`` (default: the previously published one); audited."""
+    try:
+        before = state.store.get_published_version(admin.tenant)
+    except Exception as exc:
+        raise _unavailable(exc) from exc
+    try:
+        after = state.store.rollback(admin.tenant, to_version=body.version,
+                                     actor=f"key:{admin.key_id}")
+    except NotFoundError as exc:
+        raise ApiError(404, "version_not_found", "no such index version") from exc
+    except ValueError as exc:
+        raise ApiError(
+            409, "rollback_not_possible",
+            "no earlier index version to roll back to, or the target cannot be published",
+        ) from exc
+    except Exception as exc:
+        raise _unavailable(exc) from exc
+    state.invalidate_version(admin.tenant)
+    # the store writes the audit row ``index.rollback`` in the same transaction
+    previous = before.version if before is not None else None
+    return RollbackPublic(previous_version=previous, published_version=after.version)
+
+
+def _key_public(info: Any) -> ApiKeyPublic:
+    return ApiKeyPublic(
+        key_id=info.key_id, tenant=info.tenant, name=getattr(info, "name", "") or "",
+        groups=list(getattr(info, "groups", []) or []), role=getattr(info, "role", "reader"),
+        created_at=getattr(info, "created_at", None), expires_at=getattr(info, "expires_at", None),
+        revoked_at=getattr(info, "revoked_at", None),
+        last_used_at=getattr(info, "last_used_at", None),
+    )
+
+
+@router.get("/keys", response_model=ApiKeysPublic, summary="API keys of the tenant")
+def list_api_keys(admin: AdminDep, state: StateDep) -> ApiKeysPublic:
+    """The tenant's API keys (ids, names, groups, roles, dates; never secrets)."""
+    try:
+        keys = state.store.list_api_keys(admin.tenant)
+    except Exception as exc:
+        raise _unavailable(exc) from exc
+    return ApiKeysPublic(keys=[_key_public(k) for k in keys if k.tenant == admin.tenant])
+
+
+@router.post(
+    "/keys/{key_id}/revoke",
+    response_model=ApiKeyPublic,
+    responses={404: {"model": ErrorPublic, "description": "No such key in this tenant."}},
+    summary="Revoke an API key of the tenant",
+)
+def revoke_api_key(key_id: str, admin: AdminDep, state: StateDep) -> ApiKeyPublic:
+    """Revokes ``key_id`` if it belongs to the admin's tenant (else 404, like an unknown key)."""
+    try:
+        keys = {k.key_id: k for k in state.store.list_api_keys(admin.tenant)}
+    except Exception as exc:
+        raise _unavailable(exc) from exc
+    target = keys.get(key_id)
+    if target is None or target.tenant != admin.tenant:
+        raise ApiError(404, "key_not_found", "no API key with this id in your tenant")
+    try:
+        # audit row ``key.revoke`` written by the store in the same transaction
+        state.store.revoke_api_key(key_id, actor=f"key:{admin.key_id}")
+        refreshed = {k.key_id: k for k in state.store.list_api_keys(admin.tenant)}
+    except Exception as exc:
+        raise _unavailable(exc) from exc
+    return _key_public(refreshed.get(key_id, target))

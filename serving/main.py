@@ -1,0 +1,87 @@
+"""The FastAPI app factory and its lifespan.
+
+Run with ``uvicorn --factory serving.main:create_app`` (one process per machine: Edge shards
+open in one process only; the thread pool shares them, see DESIGN.md).
+
+Middleware, outermost first: request context (request id, access log, request metrics), then
+the request-body size limit (413 before any parsing), then the routes. Every error, including
+FastAPI's validation errors and unknown routes, leaves in the one JSON shape of
+:mod:`serving.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from rag_platform.settings import Settings, get_settings
+from serving.api.routes import admin, feedback, health, query, search
+from serving.errors import BodySizeLimitMiddleware, install_error_handlers
+from serving.observability import Metrics, RequestContextMiddleware, configure_logging
+from serving.state import ServingState
+
+logger = logging.getLogger("serving.main")
+
+API_VERSION = "1.0.0"
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Builds the ``ServingState`` (store migrated, model warmed) and tears it down."""
+    settings: Settings = app.state.settings
+    metrics: Metrics = app.state.metrics
+
+    def start() -> ServingState:
+        settings.ensure_dirs()
+        state = ServingState(settings, metrics=metrics)
+        state.store.migrate()
+        state.warm_up()
+        return state
+
+    state = await run_in_threadpool(start)
+    app.state.serving = state
+    logger.info("serving started", extra={
+        "cache": state.cache.backend, "rate_limits": state.limiter.backend})
+    try:
+        yield
+    finally:
+        app.state.serving = None
+        await run_in_threadpool(state.close)
+        logger.info("serving stopped")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Builds the query API.
+
+    Args:
+        settings: platform settings; default ``get_settings()`` (environment ``RAG_*``).
+
+    Returns:
+        The app. Its ``ServingState`` is created on startup (``with TestClient(app)`` or any ASGI
+        server running the lifespan) and available as ``app.state.serving``.
+    """
+    settings = settings or get_settings()
+    configure_logging()
+    metrics = Metrics()
+    app = FastAPI(
+        title="rag-platform query API",
+        version=API_VERSION,
+        description="Search and question answering over each tenant's published index, "
+        "with API keys, tenant isolation and document-level permissions.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.serving = None
+    install_error_handlers(app)
+    for router in (search.router, query.router, feedback.router, admin.router,
+                   health.router, health.metrics_router):
+        app.include_router(router)
+    # add_middleware wraps: the last added is the outermost.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app

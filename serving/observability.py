@@ -1,0 +1,200 @@
+"""Prometheus metrics, JSON logging and the request id.
+
+- Every app owns a ``CollectorRegistry`` (``Metrics``), so several apps in one test process never
+  collide; ``GET /metrics`` exposes that registry only.
+- Logs are JSON lines (python-json-logger) on the ``serving`` logger, each carrying the request id
+  of the request being served. Nothing here logs an API key or a question: handlers log masked
+  questions only (the query log), and the access log holds method, route template, status,
+  duration and tenant.
+- ``RequestContextMiddleware`` (pure ASGI, so streaming responses and context variables work)
+  reads ``X-Request-Id`` (or makes one), echoes it on the response, and records the request
+  counter and latency histogram labelled by route template, method, status and tenant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from contextvars import ContextVar
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from pythonjsonlogger.json import JsonFormatter
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+_request_id: ContextVar[str] = ContextVar("request_id", default="-")
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+#: Latency buckets in seconds: 1 ms to 10 s.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def current_request_id() -> str:
+    """The id of the request being served in this context (``"-"`` outside a request)."""
+    return _request_id.get()
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of their own.
+
+    Metric names follow Prometheus conventions (base units, ``_total`` counters, ``_seconds``).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "rag_http_requests_total", "HTTP requests served.",
+            ["route", "method", "status", "tenant"], registry=self.registry,
+        )
+        self.request_latency = Histogram(
+            "rag_http_request_duration_seconds", "HTTP request latency (seconds).",
+            ["route", "method", "status", "tenant"], buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.retrieval_latency = Histogram(
+            "rag_retrieval_search_seconds", "Index search latency per query (seconds).",
+            ["tenant"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.embedding_latency = Histogram(
+            "rag_query_embedding_seconds", "Query embedding latency (seconds).",
+            ["tenant"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.answer_latency = Histogram(
+            "rag_answer_seconds", "Answer generation latency (seconds).",
+            ["tenant", "mode"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.cache = Counter(
+            "rag_cache_requests_total", "Query cache look-ups by result (hit, miss, error).",
+            ["endpoint", "result"], registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "rag_rate_limited_total", "Requests refused by a rate limit.",
+            ["scope", "tenant"], registry=self.registry,
+        )
+        self.isolation_violations = Counter(
+            "rag_isolation_violations_total",
+            "Hits dropped by the per-hit tenant/ACL re-check (should stay 0).",
+            ["tenant"], registry=self.registry,
+        )
+        self.query_log_failures = Counter(
+            "rag_query_log_failures_total", "Query log writes that failed and were spooled.",
+            registry=self.registry,
+        )
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = current_request_id()
+        return True
+
+
+def json_formatter() -> logging.Formatter:
+    """The JSON formatter used by the service's handlers."""
+    return JsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+    )
+
+
+def configure_logging(level: str | int = "INFO") -> None:
+    """Sends the ``serving`` logger's records to stderr as JSON lines (idempotent)."""
+    logger = logging.getLogger("serving")
+    logger.setLevel(level)
+    if not any(getattr(h, "_rag_json", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(json_formatter())
+        handler.addFilter(_RequestIdFilter())
+        handler._rag_json = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.propagate = False
+
+
+def request_id_filter() -> logging.Filter:
+    """A filter adding ``request_id`` to records (for handlers tests attach)."""
+    return _RequestIdFilter()
+
+
+def _route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "<unmatched>"
+
+
+class RequestContextMiddleware:
+    """Request id in and out, access log, request metrics.
+
+    Args:
+        app: the wrapped ASGI app.
+        metrics: where to record the request counter and latency histogram.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.log = logging.getLogger("serving.access")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = ""
+        for k, v in scope.get("headers", []):
+            if k.lower() == b"x-request-id":
+                incoming = v.decode("latin-1")
+                break
+        request_id = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+        token = _request_id.set(request_id)
+        scope.setdefault("state", {})
+        status = 500
+        response_started = False
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = int(message["status"])
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Answered here (not by Starlette's ServerErrorMiddleware) so a 500 keeps the
+            # common error shape, the request id header and the metrics; no stack trace leaks.
+            status = 500
+            logging.getLogger("serving.errors").exception(
+                "unhandled error", extra={"request_id": request_id})
+            if not response_started:
+                body = json.dumps({"error": {
+                    "code": "internal_error", "message": "internal server error",
+                    "request_id": request_id, "details": []}}).encode()
+                await send({"type": "http.response.start", "status": 500, "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-request-id", request_id.encode())]})
+                await send({"type": "http.response.body", "body": body})
+        finally:
+            elapsed = time.perf_counter() - started
+            route = _route_template(scope)
+            state: dict[str, Any] = scope.get("state", {})
+            tenant = str(state.get("tenant", "-"))
+            labels = (route, scope["method"], str(status), tenant)
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.request_latency.labels(*labels).observe(elapsed)
+            self.log.info(
+                "request",
+                extra={
+                    "method": scope["method"], "route": route, "status": status,
+                    "duration_ms": round(elapsed * 1000, 2), "tenant": tenant,
+                    "request_id": request_id,
+                },
+            )
+            _request_id.reset(token)

@@ -1,0 +1,281 @@
+"""Request and response schemas of the query API (pydantic v2).
+
+Naming follows fastapi/full-stack-fastapi-template: ``XRequest`` for bodies the client sends,
+``XPublic`` for what the API returns. Request models forbid unknown fields, so a typo in a filter
+name is a 422 instead of a silently ignored filter.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rag_platform.lib.models import Citation, Hit, Principal, SearchFilters
+
+MAX_QUERY_CHARS = 2000
+MAX_FILTER_VALUES = 100
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+
+
+class SearchFiltersRequest(_Request):
+    """User filters, added on top of the principal's ACL groups (which always apply).
+
+    Dates are ISO 8601; a naive date-time is read as UTC by the index.
+    """
+
+    source_ids: list[str] | None = Field(None, max_length=MAX_FILTER_VALUES)
+    mime_types: list[str] | None = Field(None, max_length=MAX_FILTER_VALUES)
+    doc_ids: list[str] | None = Field(None, max_length=MAX_FILTER_VALUES)
+    updated_after: datetime | None = None
+    updated_before: datetime | None = None
+
+    @field_validator("source_ids", "mime_types", "doc_ids")
+    @classmethod
+    def _non_empty_values(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            for item in v:
+                if not item.strip() or len(item) > 256:
+                    raise ValueError("filter values must be 1-256 non-blank characters")
+        return v
+
+    @model_validator(mode="after")
+    def _ordered_dates(self) -> SearchFiltersRequest:
+        a, b = self.updated_after, self.updated_before
+        if a is not None and b is not None:
+            try:
+                bad = a > b
+            except TypeError:  # one naive, one aware
+                raise ValueError(
+                    "updated_after and updated_before must both carry a time zone or neither"
+                ) from None
+            if bad:
+                raise ValueError("updated_after must not be later than updated_before")
+        return self
+
+    def to_filters(self, principal: Principal) -> SearchFilters:
+        """The index filters: the principal's ACL groups plus these user filters."""
+        return SearchFilters(
+            acl_groups=tuple(principal.groups),
+            source_ids=tuple(self.source_ids) if self.source_ids else None,
+            mime_types=tuple(self.mime_types) if self.mime_types else None,
+            doc_ids=tuple(self.doc_ids) if self.doc_ids else None,
+            updated_after=self.updated_after,
+            updated_before=self.updated_before,
+        )
+
+
+class SearchRequest(_Request):
+    """A hybrid (dense + BM25) search over the caller's tenant's published index."""
+
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="The question.")
+    top_k: int = Field(10, ge=1, le=100, description="Number of hits to return.")
+    filters: SearchFiltersRequest = Field(default_factory=SearchFiltersRequest)
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("query must not be blank")
+        if "\x00" in v:
+            raise ValueError("query must not contain NUL characters")
+        return v
+
+
+class QueryRequest(SearchRequest):
+    """A question to answer with citations; ``stream`` selects Server-Sent Events."""
+
+    stream: bool = Field(False, description="Stream the answer as Server-Sent Events.")
+
+
+class HitPublic(BaseModel):
+    """One retrieved chunk."""
+
+    doc_id: str
+    chunk_id: str
+    title: str
+    uri: str
+    score: float
+    text: str
+    heading_path: list[str]
+    page: int | None
+    source_id: str
+
+    @classmethod
+    def from_hit(cls, hit: Hit) -> HitPublic:
+        return cls(
+            doc_id=hit.doc_id, chunk_id=hit.chunk_id, title=hit.title, uri=hit.uri,
+            score=float(hit.score), text=hit.text, heading_path=list(hit.heading_path),
+            page=hit.page, source_id=hit.source_id,
+        )
+
+
+class TimingsPublic(BaseModel):
+    """Where the time went, in milliseconds (0 for stages a cache hit skipped)."""
+
+    embed_ms: float = 0.0
+    search_ms: float = 0.0
+    answer_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+class SearchPublic(BaseModel):
+    """Ranked hits of a search."""
+
+    query_id: str
+    index_version: str
+    cached: bool
+    hits: list[HitPublic]
+    timings: TimingsPublic
+
+
+class CitationPublic(BaseModel):
+    """The source of an ``[n]`` marker in the answer (``index`` is ``n``)."""
+
+    index: int
+    chunk_id: str
+    doc_id: str
+    title: str
+    uri: str
+    text: str
+    page: int | None
+
+    @classmethod
+    def from_citation(cls, c: Citation) -> CitationPublic:
+        return cls(
+            index=c.index, chunk_id=c.chunk_id, doc_id=c.doc_id, title=c.title, uri=c.uri,
+            text=c.text, page=c.page,
+        )
+
+
+class UsagePublic(BaseModel):
+    """LLM tokens spent on the answer (0 for extractive answers)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class QueryPublic(BaseModel):
+    """An answer with ``[n]`` citation markers, its citations and the hits it was built from."""
+
+    query_id: str
+    index_version: str
+    cached: bool
+    answer: str
+    mode: str = Field(description="`extractive` or `llm`.")
+    citations: list[CitationPublic]
+    hits: list[HitPublic]
+    usage: UsagePublic
+    timings: TimingsPublic
+
+
+class FeedbackRequest(_Request):
+    """A rating of an earlier search or query of the same tenant."""
+
+    query_id: str = Field(min_length=1, max_length=64)
+    rating: int = Field(ge=1, le=5)
+    type: Literal["relevance", "correctness", "citation", "other"] = "other"
+    comment: str = Field("", max_length=2000)
+
+
+class FeedbackPublic(BaseModel):
+    feedback_id: str
+    query_id: str
+
+
+class ErrorDetailPublic(BaseModel):
+    loc: list[str] = Field(default_factory=list)
+    type: str = ""
+    msg: str = ""
+
+
+class ErrorBodyPublic(BaseModel):
+    code: str
+    message: str
+    request_id: str
+    details: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ErrorPublic(BaseModel):
+    """The one error shape of every 4xx and 5xx response."""
+
+    error: ErrorBodyPublic
+
+
+class LivePublic(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class DependencyStatusPublic(BaseModel):
+    status: Literal["ok", "down", "not_configured"]
+    detail: str = ""
+
+
+class ReadyPublic(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, DependencyStatusPublic]
+
+
+class DocumentPublic(BaseModel):
+    doc_id: str
+    title: str
+    uri: str
+    source_id: str
+    chunks: int
+
+
+class DocumentsPublic(BaseModel):
+    index_version: str
+    count: int
+    documents: list[DocumentPublic]
+
+
+class IndexVersionPublic(BaseModel):
+    version: str
+    status: str
+    documents: int | None = None
+    chunks: int | None = None
+    created_at: datetime | None = None
+    published_at: datetime | None = None
+    is_published: bool = False
+
+
+class IndexVersionsPublic(BaseModel):
+    published_version: str | None
+    versions: list[IndexVersionPublic]
+
+
+class RollbackRequest(_Request):
+    version: str | None = Field(
+        None, max_length=128,
+        description="Version to publish; default: the version published before the current one.",
+    )
+
+
+class RollbackPublic(BaseModel):
+    previous_version: str | None
+    published_version: str
+
+
+class ApiKeyPublic(BaseModel):
+    """An API key's public record (never its secret or hash)."""
+
+    key_id: str
+    tenant: str
+    name: str = ""
+    groups: list[str] = Field(default_factory=list)
+    role: str = "reader"
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+class ApiKeysPublic(BaseModel):
+    keys: list[ApiKeyPublic]

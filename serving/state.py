@@ -1,0 +1,326 @@
+"""The per-process services of the API: metadata store, shard pool, retrievers, cache, limits.
+
+One ``ServingState`` lives on ``app.state.serving`` from startup to shutdown (see
+``serving.main.lifespan``). Everything here is thread-safe: sync route handlers run in
+Starlette's thread pool and share it.
+
+Version switching without restart: :meth:`ServingState.published_version` reads the tenant's
+published version from the store at most once per ``version_ttl_seconds`` (1 s); a request opens
+that version through the :class:`ShardPool` (refcounted: an old version closes once its last
+request finishes), so a request sees the old version or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cachetools import TTLCache
+from tenacity import retry, stop_after_attempt, wait_exponential
+
+from rag_platform.lib.answer import ExtractiveAnswerer, LLMAnswerer
+from rag_platform.lib.embedding import SparseEncoder, get_embedder, get_sparse_encoder
+from rag_platform.lib.index.pool import ShardPool
+from rag_platform.lib.retrieval import Retriever
+from rag_platform.lib.store.store import IndexVersion, MetadataStore, QueryLogEntry
+from rag_platform.lib.tenants import PIIPolicy, RetrievalSettings, TenantRegistry, load_registry
+from rag_platform.settings import Settings
+from serving.cache import MemoryQueryCache, RedisQueryCache, make_cache
+from serving.observability import Metrics
+from serving.ratelimit import RateLimiter
+
+logger = logging.getLogger("serving.state")
+
+_MISSING = object()
+
+
+@dataclass
+class QueryRecord:
+    """What the query log needs about one search or query (the question is masked on write)."""
+
+    query_id: str
+    tenant: str
+    key_id: str
+    question: str
+    top_k: int
+    filters: dict[str, Any]
+    index_version: str = ""
+    hit_chunk_ids: list[str] = field(default_factory=list)
+    cited_chunk_ids: list[str] = field(default_factory=list)
+    latency_ms: float = 0.0
+    embed_ms: float = 0.0
+    search_ms: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cache_hit: bool = False
+    status_code: int = 200
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class ServingState:
+    """Holds and lazily builds the API's long-lived services.
+
+    Args:
+        settings: platform settings.
+        store: the metadata store; default ``MetadataStore.from_settings(settings)``.
+        pool: the shard pool; default a new ``ShardPool()``.
+        metrics: the app's metrics.
+        version_ttl_seconds: how long a published-version lookup is reused.
+        registry: the tenant registry; default loaded from ``settings.tenants_file``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: MetadataStore | None = None,
+        pool: ShardPool | None = None,
+        metrics: Metrics | None = None,
+        version_ttl_seconds: float = 1.0,
+        registry: TenantRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.store = store if store is not None else MetadataStore.from_settings(settings)
+        self.pool = pool if pool is not None else ShardPool()
+        if registry is None:
+            try:
+                registry = load_registry(settings.tenants_file, settings.data_dir)
+            except Exception as exc:  # a bad registry must not keep the API down
+                logger.error("cannot load the tenant registry; using defaults",
+                             extra={"error": str(exc)})
+                registry = TenantRegistry()
+        self.registry = registry
+        self.cache: MemoryQueryCache | RedisQueryCache = make_cache(
+            settings.redis_url, settings.cache_ttl_seconds
+        )
+        self.limiter = RateLimiter(
+            settings.rate_limit_per_key, settings.rate_limit_per_tenant, settings.redis_url
+        )
+        self._versions: TTLCache[str, Any] = TTLCache(
+            maxsize=10_000, ttl=version_ttl_seconds
+        )
+        self._versions_lock = threading.Lock()
+        self._retrievers: dict[tuple[str, str], tuple[Any, Retriever]] = {}
+        self._retrievers_lock = threading.Lock()
+        self._maskers: dict[str, Any] = {}
+        self._maskers_lock = threading.Lock()
+        self._answerer: Any = None
+        self._answerer_lock = threading.Lock()
+        self._spool: deque[QueryLogEntry] = deque(maxlen=100_000)
+        self._spool_lock = threading.Lock()
+
+    # -- models --------------------------------------------------------------------------------
+    @property
+    def embedder(self) -> Any:
+        """The process-wide dense embedder (loaded on first use)."""
+        return get_embedder()
+
+    @property
+    def sparse_encoder(self) -> SparseEncoder:
+        return get_sparse_encoder()
+
+    @property
+    def uses_llm(self) -> bool:
+        """Whether answers come from the configured LLM endpoint (base URL and model set)."""
+        return bool(self.settings.llm_base_url and self.settings.llm_model)
+
+    @property
+    def answerer(self) -> Any:
+        """``LLMAnswerer`` when an LLM endpoint is configured, else ``ExtractiveAnswerer``."""
+        if self._answerer is None:
+            with self._answerer_lock:
+                if self._answerer is None:
+                    s = self.settings
+                    if self.uses_llm:
+                        self._answerer = LLMAnswerer(
+                            str(s.llm_base_url), str(s.llm_model), api_key=s.llm_api_key
+                        )
+                    else:
+                        self._answerer = ExtractiveAnswerer(self.embedder)
+        return self._answerer
+
+    def warm_up(self) -> None:
+        """Loads the embedding model and runs one query embedding (first request stays fast)."""
+        self.embedder.embed_query("warm up")
+        self.sparse_encoder.encode_query("warm up")
+
+    # -- tenants -------------------------------------------------------------------------------
+    def retrieval_settings(self, tenant: str) -> RetrievalSettings:
+        try:
+            return self.registry.get(tenant).retrieval
+        except KeyError:
+            return RetrievalSettings()
+
+    def pii_policy(self, tenant: str) -> PIIPolicy:
+        try:
+            return self.registry.get(tenant).pii
+        except KeyError:
+            return PIIPolicy()
+
+    # -- index versions ------------------------------------------------------------------------
+    def published_version(self, tenant: str) -> IndexVersion | None:
+        """The tenant's published index version (store look-up reused for up to 1 s).
+
+        Raises:
+            Exception: whatever the store raises when the database is down.
+        """
+        with self._versions_lock:
+            cached = self._versions.get(tenant, _MISSING)
+        if cached is not _MISSING:
+            return cached  # type: ignore[no-any-return]
+        version = self.store.get_published_version(tenant)
+        with self._versions_lock:
+            self._versions[tenant] = version
+        return version
+
+    def invalidate_version(self, tenant: str) -> None:
+        """Forgets the cached published version of ``tenant`` (after a rollback here)."""
+        with self._versions_lock:
+            self._versions.pop(tenant, None)
+
+    @contextmanager
+    def open_retriever(self, version: IndexVersion) -> Iterator[Retriever]:
+        """A retriever over ``version``, holding the shard open for the ``with`` block.
+
+        The shard comes from the pool (refcounted); the ``Retriever`` is built once per
+        (tenant, version, open reader) and reused.
+        """
+        with self.pool.acquire(version.tenant, version.version, version.path) as reader:
+            key = (version.tenant, version.version)
+            with self._retrievers_lock:
+                entry = self._retrievers.get(key)
+                if entry is None or entry[0] is not reader:
+                    retriever = Retriever(
+                        reader, self.embedder, self.sparse_encoder,
+                        self.retrieval_settings(version.tenant), version.tenant,
+                    )
+                    # drop retrievers of this tenant's older versions
+                    for k in [k for k in self._retrievers if k[0] == version.tenant]:
+                        del self._retrievers[k]
+                    self._retrievers[key] = (reader, retriever)
+                else:
+                    retriever = entry[1]
+            yield retriever
+
+    @contextmanager
+    def open_reader(self, version: IndexVersion) -> Iterator[Any]:
+        """The pooled ``EdgeIndexReader`` of ``version`` for the ``with`` block."""
+        with self.pool.acquire(version.tenant, version.version, version.path) as reader:
+            yield reader
+
+    # -- query log -----------------------------------------------------------------------------
+    def masker(self, tenant: str) -> Any:
+        """The tenant's ``PIIMasker`` (built once per tenant; Presidio loads on first use)."""
+        from rag_platform.lib.pii import PIIMasker
+
+        with self._maskers_lock:
+            masker = self._maskers.get(tenant)
+            if masker is None:
+                masker = PIIMasker(self.pii_policy(tenant))
+                self._maskers[tenant] = masker
+        return masker
+
+    def mask_question(self, tenant: str, question: str) -> str:
+        """The question with the tenant's PII policy applied; a placeholder if masking fails."""
+        try:
+            return str(self.masker(tenant).run(question).text)
+        except Exception as exc:
+            logger.error("masking the question failed; logging a placeholder",
+                         extra={"error": type(exc).__name__, "tenant": tenant})
+            return "<masking failed>"
+
+    @retry(stop=stop_after_attempt(3), wait=wait_exponential(multiplier=0.05, max=0.5),
+           reraise=True)
+    def _write_entry(self, entry: QueryLogEntry) -> None:
+        self.store.log_query(entry)
+
+    def log_query(self, record: QueryRecord) -> None:
+        """Masks the question and writes the query-log row (3 tries; then spooled, not lost).
+
+        Spooled rows are written before the next row and at shutdown (:meth:`flush_spool`).
+        """
+        entry = QueryLogEntry(
+            query_id=record.query_id, tenant=record.tenant, key_id=record.key_id,
+            question_masked=self.mask_question(record.tenant, record.question),
+            top_k=record.top_k, filters=record.filters,
+            cited_chunk_ids=record.cited_chunk_ids, hit_chunk_ids=record.hit_chunk_ids,
+            index_version=record.index_version, latency_ms=record.latency_ms,
+            embed_ms=record.embed_ms, search_ms=record.search_ms,
+            prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
+            cache_hit=record.cache_hit, status_code=record.status_code,
+            created_at=record.created_at,
+        )
+        self.flush_spool()
+        try:
+            self._write_entry(entry)
+        except Exception as exc:
+            self.metrics.query_log_failures.inc()
+            logger.error("query log write failed; spooled", extra={
+                "error": type(exc).__name__, "query_id": record.query_id})
+            with self._spool_lock:
+                self._spool.append(entry)
+
+    @property
+    def spooled(self) -> int:
+        """Number of query-log rows waiting to be written."""
+        return len(self._spool)
+
+    def flush_spool(self) -> int:
+        """Writes spooled query-log rows; returns how many were written."""
+        written = 0
+        while True:
+            with self._spool_lock:
+                if not self._spool:
+                    return written
+                entry = self._spool[0]
+            try:
+                self.store.log_query(entry)
+            except Exception:
+                return written
+            with self._spool_lock:
+                if self._spool and self._spool[0] is entry:
+                    self._spool.popleft()
+            written += 1
+
+    def _dump_spool(self) -> None:
+        if not self._spool:
+            return
+        path = self.settings.home / "spool" / "query_log.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            for entry in self._spool:
+                row = asdict(entry) if hasattr(entry, "__dataclass_fields__") else vars(entry)
+                f.write(json.dumps(row, default=str) + "\n")
+        logger.error("query log rows written to the spool file", extra={
+            "rows": len(self._spool), "path": str(path)})
+        self._spool.clear()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Flushes the query log (or dumps it to ``<home>/spool``) and closes every shard."""
+        started = time.monotonic()
+        while self._spool and time.monotonic() - started < 5.0:
+            if not self.flush_spool():
+                time.sleep(0.2)
+        self._dump_spool()
+        close = getattr(self._answerer, "close", None)
+        if callable(close):
+            close()
+        try:
+            self.pool.close_all()
+        except Exception as exc:
+            logger.warning("closing the shard pool failed", extra={"error": str(exc)})
+        if isinstance(self.cache, RedisQueryCache):
+            self.cache.close()
+        dispose = getattr(self.store, "close", None) or getattr(self.store, "dispose", None)
+        if callable(dispose):
+            dispose()
