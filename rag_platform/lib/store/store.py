@@ -26,9 +26,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, Engine, Row, create_engine, event, func, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Table,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -67,13 +78,13 @@ _MIGRATION_LOCK_ID = 0x7261675F6D6967  # "rag_mig"
 #: Alembic's context proxy is process-global: one upgrade at a time per process.
 _MIGRATE_LOCK = threading.Lock()
 
-_t_tenant = Tenant.__table__
-_t_key = ApiKey.__table__
-_t_version = IndexVersionRow.__table__
-_t_query = QueryLogRow.__table__
-_t_feedback = FeedbackRow.__table__
-_t_audit = AuditLogRow.__table__
-_t_usage = UsageEventRow.__table__
+_t_tenant = cast(Table, Tenant.__table__)
+_t_key = cast(Table, ApiKey.__table__)
+_t_version = cast(Table, IndexVersionRow.__table__)
+_t_query = cast(Table, QueryLogRow.__table__)
+_t_feedback = cast(Table, FeedbackRow.__table__)
+_t_audit = cast(Table, AuditLogRow.__table__)
+_t_usage = cast(Table, UsageEventRow.__table__)
 
 
 class NotFoundError(ValueError):
