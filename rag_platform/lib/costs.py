@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+#: A deployment's price table, looked for in RAG_HOME by :meth:`PriceTable.load`.
+PRICES_FILE = "prices.yaml"
 #: Bytes in one billed GB (binary gigabyte).
 BYTES_PER_GB = 1024**3
 
@@ -47,6 +49,22 @@ class PriceTable(BaseModel):
         0.0006, ge=0.0, description="USD per 1k completion tokens."
     )
     days_per_month: float = Field(30.0, gt=0.0, description="Days a monthly storage price spans.")
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> PriceTable:
+        """The price table of ``path``; without one, ``<RAG_HOME>/prices.yaml`` when that file
+        exists, else the defaults.
+
+        Raises:
+            FileNotFoundError: an explicit ``path`` does not exist.
+            ValueError: as :meth:`from_yaml`.
+        """
+        if path is not None:
+            return cls.from_yaml(path)
+        from rag_platform.settings import get_settings
+
+        candidate = get_settings().home / PRICES_FILE
+        return cls.from_yaml(candidate) if candidate.exists() else cls()
 
     @classmethod
     def from_yaml(cls, path: Path) -> PriceTable:

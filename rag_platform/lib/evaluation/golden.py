@@ -84,12 +84,14 @@ class GoldenSet:
         format: the format it was loaded from (``beir``, ``jsonl``, ``csv``, ``sec10q``).
         doc_titles: platform document id → title, filled by :func:`resolve_relevance` so reports
             can show what was expected by name.
+        resolved: True once :func:`resolve_relevance` turned the relevance into platform ids.
     """
 
     questions: list[GoldenQuestion]
     name: str
     format: str = ""
     doc_titles: dict[str, str] = field(default_factory=dict)
+    resolved: bool = False
 
     def __len__(self) -> int:
         return len(self.questions)
@@ -191,7 +193,8 @@ def resolve_relevance(
     ``relevant_patterns`` matches the file name (last path component of the native id or URI)
     of every document, case-insensitively (``fnmatch``); matches get relevance 1 unless already
     graded higher. Ids that resolve to nothing are dropped and listed in the question's
-    ``metadata["unresolved"]``.
+    ``metadata["unresolved"]``. On a set resolved before, ids are platform ids already and are
+    not mapped again (``known_only`` still applies), so resolving twice changes nothing.
 
     Args:
         golden: the set as loaded.
@@ -222,6 +225,8 @@ def resolve_relevance(
             target: str | None
             if gid in titles:
                 target = gid
+            elif golden.resolved:
+                target = None if known_only else gid
             elif gid in by_native:
                 target = by_native[gid]
             else:
@@ -247,7 +252,8 @@ def resolve_relevance(
     doc_titles = dict(golden.doc_titles)
     doc_titles.update(titles)
     return GoldenSet(
-        questions=resolved, name=golden.name, format=golden.format, doc_titles=doc_titles
+        questions=resolved, name=golden.name, format=golden.format, doc_titles=doc_titles,
+        resolved=True,
     )
 
 

@@ -70,14 +70,16 @@ def write_report(
         tenant: the tenant id.
         version: the evaluated index version.
         evaluation: ``summary`` (metric → value) and ``per_question`` (as
-            :class:`~rag_platform.lib.evaluation.metrics.RetrievalEvaluation` gives them), and
-            optionally ``by_question_type``, ``skipped``, ``golden_set`` (name), ``answers``
-            (the dict of :func:`~rag_platform.lib.evaluation.answers.evaluate_answers`) and
-            ``gate`` (``GateResult.to_dict()``).
+            :class:`~rag_platform.lib.evaluation.metrics.RetrievalEvaluation` gives them; or
+            nested as ``retrieval``: ``RetrievalEvaluation.to_dict()``), and optionally
+            ``by_question_type``, ``skipped``, ``golden_set`` (name), ``answers`` (the dict of
+            :func:`~rag_platform.lib.evaluation.answers.evaluate_answers`), ``gate``
+            (``GateResult.to_dict()``) and ``published_version``.
         history: earlier versions, each with ``version``, ``time`` (ISO 8601) and ``summary``,
             optionally ``published`` (bool); as :func:`load_history` returns them.
         out_dir: the folder to write into (created if missing).
-        published_version: the version to compare with; default the gate's ``compared_to``,
+        published_version: the version to compare with; default ``evaluation
+            ["published_version"]``, else the gate's ``compared_to``,
             else the latest history entry marked published, else the latest earlier entry.
         created_at: timestamp of this evaluation (default now, UTC).
 
@@ -93,10 +95,15 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     created = (created_at or datetime.now(UTC)).isoformat()
-    per_question = list(evaluation.get("per_question") or [])
-    by_type = dict(evaluation.get("by_question_type") or {})
+    # Retrieval details at the top level, or nested under "retrieval" (RetrievalEvaluation.to_dict)
+    nested = evaluation.get("retrieval")
+    retrieval: Mapping[str, Any] = nested if isinstance(nested, Mapping) else {}
+    per_question = list(evaluation.get("per_question") or retrieval.get("per_question") or [])
+    by_type = dict(evaluation.get("by_question_type") or retrieval.get("by_question_type") or {})
+    skipped = list(evaluation.get("skipped") or retrieval.get("skipped") or [])
     answers = evaluation.get("answers") or None
     gate = evaluation.get("gate") or None
+    published_version = published_version or evaluation.get("published_version")
     earlier = sorted(
         (h for h in history
          if h.get("version") != version and isinstance(h.get("summary"), Mapping)),
@@ -121,7 +128,7 @@ def write_report(
         "created_at": created,
         "golden_set": evaluation.get("golden_set") or "",
         "questions": len(per_question),
-        "skipped": len(evaluation.get("skipped") or []),
+        "skipped": len(skipped),
         "gate": gate,
         "baseline": baseline,
         "headline": headline,
@@ -155,7 +162,7 @@ def write_report(
         "summary": dict(summary),
         "by_question_type": by_type,
         "per_question": per_question,
-        "skipped": list(evaluation.get("skipped") or []),
+        "skipped": skipped,
         "answers": answers,
         "gate": gate,
         "compared_to": baseline["version"] if baseline else None,
