@@ -336,7 +336,8 @@ class MetadataStore:
 
     Args:
         url: SQLAlchemy URL: ``sqlite:///path/metadata.db`` or ``postgresql://user@host/db``
-            (rewritten to ``postgresql+psycopg://``).
+            (rewritten to ``postgresql+psycopg://``). ``sqlite://`` (in memory) shares one
+            connection and suits single-threaded tests only.
         pepper: Server-side secret mixed into API-key hashes (``Settings.key_pepper``). Keys
             created under one pepper do not authenticate under another.
 
