@@ -38,7 +38,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     def start() -> ServingState:
         settings.ensure_dirs()
         state = ServingState(settings, metrics=metrics)
-        state.store.migrate()
+        try:
+            state.store.migrate()
+        except Exception as exc:
+            # Start anyway: /health/ready reports the database down (503) and requests answer
+            # 503 database_unavailable until it is back, instead of a crash loop.
+            logger.error("metadata store migration failed at startup",
+                         extra={"error": type(exc).__name__})
         state.warm_up()
         return state
 

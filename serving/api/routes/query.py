@@ -150,7 +150,7 @@ def answer_query(
         state.cache.set(got.cache_key, {
             "hits": [asdict(h) for h in got.hits], "answer": _answer_to_dict(answer)})
     total_ms = (time.perf_counter() - started) * 1000
-    record.cited_chunk_ids = [c.chunk_id for c in citations]
+    record.cited_chunk_ids = list(dict.fromkeys(c.chunk_id for c in citations))
     record.prompt_tokens, record.completion_tokens = answer.prompt_tokens, answer.completion_tokens
     record.latency_ms = total_ms
     background_tasks.add_task(state.log_query, record)
@@ -215,7 +215,7 @@ def _stream(
     yield _sse("citations", {"citations": [
         CitationPublic.from_citation(c).model_dump() for c in citations]})
     total_ms = (time.perf_counter() - started) * 1000
-    record.cited_chunk_ids = [c.chunk_id for c in citations]
+    record.cited_chunk_ids = list(dict.fromkeys(c.chunk_id for c in citations))
     record.prompt_tokens, record.completion_tokens = answer.prompt_tokens, answer.completion_tokens
     record.latency_ms = total_ms
     yield _sse("done", {
