@@ -1,0 +1,192 @@
+"""Tests of parse_document: real SEC 10-Q PDFs, DOCX/HTML/Markdown built here, bad files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import docx
+import pytest
+
+from rag_platform.lib.models import ParsedDocument, SourceDocument
+from rag_platform.lib.parsing import (
+    DOCX,
+    HTML,
+    MARKDOWN,
+    PDF,
+    PLAIN,
+    ParseError,
+    normalize_text,
+    parse_document,
+)
+
+SEC_DOCS = Path("/work/shared/data/sec10q/docs")
+AAPL = SEC_DOCS / "2023 Q3 AAPL.pdf"
+NVDA = SEC_DOCS / "2023 Q2 NVDA.pdf"
+
+
+def _doc(content: bytes | None, mime: str, text: str | None = None) -> SourceDocument:
+    return SourceDocument(source_id="s", native_id="n", uri="file:///n", title="t",
+                          mime_type=mime, content=content, text=text)
+
+
+@pytest.fixture(scope="module")
+def aapl() -> ParsedDocument:
+    return parse_document(_doc(AAPL.read_bytes(), PDF))
+
+
+class TestPdf:
+    def test_pages_are_one_based_and_in_order(self, aapl: ParsedDocument) -> None:
+        pages = [s.page for s in aapl.sections]
+        assert pages[0] == 1
+        assert pages == sorted(pages)
+        assert max(p for p in pages if p is not None) == aapl.metadata["pages"] == 29
+
+    def test_sec_heading_path(self, aapl: ParsedDocument) -> None:
+        paths = {tuple(s.heading_path) for s in aapl.sections}
+        assert ("PART I — FINANCIAL INFORMATION", "Item 1. Financial Statements") in paths
+        assert ("PART I — FINANCIAL INFORMATION",
+                "Item 2. Management’s Discussion and Analysis of Financial Condition and "
+                "Results of Operations") in paths
+        assert ("PART II — OTHER INFORMATION", "Item 1A. Risk Factors") in paths
+        # The table of contents (page 3) does not set headings; the cover page has none.
+        assert all(s.heading_path == [] for s in aapl.sections if s.page in (1, 2, 3))
+        mdna = [s for s in aapl.sections if s.heading_path[-1:] and
+                s.heading_path[-1].startswith("Item 2. Management")]
+        assert "Net sales" in " ".join(s.text for s in mdna)
+
+    def test_table_rows_are_kept_as_lines(self, aapl: ParsedDocument) -> None:
+        page4 = "\n".join(s.text for s in aapl.sections if s.page == 4)
+        assert "Total net sales 81,797 82,959 293,787 304,182" in page4.split("\n")
+
+    def test_wrapped_upper_case_heading_is_joined(self) -> None:
+        parsed = parse_document(_doc(NVDA.read_bytes(), PDF))
+        items = {s.heading_path[-1] for s in parsed.sections if len(s.heading_path) == 2}
+        assert ("ITEM 2. MANAGEMENT’S DISCUSSION AND ANALYSIS OF FINANCIAL CONDITION AND "
+                "RESULTS OF OPERATIONS") in items
+
+    def test_text_is_normalised(self, aapl: ParsedDocument) -> None:
+        for s in aapl.sections:
+            assert "\r" not in s.text and "\x00" not in s.text and "  " not in s.text
+            assert s.text == s.text.strip() and s.text
+
+    def test_truncated_pdf_raises_parse_error(self) -> None:
+        data = AAPL.read_bytes()[:5000]
+        with pytest.raises(ParseError, match="PDF") as info:
+            parse_document(_doc(data, PDF))
+        assert info.value.reason
+
+    def test_garbage_with_pdf_mime_raises_parse_error(self) -> None:
+        with pytest.raises(ParseError):
+            parse_document(_doc(b"this is not a pdf at all", PDF))
+
+
+class TestBadInput:
+    @pytest.mark.parametrize("mime", [PDF, DOCX, HTML, MARKDOWN, PLAIN])
+    def test_empty_file_raises(self, mime: str) -> None:
+        with pytest.raises(ParseError, match="empty file"):
+            parse_document(_doc(b"", mime))
+
+    def test_unknown_mime_type_raises(self) -> None:
+        with pytest.raises(ParseError, match="unsupported mime type"):
+            parse_document(_doc(b"\x89PNG....", "image/png"))
+
+    def test_corrupt_docx_raises(self) -> None:
+        with pytest.raises(ParseError, match="DOCX"):
+            parse_document(_doc(b"PK\x03\x04 not really a zip", DOCX))
+
+    def test_document_without_text_raises(self) -> None:
+        with pytest.raises(ParseError, match="no text"):
+            parse_document(_doc(b"<html><body><script>x()</script></body></html>", HTML))
+        with pytest.raises(ParseError):
+            parse_document(_doc(None, PLAIN, text=" \n\t "))
+        with pytest.raises(ParseError, match="neither"):
+            parse_document(_doc(None, PLAIN))
+
+
+class TestDocx:
+    def test_headings_paragraphs_and_tables(self) -> None:
+        document = docx.Document()
+        document.add_heading("Annual Report", level=1)
+        document.add_paragraph("Opening remarks.")
+        document.add_heading("Revenue", level=2)
+        document.add_paragraph("Revenue grew strongly.")
+        table = document.add_table(rows=2, cols=3)
+        for r, row in enumerate([["Segment", "2023", "2022"], ["Cloud", "10", "8"]]):
+            for c, value in enumerate(row):
+                table.cell(r, c).text = value
+        document.add_heading("Outlook", level=1)
+        document.add_paragraph("Cautious.")
+        buffer = io.BytesIO()
+        document.save(buffer)
+        parsed = parse_document(_doc(buffer.getvalue(), DOCX))
+        got = [(s.heading_path, s.text) for s in parsed.sections]
+        assert got == [
+            (["Annual Report"], "Opening remarks."),
+            (["Annual Report", "Revenue"],
+             "Revenue grew strongly.\n\nSegment | 2023 | 2022\nCloud | 10 | 8"),
+            (["Outlook"], "Cautious."),
+        ]
+
+
+class TestHtml:
+    def test_drops_boilerplate_and_keeps_structure(self) -> None:
+        html = """<html><head><title>Doc title</title><style>p {color: red}</style></head>
+        <body><nav>Home | About</nav><header>Site header</header>
+        <h1>Main</h1><p>Intro <b>bold</b> text.</p>
+        <script>var x = 1;</script>
+        <h2>Details</h2><ul><li>first</li><li>second</li></ul>
+        <table><tr><th>Name</th><th>Value</th></tr><tr><td>a</td><td>1</td></tr></table>
+        <h2>Other</h2><p>More.</p>
+        <footer>Copyright</footer></body></html>"""
+        parsed = parse_document(_doc(html.encode(), HTML))
+        got = [(s.heading_path, s.text) for s in parsed.sections]
+        assert got == [
+            (["Main"], "Intro bold text."),
+            (["Main", "Details"], "first\n\nsecond\n\nName | Value\na | 1"),
+            (["Main", "Other"], "More."),
+        ]
+        assert parsed.metadata["title"] == "Doc title"
+        joined = parsed.text
+        for boilerplate in ("Home", "Site header", "var x", "color", "Copyright"):
+            assert boilerplate not in joined
+
+
+class TestMarkdown:
+    def test_headings_tables_code_and_inline_markup(self) -> None:
+        md = (
+            "# Guide\n\nSome *emphasis* and a [link](http://x.org).\n\n"
+            "## Install\n\nRun this:\n\n```bash\npip install x\n```\n\n"
+            "| Col A | Col B |\n|---|---|\n| 1 | 2 |\n\n"
+            "# Appendix\n\n- item one\n- item two\n"
+        )
+        parsed = parse_document(_doc(md.encode(), MARKDOWN))
+        got = [(s.heading_path, s.text) for s in parsed.sections]
+        assert got == [
+            (["Guide"], "Some emphasis and a link."),
+            (["Guide", "Install"], "Run this:\n\npip install x\n\nCol A | Col B\n1 | 2"),
+            (["Appendix"], "item one\n\nitem two"),
+        ]
+
+
+class TestPlainText:
+    def test_paragraphs_split_on_blank_lines_and_control_chars_dropped(self) -> None:
+        raw = "First  para\x00graph\r\nline two.\r\n\r\n\r\n\x07Second\tparagraph.\n"
+        parsed = parse_document(_doc(raw.encode(), PLAIN))
+        assert [s.text for s in parsed.sections] == ["First paragraph\nline two.",
+                                                     "Second paragraph."]
+        assert all(s.heading_path == [] and s.page is None for s in parsed.sections)
+
+    def test_cp1252_bytes_are_decoded(self) -> None:
+        parsed = parse_document(_doc("café – naïve".encode("cp1252"), PLAIN))
+        assert parsed.sections[0].text == "café – naïve"
+
+    def test_dataset_text_row_is_one_section(self) -> None:
+        parsed = parse_document(_doc(None, PLAIN, text="Abstract text.\n\nSecond paragraph."))
+        assert len(parsed.sections) == 1
+        assert parsed.sections[0].text == "Abstract text.\n\nSecond paragraph."
+
+
+class TestNormalizeText:
+    def test_whitespace_and_controls(self) -> None:
+        assert normalize_text(" a\u00a0\u00a0b\u200b c \n\n\n\nd\x1f ") == "a b c\n\nd"
