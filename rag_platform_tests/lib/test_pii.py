@@ -1,0 +1,183 @@
+"""Tests of PIIMasker (real Presidio, real spaCy model for NER) and find_residual_pii."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+
+from rag_platform.lib import pii
+from rag_platform.lib.models import SourceDocument
+from rag_platform.lib.parsing import parse_document
+from rag_platform.lib.pii import HASH_SALT, MaskResult, PIIMasker, find_residual_pii
+from rag_platform.lib.tenants import PIIPolicy
+
+PATTERN_ENTITIES = ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE"]
+TEXT = (
+    "Contact jane.doe@example.com or call (212) 555-0187. "
+    "Card 4111 1111 1111 1111, SSN 078-05-1120. Revenue grew 12% to $1,234 million in 2023."
+)
+
+
+def _policy(**kw: object) -> PIIPolicy:
+    kw.setdefault("entities", PATTERN_ENTITIES)
+    kw.setdefault("ner", False)
+    return PIIPolicy(**kw)  # type: ignore[arg-type]
+
+
+class TestPIIMasker:
+    def test_replace_masks_pattern_entities_without_loading_spacy(self) -> None:
+        masker = PIIMasker(_policy())
+        result = masker.run(TEXT)
+        assert isinstance(result, MaskResult)
+        assert result.text == (
+            "Contact <EMAIL_ADDRESS> or call <PHONE_NUMBER>. "
+            "Card <CREDIT_CARD>, SSN <US_SSN>. Revenue grew 12% to $1,234 million in 2023."
+        )
+        assert result.entity_counts == {"CREDIT_CARD": 1, "EMAIL_ADDRESS": 1,
+                                        "PHONE_NUMBER": 1, "US_SSN": 1}
+        assert type(masker.analyzer.nlp_engine).__name__ == "NoOpNlpEngine"
+        assert find_residual_pii(result.text) == []
+
+    def test_only_the_policy_entities_are_masked(self) -> None:
+        result = PIIMasker(_policy(entities=["EMAIL_ADDRESS"])).run(TEXT)
+        assert "<EMAIL_ADDRESS>" in result.text
+        assert "(212) 555-0187" in result.text and "078-05-1120" in result.text
+        assert result.entity_counts == {"EMAIL_ADDRESS": 1}
+
+    def test_allow_list_keeps_listed_values(self) -> None:
+        result = PIIMasker(_policy(allow_list=["jane.doe@example.com"])).run(TEXT)
+        assert "jane.doe@example.com" in result.text
+        assert "EMAIL_ADDRESS" not in result.entity_counts
+        assert "<PHONE_NUMBER>" in result.text
+
+    def test_score_threshold_is_honoured(self) -> None:
+        # Presidio scores an IPv4 address 0.6 (no strict-format pass covers IP addresses).
+        text = "host 192.168.1.20 is down"
+        assert PIIMasker(_policy(entities=["IP_ADDRESS"], score_threshold=0.5)).run(
+            text).text == "host <IP_ADDRESS> is down"
+        assert PIIMasker(_policy(entities=["IP_ADDRESS"], score_threshold=0.7)).run(
+            text).text == text
+
+    def test_strict_formats_presidio_scores_low_are_still_masked(self) -> None:
+        # Presidio gives a phone number without a context word 0.4 (< 0.5) and rejects the
+        # well-known sample SSN 078-05-1120; the residual check would flag both.
+        result = PIIMasker(_policy(entities=["PHONE_NUMBER", "US_SSN"])).run(
+            "ring 408-996-1010 re 078-05-1120")
+        assert result.text == "ring <PHONE_NUMBER> re <US_SSN>"
+
+    def test_mask_operator_stars_each_character(self) -> None:
+        result = PIIMasker(_policy(operator="mask")).run("mail jane.doe@example.com now")
+        assert result.text == "mail " + "*" * len("jane.doe@example.com") + " now"
+
+    def test_hash_operator_is_deterministic_sha256(self) -> None:
+        masker = PIIMasker(_policy(operator="hash"))
+        first = masker.run("mail jane.doe@example.com now").text
+        assert first == masker.run("mail jane.doe@example.com now").text
+        expected = hashlib.sha256(b"jane.doe@example.com" + HASH_SALT).hexdigest()
+        assert first == f"mail {expected} now"
+
+    def test_redact_operator_removes_the_span(self) -> None:
+        result = PIIMasker(_policy(operator="redact")).run("mail jane.doe@example.com now")
+        assert result.text == "mail  now"
+
+    def test_disabled_policy_is_identity(self) -> None:
+        result = PIIMasker(_policy(enabled=False)).run(TEXT)
+        assert result.text == TEXT and result.entity_counts == {}
+        assert [r.text for r in PIIMasker(_policy(enabled=False)).run_batch([TEXT, "x"])] == [
+            TEXT, "x"]
+
+    def test_run_batch_matches_run(self) -> None:
+        masker = PIIMasker(_policy())
+        texts = [TEXT, "", "nothing here", "write to bob@corp.example.org"]
+        batch = masker.run_batch(texts)
+        assert [r.text for r in batch] == [masker.run(t).text for t in texts]
+        assert batch[1].text == "" and batch[2].entity_counts == {}
+
+    def test_long_text_is_masked_in_pieces_split_at_paragraphs(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(pii, "MAX_PIECE_CHARS", 300)
+        paragraphs = [f"Paragraph {i} mentions user{i}@example.com and nothing else of note."
+                      for i in range(40)]
+        text = "\n\n".join(paragraphs)
+        result = PIIMasker(_policy()).run(text)
+        assert result.entity_counts == {"EMAIL_ADDRESS": 40}
+        assert result.text == "\n\n".join(
+            f"Paragraph {i} mentions <EMAIL_ADDRESS> and nothing else of note."
+            for i in range(40))
+
+    def test_pieces_cover_the_text_at_paragraph_breaks(self) -> None:
+        text = "\n\n".join("word " * 30 for _ in range(20))
+        spans = pii._pieces(text, 400)
+        assert spans[0][0] == 0 and spans[-1][1] == len(text)
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+        assert all(e - s <= 400 for s, e in spans)
+        assert all(text[e - 2:e] == "\n\n" for _, e in spans[:-1])
+
+    def test_engines_are_shared_per_configuration(self) -> None:
+        a, b = PIIMasker(_policy()), PIIMasker(_policy(operator="mask"))
+        assert a.analyzer is b.analyzer
+
+
+class TestPIIMaskerNer:
+    def test_ner_masks_person_names(self) -> None:
+        masker = PIIMasker(PIIPolicy(entities=["PERSON", "EMAIL_ADDRESS"], ner=True))
+        result = masker.run("Yesterday John Smith met Maria Garcia in Paris. Email: js@x.org")
+        assert result.entity_counts.get("PERSON", 0) == 2
+        assert "John Smith" not in result.text and "Maria Garcia" not in result.text
+        assert "Paris" in result.text  # LOCATION is not in the policy
+        assert type(masker.analyzer.nlp_engine).__name__ == "SpacyNlpEngine"
+        batch = masker.run_batch(["Call me, said John Smith.", "Nothing."])
+        assert batch[0].entity_counts == {"PERSON": 1} and batch[1].entity_counts == {}
+
+
+class TestFindResidualPii:
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("write to jane.doe@example.com", ["EMAIL_ADDRESS"]),
+            ("SSN 078-05-1120 on file", ["US_SSN"]),
+            ("card 4111 1111 1111 1111 exp", ["CREDIT_CARD"]),
+            ("card 4111-1111-1111-1111", ["CREDIT_CARD"]),
+            ("card 378282246310005", ["CREDIT_CARD"]),
+            ("tel (408) 996-1010", ["PHONE_NUMBER"]),
+            ("tel 408-996-1010.", ["PHONE_NUMBER"]),
+            ("tel +1 408 996 1010", ["PHONE_NUMBER"]),
+            ("Tel.: +31-20-5665-633", ["PHONE_NUMBER"]),
+            ("ring +44 20 7946 0958 today", ["PHONE_NUMBER"]),
+            ("a@b.co and 078-05-1120", ["EMAIL_ADDRESS", "US_SSN"]),
+        ],
+    )
+    def test_finds_pii(self, text: str, expected: list[str]) -> None:
+        assert find_residual_pii(text) == expected
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "Contact <EMAIL_ADDRESS> or <PHONE_NUMBER>; card <CREDIT_CARD>, SSN <US_SSN>.",
+            "Total net sales 81,797 82,959 293,787 304,182",
+            "Products $ 60,584 $ 63,355 $ 230,901 $ 245,241",
+            "Effective tax rate 15.7 % 10.8 % 16.3 % 13.8 %",
+            "Three Months Ended 2023 2022 2023 2022",
+            "4111 1111 1111 1112",  # fails the Luhn check
+            "Commission File Number: 001-36743; ZIP 98109-5210",
+            "For the quarterly period ended 2023-07-01, shares 15,634,232,000",
+            "p = 0.001; 95% CI 1.2-3.4; n = 1234567890123",
+            "version 1.2.3.4 and 10.1016/j.cell.2019.01.001",
+        ],
+    )
+    def test_ignores_placeholders_and_financial_numbers(self, text: str) -> None:
+        assert find_residual_pii(text) == []
+
+    def test_real_10q_tables_do_not_trigger(self) -> None:
+        pdf = Path("/work/shared/data/sec10q/docs/2023 Q3 AAPL.pdf")
+        parsed = parse_document(SourceDocument("s", "n", "u", "t", "application/pdf",
+                                               content=pdf.read_bytes()))
+        hits = {s.page: find_residual_pii(s.text) for s in parsed.sections}
+        # Only the cover page carries PII (Apple's telephone number).
+        assert {p: h for p, h in hits.items() if h} == {1: ["PHONE_NUMBER"]}
+        cover = next(s.text for s in parsed.sections if s.page == 1)
+        assert re.search(r"\(408\) 996-1010", cover)
