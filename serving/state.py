@@ -149,9 +149,12 @@ class ServingState:
         return self._answerer
 
     def warm_up(self) -> None:
-        """Loads the embedding model and runs one query embedding (first request stays fast)."""
+        """Loads the embedding model and the PII maskers of registered tenants (and the default
+        policy), so the first requests and their query-log writes stay fast."""
         self.embedder.embed_query("warm up")
         self.sparse_encoder.encode_query("warm up")
+        for tenant in [*self.registry.ids, ""]:
+            self.mask_question(tenant, "warm up")
 
     # -- tenants -------------------------------------------------------------------------------
     def retrieval_settings(self, tenant: str) -> RetrievalSettings:
@@ -225,7 +228,7 @@ class ServingState:
         with self._maskers_lock:
             masker = self._maskers.get(tenant)
             if masker is None:
-                masker = PIIMasker(self.pii_policy(tenant))
+                masker = PIIMasker(self.pii_policy(tenant), spacy_model=self.settings.spacy_model)
                 self._maskers[tenant] = masker
         return masker
 
