@@ -88,7 +88,7 @@ def materialize_tenant(tenant: str, settings: Settings | None = None,
     instance = instance or dagster_instance(settings)
     if not instance.has_dynamic_partition("tenants", tenant):
         instance.add_dynamic_partitions("tenants", [tenant])
-    job = load_definitions().get_job_def("tenant_pipeline")
+    job = load_definitions().resolve_job_def("tenant_pipeline")
     start = time.perf_counter()
     result = job.execute_in_process(partition_key=tenant, instance=instance, raise_on_error=False)
     seconds = time.perf_counter() - start

@@ -7,7 +7,6 @@ Used by the ``index_evaluation`` asset (on the version just built, before publis
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,7 +68,7 @@ def _golden_from_dict(data: dict[str, Any]) -> GoldenSet:
 
 def _acl_groups_of_index(reader: Any) -> tuple[str, ...]:
     groups: set[str] = set()
-    for payload in reader.scroll_payloads():
+    for _, payload in reader.scroll():
         groups.update(payload.get("acl_groups") or [])
     return tuple(sorted(groups)) or ("all",)
 
@@ -158,15 +157,16 @@ def evaluate_version(
     history = load_history(reports_dir)
     paths = write_report(
         tenant.id, version,
-        {**evaluation, "gate": asdict(gate), "evaluated_at": datetime.now(UTC).isoformat(),
+        {**evaluation, "gate": gate.to_dict(), "golden_set": golden.name,
+         "evaluated_at": datetime.now(UTC).isoformat(),
          "published_version": published.version if published else None,
          "published_summary": published_summary},
-        history, reports_dir,
+        history, reports_dir / version,
     )
     headline = {"summary": evaluation["summary"], "queries": evaluation["queries"],
                 "report_html": str(paths.html), "report_md": str(paths.markdown)}
     store.set_version_details(tenant.id, version, {"evaluation": headline})
-    return {**headline, "version": version, "reused": False, "gate": asdict(gate),
+    return {**headline, "version": version, "reused": False, "gate": gate.to_dict(),
             "markdown": paths.markdown.read_text()}
 
 
@@ -185,9 +185,11 @@ def evaluate_published(
     published = store.get_published_version(tenant_id)
     if published is None:
         raise ValueError(f"tenant {tenant_id!r} has no published index version")
+    documents: dict[str, tuple[str, str, str]] = {}
     with EdgeIndexReader(Path(published.path)) as reader:
-        documents = reader.documents()
-    gs = load_tenant_golden_set(tenant, [(d["doc_id"], d["uri"], d["title"]) for d in documents],
+        for _, p in reader.scroll():
+            documents.setdefault(p["doc_id"], (p["doc_id"], p.get("uri", ""), p.get("title", "")))
+    gs = load_tenant_golden_set(tenant, list(documents.values()),
                                 path=golden, fmt=golden_format if golden else None,
                                 split=split, limit=limit)
     if gs is None:

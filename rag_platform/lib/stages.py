@@ -214,7 +214,8 @@ def sync_sources(tenant: TenantConfig, manifest_path: Path) -> SyncResult:
                     "text": doc.text,
                     "content_hash": doc.content_hash,
                     "acl_groups": sorted(set(doc.acl_groups)),
-                    "updated_at": (doc.updated_at or datetime.now(UTC)).isoformat(),
+                    # No date at the source stays empty: a sync time would change every run.
+                    "updated_at": doc.updated_at.isoformat() if doc.updated_at else "",
                     "metadata": json.dumps(doc.metadata, default=str),
                 })
             problems.extend((source.id, item, reason) for item, reason in connector.problems)
@@ -355,14 +356,15 @@ def mask_stage(
         else:
             todo.append((i, key))
     if todo:
-        masker = masker_factory()
+        masker = masker_factory() if policy.enabled else None
         for i, key in todo:
             sections = sections_from_json(records[i].sections)
-            masked = masker.run_batch([s.text for s in sections]) if sections else []
             counts: Counter[str] = Counter()
-            for s, m in zip(sections, masked, strict=True):
-                s.text = m.text
-                counts.update(m.entity_counts)
+            if masker is not None and sections:
+                masked = masker.run_batch([s.text for s in sections])
+                for s, m in zip(sections, masked, strict=True):
+                    s.text = m.text
+                    counts.update(m.entity_counts)
             value = {"sections": _sections_to_json(sections), "counts": dict(counts)}
             cache.put(key, value)
             results[i] = value
@@ -568,15 +570,6 @@ def new_version_id() -> str:
     return "v" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def _ts(iso: str | None) -> float:
-    if not iso:
-        return 0.0
-    try:
-        return datetime.fromisoformat(iso).timestamp()
-    except ValueError:
-        return 0.0
-
-
 def build_index(
     chunks: pd.DataFrame, embeddings: EmbeddingSet, path: Path, sparse_encoder: Any,
     batch_size: int = 512,
@@ -586,7 +579,7 @@ def build_index(
     Each point: id = chunk_id, dense vector from the embedding cache (never recomputed), BM25
     sparse vector of the embedding text, and the payload of DESIGN.md.
     """
-    from rag_platform.lib.index.edge import EdgeIndexWriter, IndexPoint
+    from rag_platform.lib.index.edge import EdgeIndexWriter, IndexPoint, make_payload
 
     start = time.perf_counter()
     lookup = embeddings.lookup()
@@ -602,15 +595,14 @@ def build_index(
                     id=r.chunk_id,
                     dense=embeddings.vectors[lookup[r.content_hash]],
                     sparse=sv,
-                    payload={
-                        "tenant": r.tenant, "doc_id": r.doc_id, "chunk_id": r.chunk_id,
-                        "ordinal": int(r.ordinal), "text": r.text, "title": r.title,
-                        "uri": r.uri, "source_id": r.source_id, "mime_type": r.mime_type,
-                        "heading_path": list(r.heading_path),
-                        "page": None if pd.isna(r.page) else int(r.page),
-                        "acl_groups": list(r.acl_groups), "updated_at": r.updated_at,
-                        "updated_ts": _ts(r.updated_at),
-                    },
+                    payload=make_payload(
+                        tenant=r.tenant, doc_id=r.doc_id, chunk_id=r.chunk_id,
+                        ordinal=int(r.ordinal), text=r.text, title=r.title, uri=r.uri,
+                        source_id=r.source_id, mime_type=r.mime_type,
+                        heading_path=list(r.heading_path),
+                        page=None if pd.isna(r.page) else int(r.page),
+                        acl_groups=list(r.acl_groups), updated_at=r.updated_at or None,
+                    ),
                 )
                 for r, sv in zip(batch, sparse, strict=True)
             ]

@@ -133,6 +133,11 @@ def published_index(
     else:
         store.publish_version(tenant, version, actor=f"dagster:{context.run.run_id}")
         published_now = True
+    report_dir = platform.settings.reports_dir / tenant / version
+    if published_now and (report_dir / "report.json").exists():
+        from rag_platform.lib.evaluation.report import mark_published
+
+        mark_published(report_dir)
     versions = store.list_versions(tenant)
     keep_n = platform.settings.versions_kept
     keep = {v.version for v in versions[:keep_n]} | {version}
