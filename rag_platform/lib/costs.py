@@ -16,6 +16,7 @@ there to give an order of magnitude until a deployment supplies its own table as
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +35,23 @@ class PriceTable(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     embedding_per_1k_tokens: float = Field(
-        0.00002, ge=0.0, description="USD per 1k embedded tokens."
+        default=0.00002, ge=0.0, description="USD per 1k embedded tokens."
     )
     compute_per_second: float = Field(
-        0.048 / 3600, ge=0.0, description="USD per vCPU-second of pipeline or query compute."
+        default=0.048 / 3600, ge=0.0, description="USD per vCPU-second of pipeline or query work."
     )
     storage_per_gb_month: float = Field(
-        0.023, ge=0.0, description="USD per GB-month of index and asset storage."
+        default=0.023, ge=0.0, description="USD per GB-month of index and asset storage."
     )
     llm_prompt_per_1k_tokens: float = Field(
-        0.00015, ge=0.0, description="USD per 1k prompt tokens."
+        default=0.00015, ge=0.0, description="USD per 1k prompt tokens."
     )
     llm_completion_per_1k_tokens: float = Field(
-        0.0006, ge=0.0, description="USD per 1k completion tokens."
+        default=0.0006, ge=0.0, description="USD per 1k completion tokens."
     )
-    days_per_month: float = Field(30.0, gt=0.0, description="Days a monthly storage price spans.")
+    days_per_month: float = Field(
+        default=30.0, gt=0.0, description="Days a monthly storage price spans."
+    )
 
     @classmethod
     def load(cls, path: Path | None = None) -> PriceTable:
@@ -95,7 +98,7 @@ USAGE_KINDS: dict[str, tuple[str, str, float]] = {
 }
 
 
-def rollup_costs(usage: dict[str, float], prices: PriceTable) -> dict[str, Any]:
+def rollup_costs(usage: Mapping[str, float], prices: PriceTable) -> dict[str, Any]:
     """Price one tenant-day of usage.
 
     Args:

@@ -120,10 +120,13 @@ class TestSampling:
 
 class TestLLMConfig:
     def test_only_when_endpoint_and_model_are_set(self) -> None:
-        assert LLMConfig.from_settings(Settings(llm_base_url=None, llm_model=None)) is None
-        assert LLMConfig.from_settings(Settings(llm_base_url="http://x/v1", llm_model=None)) is None
+        def settings(**values: str | None) -> Settings:
+            return Settings.model_validate(values)
+
+        assert LLMConfig.from_settings(settings(llm_base_url=None, llm_model=None)) is None
+        assert LLMConfig.from_settings(settings(llm_base_url="http://x/v1", llm_model=None)) is None
         cfg = LLMConfig.from_settings(
-            Settings(llm_base_url="http://localhost:11434/v1", llm_model="qwen2.5", llm_api_key="k")
+            settings(llm_base_url="http://localhost:11434/v1", llm_model="qwen2.5", llm_api_key="k")
         )
         assert cfg == LLMConfig("http://localhost:11434/v1", "qwen2.5", "k")
 

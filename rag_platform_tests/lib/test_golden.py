@@ -169,7 +169,7 @@ class TestResolveRelevance:
         golden = load_golden_set(SCIFACT, limit=20)
         corpus_ids = sorted({cid for q in golden.questions for cid in q.relevant_doc_ids})
 
-        def doc_id_for(native: str) -> str | None:
+        def doc_id_for(native: str) -> str:
             return make_doc_id("scifact", "corpus", native)
 
         indexed = corpus_ids[:5]  # an index holding a subset of the corpus

@@ -405,7 +405,7 @@ def _plot_by_type(
              for g, v in groups.items()]
     ax.set_xticks([x + width * (len(metrics) - 1) / 2 for x in range(len(groups))],
                   [_short(n, 34) for n in names], fontsize=8)
-    ax.set_ylim(0.0, 1.02)
+    ax.set_ylim(0.0, 1.15)  # headroom for the legend above the bars
     ax.set_title("Metrics per question type", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncols=len(metrics))
