@@ -186,10 +186,12 @@ _CONTINUES = re.compile(r"(?:\b(?:of|and|the|for|in|to|on|or|by)|[,—–-])$", 
 
 def _reflow(lines: list[str]) -> list[str]:
     """Joins a wrapped line to the previous one when it starts with a lower-case letter (the
-    previous line ended mid-sentence); table rows and headings stay on their own lines."""
+    previous line ended mid-sentence) or the previous line ends with a comma ("July 30," +
+    "2023"); table rows and headings stay on their own lines."""
     out: list[str] = []
     for line in lines:
-        if out and line[:1].islower() and not out[-1].endswith((".", ":", "?", "!")):
+        if out and (out[-1].endswith(",") or (
+                line[:1].islower() and not out[-1].endswith((".", ":", "?", "!")))):
             out[-1] = out[-1][:-1] + line if out[-1].endswith("-") else f"{out[-1]} {line}"
         else:
             out.append(line)
