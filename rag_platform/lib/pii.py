@@ -62,7 +62,7 @@ def _engines(ner: bool, spacy_model: str, language: str) -> tuple[Any, Any]:
                 ).create_engine()
                 # Presidio uses tokens, lemmas and entities, never the dependency parse; the
                 # parser is about a third of en_core_web_sm's time.
-                for nlp in (nlp_engine.nlp or {}).values():
+                for nlp in (getattr(nlp_engine, "nlp", None) or {}).values():
                     if nlp is not None and "parser" in nlp.pipe_names:
                         nlp.disable_pipe("parser")
             else:
