@@ -63,12 +63,7 @@ def tenants_add(
     """Adds a tenant with one filesystem source to the registry."""
     from pydantic import ValidationError
 
-    from rag_platform.lib.tenants import (
-        FilesystemSource,
-        TenantConfig,
-        load_registry,
-        save_registry,
-    )
+    from rag_platform.lib.tenants import FilesystemSource, TenantConfig, load_registry
 
     settings = get_settings()
     folder = path.expanduser().resolve()
@@ -91,11 +86,13 @@ def tenants_add(
     exists = settings.tenants_file.exists()
     raw = yaml.safe_load(settings.tenants_file.read_text()) if exists else None
     raw = raw or {"tenants": []}
-    raw.setdefault("tenants", []).append(tenant.model_dump(mode="json", exclude_defaults=True))
+    entry = tenant.model_dump(mode="json", exclude_defaults=True)
+    for dumped, source in zip(entry["sources"], tenant.sources, strict=True):
+        dumped["type"] = source.type  # the discriminator is a default, but must be written
+    raw.setdefault("tenants", []).append(entry)
     settings.tenants_file.parent.mkdir(parents=True, exist_ok=True)
     settings.tenants_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     load_registry(settings.tenants_file, settings.data_dir)  # validates the result
-    _ = save_registry  # the raw round-trip above keeps comments-free YAML readable
     _store(settings).upsert_tenant(tenant_id, name)
     _echo_json({"tenant": tenant_id, "path": str(folder)})
 
