@@ -35,6 +35,28 @@ def aapl() -> ParsedDocument:
     return parse_document(_doc(AAPL.read_bytes(), PDF))
 
 
+def _encrypted_pdf() -> bytes:
+    """A one-page PDF under the standard security handler whose user password is not empty
+    (random /O and /U entries), so it cannot be opened without a password."""
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>",
+        b"<< /Filter /Standard /V 1 /R 2 /O <" + b"11" * 32 + b"> /U <" + b"22" * 32
+        + b"> /P -4 >>",
+    ]
+    out, offsets = b"%PDF-1.4\n", []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
+    out += (f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R /Encrypt 4 0 R "
+            f"/ID [<{'ab' * 16}> <{'ab' * 16}>] >>\nstartxref\n{xref}\n%%EOF\n").encode()
+    return out
+
+
 class TestPdf:
     def test_pages_are_one_based_and_in_order(self, aapl: ParsedDocument) -> None:
         pages = [s.page or 0 for s in aapl.sections]
@@ -75,6 +97,10 @@ class TestPdf:
         with pytest.raises(ParseError, match="PDF") as info:
             parse_document(_doc(data, PDF))
         assert info.value.reason
+
+    def test_encrypted_pdf_raises_parse_error(self) -> None:
+        with pytest.raises(ParseError, match="encrypted"):
+            parse_document(_doc(_encrypted_pdf(), PDF))
 
     def test_garbage_with_pdf_mime_raises_parse_error(self) -> None:
         with pytest.raises(ParseError):
