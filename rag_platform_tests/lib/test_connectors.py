@@ -189,6 +189,23 @@ class TestDatasetConnector:
         assert "duplicate" in reasons["a1"]
         assert "missing text" in reasons["a5"]
 
+    def test_bad_jsonl_lines_and_changing_types_are_problems_not_failures(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "messy.jsonl"
+        path.write_text(
+            '{"id": 1, "title": "One", "text": "first", "extra": {"a": 1}}\n'
+            "{this is not json}\n"
+            '["a", "list"]\n'
+            '{"id": "two", "title": "Two", "text": "second", "extra": "now a string"}\n'
+        )
+        conn = build_connector(DatasetSource(id="m", path=path), ["all"])
+        docs = list(conn.list_documents())
+        assert [(d.native_id, d.text, d.metadata["row"]) for d in docs] == [
+            ("1", "first", 1), ("two", "second", 4)]
+        assert [p[0] for p in conn.problems] == ["row 2", "row 3"]
+        assert "invalid JSON" in conn.problems[0][1]
+
     def test_csv_keeps_ids_as_strings_and_splits_acl_strings(self, tmp_path: Path) -> None:
         path = tmp_path / "rows.csv"
         path.write_text("id,title,text,acl\n007,Bond,shaken not stirred,\"mi6, agents\"\n"

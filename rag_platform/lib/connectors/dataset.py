@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -16,29 +17,82 @@ _FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "cs
             ".parquet": "parquet", ".pq": "parquet"}
 
 
-def _read_table(path: Path, string_columns: list[str]) -> pa.Table:
-    """Reads the whole file into an Arrow table (pyarrow readers; multithreaded, about 0.1 s for
-    the 8 MB SciFact corpus)."""
+def _read_jsonl_leniently(
+    path: Path, columns: list[str]
+) -> tuple[pa.Table, list[int], list[tuple[str, str]]]:
+    """Line-by-line JSONL reader for files pyarrow rejects (a bad line, types that change between
+    rows): keeps ``columns`` only; a line that is not a JSON object becomes a problem."""
+    rows: list[dict[str, Any]] = []
+    numbers: list[int] = []
+    problems: list[tuple[str, str]] = []
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append((f"row {number}", f"invalid JSON: {exc.msg}"))
+                continue
+            if not isinstance(obj, dict):
+                problems.append((f"row {number}", "not a JSON object"))
+                continue
+            rows.append({c: obj[c] for c in columns if c in obj})
+            numbers.append(number)
+    data: dict[str, list[Any]] = {}
+    for c in columns:
+        values = [r.get(c) for r in rows]
+        kinds = {type(v) for v in values if v is not None}
+        if not kinds:
+            if any(c in r for r in rows):
+                data[c] = values
+            continue
+        if len(kinds) > 1 or kinds & {dict}:
+            values = [v if v is None else json.dumps(v) if isinstance(v, dict | list) else str(v)
+                      for v in values]
+        data[c] = values
+    return pa.table(data) if data else pa.table({}), numbers, problems
+
+
+def _read_table(
+    path: Path, columns: list[str], string_columns: list[str]
+) -> tuple[pa.Table, list[int] | None, list[tuple[str, str]]]:
+    """Reads the file into an Arrow table with pyarrow's readers (multithreaded; about 0.1 s
+    for the 8 MB SciFact corpus).
+
+    Returns:
+        The table, the 1-based source row number of each table row (None when rows are numbered
+        in order) and problems found while reading (bad JSONL lines).
+
+    Raises:
+        ValueError: unsupported extension, or a CSV / Parquet file that cannot be read.
+    """
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(
             f"dataset {str(path)!r}: unsupported extension {path.suffix!r} "
             f"(expected one of {sorted(_FORMATS)})"
         )
-    if fmt == "jsonl":
-        import pyarrow.json as pa_json
+    try:
+        if fmt == "jsonl":
+            import pyarrow.json as pa_json
 
-        return pa_json.read_json(path)
-    if fmt == "csv":
-        import pyarrow.csv as pa_csv
+            try:
+                return pa_json.read_json(path), None, []
+            except pa.ArrowInvalid:
+                return _read_jsonl_leniently(path, columns)
+        if fmt == "csv":
+            import pyarrow.csv as pa_csv
 
-        # Ids such as "007" must stay strings, not become the integer 7.
-        header = pa_csv.read_csv(path, read_options=pa_csv.ReadOptions(block_size=1 << 16))
-        types = {c: pa.string() for c in string_columns if c in header.column_names}
-        return pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(column_types=types))
-    import pyarrow.parquet as pq
+            # Ids such as "007" must stay strings, not become the integer 7.
+            types = {c: pa.string() for c in string_columns}
+            options = pa_csv.ConvertOptions(column_types=types)
+            return pa_csv.read_csv(path, convert_options=options), None, []
+        import pyarrow.parquet as pq
 
-    return pq.read_table(path)
+        return pq.read_table(path), None, []
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"dataset {str(path)!r}: cannot read {fmt}: {exc}") from exc
 
 
 def _to_datetime(value: Any) -> datetime:
@@ -112,7 +166,10 @@ class DatasetConnector:
             )
         wanted = [c for c in (src.id_column, src.title_column, src.text_column, src.acl_column,
                               src.updated_at_column) if c]
-        table = _read_table(self.path, [c for c in wanted if c != src.updated_at_column])
+        table, numbers, read_problems = _read_table(
+            self.path, wanted, [c for c in wanted if c != src.updated_at_column]
+        )
+        self.problems.extend(read_problems)
         missing = [c for c in (src.id_column, src.text_column) if c not in table.column_names]
         missing += [c for c in (src.title_column, src.acl_column, src.updated_at_column)
                     if c and c not in table.column_names]
@@ -132,7 +189,8 @@ class DatasetConnector:
                  else [None] * n)
         seen: set[str] = set()
         for i in range(n):
-            row = f"row {i + 1}"
+            row_number = numbers[i] if numbers is not None else i + 1
+            row = f"row {row_number}"
             raw_id = ids[i]
             if _blank(raw_id):
                 self.problems.append((row, f"missing id in column {src.id_column!r}"))
@@ -167,5 +225,5 @@ class DatasetConnector:
                 text=str(text),
                 acl_groups=groups or list(self.default_acl_groups),
                 updated_at=updated_at,
-                metadata={"row": i + 1},
+                metadata={"row": row_number},
             )
