@@ -131,3 +131,7 @@ class TestLoadHistory:
         paths = write_report("acme", "v3", ev, history, tenant_dir / "v3")
         assert json.loads(paths.json.read_text())["compared_to"] == "v1"
         assert "published `v1`" in paths.markdown.read_text()
+
+    def test_reads_a_report_written_straight_into_the_tenant_folder(self, tmp_path: Path) -> None:
+        write_report("acme", "v1", evaluation(), [], tmp_path)
+        assert [h["version"] for h in load_history(tmp_path)] == ["v1"]

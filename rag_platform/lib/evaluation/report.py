@@ -176,8 +176,9 @@ def write_report(
 def load_history(reports_dir_for_tenant: Path) -> list[dict[str, Any]]:
     """The summaries of earlier reports of one tenant, oldest first.
 
-    Reads every ``<reports_dir_for_tenant>/*/report.json``; an unreadable or malformed file is
-    logged and skipped, a missing folder gives an empty list.
+    Reads every ``<reports_dir_for_tenant>/*/report.json`` (one folder per version, the layout
+    :func:`write_report` expects) and a ``report.json`` directly in the folder, if any; an
+    unreadable or malformed file is logged and skipped, a missing folder gives an empty list.
 
     Returns:
         ``[{"version", "time", "summary", "answers_summary", "published", "gate"}, ...]``
@@ -187,7 +188,8 @@ def load_history(reports_dir_for_tenant: Path) -> list[dict[str, Any]]:
     if not folder.is_dir():
         return []
     entries: list[dict[str, Any]] = []
-    for path in folder.glob(f"*/{REPORT_JSON}"):
+    candidates = [folder / REPORT_JSON] if (folder / REPORT_JSON).exists() else []
+    for path in [*candidates, *folder.glob(f"*/{REPORT_JSON}")]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(data, dict) or not isinstance(data.get("summary"), dict):
