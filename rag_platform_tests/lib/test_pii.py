@@ -68,6 +68,13 @@ class TestPIIMasker:
             "ring 408-996-1010 re 078-05-1120")
         assert result.text == "ring <PHONE_NUMBER> re <US_SSN>"
 
+    def test_presidio_phone_recognizer_still_runs_on_phone_like_text(self) -> None:
+        # A UK national number: not a strict US/international format, found by Presidio's
+        # libphonenumber recognizer (score 0.4, so only under a low threshold).
+        masker = PIIMasker(_policy(entities=["PHONE_NUMBER"], score_threshold=0.3))
+        assert masker.run("call 020 7946 0958 now").text == "call <PHONE_NUMBER> now"
+        assert masker.run("the 12 samples had 4.5 mg").entity_counts == {}
+
     def test_mask_operator_stars_each_character(self) -> None:
         result = PIIMasker(_policy(operator="mask")).run("mail jane.doe@example.com now")
         assert result.text == "mail " + "*" * len("jane.doe@example.com") + " now"
