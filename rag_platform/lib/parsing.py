@@ -45,13 +45,17 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _ZERO_WIDTH = re.compile(r"[\u200b-\u200d\u2060\ufeff\u00ad]")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
+# Typographic ligatures PDFs keep as single code points ("ﬁnancial" must match "financial").
+_LIGATURES = str.maketrans({"ﬀ": "ff", "ﬁ": "fi", "ﬂ": "fl", "ﬃ": "ffi", "ﬄ": "ffl", "ﬅ": "st",
+                            "ﬆ": "st"})
 
 
 def normalize_text(text: str) -> str:
-    """NFC-normalises, drops NUL/control and zero-width characters, collapses runs of spaces
-    and tabs, strips every line and keeps at most one blank line between paragraphs."""
+    """NFC-normalises, drops NUL/control and zero-width characters, expands typographic
+    ligatures, collapses runs of spaces and tabs, strips every line and keeps at most one blank
+    line between paragraphs."""
     text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
-    text = _ZERO_WIDTH.sub("", _CONTROL.sub("", text))
+    text = _ZERO_WIDTH.sub("", _CONTROL.sub("", text)).translate(_LIGATURES)
     lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
     return _MANY_NEWLINES.sub("\n\n", "\n".join(lines)).strip()
 
@@ -384,10 +388,13 @@ def _parse_html(content: bytes | str) -> ParsedDocument:
 # Markdown (markdown-it-py)
 
 
+_TAG = re.compile(r"<[^>]*>")
+
+
 def _inline_text(token: Any) -> str:
     parts: list[str] = []
     for child in token.children or []:
-        if child.type in ("text", "code_inline", "html_inline"):
+        if child.type in ("text", "code_inline"):
             parts.append(child.content)
         elif child.type == "softbreak":
             parts.append(" ")
@@ -430,8 +437,10 @@ def _parse_markdown(text: str) -> ParsedDocument:
                 row.append(content)
             else:
                 builder.add(content)
-        elif tok.type in ("fence", "code_block", "html_block"):
+        elif tok.type in ("fence", "code_block"):
             builder.add(tok.content)
+        elif tok.type == "html_block":
+            builder.add(_TAG.sub(" ", tok.content))
     return ParsedDocument(sections=builder.result())
 
 

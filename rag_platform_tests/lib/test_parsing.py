@@ -184,14 +184,14 @@ class TestMarkdown:
             "# Guide\n\nSome *emphasis* and a [link](http://x.org).\n\n"
             "## Install\n\nRun this:\n\n```bash\npip install x\n```\n\n"
             "| Col A | Col B |\n|---|---|\n| 1 | 2 |\n\n"
-            "# Appendix\n\n- item one\n- item two\n"
+            "# Appendix\n\n- item one\n- item <em>two</em>\n\n<div class=\"x\">raw html</div>\n"
         )
         parsed = parse_document(_doc(md.encode(), MARKDOWN))
         got = [(s.heading_path, s.text) for s in parsed.sections]
         assert got == [
             (["Guide"], "Some emphasis and a link."),
             (["Guide", "Install"], "Run this:\n\npip install x\n\nCol A | Col B\n1 | 2"),
-            (["Appendix"], "item one\n\nitem two"),
+            (["Appendix"], "item one\n\nitem two\n\nraw html"),
         ]
 
 
@@ -216,3 +216,4 @@ class TestPlainText:
 class TestNormalizeText:
     def test_whitespace_and_controls(self) -> None:
         assert normalize_text(" a\u00a0\u00a0b\u200b c \n\n\n\nd\x1f ") == "a b c\n\nd"
+        assert normalize_text("e\u0301 ﬁnancial\r\nx") == "\u00e9 financial\nx"
