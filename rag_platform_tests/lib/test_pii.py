@@ -124,6 +124,10 @@ class TestPIIMasker:
         assert all(e - s <= 400 for s, e in spans)
         assert all(text[e - 2:e] == "\n\n" for _, e in spans[:-1])
 
+    def test_entity_without_recognizer_raises_a_clear_error(self) -> None:
+        with pytest.raises(ValueError, match=r"\['PERSON'\].*ner: true"):
+            PIIMasker(_policy(entities=["PERSON", "EMAIL_ADDRESS"])).run("John Smith")
+
     def test_engines_are_shared_per_configuration(self) -> None:
         a, b = PIIMasker(_policy()), PIIMasker(_policy(operator="mask"))
         assert a.analyzer is b.analyzer
