@@ -248,11 +248,12 @@ class TestDatasetConnector:
     def test_reads_the_scifact_corpus_in_well_under_a_second(self) -> None:
         source = DatasetSource(id="corpus", path=SCIFACT, id_column="_id")
         conn = build_connector(source, ["all"])
-        start = time.perf_counter()
+        # CPU time (all threads), not wall time: the test machine may be shared.
+        start = time.process_time()
         docs = list(conn.list_documents())
-        elapsed = time.perf_counter() - start
+        elapsed = time.process_time() - start
         assert len(docs) == 5183
         assert conn.problems == []
         assert len({d.native_id for d in docs}) == 5183
         assert docs[0].native_id == "4983" and docs[0].title.startswith("Microstructural")
-        assert elapsed < 1.0, f"took {elapsed:.2f} s"
+        assert elapsed < 1.0, f"took {elapsed:.2f} s of CPU"
