@@ -49,6 +49,11 @@ class PriceTable(BaseModel):
     llm_completion_per_1k_tokens: float = Field(
         default=0.0006, ge=0.0, description="USD per 1k completion tokens."
     )
+    per_1k_queries: float = Field(
+        default=0.0, ge=0.0,
+        description="USD per 1k API queries (a flat fee, if the deployment charges one; query "
+        "compute and LLM tokens are priced by their own lines).",
+    )
     days_per_month: float = Field(
         default=30.0, gt=0.0, description="Days a monthly storage price spans."
     )
@@ -95,6 +100,7 @@ USAGE_KINDS: dict[str, tuple[str, str, float]] = {
     "storage_bytes": ("GB-day", "storage_per_gb_month", float(BYTES_PER_GB)),
     "llm_prompt_tokens": ("1k tokens", "llm_prompt_per_1k_tokens", 1000.0),
     "llm_completion_tokens": ("1k tokens", "llm_completion_per_1k_tokens", 1000.0),
+    "queries": ("1k queries", "per_1k_queries", 1000.0),
 }
 
 

@@ -114,6 +114,10 @@ class TestSampling:
         assert first == [q.qid for q in sample_questions(golden, 50)]
         assert first == sorted(first, key=lambda qid: int(qid[1:]))
         assert len(sample_questions(golden, None)) == 200
+        # once some questions are judged, only they are answered
+        golden.questions[7].relevant_doc_ids = {"d": 1}
+        golden.questions[9].relevant_doc_ids = {"d": 2}
+        assert [q.qid for q in sample_questions(golden, 50)] == ["q7", "q9"]
         with pytest.raises(ValueError, match="limit"):
             evaluate_answers(golden, retrieve, answer, limit=0)
 

