@@ -126,8 +126,11 @@ class PIIMasker:
 
         op = self.policy.operator
         if op == "replace":
-            return {e: OperatorConfig("replace", {"new_value": f"<{e}>"})
-                    for e in [*self.policy.entities, "DEFAULT"]}
+            # Presidio's replace without new_value also writes "<ENTITY_TYPE>".
+            operators = {e: OperatorConfig("replace", {"new_value": f"<{e}>"})
+                         for e in self.policy.entities}
+            operators["DEFAULT"] = OperatorConfig("replace", {})
+            return operators
         if op == "mask":
             config = OperatorConfig(
                 "mask", {"masking_char": "*", "chars_to_mask": 1 << 30, "from_end": False}
