@@ -237,6 +237,34 @@ def _pdf_page_sections(
     return out
 
 
+_FOOTER = re.compile(r"^(?P<label>\D.{0,78}?)\s+(?P<page>\d{1,3})$")
+#: Footer labels are used when at least this many pages, and half of all pages, carry one.
+_FOOTER_MIN_PAGES = 3
+
+
+def _footer_sections(pages: list[list[str]]) -> list[Section] | None:
+    """Sections headed by running-footer labels ("MD&A 24", "Financial Statements Notes to
+    Financial Statements 9"), for filings with their own layout (Intel's 10-Q has no PART /
+    Item headings in the body). None unless at least half the pages (and three) carry a
+    labelled footer."""
+    labels: list[str | None] = []
+    for lines in pages:
+        m = _FOOTER.match(lines[-1]) if lines else None
+        labels.append(m.group("label").strip() if m else None)
+    labelled = sum(1 for label in labels if label)
+    if labelled < _FOOTER_MIN_PAGES or labelled < len(pages) / 2:
+        return None
+    out: list[Section] = []
+    for number, (lines, label) in enumerate(zip(pages, labels, strict=True), 1):
+        if label:
+            lines, path = lines[:-1], [label]
+        else:
+            path = []
+        if lines:
+            out.append(Section("\n".join(_reflow(lines)), path, number))
+    return out
+
+
 def _parse_pdf(content: bytes) -> ParsedDocument:
     import pypdfium2 as pdfium
 
@@ -247,8 +275,7 @@ def _parse_pdf(content: bytes) -> ParsedDocument:
         if "password" in reason.lower():
             raise ParseError(f"encrypted PDF (password required): {reason}") from exc
         raise ParseError(f"unreadable PDF: {reason}") from exc
-    sections: list[Section] = []
-    headings = _SecHeadings()
+    pages: list[list[str]] = []
     try:
         n_pages = len(pdf)
         for index in range(n_pages):
@@ -259,17 +286,21 @@ def _parse_pdf(content: bytes) -> ParsedDocument:
                 textpage.close()
             finally:
                 page.close()
-            lines = [ln for ln in normalize_text(raw).split("\n") if ln]
-            toc_entries = sum(
-                1 for ln in lines
-                if _ITEM_RE.match(ln) and _SecHeadings.match(ln) is None
-            )
-            toc = toc_entries >= _TOC_MIN_ENTRIES
-            sections.extend(_pdf_page_sections(lines, index + 1, headings, toc))
+            pages.append([ln for ln in normalize_text(raw).split("\n") if ln])
     except pdfium.PdfiumError as exc:
         raise ParseError(f"unreadable PDF page: {exc}") from exc
     finally:
         pdf.close()
+    sections: list[Section] = []
+    headings = _SecHeadings()
+    for number, lines in enumerate(pages, 1):
+        toc_entries = sum(
+            1 for ln in lines if _ITEM_RE.match(ln) and _SecHeadings.match(ln) is None
+        )
+        toc = toc_entries >= _TOC_MIN_ENTRIES
+        sections.extend(_pdf_page_sections(lines, number, headings, toc))
+    if all(not s.heading_path for s in sections):
+        sections = _footer_sections(pages) or sections
     return ParsedDocument(sections=sections, metadata={"pages": n_pages})
 
 
@@ -472,9 +503,10 @@ def parse_document(doc: SourceDocument) -> ParsedDocument:
 
     Text rows (``doc.text`` set, e.g. a dataset row) become one section. Byte content is parsed by
     mime type: PDF (pypdfium2, one or more sections per page with the SEC ``PART`` / ``Item``
-    heading path), DOCX (python-docx, ``Heading N`` styles), HTML (BeautifulSoup + lxml,
-    ``h1``–``h6``; script, style, nav, header and footer dropped), Markdown (markdown-it-py) and
-    plain text (one section per blank-line separated paragraph).
+    heading path, or the running-footer label when the body has no such headings), DOCX
+    (python-docx, ``Heading N`` styles), HTML (BeautifulSoup + lxml, ``h1``–``h6``; script,
+    style, nav, header and footer dropped), Markdown (markdown-it-py) and plain text (one
+    section per blank-line separated paragraph).
 
     Args:
         doc: the document as the connector produced it.

@@ -87,6 +87,15 @@ class TestPdf:
         assert ("ITEM 2. MANAGEMENT’S DISCUSSION AND ANALYSIS OF FINANCIAL CONDITION AND "
                 "RESULTS OF OPERATIONS") in items
 
+    def test_running_footer_labels_when_the_body_has_no_part_item_headings(self) -> None:
+        # Intel's 10-Q has its own layout; its footers name the section ("MD&A 24").
+        parsed = parse_document(_doc((SEC_DOCS / "2023 Q2 INTC.pdf").read_bytes(), PDF))
+        paths = {tuple(s.heading_path) for s in parsed.sections}
+        assert ("MD&A",) in paths
+        assert ("Financial Statements Notes to Financial Statements",) in paths
+        mdna = [s for s in parsed.sections if s.heading_path == ["MD&A"]]
+        assert not any(s.text.endswith(f"MD&A {s.page - 2}") for s in mdna)
+
     def test_text_is_normalised(self, aapl: ParsedDocument) -> None:
         for s in aapl.sections:
             assert "\r" not in s.text and "\x00" not in s.text and "  " not in s.text
