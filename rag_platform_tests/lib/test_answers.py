@@ -106,6 +106,21 @@ class TestEvaluateAnswers:
         assert out["embedding_model"].startswith("caller-provided")
 
 
+class TestLLMJudge:
+    def test_unreachable_endpoint_is_tried_once_and_reported(self) -> None:
+        # nothing listens on port 9 of this machine: the connection is refused
+        out = evaluate_answers(GOLDEN, retrieve, answer, embedder_fn=_bag_of_letters,
+                               llm=LLMConfig("http://127.0.0.1:9/v1", "judge-model"))
+        assert out["llm_judged"] is True and out["llm_model"] == "judge-model"
+        errors = [r["error"] for r in out["per_question"]]
+        assert errors[0].startswith("LLM judge: APIConnectionError")
+        assert errors[1:] == [None, None]
+        assert all(r["faithfulness"] is None for r in out["per_question"])
+        assert all(r["answer_similarity"] is not None for r in out["per_question"])
+        assert any(n.startswith("LLM endpoint failed") for n in out["notes"])
+        assert "faithfulness" not in out["summary"]
+
+
 class TestSampling:
     def test_seeded_sample_in_file_order(self) -> None:
         golden = GoldenSet([GoldenQuestion(f"q{i}", f"question {i}?") for i in range(200)], "big")

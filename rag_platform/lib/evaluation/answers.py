@@ -59,6 +59,8 @@ DEFAULT_ANSWER_SAMPLE = 50
 DEFAULT_CONTEXT_K = 5
 #: Seed of the sample of questions, so successive versions answer the same questions.
 SAMPLE_SEED = 20240229
+#: Per-request timeout of the LLM judge (the OpenAI client's default is 600 s).
+LLM_TIMEOUT_SECONDS = 60.0
 #: The embedding model used for answer similarity when the caller passes none.
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -170,18 +172,39 @@ def evaluate_answers(
         completion_tokens += result.completion_tokens
         contexts_of[q.qid] = [h.text for h in hits if h.text.strip()]
 
+    endpoint_down: list[str] = []
+
     async def score_all() -> None:
         # One event loop for every ragas call: an async LLM client must not outlive its loop.
         for q, row in zip(sample, per_question, strict=True):
-            if row["error"] is None:
-                try:
-                    await _score_question(ragas, q, row, contexts_of[q.qid], precision_metric,
-                                          recall_metric, similarity_metric, judged)
-                except Exception as exc:
-                    logger.warning("ragas scoring of golden question %s failed: %s", q.qid, exc)
-                    row["error"] = f"{type(exc).__name__}: {exc}"
+            if row["error"] is not None:
+                continue
+            try:
+                await _score_question(ragas, q, row, contexts_of[q.qid], precision_metric,
+                                      recall_metric, similarity_metric)
+            except Exception as exc:
+                logger.warning("ragas scoring of golden question %s failed: %s", q.qid, exc)
+                row["error"] = f"{type(exc).__name__}: {exc}"
+                continue
+            if judged is None or endpoint_down:
+                continue
+            try:
+                await _judge_question(q, row, contexts_of[q.qid], judged)
+            except Exception as exc:
+                row["error"] = f"LLM judge: {type(exc).__name__}: {exc}"
+                if _endpoint_unusable(exc):
+                    # An unreachable or refusing endpoint fails every question the same way.
+                    endpoint_down.append(row["error"])
+                    logger.warning("LLM judge endpoint unusable, skipping LLM metrics: %s", exc)
+                else:
+                    logger.warning("LLM judging of golden question %s failed: %s", q.qid, exc)
 
     _run(score_all())
+    if endpoint_down:
+        notes.append(
+            f"LLM endpoint failed ({endpoint_down[0]}); faithfulness and answer relevancy were "
+            "skipped for the remaining questions."
+        )
 
     metric_keys = ["context_precision", "context_recall", "answer_similarity"]
     if judged is not None:
@@ -307,7 +330,10 @@ def _make_llm_metrics(ragas: _Ragas, llm: LLMConfig, embeddings: Any) -> tuple[A
     from ragas.llms import llm_factory
     from ragas.metrics.collections import AnswerRelevancy, Faithfulness
 
-    client = AsyncOpenAI(base_url=llm.base_url, api_key=llm.api_key or "not-needed")
+    client = AsyncOpenAI(
+        base_url=llm.base_url, api_key=llm.api_key or "not-needed",
+        timeout=LLM_TIMEOUT_SECONDS, max_retries=1,
+    )
     judge = llm_factory(llm.model, client=client)
     return Faithfulness(llm=judge), AnswerRelevancy(llm=judge, embeddings=embeddings)
 
@@ -334,9 +360,8 @@ async def _score_question(
     precision_metric: Any,
     recall_metric: Any,
     similarity_metric: Any,
-    judged: tuple[Any, Any] | None,
 ) -> None:
-    """Fill ``row``'s metric values for one answered question (values clipped to [0, 1])."""
+    """Fill ``row``'s non-LLM metric values for one answered question (clipped to [0, 1])."""
     references, row["reference_context_source"] = _reference_contexts(q)
     if references and contexts:
         sample = ragas.SingleTurnSample(retrieved_contexts=contexts, reference_contexts=references)
@@ -347,15 +372,37 @@ async def _score_question(
     if q.reference_answer:
         res = await similarity_metric.ascore(reference=q.reference_answer, response=row["answer"])
         row["answer_similarity"] = _clean(res.value)
-    if judged is not None:
-        faithfulness, relevancy = judged
-        if contexts:
-            res = await faithfulness.ascore(
-                user_input=q.question, response=row["answer"], retrieved_contexts=contexts
-            )
-            row["faithfulness"] = _clean(res.value)
-        res = await relevancy.ascore(user_input=q.question, response=row["answer"])
-        row["answer_relevancy"] = _clean(res.value)
+
+
+async def _judge_question(
+    q: GoldenQuestion, row: dict[str, Any], contexts: list[str], judged: tuple[Any, Any]
+) -> None:
+    """Fill ``row``'s LLM-judged metric values (faithfulness needs retrieved contexts)."""
+    faithfulness, relevancy = judged
+    if contexts:
+        res = await faithfulness.ascore(
+            user_input=q.question, response=row["answer"], retrieved_contexts=contexts
+        )
+        row["faithfulness"] = _clean(res.value)
+    res = await relevancy.ascore(user_input=q.question, response=row["answer"])
+    row["answer_relevancy"] = _clean(res.value)
+
+
+def _endpoint_unusable(exc: BaseException) -> bool:
+    """True for errors that every later call would repeat: connection, timeout, auth, unknown
+    model (OpenAI client exceptions, possibly wrapped by instructor / ragas)."""
+    import openai
+
+    fatal = (openai.APIConnectionError, openai.AuthenticationError, openai.NotFoundError,
+             openai.PermissionDeniedError)
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, fatal):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _reference_contexts(q: GoldenQuestion) -> tuple[list[str], str | None]:
