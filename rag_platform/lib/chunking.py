@@ -174,7 +174,8 @@ class Chunker:
     the start of the next chunk (up to ``OVERLAP_TOLERANCE`` times that to keep one whole
     sentence, and never more than leaves room for new text); a sentence longer than the budget is
     split between word pieces using the tokenizer's offsets, so chunk text stays original text.
-    Chunks whose body has fewer than ``min_tokens`` tokens are dropped.
+    Chunks whose body has fewer than ``min_tokens`` tokens are dropped. A chunk that runs over
+    a page break joins the page texts with a blank line; its ``page`` is the page it starts on.
 
     ``Chunk.text`` is the body; ``token_count`` counts :func:`embedding_text` (title + heading
     path + body) without special tokens; ``content_hash`` is its SHA-256, so a changed title
