@@ -191,10 +191,11 @@ def evaluate_answers(
             try:
                 await _judge_question(q, row, contexts_of[q.qid], judged)
             except Exception as exc:
-                row["error"] = f"LLM judge: {type(exc).__name__}: {exc}"
+                message = f"LLM judge: {type(exc).__name__}: {exc}"
+                row["error"] = message
                 if _endpoint_unusable(exc):
                     # An unreachable or refusing endpoint fails every question the same way.
-                    endpoint_down.append(row["error"])
+                    endpoint_down.append(message)
                     logger.warning("LLM judge endpoint unusable, skipping LLM metrics: %s", exc)
                 else:
                     logger.warning("LLM judging of golden question %s failed: %s", q.qid, exc)
