@@ -14,6 +14,7 @@ from rag_platform.settings import Settings
 from rag_platform_tests.serving.factories import (
     Doc,
     chunk_ids,
+    fast_home,
     make_settings,
     new_store,
     publish_tenant,
@@ -77,10 +78,18 @@ def build_world(home: Path, **overrides: object) -> World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    w = build_world(tmp_path_factory.mktemp("serving"))
-    yield w
-    w.store.dispose()
+def world() -> Iterator[World]:
+    with fast_home() as home:
+        w = build_world(home)
+        yield w
+        w.store.dispose()
+
+
+@pytest.fixture
+def fast_tmp() -> Iterator[Path]:
+    """A per-test home on tmpfs when available (see ``factories.fast_home``)."""
+    with fast_home() as home:
+        yield home
 
 
 @pytest.fixture(scope="module")

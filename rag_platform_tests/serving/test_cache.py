@@ -91,10 +91,10 @@ class TestRedisQueryCache:
 
 class TestCacheInTheApp:
     @pytest.mark.integration
-    def test_redis_cache_serves_second_request(self, tmp_path: Path) -> None:
+    def test_redis_cache_serves_second_request(self, fast_tmp: Path) -> None:
         url = require_redis()
         redis.Redis.from_url(url).flushdb()
-        w = build_world(tmp_path, redis_url=url)
+        w = build_world(fast_tmp, redis_url=url)
         with TestClient(create_app(w.settings)) as c:
             assert c.app.state.serving.cache.backend == "redis"  # type: ignore[attr-defined]
             q = {"query": "obesity and diabetes", "top_k": 4}
@@ -108,8 +108,8 @@ class TestCacheInTheApp:
             assert other["cached"] is False
         w.store.dispose()
 
-    def test_redis_down_never_fails_a_request(self, tmp_path: Path) -> None:
-        w = build_world(tmp_path, redis_url=CLOSED_REDIS)
+    def test_redis_down_never_fails_a_request(self, fast_tmp: Path) -> None:
+        w = build_world(fast_tmp, redis_url=CLOSED_REDIS)
         with TestClient(create_app(w.settings)) as c:
             for _ in range(3):
                 r = c.post("/v1/search", json={"query": "malaria"},

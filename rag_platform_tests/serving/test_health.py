@@ -50,9 +50,9 @@ class TestHealth:
 
 
 class TestReadinessFailures:
-    def test_database_down_is_503_and_requests_get_503_not_500(self, tmp_path: Path) -> None:
+    def test_database_down_is_503_and_requests_get_503_not_500(self, fast_tmp: Path) -> None:
         settings = make_settings(
-            tmp_path, database_url=f"postgresql+psycopg://postgres@127.0.0.1:{CLOSED_PORT}/test"
+            fast_tmp, database_url=f"postgresql+psycopg://postgres@127.0.0.1:{CLOSED_PORT}/test"
         )
         with TestClient(create_app(settings)) as c:
             r = c.get("/health/ready")
@@ -64,22 +64,22 @@ class TestReadinessFailures:
                          503, "database_unavailable")
             assert c.get("/health/live").status_code == 200
 
-    def test_redis_down_is_reported(self, tmp_path: Path) -> None:
-        settings = make_settings(tmp_path, redis_url=f"redis://127.0.0.1:{CLOSED_PORT}/0")
+    def test_redis_down_is_reported(self, fast_tmp: Path) -> None:
+        settings = make_settings(fast_tmp, redis_url=f"redis://127.0.0.1:{CLOSED_PORT}/0")
         with TestClient(create_app(settings)) as c:
             r = c.get("/health/ready")
             assert r.status_code == 503
             assert r.json()["checks"]["redis"]["status"] == "down"
             assert r.json()["checks"]["database"]["status"] == "ok"
 
-    def test_missing_published_shard_is_reported(self, tmp_path: Path) -> None:
-        registry = tmp_path / "tenants.yaml"
+    def test_missing_published_shard_is_reported(self, fast_tmp: Path) -> None:
+        registry = fast_tmp / "tenants.yaml"
         registry.write_text("tenants:\n  - id: initech\n")
-        settings = make_settings(tmp_path, tenants_file=registry)
+        settings = make_settings(fast_tmp, tenants_file=registry)
         from rag_platform_tests.serving.factories import new_store
 
         store = new_store(settings)
-        store.register_version("initech", "v1", str(tmp_path / "gone"), 1, 1, "x")
+        store.register_version("initech", "v1", str(fast_tmp / "gone"), 1, 1, "x")
         store.publish_version("initech", "v1")
         with TestClient(create_app(settings)) as c:
             r = c.get("/health/ready")
@@ -94,13 +94,13 @@ class TestReadinessFailures:
 
 @pytest.mark.integration
 class TestPostgresStore:
-    def test_search_and_feedback_on_postgresql(self, tmp_path: Path) -> None:
+    def test_search_and_feedback_on_postgresql(self, fast_tmp: Path) -> None:
         from rag_platform_tests.serving.conftest import build_world
         from rag_platform_tests.utils.services import fresh_postgres_database, require_postgres
 
         require_postgres()
         with fresh_postgres_database() as url:
-            w = build_world(tmp_path, database_url=url)
+            w = build_world(fast_tmp, database_url=url)
             with TestClient(create_app(w.settings)) as c:
                 assert c.get("/health/ready").status_code == 200
                 r = c.post("/v1/search", json={"query": w.hidden_doc.title},

@@ -70,8 +70,8 @@ class TestRateLimiter:
 
 
 class TestRateLimitsInTheApp:
-    def test_429_shape_retry_after_and_metric(self, tmp_path: Path) -> None:
-        w = build_world(tmp_path, rate_limit_per_key="2/minute")
+    def test_429_shape_retry_after_and_metric(self, fast_tmp: Path) -> None:
+        w = build_world(fast_tmp, rate_limit_per_key="2/minute")
         with TestClient(create_app(w.settings)) as c:
             key = bearer(w.keys["a_reader"])
             codes = [c.post("/v1/search", json={"query": "q"}, headers=key).status_code
@@ -89,11 +89,11 @@ class TestRateLimitsInTheApp:
         w.store.dispose()
 
     @pytest.mark.integration
-    def test_redis_limits_then_redis_dies_limits_still_hold(self, tmp_path: Path) -> None:
+    def test_redis_limits_then_redis_dies_limits_still_hold(self, fast_tmp: Path) -> None:
         require_redis()
         proxy = TcpProxy(REDIS_HOST, REDIS_PORT)
         url = f"redis://127.0.0.1:{proxy.port}/{REDIS_TEST_DB}"
-        w = build_world(tmp_path, redis_url=url, rate_limit_per_key="3/minute")
+        w = build_world(fast_tmp, redis_url=url, rate_limit_per_key="3/minute")
         try:
             with TestClient(create_app(w.settings)) as c:
                 state = c.app.state.serving  # type: ignore[attr-defined]
