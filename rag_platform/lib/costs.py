@@ -11,6 +11,7 @@ there to give an order of magnitude until a deployment supplies its own table as
   30-day month; GB here is 2**30 bytes, as cloud storage bills it.
 - LLM: USD 0.15 per million prompt tokens and 0.60 per million completion tokens (OpenAI
   ``gpt-4o-mini`` list price).
+- queries: no flat per-query fee by default (their compute and LLM tokens have their own lines).
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def rollup_costs(usage: Mapping[str, float], prices: PriceTable) -> dict[str, An
 
     Args:
         usage: any of ``embedding_tokens``, ``compute_seconds``, ``storage_bytes`` (bytes held
-            that day), ``llm_prompt_tokens``, ``llm_completion_tokens``; missing kinds count 0.
+            that day), ``llm_prompt_tokens``, ``llm_completion_tokens``, ``queries``; missing
+            kinds count 0.
         prices: the price table.
 
     Returns:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rag_platform.lib.costs import BYTES_PER_GB, PriceTable, rollup_costs
+from rag_platform.lib.costs import BYTES_PER_GB, USAGE_KINDS, PriceTable, rollup_costs
 from rag_platform.settings import Settings
 
 
@@ -65,8 +65,9 @@ class TestRollupCosts:
         assert rollup["currency"] == "USD"
 
     def test_missing_kinds_count_zero(self) -> None:
-        rollup = rollup_costs({"compute_seconds": 3600}, PriceTable())
-        assert len(rollup["lines"]) == 5
+        rollup = rollup_costs({"compute_seconds": 3600, "queries": 250}, PriceTable())
+        assert [x["kind"] for x in rollup["lines"]] == list(USAGE_KINDS)
+        assert line(rollup, "queries")["quantity"] == pytest.approx(0.25)  # no per-query fee
         assert rollup["total_usd"] == pytest.approx(0.048)  # one vCPU-hour at the default
         assert line(rollup, "embedding_tokens")["cost_usd"] == 0.0
 
