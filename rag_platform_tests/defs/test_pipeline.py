@@ -49,7 +49,7 @@ class TestIncrementalPipeline:
         (folder / "corrupt.pdf").write_bytes((SEC_DOCS / SMALL_PDFS[1]).read_bytes()[:20000])
         (folder / "empty.pdf").write_bytes(b"")
         (folder / "keep.md").write_text("# Storage policy\n\nBackups are kept for 30 days.\n")
-        (folder / "edit.md").write_text("# Travel\n\nTrains are preferred for trips under 500 km.\n")
+        (folder / "edit.md").write_text("# Travel\n\nTrains are preferred under 500 km.\n")
         (folder / "gone.txt").write_text("The cafeteria closes at 3 pm on Fridays.\n")
         write_tenants(files_tenant("files", folder))
 

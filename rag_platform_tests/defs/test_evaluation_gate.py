@@ -1,0 +1,66 @@
+"""Golden-set evaluation gates publishing: a deliberately bad configuration (16-token chunks) is
+built, fails the blocking ``evaluation_gate`` check, is not published, and the API keeps serving
+the previous version. ``rag-platform eval`` evaluates the published version on demand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from rag_platform.cli import app as cli_app
+from rag_platform.lib.store import MetadataStore
+from rag_platform.runner import materialize_tenant
+from rag_platform_tests.conftest import SCIFACT, scifact_tenant
+from serving.main import create_app
+
+
+def _tenant(**chunking: int) -> dict:
+    return scifact_tenant(
+        "gated", limit=200,
+        golden_set={"path": str(SCIFACT), "format": "beir", "split": "train"},
+        evaluation={"thresholds": {"ndcg@10": 0.4}, "max_regression": 0.05},
+        chunking=chunking or {"max_tokens": 200, "overlap_tokens": 32},
+    )
+
+
+class TestEvaluationGate:
+    def test_bad_chunking_is_not_published(self, rag_home, write_tenants) -> None:
+        write_tenants(_tenant())
+        good = materialize_tenant("gated", rag_home)
+        assert good.success and good.published, good.failed_checks
+        evaluation = good.metadata["index_evaluation"]
+        assert evaluation["questions"] >= 25  # train queries judged on these 200 abstracts
+        assert evaluation["ndcg_at_10"] > 0.5
+        report = Path(str(evaluation["report"]))
+        assert report.exists() and "nDCG" in report.read_text()
+
+        write_tenants(_tenant(max_tokens=16, overlap_tokens=4))
+        bad = materialize_tenant("gated", rag_home)
+        assert not bad.success
+        assert bad.failed_checks == ["evaluation_gate"]
+        assert bad.index_version != good.index_version
+        assert bad.metadata["index_evaluation"]["ndcg_at_10"] < evaluation["ndcg_at_10"] - 0.05
+        assert "published_index" not in bad.metadata
+
+        store = MetadataStore.from_settings(rag_home)
+        assert store.get_published_version("gated").version == good.index_version
+        assert store.get_version("gated", bad.index_version).status != "published"
+        _, key = store.create_api_key("gated", ["all"])
+        store.dispose()
+        with TestClient(create_app(rag_home)) as client:
+            r = client.post("/v1/search", headers={"Authorization": f"Bearer {key}"},
+                            json={"query": "vitamin D and bone density", "top_k": 3})
+            assert r.status_code == 200
+            assert r.json()["index_version"] == good.index_version
+
+        # On-demand evaluation of the published (good) version.
+        result = CliRunner().invoke(cli_app, ["eval", "--tenant", "gated", "--k", "10"])
+        assert result.exit_code == 0, result.output
+        line = [x for x in result.stdout.splitlines() if x.strip()][-1]
+        metrics = json.loads(line)
+        assert {"ndcg@10", "recall@100", "mrr", "queries"} <= set(metrics)
+        assert metrics["version"] == good.index_version
+        assert abs(metrics["ndcg@10"] - evaluation["ndcg_at_10"]) < 1e-6
