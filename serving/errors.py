@@ -121,7 +121,9 @@ async def _http_exception_handler(request: Request, exc: Exception) -> JSONRespo
     assert isinstance(exc, StarletteHTTPException)
     code = _STATUS_CODES.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-    if exc.status_code == 404 and message == "Not Found":
+    if exc.status_code == 400 and "parsing the body" in message:
+        code, message = "malformed_json", "the request body is not valid JSON"
+    elif exc.status_code == 404 and message == "Not Found":
         message = f"no route matches {request.method} {request.url.path}"
     elif exc.status_code == 405:
         message = f"method {request.method} is not allowed on {request.url.path}"

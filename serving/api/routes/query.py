@@ -43,6 +43,16 @@ router = APIRouter(prefix="/v1", tags=["query"])
 MAX_SENTENCES = 3
 _SENTENCE_END = re.compile(r"(?<=[.!?\]])\s+")
 
+#: One Server-Sent Event of the answer stream (``data`` is a JSON document).
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["hits", "delta", "citations", "done", "error"]},
+        "data": {"type": "string", "description": "JSON: hits, text, citations or summary."},
+    },
+    "required": ["event", "data"],
+}
+
 
 def _sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
@@ -78,7 +88,7 @@ def _safe_citations(answer: Answer, hits: list[Hit]) -> list[Citation]:
         **COMMON_ERRORS,
         200: {
             "description": "The answer (JSON), or a Server-Sent Events stream when requested.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
         },
     },
     summary="Answer a question with citations",

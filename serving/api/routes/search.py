@@ -35,6 +35,7 @@ router = APIRouter(prefix="/v1", tags=["search"])
 
 #: Error responses documented on every authenticated endpoint.
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorPublic, "description": "Body is not valid JSON (or not UTF-8)."},
     401: {"model": ErrorPublic, "description": "Missing, unknown, revoked or expired API key."},
     413: {"model": ErrorPublic, "description": "Request body too large."},
     422: {"model": ErrorPublic, "description": "Invalid request."},
