@@ -13,7 +13,7 @@ Usage::
 
     .venv/bin/python benchmarks/retrieval.py                 # all 809 train queries
     .venv/bin/python benchmarks/retrieval.py --limit-queries 100
-    .venv/bin/python benchmarks/retrieval.py --sweep         # also print the tuning sweep (stderr)
+    .venv/bin/python benchmarks/retrieval.py --sweep all     # also print the tuning sweep (stderr)
 
 Prints one JSON object on stdout.
 """
@@ -183,9 +183,15 @@ def run_config(
     return run, round(statistics.median(times), 2)
 
 
-def sweep_grid() -> list[dict[str, Any]]:
-    """The settings tried when tuning (train split only)."""
+def sweep_grid(kind: str = "all") -> list[dict[str, Any]]:
+    """The settings tried when tuning (train split only): ``rrf``, ``convex`` or ``all``."""
     grid: list[dict[str, Any]] = []
+    if kind in ("convex", "all"):
+        for c in (2.0, 5.0, 10.0, 20.0):
+            for ws in (0.25, 0.5, 0.75, 1.0, 1.5):
+                grid.append({"fusion": "convex", "sparse_saturation": c, "sparse_weight": ws})
+    if kind == "convex":
+        return grid
     for k in (2, 5, 10, 20, 40, 60):
         for ws in (1.0, 1.25, 1.5, 2.0, 3.0):
             grid.append({"fusion": "rrf", "rrf_k": k, "dense_weight": 1.0, "sparse_weight": ws})
@@ -204,7 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="train")
     parser.add_argument("--limit-queries", type=int, default=None)
     parser.add_argument("--top-k", type=int, default=100)
-    parser.add_argument("--sweep", action="store_true", help="print the tuning sweep to stderr")
+    parser.add_argument(
+        "--sweep", choices=["rrf", "convex", "all"], default=None,
+        help="also run the tuning grid (precomputed query vectors) and print it to stderr",
+    )
+    parser.add_argument("--sweep-only", action="store_true",
+                        help="skip the four reported configurations (tuning runs)")
     args = parser.parse_args(argv)
 
     from rag_platform.lib.embedding import Embedder, SparseEncoder
@@ -237,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         out: dict[str, Any] = {}
         for name, settings in configs.items():
+            if args.sweep_only:
+                break
             retriever = Retriever(reader, embedder, sparse_encoder, settings, TENANT)
             run, median_ms = run_config(retriever, queries, filters, args.top_k)
             out[name] = {**evaluate_run(run, qrels), "median_ms": median_ms}
@@ -247,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                 qid: (dense_q[i], sparse_encoder.encode_query(t))
                 for i, (qid, t) in enumerate(queries.items())
             }
-            for overrides in sweep_grid():
+            for overrides in sweep_grid(args.sweep):
                 settings = RetrievalSettings(**overrides)
                 retriever = Retriever(reader, embedder, sparse_encoder, settings, TENANT)
                 run, ms = run_config(retriever, queries, filters, args.top_k, encoded)

@@ -239,6 +239,24 @@ class TestEdgeIndexReader:
             fusion="rrf", rrf_k=2, dense_weight=1.0, sparse_weight=5.0), 5)
         assert heavy[0].chunk_id == s[0].chunk_id
 
+    def test_convex_fusion_combines_normalised_scores(self, reader: EdgeIndexReader) -> None:
+        dense, sparse = query_vectors("insulin resistance in obesity")
+        f = SearchFilters(acl_groups=("all", "secret"))
+        d = {h.chunk_id: h.score for h in
+             reader.search(dense, sparse, f, TENANT, RetrievalSettings(fusion="dense"), 40)}
+        s = {h.chunk_id: h.score for h in
+             reader.search(dense, sparse, f, TENANT, RetrievalSettings(fusion="sparse"), 40)}
+        settings = RetrievalSettings(fusion="convex", dense_weight=0.7, sparse_weight=1.3,
+                                     sparse_saturation=4.0, dense_prefetch=40,
+                                     sparse_prefetch=40)
+        fused = reader.search(dense, sparse, f, TENANT, settings, 40)
+        assert len(fused) == N_DOCS
+        for h in fused:
+            bm25 = s.get(h.chunk_id, 0.0)
+            expected = 0.7 * d[h.chunk_id] + 1.3 * bm25 / (bm25 + 4.0)
+            assert h.score == pytest.approx(expected, rel=1e-4, abs=1e-6)
+        assert [h.score for h in fused] == sorted((h.score for h in fused), reverse=True)
+
     def test_dbsf_and_bad_arguments(self, reader: EdgeIndexReader) -> None:
         dense, sparse = query_vectors("tumour suppressor genes")
         f = SearchFilters(acl_groups=("all",))
@@ -336,3 +354,48 @@ class TestShardPool:
         with pool.acquire(TENANT, "v2", versions / "v2") as r:  # the kept version still serves
             assert r.count() == 40
         pool.close_all()
+
+
+class TestServerIndex:
+    """The scale-out backend through qdrant-client local mode (the server API's stand-in)."""
+
+    def test_versions_alias_and_filters(self, points: list[IndexPoint],
+                                        docs: list[dict[str, str]]) -> None:
+        from qdrant_client import QdrantClient
+
+        from rag_platform.lib.index.server import (
+            ServerIndexReader,
+            ServerIndexWriter,
+            alias_name,
+            publish,
+        )
+
+        client = QdrantClient(":memory:")
+        with ServerIndexWriter.create(client, TENANT, "v1", 384) as w:
+            w.upsert(points[:20])
+        with ServerIndexWriter.create(client, TENANT, "v2", 384) as w:
+            w.upsert(points)
+        with pytest.raises(FileExistsError):
+            ServerIndexWriter.create(client, TENANT, "v1", 384)
+        reader = ServerIndexReader(client, alias_name(TENANT))
+        publish(client, TENANT, "v1")
+        assert reader.count() == 20
+        publish(client, TENANT, "v2")
+        assert reader.count() == 40 and len(reader.all_ids()) == 40
+
+        dense, sparse = query_vectors(docs[0]["text"])  # docs[0] is "secret" only
+        for fusion in ("rrf", "dbsf", "dense", "sparse"):
+            s = RetrievalSettings(fusion=fusion)
+            insider = reader.search(dense, sparse, SearchFilters(acl_groups=("secret",)),
+                                    TENANT, s, 5)
+            assert insider[0].uri == f"scifact:{docs[0]['id']}", fusion
+            outsider = reader.search(dense, sparse, SearchFilters(acl_groups=("all",)),
+                                     TENANT, s, 5)
+            assert len(outsider) == 5, fusion
+            assert all(h.acl_groups == ["all"] for h in outsider), fusion
+        assert reader.search(dense, sparse, SearchFilters(acl_groups=("all",)), "other",
+                             RetrievalSettings(), 5) == []
+        pdfs = reader.search(dense, sparse, SearchFilters(
+            acl_groups=("all", "secret"), mime_types=("application/pdf",)),
+            TENANT, RetrievalSettings(), 40)
+        assert len(pdfs) == 14

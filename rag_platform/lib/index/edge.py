@@ -36,8 +36,10 @@ from qdrant_edge import (
     EdgeShard,
     EdgeSparseVectorParams,
     EdgeVectorParams,
+    Expression,
     FieldCondition,
     Filter,
+    Formula,
     Fusion,
     MatchAny,
     MatchValue,
@@ -444,6 +446,11 @@ class EdgeIndexReader:
           ``1 / (k + rank0)`` when ``w = 1``. A branch with weight 0 is left out.
         - ``dbsf``: distribution-based score fusion (each branch's scores normalised by mean ±
           3 standard deviations, then summed); weights are not applied.
+        - ``convex``: a convex combination of normalised scores (Bruch et al., "An Analysis of
+          Fusion Functions for Hybrid Retrieval", TOIS 2023), computed by a Qdrant formula
+          over the two prefetches: ``dense_weight * cosine + sparse_weight * s / (s +
+          sparse_saturation)`` where ``s`` is the BM25 score; a candidate missing from one
+          branch scores 0 there.
         - ``dense`` / ``sparse``: one branch alone.
 
         Args:
@@ -466,12 +473,13 @@ class EdgeIndexReader:
         dense_q = Query.Nearest(_dense_list(dense), using=DENSE_VECTOR)
         sparse_q = Query.Nearest(_edge_sparse(sparse), using=SPARSE_VECTOR)
         fusion = settings.fusion
-        if fusion == "rrf" and settings.dense_weight == 0 and settings.sparse_weight == 0:
-            raise ValueError("rrf with both branch weights 0 ranks nothing")
-        if fusion == "rrf" and settings.dense_weight == 0:
-            fusion = "sparse"
-        elif fusion == "rrf" and settings.sparse_weight == 0:
-            fusion = "dense"
+        if fusion in ("rrf", "convex"):
+            if settings.dense_weight == 0 and settings.sparse_weight == 0:
+                raise ValueError(f"{fusion} with both branch weights 0 ranks nothing")
+            if settings.dense_weight == 0:
+                fusion = "sparse"
+            elif settings.sparse_weight == 0:
+                fusion = "dense"
         if fusion == "dense":
             request = QueryRequest(limit=limit, query=dense_q, filter=flt, with_payload=True)
         elif fusion == "sparse":
@@ -495,6 +503,8 @@ class EdgeIndexReader:
                 fuse: Any = Fusion.Rrf(k=settings.rrf_k, weights=weights)
             elif fusion == "dbsf":
                 fuse = Fusion.Dbsf()
+            elif fusion == "convex":
+                fuse = _convex_formula(settings)
             else:  # pragma: no cover - guarded by the settings model
                 raise ValueError(f"unknown fusion {fusion!r}")
             request = QueryRequest(
@@ -562,6 +572,25 @@ class EdgeIndexReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _convex_formula(settings: RetrievalSettings) -> Formula:
+    dense_score = Expression.Variable("$score[0]")
+    sparse_score = Expression.Variable("$score[1]")
+    saturated = Expression.Div(
+        sparse_score,
+        Expression.Sum([sparse_score, Expression.Constant(settings.sparse_saturation)]),
+        0.0,
+    )
+    return Formula(
+        Expression.Sum(
+            [
+                Expression.Mult([Expression.Constant(settings.dense_weight), dense_score]),
+                Expression.Mult([Expression.Constant(settings.sparse_weight), saturated]),
+            ]
+        ),
+        defaults={"$score[0]": 0.0, "$score[1]": 0.0},
+    )
 
 
 def _record_to_point(record: Any, payload: dict[str, Any]) -> IndexPoint:
