@@ -384,7 +384,7 @@ class TestServerIndex:
         assert reader.count() == 40 and len(reader.all_ids()) == 40
 
         dense, sparse = query_vectors(docs[0]["text"])  # docs[0] is "secret" only
-        for fusion in ("rrf", "dbsf", "dense", "sparse"):
+        for fusion in ("rrf", "dbsf", "convex", "dense", "sparse"):
             s = RetrievalSettings(fusion=fusion)
             insider = reader.search(dense, sparse, SearchFilters(acl_groups=("secret",)),
                                     TENANT, s, 5)

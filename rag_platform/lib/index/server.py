@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import uuid
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,9 +110,12 @@ class ServerIndexWriter:
                 SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)
             },
         )
-        for field in _KEYWORD_FIELDS:
-            client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD)
-        client.create_payload_index(name, "updated_ts", models.PayloadSchemaType.FLOAT)
+        with warnings.catch_warnings():
+            # local mode (tests) warns that payload indexes have no effect there
+            warnings.filterwarnings("ignore", message="Payload indexes have no effect")
+            for field in _KEYWORD_FIELDS:
+                client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD)
+            client.create_payload_index(name, "updated_ts", models.PayloadSchemaType.FLOAT)
         return cls(client, name, dim)
 
     def upsert(self, points: Sequence[IndexPoint], batch_size: int = 512) -> int:
@@ -182,6 +186,26 @@ def publish(client: QdrantClient, tenant: str, version: str) -> None:
     client.update_collection_aliases(change_aliases_operations=ops)
 
 
+def _convex_formula(settings: RetrievalSettings) -> models.FormulaQuery:
+    """``dense_weight * $score[0] + sparse_weight * $score[1] / ($score[1] + saturation)``."""
+    saturated = models.DivExpression(
+        div=models.DivParams(
+            left="$score[1]",
+            right=models.SumExpression(sum=["$score[1]", settings.sparse_saturation]),
+            by_zero_default=0.0,
+        )
+    )
+    return models.FormulaQuery(
+        formula=models.SumExpression(
+            sum=[
+                models.MultExpression(mult=[settings.dense_weight, "$score[0]"]),
+                models.MultExpression(mult=[settings.sparse_weight, saturated]),
+            ]
+        ),
+        defaults={"$score[0]": 0.0, "$score[1]": 0.0},
+    )
+
+
 class ServerIndexReader:
     """Searches a collection or alias with the same semantics as the Edge reader.
 
@@ -206,17 +230,20 @@ class ServerIndexReader:
         """See :meth:`rag_platform.lib.index.edge.EdgeIndexReader.search`.
 
         Raises:
-            ValueError: bad ``limit`` or filters; ``convex`` fusion (not offered here yet).
+            ValueError: bad ``limit`` or filters.
         """
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         flt = build_server_filter(filters, tenant)
         dense_q = _dense_list(dense)
         fusion = settings.fusion
-        if fusion == "rrf" and settings.dense_weight == 0:
-            fusion = "sparse"
-        elif fusion == "rrf" and settings.sparse_weight == 0:
-            fusion = "dense"
+        if fusion in ("rrf", "convex"):
+            if settings.dense_weight == 0 and settings.sparse_weight == 0:
+                raise ValueError(f"{fusion} with both branch weights 0 ranks nothing")
+            if settings.dense_weight == 0:
+                fusion = "sparse"
+            elif settings.sparse_weight == 0:
+                fusion = "dense"
         common: dict[str, Any] = {"limit": limit, "with_payload": True}
         if fusion == "dense":
             res = self.client.query_points(
@@ -249,6 +276,8 @@ class ServerIndexReader:
                 query = models.RrfQuery(rrf=models.Rrf(k=settings.rrf_k, weights=weights))
             elif fusion == "dbsf":
                 query = models.FusionQuery(fusion=models.Fusion.DBSF)
+            elif fusion == "convex":
+                query = _convex_formula(settings)
             else:
                 raise ValueError(f"fusion {fusion!r} is not supported by the server backend")
             res = self.client.query_points(
