@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import time
+import uuid
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 
 from rag_platform_tests.serving.conftest import TENANT_A, TENANT_B, World
-from rag_platform_tests.serving.factories import bearer, chunk_ids, publish_tenant, scifact_docs
+from rag_platform_tests.serving.factories import (
+    bearer,
+    chunk_ids,
+    make_settings,
+    new_store,
+    publish_tenant,
+    scifact_docs,
+)
+from serving.state import QueryRecord, ServingState
 
 
 class TestSearch:
@@ -103,3 +113,31 @@ class TestVersionSwitch:
         a = client.post("/v1/search", json=query, headers=bearer(world.keys["a_reader"])).json()
         assert a["index_version"] == "v1"
         world.docs[TENANT_B] = new_docs
+
+
+class TestQueryLogSpool:
+    def test_rows_survive_a_database_outage(self, fast_tmp: Path) -> None:
+        down = make_settings(
+            fast_tmp, database_url="postgresql+psycopg://postgres@127.0.0.1:1/test")
+        state = ServingState(down)
+        record = QueryRecord(query_id=str(uuid.uuid4()), tenant=TENANT_A, key_id="k",
+                             question="call 212-555-0199 about aspirin", top_k=3, filters={})
+        state.log_query(record)  # connection refused: kept in the spool, not raised
+        assert state.spooled == 1
+        # the database comes back (here: a working store) and the next write drains the spool
+        up = make_settings(fast_tmp / "up")
+        state.store = new_store(up)
+        assert state.flush_spool() == 1 and state.spooled == 0
+        row = state.store.get_query(record.query_id)
+        assert row is not None and "212-555-0199" not in row.question_masked
+        state.store.dispose()
+
+    def test_spool_is_written_to_disk_at_shutdown_if_still_down(self, fast_tmp: Path) -> None:
+        down = make_settings(
+            fast_tmp, database_url="postgresql+psycopg://postgres@127.0.0.1:1/test")
+        state = ServingState(down)
+        state.log_query(QueryRecord(query_id=str(uuid.uuid4()), tenant=TENANT_A, key_id="k",
+                                    question="q", top_k=1, filters={}))
+        state.close()
+        lines = (fast_tmp / "spool" / "query_log.jsonl").read_text().splitlines()
+        assert len(lines) == 1 and '"tenant": "acme"' in lines[0]
