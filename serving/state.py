@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cachetools import TTLCache
@@ -197,7 +198,7 @@ class ServingState:
         The shard comes from the pool (refcounted); the ``Retriever`` is built once per
         (tenant, version, open reader) and reused.
         """
-        with self.pool.acquire(version.tenant, version.version, version.path) as reader:
+        with self.pool.acquire(version.tenant, version.version, Path(version.path)) as reader:
             key = (version.tenant, version.version)
             with self._retrievers_lock:
                 entry = self._retrievers.get(key)
@@ -217,7 +218,7 @@ class ServingState:
     @contextmanager
     def open_reader(self, version: IndexVersion) -> Iterator[Any]:
         """The pooled ``EdgeIndexReader`` of ``version`` for the ``with`` block."""
-        with self.pool.acquire(version.tenant, version.version, version.path) as reader:
+        with self.pool.acquire(version.tenant, version.version, Path(version.path)) as reader:
             yield reader
 
     # -- query log -----------------------------------------------------------------------------
