@@ -105,7 +105,8 @@ def run_evaluation(
         retrieval = evaluate_retrieval(golden, retrieve, k_values=(1, 3, 5, k, 100))
         answerer: Any
         if settings.llm_base_url and settings.llm_model:
-            answerer = LLMAnswerer(settings.llm_base_url, settings.llm_api_key, settings.llm_model)
+            answerer = LLMAnswerer(settings.llm_base_url, settings.llm_model,
+                                   api_key=settings.llm_api_key)
         else:
             answerer = ExtractiveAnswerer(embedder)
 

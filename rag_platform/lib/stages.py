@@ -413,7 +413,12 @@ def chunk_stage(
             if chunker is None:
                 chunker = chunker_factory()
             parsed = ParsedDocument(sections=sections_from_json(doc.sections))
-            chunks = chunker.run(doc.doc_id, parsed, doc.title)
+            try:
+                chunks = chunker.run(doc.doc_id, parsed, doc.title)
+            except ValueError as exc:  # e.g. a title longer than the token budget
+                stats.failed += 1
+                quarantined.append(Quarantined(doc.doc_id, doc.uri, "chunk", str(exc)))
+                continue  # not cached: a new chunking config may fit it
             cached = [
                 {"chunk_id": c.chunk_id, "ordinal": c.ordinal, "text": c.text,
                  "token_count": c.token_count, "content_hash": c.content_hash,

@@ -1,4 +1,4 @@
-"""Golden-set evaluation gates publishing: a deliberately bad configuration (16-token chunks) is
+"""Golden-set evaluation gates publishing: a deliberately bad configuration (32-token chunks) is
 built, fails the blocking ``evaluation_gate`` check, is not published, and the API keeps serving
 the previous version. ``rag-platform eval`` evaluates the published version on demand."""
 
@@ -37,7 +37,7 @@ class TestEvaluationGate:
         report = Path(str(evaluation["report"]))
         assert report.exists() and "nDCG" in report.read_text()
 
-        write_tenants(_tenant(max_tokens=16, overlap_tokens=4))
+        write_tenants(_tenant(max_tokens=32, overlap_tokens=4))
         bad = materialize_tenant("gated", rag_home)
         assert not bad.success
         assert bad.failed_checks == ["evaluation_gate"]
