@@ -487,6 +487,7 @@ def model_slug(model: str) -> str:
 
 def embed_stage(
     chunks: pd.DataFrame, cache_path: Path, model_name: str, embedder_factory: Callable[[], Any],
+    checkpoint_every: int = 4096,
 ) -> tuple[EmbeddingSet, StageStats]:
     """Embeds every chunk whose content hash was never embedded with this model.
 
@@ -497,6 +498,8 @@ def embed_stage(
         model_name: recorded with the cache; a different model never reuses it.
         embedder_factory: returns an object with ``embed_documents(list[str]) -> (n, d) array``;
             called only when something needs embedding.
+        checkpoint_every: texts embedded between cache saves, so an interrupted run resumes
+            where it stopped instead of starting over.
 
     Returns:
         (embeddings of the current chunks' distinct content hashes, stats with ``embedded`` =
@@ -521,9 +524,21 @@ def embed_stage(
     encode_seconds = 0.0
     if len(missing):
         embedder = embedder_factory()
-        t0 = time.perf_counter()
-        vectors_new = embedder.embed_documents(missing["embedding_text"].tolist())
-        encode_seconds = time.perf_counter() - t0
+        texts = missing["embedding_text"].tolist()
+        hashes = missing["content_hash"].tolist()
+        parts: list[np.ndarray] = []
+        for start_at in range(0, len(texts), checkpoint_every):
+            t0 = time.perf_counter()
+            parts.append(embedder.embed_documents(texts[start_at:start_at + checkpoint_every]))
+            encode_seconds += time.perf_counter() - t0
+            if start_at + checkpoint_every < len(texts):  # checkpoint all but the last slice
+                done = start_at + len(parts[-1])
+                old_h = cached.hashes if cached is not None else []
+                old_v = cached.vectors if cached is not None else np.zeros((0, parts[0].shape[1]),
+                                                                           np.float32)
+                EmbeddingSet(model_name, [*old_h, *hashes[:done]],
+                             np.vstack([old_v, *parts])).save(cache_path)
+        vectors_new = np.vstack(parts)
     dim = (vectors_new.shape[1] if vectors_new is not None
            else cached.vectors.shape[1] if cached is not None and len(cached.hashes) else 0)
     out = np.zeros((len(wanted), dim), dtype=np.float32)

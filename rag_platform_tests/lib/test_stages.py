@@ -84,3 +84,26 @@ class TestIndexFingerprint:
         changed.at[1, "acl_groups"] = ["all"]
         assert index_fingerprint(changed, "m") != fp
         assert index_fingerprint(base, "other-model") != fp
+
+
+class TestEmbedCheckpoints:
+    def test_interrupted_run_resumes_from_checkpoint(self, tmp_path) -> None:
+        path = tmp_path / "emb.npz"
+        texts = [f"sentence number {i} about topic {i % 3}" for i in range(5)]
+
+        class _FailsOnThirdSlice(_CountingEmbedder):
+            def embed_documents(self, batch: list[str]) -> np.ndarray:
+                if len(self.calls) == 2:
+                    raise RuntimeError("killed")
+                return super().embed_documents(batch)
+
+        failing = _FailsOnThirdSlice()
+        try:
+            embed_stage(_chunks(texts), path, "m", lambda: failing, checkpoint_every=2)
+        except RuntimeError:
+            pass
+        assert len(EmbeddingSet.load(path).hashes) == 4  # two slices were checkpointed
+        embedder = _CountingEmbedder()
+        result, stats = embed_stage(_chunks(texts), path, "m", lambda: embedder)
+        assert stats.extra["embedded"] == 1 and embedder.calls == [1]
+        assert result.vectors.shape == (5, 384)
