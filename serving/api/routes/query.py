@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 
 from rag_platform.lib.models import Answer, Citation, Hit
 from serving.api.deps import PrincipalDep, PublishedVersionDep, RetrieverDep, StateDep
-from serving.api.routes.search import COMMON_ERRORS, filters_for_log, new_query_id, retrieve_hits
+from serving.api.routes.search import COMMON_ERRORS, retrieve_logged
 from serving.errors import ApiError, error_body
 from serving.schemas import (
     CitationPublic,
@@ -104,26 +104,11 @@ def answer_query(
     background_tasks: BackgroundTasks,
 ) -> Any:
     """Retrieves the caller's visible chunks and answers from them with ``[n]`` citations."""
-    started = time.perf_counter()
-    query_id = new_query_id()
-    filters = body.filters.to_filters(principal)
-    record = QueryRecord(
-        query_id=query_id, tenant=principal.tenant, key_id=principal.key_id,
-        question=body.query, top_k=body.top_k, filters=filters_for_log(filters),
-        index_version=version.version,
+    record, got, started = retrieve_logged(
+        state=state, principal=principal, version=version, retriever=retriever,
+        endpoint="query", body=body,
     )
-    try:
-        got = retrieve_hits(
-            state=state, principal=principal, version=version, retriever=retriever,
-            endpoint="query", query=body.query, top_k=body.top_k, filters=filters,
-        )
-    except Exception as exc:
-        record.status_code = exc.status_code if isinstance(exc, ApiError) else 500
-        record.latency_ms = (time.perf_counter() - started) * 1000
-        state.log_query(record)
-        raise
-    record.hit_chunk_ids = [h.chunk_id for h in got.hits]
-    record.embed_ms, record.search_ms, record.cache_hit = got.embed_ms, got.search_ms, got.cached
+    query_id = record.query_id
     cached_answer: Answer | None = None
     if got.cached_value is not None and "answer" in got.cached_value:
         try:

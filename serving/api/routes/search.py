@@ -111,6 +111,45 @@ def retrieve_hits(
     return Retrieved(hits, False, result.embed_ms, result.search_ms, key)
 
 
+def retrieve_logged(
+    *,
+    state: ServingState,
+    principal: Principal,
+    version: Any,
+    retriever: Any,
+    endpoint: str,
+    body: Any,
+) -> tuple[QueryRecord, Retrieved, float]:
+    """Starts the request's query-log record and retrieves its hits (see :func:`retrieve_hits`).
+
+    On failure the record is logged at once (there is no response to attach a background task
+    to) and the error re-raised.
+
+    Returns:
+        (the record, filled with the hits and timings; the hits; the start, perf_counter s).
+    """
+    started = time.perf_counter()
+    filters = body.filters.to_filters(principal)
+    record = QueryRecord(
+        query_id=new_query_id(), tenant=principal.tenant, key_id=principal.key_id,
+        question=body.query, top_k=body.top_k, filters=filters_for_log(filters),
+        index_version=version.version,
+    )
+    try:
+        got = retrieve_hits(
+            state=state, principal=principal, version=version, retriever=retriever,
+            endpoint=endpoint, query=body.query, top_k=body.top_k, filters=filters,
+        )
+    except Exception as exc:
+        record.status_code = exc.status_code if isinstance(exc, ApiError) else 500
+        record.latency_ms = (time.perf_counter() - started) * 1000
+        state.log_query(record)
+        raise
+    record.hit_chunk_ids = [h.chunk_id for h in got.hits]
+    record.embed_ms, record.search_ms, record.cache_hit = got.embed_ms, got.search_ms, got.cached
+    return record, got, started
+
+
 def filters_for_log(filters: SearchFilters) -> dict[str, Any]:
     """The filters as JSON for the query log (dates as ISO strings, empty ones left out)."""
     out: dict[str, Any] = {}
@@ -140,34 +179,18 @@ def search_chunks(
 
     The query id (also in ``X-Query-Id``) identifies the query-log row that feedback refers to.
     """
-    started = time.perf_counter()
-    query_id = new_query_id()
-    filters = body.filters.to_filters(principal)
-    record = QueryRecord(
-        query_id=query_id, tenant=principal.tenant, key_id=principal.key_id,
-        question=body.query, top_k=body.top_k, filters=filters_for_log(filters),
-        index_version=version.version,
+    record, got, started = retrieve_logged(
+        state=state, principal=principal, version=version, retriever=retriever,
+        endpoint="search", body=body,
     )
-    try:
-        got = retrieve_hits(
-            state=state, principal=principal, version=version, retriever=retriever,
-            endpoint="search", query=body.query, top_k=body.top_k, filters=filters,
-        )
-    except Exception as exc:
-        record.status_code = exc.status_code if isinstance(exc, ApiError) else 500
-        record.latency_ms = (time.perf_counter() - started) * 1000
-        state.log_query(record)  # no response, so no background task: log now
-        raise
     if not got.cached:
         state.cache.set(got.cache_key, {"hits": [asdict(h) for h in got.hits]})
     total_ms = (time.perf_counter() - started) * 1000
-    record.hit_chunk_ids = [h.chunk_id for h in got.hits]
-    record.latency_ms, record.embed_ms, record.search_ms = total_ms, got.embed_ms, got.search_ms
-    record.cache_hit = got.cached
+    record.latency_ms = total_ms
     background_tasks.add_task(state.log_query, record)
-    response.headers["X-Query-Id"] = query_id
+    response.headers["X-Query-Id"] = record.query_id
     return SearchPublic(
-        query_id=query_id,
+        query_id=record.query_id,
         index_version=version.version,
         cached=got.cached,
         hits=[HitPublic.from_hit(h) for h in got.hits],
