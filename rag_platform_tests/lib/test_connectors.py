@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -245,15 +244,11 @@ class TestDatasetConnector:
         with pytest.raises(ValueError, match="columns"):
             list(build_connector(DatasetSource(id="x", path=no_col), []).list_documents())
 
-    def test_reads_the_scifact_corpus_in_well_under_a_second(self) -> None:
+    def test_reads_the_whole_scifact_corpus(self) -> None:
         source = DatasetSource(id="corpus", path=SCIFACT, id_column="_id")
         conn = build_connector(source, ["all"])
-        # CPU time (all threads), not wall time: the test machine may be shared.
-        start = time.process_time()
         docs = list(conn.list_documents())
-        elapsed = time.process_time() - start
         assert len(docs) == 5183
         assert conn.problems == []
         assert len({d.native_id for d in docs}) == 5183
         assert docs[0].native_id == "4983" and docs[0].title.startswith("Microstructural")
-        assert elapsed < 1.0, f"took {elapsed:.2f} s of CPU"
