@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: sets up .venv if needed, then runs the suite (pass pytest arguments through,
-# e.g. `scripts/test.sh -m slow` or `scripts/test.sh -k search`).
+# e.g. `scripts/test.sh -m "not integration"` or `scripts/test.sh -k search`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
