@@ -44,6 +44,18 @@ class TestCli:
         listed = runner.invoke(app, ["keys", "list", "--tenant", "handbook"]).stdout
         assert key not in listed and "hr" in listed
 
+        golden = tmp_path / "golden.jsonl"
+        golden.write_text(
+            json.dumps({"question": "How many days of paid leave?",
+                        "relevant_doc_ids": ["leave.md"]}) + "\n"
+            + json.dumps({"question": "How many remote days a week?",
+                          "relevant_doc_ids": ["remote.md"]}) + "\n")
+        result = runner.invoke(app, ["eval", "--tenant", "handbook", "--golden", str(golden)])
+        assert result.exit_code == 0, result.output
+        metrics = json.loads(_last_line(result.stdout))
+        assert metrics["queries"] == 2 and metrics["golden"] == "golden.jsonl"
+        assert metrics["recall@100"] == 1.0 and metrics["ndcg@10"] > 0.6
+
         result = runner.invoke(app, ["index", "rollback", "--tenant", "handbook"])
         assert result.exit_code == 0, result.output
         assert json.loads(_last_line(result.stdout))["published"] == first_version
