@@ -12,6 +12,7 @@ from typing import Any
 
 import dagster as dg
 
+from rag_platform.defs.partitions import TENANTS
 from rag_platform.settings import PROJECT_ROOT, Settings, get_settings
 
 
@@ -86,8 +87,8 @@ def materialize_tenant(tenant: str, settings: Settings | None = None,
     registry = load_registry(settings.tenants_file, settings.data_dir)
     registry.get(tenant)  # KeyError for an unknown tenant
     instance = instance or dagster_instance(settings)
-    if not instance.has_dynamic_partition("tenants", tenant):
-        instance.add_dynamic_partitions("tenants", [tenant])
+    if not instance.has_dynamic_partition(TENANTS, tenant):
+        instance.add_dynamic_partitions(TENANTS, [tenant])
     job = load_definitions().resolve_job_def("tenant_pipeline")
     start = time.perf_counter()
     result = job.execute_in_process(partition_key=tenant, instance=instance, raise_on_error=False)
@@ -100,10 +101,9 @@ def materialize_tenant(tenant: str, settings: Settings | None = None,
         name = mat.asset_key.to_user_string()
         summary.metadata[name] = _metadata_values(mat)
     for event in result.all_events:
-        if event.event_type_value == "ASSET_CHECK_EVALUATION":
-            data = event.event_specific_data
-            if not data.passed:
-                summary.failed_checks.append(data.check_name)
+        data = event.event_specific_data
+        if isinstance(data, dg.AssetCheckEvaluation) and not data.passed:
+            summary.failed_checks.append(data.check_name)
     md = summary.metadata
     summary.documents = int(md.get("source_documents", {}).get("documents", 0))
     summary.chunks = int(md.get("chunks", {}).get("chunks", 0))

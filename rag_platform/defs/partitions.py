@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import dagster as dg
 
+#: Name of the tenants partitions definition (the instance stores its keys under it).
+TENANTS = "tenants"
+
 #: Tenants are dynamic partitions; ``tenant_registry_sensor`` adds and removes them.
-tenants_partitions = dg.DynamicPartitionsDefinition(name="tenants")
+tenants_partitions = dg.DynamicPartitionsDefinition(name=TENANTS)
 
 #: Cost rollups: one partition per tenant and UTC day.
 tenant_day_partitions = dg.MultiPartitionsDefinition(

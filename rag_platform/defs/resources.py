@@ -133,7 +133,7 @@ class AssetStorageIOManager(dg.ConfigurableIOManagerFactory):
 def resources() -> dg.Definitions:
     return dg.Definitions(
         resources={
-            "platform": PlatformResource(),
-            "io_manager": AssetStorageIOManager(),
+            "platform": PlatformResource(rag_home=None, tenants_file=None, database_url=None),
+            "io_manager": AssetStorageIOManager(base_path=None),
         }
     )

@@ -66,9 +66,16 @@ def _golden_from_dict(data: dict[str, Any]) -> GoldenSet:
                      name=data.get("name") or "golden")
 
 
+def _payloads(reader: Any) -> Iterable[dict[str, Any]]:
+    """Every point payload of an open index version."""
+    for item in reader.scroll():
+        if isinstance(item, tuple):
+            yield item[1]
+
+
 def _acl_groups_of_index(reader: Any) -> tuple[str, ...]:
     groups: set[str] = set()
-    for _, payload in reader.scroll():
+    for payload in _payloads(reader):
         groups.update(payload.get("acl_groups") or [])
     return tuple(sorted(groups)) or ("all",)
 
@@ -188,7 +195,7 @@ def evaluate_published(
         raise ValueError(f"tenant {tenant_id!r} has no published index version")
     documents: dict[str, tuple[str, str, str]] = {}
     with EdgeIndexReader(Path(published.path)) as reader:
-        for _, p in reader.scroll():
+        for p in _payloads(reader):
             documents.setdefault(p["doc_id"], (p["doc_id"], p.get("uri", ""), p.get("title", "")))
     gs = load_tenant_golden_set(tenant, list(documents.values()),
                                 path=golden, fmt=golden_format if golden else None,

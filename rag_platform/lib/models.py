@@ -27,7 +27,7 @@ def make_doc_id(tenant: str, source_id: str, native_id: str) -> str:
 
 
 def make_chunk_id(doc_id: str, ordinal: int, content_hash: str) -> str:
-    """Stable chunk id: ``uuid5(doc_id, f"{ordinal}:{content_hash}")`` (also the Qdrant point id)."""
+    """Stable chunk id ``uuid5(doc_id, f"{ordinal}:{content_hash}")``; also the Qdrant point id."""
     return str(uuid.uuid5(uuid.UUID(doc_id), f"{ordinal}:{content_hash}"))
 
 

@@ -365,7 +365,8 @@ def mask_stage(
                 for s, m in zip(sections, masked, strict=True):
                     s.text = m.text
                     counts.update(m.entity_counts)
-            value = {"sections": _sections_to_json(sections), "counts": dict(counts)}
+            value: dict[str, Any] = {"sections": _sections_to_json(sections),
+                                     "counts": dict(counts)}
             cache.put(key, value)
             results[i] = value
             stats.processed += 1

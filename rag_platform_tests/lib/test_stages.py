@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from rag_platform.lib.embedding import get_embedder
 from rag_platform.lib.stages import EmbeddingSet, StageCache, embed_stage, index_fingerprint
@@ -98,10 +99,8 @@ class TestEmbedCheckpoints:
                 return super().embed_documents(batch)
 
         failing = _FailsOnThirdSlice()
-        try:
+        with pytest.raises(RuntimeError, match="killed"):
             embed_stage(_chunks(texts), path, "m", lambda: failing, checkpoint_every=2)
-        except RuntimeError:
-            pass
         assert len(EmbeddingSet.load(path).hashes) == 4  # two slices were checkpointed
         embedder = _CountingEmbedder()
         result, stats = embed_stage(_chunks(texts), path, "m", lambda: embedder)

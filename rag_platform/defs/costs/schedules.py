@@ -6,7 +6,7 @@ from datetime import timedelta
 import dagster as dg
 
 from rag_platform.defs.jobs import tenant_costs
-from rag_platform.defs.partitions import tenants_partitions
+from rag_platform.defs.partitions import TENANTS
 
 
 @dg.schedule(
@@ -23,5 +23,5 @@ def daily_costs(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
             partition_key=dg.MultiPartitionKey({"tenant": t, "day": day}),
             run_key=f"costs:{t}:{day}",
         )
-        for t in context.instance.get_dynamic_partitions(tenants_partitions.name)
+        for t in context.instance.get_dynamic_partitions(TENANTS)
     ]

@@ -4,7 +4,7 @@
 import dagster as dg
 
 from rag_platform.defs.jobs import tenant_pipeline
-from rag_platform.defs.partitions import tenants_partitions
+from rag_platform.defs.partitions import TENANTS
 
 
 @dg.schedule(
@@ -15,6 +15,6 @@ from rag_platform.defs.partitions import tenants_partitions
     description="Nightly re-sync, re-index (only if something changed) and re-evaluation.",
 )
 def nightly_resync(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
-    tenants = context.instance.get_dynamic_partitions(tenants_partitions.name)
+    tenants = context.instance.get_dynamic_partitions(TENANTS)
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
     return [dg.RunRequest(partition_key=t, run_key=f"nightly:{t}:{day}") for t in tenants]

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from rag_platform.defs.jobs import tenant_pipeline
-from rag_platform.defs.partitions import tenants_partitions
+from rag_platform.defs.partitions import TENANTS, tenants_partitions
 from rag_platform.lib.tenants import DatasetSource, FilesystemSource, TenantConfig, load_registry
 from rag_platform.settings import get_settings
 
@@ -45,9 +45,9 @@ def source_fingerprint(tenant: TenantConfig) -> str:
 def tenant_registry_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     settings = get_settings()
     wanted = set(load_registry(settings.tenants_file, settings.data_dir).ids)
-    existing = set(context.instance.get_dynamic_partitions(tenants_partitions.name))
+    existing = set(context.instance.get_dynamic_partitions(TENANTS))
     added, removed = sorted(wanted - existing), sorted(existing - wanted)
-    requests = []
+    requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
     if added:
         requests.append(tenants_partitions.build_add_request(added))
     if removed:
@@ -69,7 +69,7 @@ def tenant_registry_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResu
 def source_change_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     settings = get_settings()
     registry = load_registry(settings.tenants_file, settings.data_dir)
-    known = set(context.instance.get_dynamic_partitions(tenants_partitions.name))
+    known = set(context.instance.get_dynamic_partitions(TENANTS))
     cursor = json.loads(context.cursor) if context.cursor else {}
     runs = []
     for tenant in registry.tenants:
