@@ -265,17 +265,10 @@ def costs(
     day: Annotated[str | None, typer.Option(help="YYYY-MM-DD (UTC); default today.")] = None,
 ) -> None:
     """Prints a tenant's cost rollup for one day (the same code as tenant_daily_costs)."""
-    from rag_platform.lib import stages
-    from rag_platform.lib.costs import PriceTable, rollup_costs
+    from rag_platform.lib.costs import tenant_day_rollup
 
-    store = _store()
     d = date.fromisoformat(day) if day else datetime.now(UTC).date()
-    usage = dict(store.usage_by_day(tenant, d))
-    published = store.get_published_version(tenant)
-    if published is not None and Path(published.path).exists():
-        usage["storage_bytes"] = float(stages.directory_bytes(Path(published.path)))
-    _echo_json({"tenant": tenant, "day": d.isoformat(), "usage": usage,
-                **rollup_costs(usage, PriceTable.load())})
+    _echo_json(tenant_day_rollup(_store(), tenant, d))
 
 
 # ------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 from pydantic import Field, PrivateAttr
 from upath import UPath
@@ -100,10 +99,7 @@ class _FrameIOManager(dg.UPathIOManager):
             obj.to_parquet(buf, index=False)
             path.write_bytes(buf.getvalue())
         elif isinstance(obj, EmbeddingSet):
-            buf = io.BytesIO()
-            np.savez(buf, model=np.array(obj.model), hashes=np.array(obj.hashes, dtype=str),
-                     vectors=obj.vectors.astype(np.float32))
-            path.write_bytes(buf.getvalue())
+            path.write_bytes(obj.to_bytes())
         else:
             path.write_text(json.dumps(obj, default=str))
 
@@ -112,9 +108,7 @@ class _FrameIOManager(dg.UPathIOManager):
         if data[:4] == b"PAR1":
             return pd.read_parquet(io.BytesIO(data))
         if data[:2] == b"PK":
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                return EmbeddingSet(str(z["model"]), [str(h) for h in z["hashes"]],
-                                    np.asarray(z["vectors"], dtype=np.float32))
+            return EmbeddingSet.from_bytes(data)
         return json.loads(data)
 
 

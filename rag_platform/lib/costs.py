@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,23 @@ def rollup_costs(usage: Mapping[str, float], prices: PriceTable) -> dict[str, An
              "cost_usd": cost}
         )
     return {"lines": lines, "total_usd": total, "currency": "USD"}
+
+
+def tenant_day_rollup(store: Any, tenant: str, day: date,
+                      prices: PriceTable | None = None) -> dict[str, Any]:
+    """One tenant-day of usage from the metadata store, priced.
+
+    Usage is what :meth:`MetadataStore.usage_by_day` reports, plus ``storage_bytes`` of the
+    tenant's published index version as it is on disk now.
+
+    Returns:
+        ``{"tenant", "day", "usage", "lines", "total_usd", "currency"}``.
+    """
+    from rag_platform.lib.stages import directory_bytes
+
+    usage = dict(store.usage_by_day(tenant, day))
+    published = store.get_published_version(tenant)
+    if published is not None and Path(published.path).exists():
+        usage["storage_bytes"] = float(directory_bytes(Path(published.path)))
+    return {"tenant": tenant, "day": day.isoformat(), "usage": usage,
+            **rollup_costs(usage, prices or PriceTable.load())}

@@ -20,6 +20,7 @@ Frames (one row per document unless noted):
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -106,7 +107,7 @@ class StageCache:
         _atomic_write(self.path, lambda p: frame.to_parquet(p, index=False))
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -469,17 +470,27 @@ class EmbeddingSet:
     def lookup(self) -> dict[str, int]:
         return {h: i for i, h in enumerate(self.hashes)}
 
+    def to_bytes(self) -> bytes:
+        """The set as an ``.npz`` archive (model, hashes, float32 vectors)."""
+        buf = io.BytesIO()
+        np.savez(buf, model=np.array(self.model), hashes=np.array(self.hashes, dtype=str),
+                 vectors=self.vectors.astype(np.float32))
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> EmbeddingSet:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return cls(str(z["model"]), [str(h) for h in z["hashes"]],
+                       np.asarray(z["vectors"], dtype=np.float32))
+
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda p: np.savez(
-            p.open("wb"), model=np.array(self.model), hashes=np.array(self.hashes, dtype=str),
-            vectors=self.vectors.astype(np.float32)))
+        data = self.to_bytes()
+        _atomic_write(path, lambda p: p.write_bytes(data))
 
     @classmethod
     def load(cls, path: Path) -> EmbeddingSet:
-        with np.load(path, allow_pickle=False) as data:
-            return cls(str(data["model"]), [str(h) for h in data["hashes"]],
-                       np.asarray(data["vectors"], dtype=np.float32))
+        return cls.from_bytes(path.read_bytes())
 
 
 def model_slug(model: str) -> str:
