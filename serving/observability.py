@@ -22,7 +22,7 @@ import uuid
 from contextvars import ContextVar
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pythonjsonlogger.json import JsonFormatter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -81,7 +81,12 @@ class Metrics:
             ["tenant"], registry=self.registry,
         )
         self.query_log_failures = Counter(
-            "rag_query_log_failures_total", "Query log writes that failed and were spooled.",
+            "rag_query_log_failures_total",
+            "Query-log batch writes that failed (the rows stay queued for retry).",
+            registry=self.registry,
+        )
+        self.query_log_pending = Gauge(
+            "rag_query_log_pending", "Query-log rows not yet written to the database.",
             registry=self.registry,
         )
 

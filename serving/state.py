@@ -12,58 +12,32 @@ request finishes), so a request sees the old version or the new one, never a mix
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import time
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cachetools import TTLCache
-from tenacity import retry, stop_after_attempt, wait_exponential
 
 from rag_platform.lib.answer import ExtractiveAnswerer, LLMAnswerer
 from rag_platform.lib.embedding import SparseEncoder, get_embedder, get_sparse_encoder
 from rag_platform.lib.index.pool import ShardPool
 from rag_platform.lib.retrieval import Retriever
-from rag_platform.lib.store.store import IndexVersion, MetadataStore, QueryLogEntry
+from rag_platform.lib.store.store import IndexVersion, MetadataStore
 from rag_platform.lib.tenants import PIIPolicy, RetrievalSettings, TenantRegistry, load_registry
 from rag_platform.settings import Settings
 from serving.cache import MemoryQueryCache, RedisQueryCache, make_cache
 from serving.observability import Metrics
+from serving.querylog import QueryLogWriter, QueryRecord
+
+__all__ = ["QueryRecord", "ServingState"]
 from serving.ratelimit import RateLimiter
 
 logger = logging.getLogger("serving.state")
 
 _MISSING = object()
-
-
-@dataclass
-class QueryRecord:
-    """What the query log needs about one search or query (the question is masked on write)."""
-
-    query_id: str
-    tenant: str
-    key_id: str
-    question: str
-    top_k: int
-    filters: dict[str, Any]
-    index_version: str = ""
-    hit_chunk_ids: list[str] = field(default_factory=list)
-    cited_chunk_ids: list[str] = field(default_factory=list)
-    latency_ms: float = 0.0
-    embed_ms: float = 0.0
-    search_ms: float = 0.0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cache_hit: bool = False
-    status_code: int = 200
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class ServingState:
@@ -116,8 +90,13 @@ class ServingState:
         self._maskers_lock = threading.Lock()
         self._answerer: Any = None
         self._answerer_lock = threading.Lock()
-        self._spool: deque[QueryLogEntry] = deque(maxlen=100_000)
-        self._spool_lock = threading.Lock()
+        self.query_log = QueryLogWriter(
+            lambda entries: self.store.log_queries(entries),
+            self.mask_question,
+            settings.home / "spool" / "query_log.jsonl",
+            on_failure=self.metrics.query_log_failures.inc,
+        )
+        self.metrics.query_log_pending.set_function(lambda: self.query_log.pending)
 
     # -- models --------------------------------------------------------------------------------
     @property
@@ -242,80 +221,24 @@ class ServingState:
                          extra={"error": type(exc).__name__, "tenant": tenant})
             return "<masking failed>"
 
-    @retry(stop=stop_after_attempt(3), wait=wait_exponential(multiplier=0.05, max=0.5),
-           reraise=True)
-    def _write_entry(self, entry: QueryLogEntry) -> None:
-        self.store.log_query(entry)
-
     def log_query(self, record: QueryRecord) -> None:
-        """Masks the question and writes the query-log row (3 tries; then spooled, not lost).
-
-        Spooled rows are written before the next row and at shutdown (:meth:`flush_spool`).
-        """
-        entry = QueryLogEntry(
-            query_id=record.query_id, tenant=record.tenant, key_id=record.key_id,
-            question_masked=self.mask_question(record.tenant, record.question),
-            top_k=record.top_k, filters=record.filters,
-            cited_chunk_ids=record.cited_chunk_ids, hit_chunk_ids=record.hit_chunk_ids,
-            index_version=record.index_version, latency_ms=record.latency_ms,
-            embed_ms=record.embed_ms, search_ms=record.search_ms,
-            prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
-            cache_hit=record.cache_hit, status_code=record.status_code,
-            created_at=record.created_at,
-        )
-        self.flush_spool()
-        try:
-            self._write_entry(entry)
-        except Exception as exc:
-            self.metrics.query_log_failures.inc()
-            logger.error("query log write failed; spooled", extra={
-                "error": type(exc).__name__, "query_id": record.query_id})
-            with self._spool_lock:
-                self._spool.append(entry)
+        """Hands ``record`` to the query-log writer (masked and written in the background)."""
+        self.query_log.submit(record)
 
     @property
     def spooled(self) -> int:
-        """Number of query-log rows waiting to be written."""
-        return len(self._spool)
+        """Query-log rows not yet in the database (queued or waiting for it to come back)."""
+        return self.query_log.pending
 
-    def flush_spool(self) -> int:
-        """Writes spooled query-log rows; returns how many were written."""
-        written = 0
-        while True:
-            with self._spool_lock:
-                if not self._spool:
-                    return written
-                entry = self._spool[0]
-            try:
-                self.store.log_query(entry)
-            except Exception:
-                return written
-            with self._spool_lock:
-                if self._spool and self._spool[0] is entry:
-                    self._spool.popleft()
-            written += 1
-
-    def _dump_spool(self) -> None:
-        if not self._spool:
-            return
-        path = self.settings.home / "spool" / "query_log.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            for entry in self._spool:
-                row = asdict(entry) if hasattr(entry, "__dataclass_fields__") else vars(entry)
-                f.write(json.dumps(row, default=str) + "\n")
-        logger.error("query log rows written to the spool file", extra={
-            "rows": len(self._spool), "path": str(path)})
-        self._spool.clear()
+    def flush_query_log(self, timeout: float = 5.0) -> bool:
+        """Waits for the query-log rows submitted so far; True when all are written."""
+        return self.query_log.flush(timeout)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:
-        """Flushes the query log (or dumps it to ``<home>/spool``) and closes every shard."""
-        started = time.monotonic()
-        while self._spool and time.monotonic() - started < 5.0:
-            if not self.flush_spool():
-                time.sleep(0.2)
-        self._dump_spool()
+        """Flushes the query log (what cannot be written goes to ``<home>/spool``) and closes every
+        shard."""
+        self.query_log.close()
         close = getattr(self._answerer, "close", None)
         if callable(close):
             close()

@@ -36,6 +36,7 @@ class TestQuery:
             assert c["chunk_id"] in hit_ids
             assert {"doc_id", "title", "uri", "text", "page"} <= set(c)
         assert r.headers["X-Query-Id"] == body["query_id"]
+        assert client.app.state.serving.flush_query_log()  # type: ignore[attr-defined]
         row = world.store.get_query(body["query_id"])
         assert row is not None
         assert row.cited_chunk_ids == list(dict.fromkeys(c["chunk_id"] for c in body["citations"]))
@@ -61,6 +62,7 @@ class TestQuery:
         assert len(hits) == 4  # type: ignore[arg-type]
         cited = {c["chunk_id"] for c in events[-2][1]["citations"]}  # type: ignore[union-attr]
         assert cited <= {h["chunk_id"] for h in hits}  # type: ignore[union-attr]
+        assert client.app.state.serving.flush_query_log()  # type: ignore[attr-defined]
         row = world.store.get_query(str(done["query_id"]))
         assert row is not None and sorted(row.cited_chunk_ids) == sorted(cited)
 
@@ -81,6 +83,7 @@ class TestQuery:
         assert first["cached"] is False and second["cached"] is True
         assert second["answer"] == first["answer"]
         assert second["query_id"] != first["query_id"]
+        assert client.app.state.serving.flush_query_log()  # type: ignore[attr-defined]
         assert world.store.get_query(second["query_id"]).cache_hit is True  # type: ignore[union-attr]
 
 

@@ -81,6 +81,7 @@ class TestSearch:
                         headers=bearer(world.keys["a_reader"]))
         assert r.status_code == 200
         body = r.json()
+        assert client.app.state.serving.flush_query_log()  # type: ignore[attr-defined]
         row = world.store.get_query(body["query_id"])
         assert row is not None
         assert row.tenant == TENANT_A and row.key_id == world.key_ids["a_reader"]
@@ -122,14 +123,17 @@ class TestQueryLogSpool:
         state = ServingState(down)
         record = QueryRecord(query_id=str(uuid.uuid4()), tenant=TENANT_A, key_id="k",
                              question="call 212-555-0199 about aspirin", top_k=3, filters={})
-        state.log_query(record)  # connection refused: kept in the spool, not raised
-        assert state.spooled == 1
-        # the database comes back (here: a working store) and the next write drains the spool
+        state.log_query(record)  # connection refused: kept for retry, not raised
+        assert state.flush_query_log(timeout=10) is False
+        assert state.spooled == 1 and state.query_log.backlog == 1
+        # the database comes back (here: a working store) and the backlog is written
         up = make_settings(fast_tmp / "up")
         state.store = new_store(up)
-        assert state.flush_spool() == 1 and state.spooled == 0
+        assert state.flush_query_log() is True and state.spooled == 0
         row = state.store.get_query(record.query_id)
         assert row is not None and "212-555-0199" not in row.question_masked
+        state.close()
+        assert not (fast_tmp / "spool" / "query_log.jsonl").exists()
         state.store.dispose()
 
     def test_spool_is_written_to_disk_at_shutdown_if_still_down(self, fast_tmp: Path) -> None:

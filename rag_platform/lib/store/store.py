@@ -265,6 +265,29 @@ def _version(row: Row[Any]) -> IndexVersion:
     )
 
 
+def _query_values(entry: QueryLogEntry) -> dict[str, Any]:
+    """The ``query_log`` column values of ``entry``."""
+    return {
+        "query_id": entry.query_id,
+        "tenant": entry.tenant,
+        "key_id": entry.key_id or "",
+        "question_masked": entry.question_masked,
+        "top_k": int(entry.top_k),
+        "filters": dict(entry.filters),
+        "cited_chunk_ids": list(entry.cited_chunk_ids),
+        "hit_chunk_ids": list(entry.hit_chunk_ids),
+        "index_version": entry.index_version or "",
+        "latency_ms": float(entry.latency_ms),
+        "embed_ms": float(entry.embed_ms),
+        "search_ms": float(entry.search_ms),
+        "prompt_tokens": int(entry.prompt_tokens),
+        "completion_tokens": int(entry.completion_tokens),
+        "cache_hit": bool(entry.cache_hit),
+        "status_code": int(entry.status_code),
+        "created_at": _as_utc(entry.created_at),
+    }
+
+
 def _query(row: Row[Any]) -> QueryLogEntry:
     return QueryLogEntry(
         query_id=row.query_id,
@@ -889,28 +912,35 @@ class MetadataStore:
         _check_tenant(entry.tenant)
         _check_text(entry.query_id, "query_id", 36)
         with self._tx() as conn:
-            conn.execute(
-                _t_query.insert().values(
-                    query_id=entry.query_id,
-                    tenant=entry.tenant,
-                    key_id=entry.key_id or "",
-                    question_masked=entry.question_masked,
-                    top_k=int(entry.top_k),
-                    filters=dict(entry.filters),
-                    cited_chunk_ids=list(entry.cited_chunk_ids),
-                    hit_chunk_ids=list(entry.hit_chunk_ids),
-                    index_version=entry.index_version or "",
-                    latency_ms=float(entry.latency_ms),
-                    embed_ms=float(entry.embed_ms),
-                    search_ms=float(entry.search_ms),
-                    prompt_tokens=int(entry.prompt_tokens),
-                    completion_tokens=int(entry.completion_tokens),
-                    cache_hit=bool(entry.cache_hit),
-                    status_code=int(entry.status_code),
-                    created_at=_as_utc(entry.created_at),
-                )
-            )
+            conn.execute(_t_query.insert().values(**_query_values(entry)))
         return entry.query_id
+
+    def log_queries(self, entries: list[QueryLogEntry]) -> int:
+        """Append query-log rows in one transaction (one multi-row INSERT).
+
+        Rows whose ``query_id`` is already logged are skipped (``ON CONFLICT DO NOTHING``), so
+        a batch retried after a lost commit acknowledgement writes each row once.
+
+        Returns:
+            How many rows were new.
+
+        Raises:
+            ValueError: A bad tenant id or query id (nothing is written).
+            sqlalchemy.exc.OperationalError: The database cannot be reached.
+        """
+        for entry in entries:
+            _check_tenant(entry.tenant)
+            _check_text(entry.query_id, "query_id", 36)
+        if not entries:
+            return 0
+        stmt = (
+            self._insert(_t_query)
+            .on_conflict_do_nothing(index_elements=["query_id"])
+            .returning(_t_query.c.query_id)
+        )
+        with self._tx() as conn:
+            written = conn.execute(stmt, [_query_values(e) for e in entries]).all()
+        return len(written)
 
     def get_query(self, query_id: str) -> QueryLogEntry | None:
         """One query-log row, or None."""

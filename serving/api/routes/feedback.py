@@ -32,12 +32,19 @@ def create_feedback(
     A query id of another tenant answers 404 exactly like an unknown one, so ids of other
     tenants cannot be probed.
     """
-    state.flush_spool()  # a query logged moments ago may still be in the spool
-    try:
-        feedback_id = state.store.add_feedback(
+    def add() -> str:
+        return str(state.store.add_feedback(
             body.query_id, principal.tenant, principal.key_id, body.rating, body.type,
             body.comment,
-        )
+        ))
+
+    try:
+        try:
+            feedback_id = add()
+        except NotFoundError:
+            # the query may be moments old, its row still with the query-log writer
+            state.flush_query_log()
+            feedback_id = add()
     except NotFoundError as exc:
         raise ApiError(404, "query_not_found", "no query with this id") from exc
     except ValueError as exc:

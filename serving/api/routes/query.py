@@ -148,7 +148,7 @@ def answer_query(
     record.cited_chunk_ids = list(dict.fromkeys(c.chunk_id for c in citations))
     record.prompt_tokens, record.completion_tokens = answer.prompt_tokens, answer.completion_tokens
     record.latency_ms = total_ms
-    background_tasks.add_task(state.log_query, record)
+    state.log_query(record)  # queued for the query-log writer thread
     response.headers["X-Query-Id"] = query_id
     return QueryPublic(
         query_id=query_id,

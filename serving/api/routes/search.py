@@ -14,7 +14,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fastapi import APIRouter, BackgroundTasks, Response
+from fastapi import APIRouter, Response
 
 from rag_platform.lib.models import Hit, Principal, SearchFilters
 from serving.api.deps import PrincipalDep, PublishedVersionDep, RetrieverDep, StateDep
@@ -122,8 +122,7 @@ def retrieve_logged(
 ) -> tuple[QueryRecord, Retrieved, float]:
     """Starts the request's query-log record and retrieves its hits (see :func:`retrieve_hits`).
 
-    On failure the record is logged at once (there is no response to attach a background task
-    to) and the error re-raised.
+    On failure the record is logged (status and latency filled) and the error re-raised.
 
     Returns:
         (the record, filled with the hits and timings; the hits; the start, perf_counter s).
@@ -173,7 +172,6 @@ def search_chunks(
     retriever: RetrieverDep,
     state: StateDep,
     response: Response,
-    background_tasks: BackgroundTasks,
 ) -> SearchPublic:
     """Ranked chunks of the caller's tenant visible to the caller's ACL groups.
 
@@ -187,7 +185,7 @@ def search_chunks(
         state.cache.set(got.cache_key, {"hits": [asdict(h) for h in got.hits]})
     total_ms = (time.perf_counter() - started) * 1000
     record.latency_ms = total_ms
-    background_tasks.add_task(state.log_query, record)
+    state.log_query(record)  # queued for the query-log writer thread
     response.headers["X-Query-Id"] = record.query_id
     return SearchPublic(
         query_id=record.query_id,
