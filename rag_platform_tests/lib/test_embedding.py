@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
 
 from rag_platform.lib.embedding import (
+    BatchingQueryEmbedder,
     Embedder,
     SparseEncoder,
     SparseVector,
@@ -73,6 +75,107 @@ class TestEmbedder:
             t.join()
         assert len(models) == 4 and all(m is models[0] for m in models)
         assert get_embedder() is get_embedder()
+
+
+class GatedEmbedder(Embedder):
+    """The real model, whose first forward pass waits for ``gate`` (to line up a batch)."""
+
+    def __init__(self, fail_with: Exception | None = None) -> None:
+        super().__init__()
+        self._model = get_embedder().model
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.calls: list[int] = []
+        self.fail_with = fail_with
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(len(texts))
+        if len(self.calls) == 1:
+            self.entered.set()
+            self.gate.wait(10)
+        if self.fail_with is not None:
+            raise self.fail_with
+        return super().embed_queries(texts)
+
+
+QUERIES = [
+    "Does aspirin reduce colorectal cancer risk?",
+    "vitamin D and bone density",
+    "CRISPR off-target effects in human cells",
+    "statins",
+    "Is obesity associated with a higher risk of type 2 diabetes in adolescents?",
+    "microbiome and depression",
+    "malaria vaccine efficacy in children under five",
+    "smoking cessation",
+    "gene expression in T cells",
+]
+
+
+def run_concurrently(batcher: BatchingQueryEmbedder, queries: list[str]) -> dict[str, object]:
+    """Embeds ``queries[0]`` first (held at the gate), then the rest while it waits."""
+    out: dict[str, object] = {}
+
+    def call(q: str) -> None:
+        try:
+            out[q] = batcher.embed_query(q)
+        except Exception as exc:
+            out[q] = exc
+
+    first = threading.Thread(target=call, args=(queries[0],))
+    first.start()
+    gated = batcher.embedder
+    assert isinstance(gated, GatedEmbedder) and gated.entered.wait(10)
+    rest = [threading.Thread(target=call, args=(q,)) for q in queries[1:]]
+    for t in rest:
+        t.start()
+    deadline = time.monotonic() + 10
+    while batcher._queue.qsize() < len(rest) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gated.gate.set()
+    for t in [first, *rest]:
+        t.join(30)
+    return out
+
+
+class TestBatchingQueryEmbedder:
+    def test_concurrent_queries_share_a_forward_pass_and_match_single_embeddings(self) -> None:
+        gated = GatedEmbedder()
+        batcher = BatchingQueryEmbedder(gated, max_batch_size=16)
+        out = run_concurrently(batcher, QUERIES)
+        assert gated.calls == [1, len(QUERIES) - 1]  # the eight waiting queries: one pass
+        assert batcher.batches == 2 and batcher.queries == len(QUERIES)
+        single = get_embedder()
+        for q in QUERIES:
+            v = out[q]
+            assert isinstance(v, np.ndarray) and v.shape == (384,) and v.dtype == np.float32
+            assert float(v @ single.embed_query(q)) > 0.9999  # padding changes nothing
+        batcher.close()
+
+    def test_batch_size_is_capped(self) -> None:
+        gated = GatedEmbedder()
+        batcher = BatchingQueryEmbedder(gated, max_batch_size=3)
+        run_concurrently(batcher, QUERIES)
+        assert gated.calls[0] == 1 and max(gated.calls) == 3 and sum(gated.calls) == 9
+        batcher.close()
+
+    def test_a_model_error_reaches_every_caller_of_the_batch(self) -> None:
+        gated = GatedEmbedder(fail_with=RuntimeError("out of memory"))
+        batcher = BatchingQueryEmbedder(gated)
+        out = run_concurrently(batcher, QUERIES[:4])
+        assert all(isinstance(v, RuntimeError) for v in out.values())
+        gated.fail_with = None
+        assert batcher.embed_query("still serving").shape == (384,)  # the worker survived
+        batcher.close()
+
+    def test_bad_query_is_refused_in_the_caller_and_close_falls_back(self) -> None:
+        batcher = BatchingQueryEmbedder(get_embedder())
+        with pytest.raises(ValueError):
+            batcher.embed_query("  ")
+        with pytest.raises(ValueError):
+            BatchingQueryEmbedder(get_embedder(), max_batch_size=0)
+        batcher.close()
+        assert not batcher._thread.is_alive()
+        assert batcher.embed_query("after close").shape == (384,)
 
 
 class TestSparseEncoder:
