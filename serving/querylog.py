@@ -90,7 +90,7 @@ class QueryLogWriter:
         *,
         on_failure: Callable[[], Any] | None = None,
         batch_size: int = 256,
-        max_wait_seconds: float = 0.05,
+        max_wait_seconds: float = 0.2,
         max_queued: int = 100_000,
         tries: int = 3,
         retry_seconds: float = 1.0,

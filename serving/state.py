@@ -182,6 +182,15 @@ class ServingState:
             self._versions[tenant] = version
         return version
 
+    def memoized_published_version(self, tenant: str) -> tuple[bool, IndexVersion | None]:
+        """``(True, version)`` when the last store look-up is under a second old, else
+        ``(False, None)``; never touches the store."""
+        with self._versions_lock:
+            cached = self._versions.get(tenant, _MISSING)
+        if cached is _MISSING:
+            return False, None
+        return True, cached  # type: ignore[return-value]
+
     def invalidate_version(self, tenant: str) -> None:
         """Forgets the cached published version of ``tenant`` (after a rollback here)."""
         with self._versions_lock:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import re
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,14 @@ class TestHealth:
         assert 'rag_cache_requests_total{endpoint="search",result="hit"}' in text
         assert "rag_retrieval_search_seconds_bucket" in text
         assert "rag_query_embedding_seconds_bucket" in text
+
+    def test_startup_objects_are_frozen_out_of_the_collector(self, client: TestClient) -> None:
+        # a full collection over the loaded models would stall requests for ~300 ms
+        assert gc.get_freeze_count() > 100_000
+
+    def test_metrics_expose_query_log_backlog(self, client: TestClient) -> None:
+        text = client.get("/metrics").text
+        assert re.search(r"^rag_query_log_pending \d+\.\d+$", text, re.MULTILINE)
 
     def test_each_app_has_its_own_registry(self, client: TestClient, world: World) -> None:
         other = create_app(world.settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +18,7 @@ from rag_platform_tests.serving.factories import (
     publish_tenant,
     scifact_docs,
 )
+from serving.main import create_app
 from serving.state import QueryRecord, ServingState
 
 
@@ -145,3 +147,32 @@ class TestQueryLogSpool:
         state.close()
         lines = (fast_tmp / "spool" / "query_log.jsonl").read_text().splitlines()
         assert len(lines) == 1 and '"tenant": "acme"' in lines[0]
+
+
+class TestShardOnlyOnCacheMiss:
+    def test_cache_hit_needs_no_shard_and_a_miss_without_one_is_a_logged_503(
+        self, fast_tmp: Path
+    ) -> None:
+        settings = make_settings(fast_tmp)
+        store = new_store(settings)
+        docs = scifact_docs(0, 20)
+        publish_tenant(store, settings, TENANT_A, "v1", docs)
+        _, key = store.create_api_key(TENANT_A, ["all"])
+        with TestClient(create_app(settings)) as c:
+            query = {"query": docs[0].title, "top_k": 3}
+            first = c.post("/v1/search", json=query, headers=bearer(key)).json()
+            state = c.app.state.serving  # type: ignore[attr-defined]
+            state.pool.release_tenant(TENANT_A)  # close the idle shard...
+            version = store.get_published_version(TENANT_A)
+            assert version is not None
+            shutil.rmtree(version.path)  # ...and delete it
+            again = c.post("/v1/search", json=query, headers=bearer(key))
+            assert again.status_code == 200 and again.json()["cached"] is True
+            assert again.json()["hits"] == first["hits"]
+            miss = c.post("/v1/search", json={"query": docs[1].title}, headers=bearer(key))
+            assert miss.status_code == 503
+            assert miss.json()["error"]["code"] == "index_unavailable"
+            assert state.flush_query_log()
+        statuses = sorted(row.status_code for row in store.list_queries(TENANT_A))
+        assert statuses == [200, 200, 503]
+        store.dispose()

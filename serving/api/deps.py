@@ -2,26 +2,34 @@
 
 - ``SettingsDep``: the app's ``Settings``.
 - ``StateDep``: the per-process ``ServingState``.
-- ``AuthenticatedDep``: the ``Principal`` of the ``Authorization: Bearer`` API key (401 otherwise).
-- ``PrincipalDep``: the same, after the per-key and per-tenant rate limits (429 otherwise).
+- ``PrincipalDep``: the ``Principal`` of the ``Authorization: Bearer`` API key (401 otherwise),
+  after the per-key and per-tenant rate limits (429 otherwise).
 - ``AdminDep``: a rate-limited principal with role ``admin`` (403 otherwise).
 - ``PublishedVersionDep``: the caller's tenant's published index version (503 otherwise).
-- ``RetrieverDep``: a ``Retriever`` over that version, its shard held open for the request.
+
+:func:`open_retriever` gives a ``Retriever`` over that version inside a handler, only when the
+request is not answered from the cache.
 
 The tenant comes only from the API key: no request field, header or path names it.
+
+Dependencies that only read memory are ``async def`` (run on the event loop, no thread hop);
+those that may touch the database, Redis or the disk are plain ``def`` (Starlette's thread pool).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Annotated, Any
+from contextlib import contextmanager
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from rag_platform.lib.models import Principal
 from rag_platform.lib.retrieval import Retriever
+from rag_platform.lib.store.store import IndexVersion
 from rag_platform.settings import Settings
 from serving.errors import ApiError
 from serving.state import ServingState
@@ -34,7 +42,7 @@ bearer_scheme = HTTPBearer(auto_error=False, description="An API key: `Bearer ra
 _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="rag-platform"'}
 
 
-def get_state(request: Request) -> ServingState:
+async def get_state(request: Request) -> ServingState:
     """The ``ServingState`` created by the lifespan.
 
     Raises:
@@ -49,7 +57,7 @@ def get_state(request: Request) -> ServingState:
 StateDep = Annotated[ServingState, Depends(get_state)]
 
 
-def get_settings_dep(state: StateDep) -> Settings:
+async def get_settings_dep(state: StateDep) -> Settings:
     return state.settings
 
 
@@ -62,8 +70,8 @@ def _unauthorized(code: str, message: str) -> ApiError:
 
 def authenticate(
     request: Request,
-    state: StateDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    state: ServingState,
+    credentials: HTTPAuthorizationCredentials | None,
 ) -> Principal:
     """Resolves the API key to its principal.
 
@@ -94,15 +102,19 @@ def authenticate(
     return principal
 
 
-AuthenticatedDep = Annotated[Principal, Depends(authenticate)]
-
-
-def get_current_principal(principal: AuthenticatedDep, state: StateDep) -> Principal:
-    """The authenticated principal, once the per-key and per-tenant limits allow the request.
+def get_current_principal(
+    request: Request,
+    state: StateDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Principal:
+    """The principal of the ``Authorization: Bearer`` API key, once the per-key and per-tenant
+    rate limits allow the request (one thread-pool step for both: each may do I/O).
 
     Raises:
-        ApiError: 429 ``rate_limited`` with ``Retry-After`` (seconds).
+        ApiError: 401 ``missing_api_key`` / ``invalid_api_key``, 503 ``database_unavailable``
+            (see :func:`authenticate`), 429 ``rate_limited`` with ``Retry-After`` (seconds).
     """
+    principal = authenticate(request, state, credentials)
     decision = state.limiter.check(principal.tenant, principal.key_id)
     if not decision.allowed:
         state.metrics.rate_limited.labels(decision.scope, principal.tenant).inc()
@@ -119,7 +131,7 @@ def get_current_principal(principal: AuthenticatedDep, state: StateDep) -> Princ
 PrincipalDep = Annotated[Principal, Depends(get_current_principal)]
 
 
-def get_admin(principal: PrincipalDep) -> Principal:
+async def get_admin(principal: PrincipalDep) -> Principal:
     """The principal, if its role is ``admin``.
 
     Raises:
@@ -133,18 +145,24 @@ def get_admin(principal: PrincipalDep) -> Principal:
 AdminDep = Annotated[Principal, Depends(get_admin)]
 
 
-def get_published_version(principal: PrincipalDep, state: StateDep) -> Any:
+async def get_published_version(principal: PrincipalDep, state: StateDep) -> IndexVersion:
     """The published index version of the principal's tenant.
+
+    Served from the state's one-second memo on the event loop; the store is read (in the thread
+    pool) only when the memo has expired.
 
     Raises:
         ApiError: 503 ``index_not_ready`` (nothing published yet),
             503 ``database_unavailable``.
     """
-    try:
-        version = state.published_version(principal.tenant)
-    except Exception as exc:
-        logger.error("published version look-up failed", extra={"error": type(exc).__name__})
-        raise ApiError(503, "database_unavailable", "the metadata store is unavailable") from exc
+    found, version = state.memoized_published_version(principal.tenant)
+    if not found:
+        try:
+            version = await run_in_threadpool(state.published_version, principal.tenant)
+        except Exception as exc:
+            logger.error("published version look-up failed", extra={"error": type(exc).__name__})
+            raise ApiError(
+                503, "database_unavailable", "the metadata store is unavailable") from exc
     if version is None:
         raise ApiError(
             503, "index_not_ready",
@@ -154,11 +172,13 @@ def get_published_version(principal: PrincipalDep, state: StateDep) -> Any:
     return version
 
 
-PublishedVersionDep = Annotated[Any, Depends(get_published_version)]
+PublishedVersionDep = Annotated[IndexVersion, Depends(get_published_version)]
 
 
-def get_retriever(version: PublishedVersionDep, state: StateDep) -> Iterator[Retriever]:
-    """A retriever over the published version, with its shard held open for the request.
+@contextmanager
+def open_retriever(state: ServingState, version: IndexVersion) -> Iterator[Retriever]:
+    """A retriever over ``version``, its shard held open for the ``with`` block (call it from
+    the thread pool: opening a shard reads the disk).
 
     Raises:
         ApiError: 503 ``index_unavailable`` when the version's shard cannot be opened.
@@ -177,6 +197,3 @@ def get_retriever(version: PublishedVersionDep, state: StateDep) -> Iterator[Ret
             raise
     else:
         cm.__exit__(None, None, None)
-
-
-RetrieverDep = Annotated[Retriever, Depends(get_retriever)]

@@ -22,7 +22,7 @@ from fastapi import APIRouter, BackgroundTasks, Request, Response
 from fastapi.responses import StreamingResponse
 
 from rag_platform.lib.models import Answer, Citation, Hit
-from serving.api.deps import PrincipalDep, PublishedVersionDep, RetrieverDep, StateDep
+from serving.api.deps import PrincipalDep, PublishedVersionDep, StateDep
 from serving.api.routes.search import COMMON_ERRORS, retrieve_logged
 from serving.errors import ApiError, error_body
 from serving.schemas import (
@@ -98,15 +98,13 @@ def answer_query(
     request: Request,
     principal: PrincipalDep,
     version: PublishedVersionDep,
-    retriever: RetrieverDep,
     state: StateDep,
     response: Response,
     background_tasks: BackgroundTasks,
 ) -> Any:
     """Retrieves the caller's visible chunks and answers from them with ``[n]`` citations."""
     record, got, started = retrieve_logged(
-        state=state, principal=principal, version=version, retriever=retriever,
-        endpoint="query", body=body,
+        state=state, principal=principal, version=version, endpoint="query", body=body,
     )
     query_id = record.query_id
     cached_answer: Answer | None = None

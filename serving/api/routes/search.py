@@ -17,7 +17,8 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from rag_platform.lib.models import Hit, Principal, SearchFilters
-from serving.api.deps import PrincipalDep, PublishedVersionDep, RetrieverDep, StateDep
+from rag_platform.lib.store.store import IndexVersion
+from serving.api.deps import PrincipalDep, PublishedVersionDep, StateDep, open_retriever
 from serving.cache import cache_key
 from serving.errors import ApiError
 from serving.schemas import (
@@ -75,17 +76,18 @@ def retrieve_hits(
     *,
     state: ServingState,
     principal: Principal,
-    version: Any,
-    retriever: Any,
+    version: IndexVersion,
     endpoint: str,
     query: str,
     top_k: int,
     filters: SearchFilters,
 ) -> Retrieved:
-    """Cache look-up, else retrieval; hits re-checked either way.
+    """Cache look-up, else retrieval on the version's shard (opened only on a cache miss);
+    hits re-checked either way.
 
     Raises:
-        ApiError: 422 ``invalid_filters`` when the index refuses the filters.
+        ApiError: 422 ``invalid_filters`` when the index refuses the filters,
+            503 ``index_unavailable`` when the shard cannot be opened.
     """
     key = cache_key(endpoint=endpoint, tenant=principal.tenant, index_version=version.version,
                     query=query, filters=filters, top_k=top_k)
@@ -101,10 +103,11 @@ def retrieve_hits(
     state.metrics.cache.labels(endpoint, "miss").inc()
     if not principal.groups:
         return Retrieved([], False, 0.0, 0.0, key)
-    try:
-        result = retriever.retrieve(query, top_k, filters)
-    except ValueError as exc:
-        raise ApiError(422, "invalid_filters", "the filters cannot be applied") from exc
+    with open_retriever(state, version) as retriever:
+        try:
+            result = retriever.retrieve(query, top_k, filters)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_filters", "the filters cannot be applied") from exc
     state.metrics.embedding_latency.labels(principal.tenant).observe(result.embed_ms / 1000)
     state.metrics.retrieval_latency.labels(principal.tenant).observe(result.search_ms / 1000)
     hits = recheck_hits(state, list(result.hits), principal)
@@ -115,8 +118,7 @@ def retrieve_logged(
     *,
     state: ServingState,
     principal: Principal,
-    version: Any,
-    retriever: Any,
+    version: IndexVersion,
     endpoint: str,
     body: Any,
 ) -> tuple[QueryRecord, Retrieved, float]:
@@ -136,7 +138,7 @@ def retrieve_logged(
     )
     try:
         got = retrieve_hits(
-            state=state, principal=principal, version=version, retriever=retriever,
+            state=state, principal=principal, version=version,
             endpoint=endpoint, query=body.query, top_k=body.top_k, filters=filters,
         )
     except Exception as exc:
@@ -169,7 +171,6 @@ def search_chunks(
     body: SearchRequest,
     principal: PrincipalDep,
     version: PublishedVersionDep,
-    retriever: RetrieverDep,
     state: StateDep,
     response: Response,
 ) -> SearchPublic:
@@ -178,8 +179,7 @@ def search_chunks(
     The query id (also in ``X-Query-Id``) identifies the query-log row that feedback refers to.
     """
     record, got, started = retrieve_logged(
-        state=state, principal=principal, version=version, retriever=retriever,
-        endpoint="search", body=body,
+        state=state, principal=principal, version=version, endpoint="search", body=body,
     )
     if not got.cached:
         state.cache.set(got.cache_key, {"hits": [asdict(h) for h in got.hits]})
