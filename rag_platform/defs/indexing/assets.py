@@ -120,9 +120,10 @@ def published_index(
 ) -> dg.Output[dict[str, Any]]:
     """Atomically makes the new index version the one the API serves (one transaction in the
     metadata store; API workers pick it up without restart). Runs only when every blocking check
-    upstream passed, so a failed check leaves the previous version serving. The last
-    ``RAG_VERSIONS_KEPT`` versions stay on disk for rollback; older unused shards are deleted."""
-    from rag_platform.lib.index.pool import gc_versions
+    upstream passed, so a failed check leaves the previous version serving. The published version
+    and the ``RAG_VERSIONS_KEPT - 1`` versions published before it stay on disk for rollback
+    (builds that were never published do not count); older unused shards are deleted."""
+    from rag_platform.lib.index.pool import gc_versions, versions_to_keep
 
     tenant = context.partition_key
     store = platform.store()
@@ -138,9 +139,7 @@ def published_index(
         from rag_platform.lib.evaluation.report import mark_published
 
         mark_published(report_dir)
-    versions = store.list_versions(tenant)
-    keep_n = platform.settings.versions_kept
-    keep = {v.version for v in versions[:keep_n]} | {version}
+    keep = versions_to_keep(store.list_versions(tenant), version, platform.settings.versions_kept)
     deleted = gc_versions(platform.tenant_index_dir(tenant), keep)
     for name in deleted:
         store.set_version_status(tenant, name, "deleted")

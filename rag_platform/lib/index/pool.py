@@ -18,10 +18,11 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from rag_platform.lib.index.edge import EdgeIndexReader, shard_lock_path
 
@@ -153,6 +154,42 @@ class ShardPool:
                         del self._current[t]
                     self._close(entry.reader)
             return gc_versions(tenant_dir, keep)
+
+
+class VersionRow(Protocol):
+    """What :func:`versions_to_keep` reads of a store's index-version row."""
+
+    version: str
+    status: str
+
+
+def versions_to_keep(versions: Sequence[VersionRow], published: str, kept: int) -> set[str]:
+    """The index versions of one tenant whose shards must stay on disk after ``published`` is
+    published.
+
+    Kept: ``published``; the newest ``kept - 1`` versions that were published before
+    (status ``retired``: the rollback targets); and builds newer than ``published`` that are
+    not published yet (a concurrent run still evaluating them). Builds older than
+    ``published`` that never got published (e.g. stopped by the evaluation gate) do not take a
+    rollback slot; they and older retired versions may go.
+
+    Args:
+        versions: the tenant's versions, newest first (``MetadataStore.list_versions``).
+        published: the version just published.
+        kept: ``RAG_VERSIONS_KEPT`` (>= 1), counting ``published``.
+
+    Raises:
+        ValueError: ``kept`` < 1.
+    """
+    if kept < 1:
+        raise ValueError(f"kept must be >= 1, got {kept}")
+    keep = {published}
+    names = [v.version for v in versions]
+    newer = names[: names.index(published)] if published in names else []
+    keep.update(v.version for v in versions if v.version in newer and v.status == "built")
+    retired = [v.version for v in versions if v.status == "retired" and v.version != published]
+    keep.update(retired[: kept - 1])
+    return keep
 
 
 def gc_versions(tenant_dir: Path, keep: set[str]) -> list[str]:
