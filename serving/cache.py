@@ -40,14 +40,20 @@ def cache_key(
     query: str,
     filters: SearchFilters,
     top_k: int,
+    retrieval: str,
 ) -> str:
     """The cache key of a search or query request.
+
+    Args:
+        retrieval: the tenant's retrieval settings as canonical JSON, so a changed fusion or
+            prefetch depth in ``tenants.yaml`` does not serve results ranked the old way.
 
     Returns:
         ``"rag:q:" + sha256 hex`` of the canonical JSON of the inputs above.
     """
     canonical = json.dumps(
-        [endpoint, tenant, index_version, normalise_query(query), filters.cache_key(), top_k],
+        [endpoint, tenant, index_version, normalise_query(query), filters.cache_key(), top_k,
+         retrieval],
         separators=(",", ":"), ensure_ascii=False,
     )
     return "rag:q:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()

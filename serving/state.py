@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,14 +73,19 @@ class ServingState:
         self.metrics = metrics or Metrics()
         self.store = store if store is not None else MetadataStore.from_settings(settings)
         self.pool = pool if pool is not None else ShardPool()
+        self._registry_lock = threading.Lock()
+        self._registry_reloads = registry is None  # a registry passed in is fixed
+        self._registry_stamp: tuple[int, int] | None = None
+        self._registry_checked = time.monotonic()
         if registry is None:
+            self._registry_stamp = self._tenants_file_stamp()
             try:
                 registry = load_registry(settings.tenants_file, settings.data_dir)
             except Exception as exc:  # a bad registry must not keep the API down
                 logger.error("cannot load the tenant registry; using defaults",
                              extra={"error": str(exc)})
                 registry = TenantRegistry()
-        self.registry = registry
+        self._registry = registry
         self.cache: MemoryQueryCache | RedisQueryCache = make_cache(
             settings.redis_url, settings.cache_ttl_seconds
         )
@@ -154,6 +160,51 @@ class ServingState:
             self.mask_question(tenant, "warm up")
 
     # -- tenants -------------------------------------------------------------------------------
+    @property
+    def registry(self) -> TenantRegistry:
+        """The tenant registry, re-read when ``settings.tenants_file`` changes (checked at most
+        once a second), so new tenants and changed retrieval or PII settings apply without a
+        restart. A file that does not load is logged and the previous registry kept."""
+        if self._registry_reloads and time.monotonic() - self._registry_checked >= 1.0:
+            self._reload_registry()
+        return self._registry
+
+    def _tenants_file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.settings.tenants_file.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def _reload_registry(self) -> None:
+        with self._registry_lock:
+            if time.monotonic() - self._registry_checked < 1.0:
+                return
+            self._registry_checked = time.monotonic()
+            stamp = self._tenants_file_stamp()
+            if stamp == self._registry_stamp:
+                return
+            self._registry_stamp = stamp
+            try:
+                new = load_registry(self.settings.tenants_file, self.settings.data_dir)
+            except Exception as exc:
+                logger.error("the changed tenant registry does not load; keeping the previous",
+                             extra={"error": str(exc)})
+                return
+            old = self._registry
+            self._registry = new
+        changed = [
+            t for t in set(old.ids) | set(new.ids)
+            if (old.get(t) if t in old.ids else None) != (new.get(t) if t in new.ids else None)
+        ]
+        with self._maskers_lock:
+            for t in changed:
+                self._maskers.pop(t, None)
+        with self._retrievers_lock:
+            for key in [k for k in self._retrievers if k[0] in changed]:
+                del self._retrievers[key]
+        logger.info("tenant registry reloaded", extra={"changed_tenants": sorted(changed)})
+
     def retrieval_settings(self, tenant: str) -> RetrievalSettings:
         try:
             return self.registry.get(tenant).retrieval

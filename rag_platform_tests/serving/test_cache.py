@@ -11,6 +11,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from rag_platform.lib.models import SearchFilters
+from rag_platform.lib.tenants import RetrievalSettings
 from rag_platform_tests.serving.conftest import build_world
 from rag_platform_tests.serving.factories import bearer
 from rag_platform_tests.utils.services import require_redis
@@ -24,6 +25,7 @@ def key(**overrides: object) -> str:
     args: dict[str, object] = {
         "endpoint": "search", "tenant": "acme", "index_version": "v1",
         "query": "Vitamin D", "filters": SearchFilters(acl_groups=("a", "b")), "top_k": 10,
+        "retrieval": RetrievalSettings().model_dump_json(),
     }
     args.update(overrides)
     return cache_key(**args)  # type: ignore[arg-type]
@@ -43,6 +45,7 @@ class TestCacheKey:
         [
             {"tenant": "globex"}, {"index_version": "v2"}, {"top_k": 5},
             {"endpoint": "query"}, {"query": "vitamin E"},
+            {"retrieval": RetrievalSettings(fusion="rrf").model_dump_json()},
             {"filters": SearchFilters(acl_groups=("a", "b"), doc_ids=("d1",))},
             {"filters": SearchFilters(acl_groups=("a", "b"),
                                       updated_after=datetime(2024, 1, 1, tzinfo=UTC))},

@@ -6,6 +6,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -175,4 +176,50 @@ class TestShardOnlyOnCacheMiss:
             assert state.flush_query_log()
         statuses = sorted(row.status_code for row in store.list_queries(TENANT_A))
         assert statuses == [200, 200, 503]
+        store.dispose()
+
+
+class TestRegistryReload:
+    def test_changed_tenants_file_applies_without_restart(self, fast_tmp: Path) -> None:
+        registry = fast_tmp / "tenants.yaml"
+
+        def write(fusion: str, entities: str) -> None:
+            registry.write_text(
+                f"tenants:\n  - id: {TENANT_A}\n    retrieval: {{fusion: {fusion}}}\n"
+                f"    pii: {{entities: [{entities}]}}\n")
+
+        write("dense", "EMAIL_ADDRESS")
+        settings = make_settings(fast_tmp, tenants_file=registry)
+        store = new_store(settings)
+        docs = scifact_docs(0, 20)
+        publish_tenant(store, settings, TENANT_A, "v1", docs)
+        _, key = store.create_api_key(TENANT_A, ["all"])
+        question = f"{docs[3].title}, call 212-555-0199"
+
+        def search() -> dict[str, Any]:
+            r = c.post("/v1/search", json={"query": question, "top_k": 5}, headers=bearer(key))
+            assert r.status_code == 200, r.text
+            body: dict[str, Any] = r.json()
+            assert state.flush_query_log()
+            row = store.get_query(body["query_id"])
+            assert row is not None
+            body["logged_question"] = row.question_masked
+            return body
+
+        with TestClient(create_app(settings)) as c:
+            state = c.app.state.serving  # type: ignore[attr-defined]
+            dense = search()
+            assert max(h["score"] for h in dense["hits"]) <= 1.0  # cosine similarities
+            assert "212-555-0199" in dense["logged_question"]  # phone numbers not masked yet
+            time.sleep(1.1)
+            write("sparse", "PHONE_NUMBER")
+            time.sleep(1.1)  # the file is checked at most once a second
+            sparse = search()
+            assert max(h["score"] for h in sparse["hits"]) > 1.0  # BM25 scores now
+            assert "212-555-0199" not in sparse["logged_question"]
+            registry.write_text("tenants: [{id: 'Not Valid!'}]\n")  # a broken edit...
+            time.sleep(1.1)
+            kept = search()  # ...keeps the previous registry serving
+            assert kept["hits"] == sparse["hits"] and kept["cached"] is True
+            assert "212-555-0199" not in kept["logged_question"]
         store.dispose()

@@ -90,7 +90,8 @@ def retrieve_hits(
             503 ``index_unavailable`` when the shard cannot be opened.
     """
     key = cache_key(endpoint=endpoint, tenant=principal.tenant, index_version=version.version,
-                    query=query, filters=filters, top_k=top_k)
+                    query=query, filters=filters, top_k=top_k,
+                    retrieval=state.retrieval_settings(principal.tenant).model_dump_json())
     cached = state.cache.get(key)
     if cached is not None:
         try:
