@@ -1,7 +1,8 @@
 """Extractive answers (real embedding model) and the OpenAI-compatible LLM answerer.
 
-No LLM is installed on these machines, so the chat endpoint is a tiny local HTTP server started
-by the test that speaks the OpenAI wire format (JSON and Server-Sent Events).
+Here the chat endpoint is a tiny local HTTP server speaking the OpenAI wire format (JSON and
+Server-Sent Events) with scripted replies, so exact citations, token counts and every error path
+can be asserted; ``test_llm_local.py`` runs the same answerer against a real model.
 """
 
 from __future__ import annotations
