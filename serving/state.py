@@ -38,9 +38,9 @@ from rag_platform.settings import Settings
 from serving.cache import MemoryQueryCache, RedisQueryCache, make_cache
 from serving.observability import Metrics
 from serving.querylog import QueryLogWriter, QueryRecord
+from serving.ratelimit import RateLimiter
 
 __all__ = ["QueryRecord", "ServingState"]
-from serving.ratelimit import RateLimiter
 
 logger = logging.getLogger("serving.state")
 
@@ -101,8 +101,9 @@ class ServingState:
         self._maskers: dict[str, Any] = {}
         self._maskers_lock = threading.Lock()
         self._answerer: Any = None
-        self._query_embedder: BatchingQueryEmbedder | None = None
         self._answerer_lock = threading.Lock()
+        self._query_embedder: BatchingQueryEmbedder | None = None
+        self._query_embedder_lock = threading.Lock()
         self.query_log = QueryLogWriter(
             lambda entries: self.store.log_queries(entries),
             self.mask_question,
@@ -121,7 +122,7 @@ class ServingState:
     def query_embedder(self) -> BatchingQueryEmbedder:
         """Embeds the queries of concurrent requests together (see ``BatchingQueryEmbedder``)."""
         if self._query_embedder is None:
-            with self._answerer_lock:
+            with self._query_embedder_lock:
                 if self._query_embedder is None:
                     self._query_embedder = BatchingQueryEmbedder(
                         self.embedder, self.settings.query_batch_size)
