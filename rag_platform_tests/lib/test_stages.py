@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import multiprocessing
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from rag_platform.lib.embedding import get_embedder
-from rag_platform.lib.stages import EmbeddingSet, StageCache, embed_stage, index_fingerprint
+from rag_platform.lib.stages import (
+    DOC_COLUMNS,
+    EmbeddingSet,
+    MaskerSpec,
+    StageCache,
+    embed_stage,
+    index_fingerprint,
+    mask_stage,
+)
+from rag_platform.lib.tenants import PIIPolicy
+from rag_platform.settings import get_settings
 
 
 class _CountingEmbedder:
@@ -106,3 +123,78 @@ class TestEmbedCheckpoints:
         result, stats = embed_stage(_chunks(texts), path, "m", lambda: embedder)
         assert stats.extra["embedded"] == 1 and embedder.calls == [1]
         assert result.vectors.shape == (5, 384)
+
+
+def _parsed(texts: list[list[str]]) -> pd.DataFrame:
+    rows = []
+    for i, sections in enumerate(texts):
+        rows.append({
+            "doc_id": f"d{i}", "tenant": "acme", "source_id": "s", "uri": f"file:///d{i}.txt",
+            "title": f"Doc {i}", "mime_type": "text/plain", "content_hash": f"c{i}",
+            "acl_groups": ["all"], "updated_at": None,
+            "sections": json.dumps([{"text": t, "heading_path": [], "page": None}
+                                    for t in sections]),
+        })
+    return pd.DataFrame(rows, columns=DOC_COLUMNS)
+
+
+DOCS = [
+    ["Our CFO John Smith signed the report.", "Call him at 212-555-0199."],
+    ["No personal data here."],
+    [],
+    ["Contact Mary Johnson, mary.johnson@example.com, about the filing."],
+]
+
+
+@dataclass(frozen=True)
+class DiesInWorkers:
+    """A masker recipe whose worker processes die at start (as if killed by the OOM killer)."""
+
+    spec: MaskerSpec
+
+    def __call__(self) -> Any:
+        if multiprocessing.parent_process() is not None:
+            os._exit(1)
+        return self.spec()
+
+
+class TestMaskStage:
+    POLICY = PIIPolicy(entities=["PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER"], ner=True)
+
+    @pytest.mark.slow
+    def test_worker_processes_mask_exactly_like_one_process(self, tmp_path: Path) -> None:
+        spec = MaskerSpec(self.POLICY, get_settings().spacy_model)
+        one, counts1, stats1 = mask_stage(
+            _parsed(DOCS), self.POLICY, StageCache(tmp_path / "one.parquet"), spec, workers=1)
+        two, counts2, stats2 = mask_stage(
+            _parsed(DOCS), self.POLICY, StageCache(tmp_path / "two.parquet"), spec, workers=2)
+        assert list(two["masked_hash"]) == list(one["masked_hash"])
+        assert counts2 == counts1 and counts1["PERSON"] >= 2 and counts1["PHONE_NUMBER"] == 1
+        assert stats1.processed == stats2.processed == 4
+        first = json.loads(two["sections"][0])
+        assert "John Smith" not in first[0]["text"] and "<PERSON>" in first[0]["text"]
+        assert json.loads(two["sections"][2]) == []
+        # the second run reuses every document from the cache
+        again, _, stats3 = mask_stage(
+            _parsed(DOCS), self.POLICY, StageCache(tmp_path / "two.parquet"), spec, workers=2)
+        assert stats3.reused == 4 and stats3.processed == 0
+        assert list(again["masked_hash"]) == list(one["masked_hash"])
+
+    @pytest.mark.slow
+    def test_dead_worker_processes_fall_back_to_this_process(self, tmp_path: Path) -> None:
+        spec = MaskerSpec(self.POLICY, get_settings().spacy_model)
+        out, counts, stats = mask_stage(_parsed(DOCS), self.POLICY,
+                                        StageCache(tmp_path / "m.parquet"), DiesInWorkers(spec),
+                                        workers=2)
+        assert stats.processed == 4 and counts["PHONE_NUMBER"] == 1
+        assert "212-555-0199" not in out["sections"][0]
+
+    def test_disabled_policy_keeps_text_and_loads_no_masker(self, tmp_path: Path) -> None:
+        def no_masker() -> None:
+            raise AssertionError("the masker must not be built")
+
+        policy = PIIPolicy(enabled=False)
+        out, counts, stats = mask_stage(
+            _parsed(DOCS), policy, StageCache(tmp_path / "m.parquet"), no_masker, workers=2)
+        assert json.loads(out["sections"][0])[0]["text"] == DOCS[0][0]
+        assert not counts and stats.processed == 4

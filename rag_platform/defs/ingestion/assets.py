@@ -120,16 +120,16 @@ def masked_documents(
 ) -> dg.Output[pd.DataFrame]:
     """Parsed documents with PII masked by Presidio under the tenant's policy (entities,
     operator, allow list, NER on or off). Masked spans keep their entity type (``<PERSON>``).
-    Metadata: entity counts by type. Cached by content hash and policy."""
+    With NER, documents are masked in ``RAG_MASK_WORKERS`` processes. Metadata: entity counts by
+    type. Cached by content hash and policy."""
     tenant = platform.tenant(context.partition_key)
     cache = StageCache(platform.tenant_cache_dir(tenant.id) / "masked.parquet")
 
-    def masker_factory():  # type: ignore[no-untyped-def]
-        from rag_platform.lib.pii import PIIMasker
-
-        return PIIMasker(tenant.pii, spacy_model=platform.settings.spacy_model)
-
-    frame, counts, stats = stages.mask_stage(parsed_documents, tenant.pii, cache, masker_factory)
+    frame, counts, stats = stages.mask_stage(
+        parsed_documents, tenant.pii, cache,
+        stages.MaskerSpec(tenant.pii, platform.settings.spacy_model),
+        workers=platform.settings.mask_workers,
+    )
     return dg.Output(
         frame,
         metadata={
