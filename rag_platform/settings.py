@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     llm_base_url: str | None = None
     llm_api_key: str | None = None
     llm_model: str | None = None
+    llm_timeout_seconds: float = Field(
+        30.0, gt=0, description="Connect + read timeout of one LLM call (a slow model needs more).")
+    llm_max_tokens: int = Field(512, ge=1, le=32768, description="Most tokens an answer may have.")
 
     # Serving
     rate_limit_per_key: str = Field("120/minute", description="`limits` rate string per API key.")

@@ -146,7 +146,8 @@ class ServingState:
                     s = self.settings
                     if self.uses_llm:
                         self._answerer = LLMAnswerer(
-                            str(s.llm_base_url), str(s.llm_model), api_key=s.llm_api_key
+                            str(s.llm_base_url), str(s.llm_model), api_key=s.llm_api_key,
+                            timeout=s.llm_timeout_seconds, max_tokens=s.llm_max_tokens,
                         )
                     else:
                         self._answerer = ExtractiveAnswerer(self.embedder)

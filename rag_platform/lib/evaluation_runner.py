@@ -113,7 +113,9 @@ def run_evaluation(
         answerer: Any
         if settings.llm_base_url and settings.llm_model:
             answerer = LLMAnswerer(settings.llm_base_url, settings.llm_model,
-                                   api_key=settings.llm_api_key)
+                                   api_key=settings.llm_api_key,
+                                   timeout=settings.llm_timeout_seconds,
+                                   max_tokens=settings.llm_max_tokens)
         else:
             answerer = ExtractiveAnswerer(embedder)
 

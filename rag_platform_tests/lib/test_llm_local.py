@@ -62,7 +62,9 @@ class TestLocalLLM:
 
     def test_query_api_answers_with_the_llm_and_logs_tokens(self, llm_url: str) -> None:
         with fast_home() as home:
-            settings = make_settings(home, llm_base_url=llm_url, llm_model=MODEL_ALIAS)
+            # a 0.5B model on 2 busy cores: short answers, a generous timeout
+            settings = make_settings(home, llm_base_url=llm_url, llm_model=MODEL_ALIAS,
+                                     llm_timeout_seconds=300, llm_max_tokens=64)
             store = new_store(settings)
             docs = scifact_docs(0, 30)
             publish_tenant(store, settings, "acme", "v1", docs)
