@@ -34,7 +34,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from typing import Any
 
 import rag_platform.settings  # noqa: F401  (offline model settings before any model import)
 from rag_platform.lib.models import SearchFilters, make_doc_id
+from rag_platform.lib.net import free_port, wait_for_http
 from rag_platform.lib.store.store import IndexVersion, MetadataStore
 from rag_platform.settings import Settings, get_settings
 
@@ -101,12 +101,6 @@ def bootstrap(store: MetadataStore, settings: Settings, n: int) -> IndexVersion:
     return store.publish_version(TENANT, version, actor="benchmark")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # -- client process ------------------------------------------------------------------------------
 async def _client_main(
     url: str, key: str, queries: list[str], clients: int, seconds: float, endpoint: str,
@@ -158,22 +152,6 @@ def _client_process(conn: Any, *args: Any) -> None:
 
 
 # -- orchestration -------------------------------------------------------------------------------
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"uvicorn exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("the API did not become ready")
-
-
 def bare_retrieval(
     version: IndexVersion, queries: list[str], concurrency: int, seconds: float
 ) -> dict[str, float]:
@@ -260,7 +238,7 @@ def main() -> None:
     copy_path: Path | None = None
     new_version: str | None = None
     try:
-        wait_ready(url, server)
+        wait_for_http(f"{url}/health/ready", server, timeout=180)
         parent, child = mp.Pipe(duplex=False)
         client = mp.get_context("spawn").Process(
             target=_client_process,

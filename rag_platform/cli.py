@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -299,12 +297,6 @@ def ui(port: Annotated[int, typer.Option()] = 3000) -> None:
                                str(PROJECT_ROOT / "workspace.yaml"), "-p", str(port)])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @app.command()
 def demo(
     tenant: Annotated[list[str], typer.Option(help="Tenants (default: all).")] = [],  # noqa: B006
@@ -315,6 +307,7 @@ def demo(
     prints the cited answers."""
     import httpx
 
+    from rag_platform.lib.net import free_port, wait_for_http
     from rag_platform.lib.tenants import load_registry
     from rag_platform.runner import materialize_tenant
 
@@ -330,22 +323,16 @@ def demo(
             _fail(f"tenant {t} has no published index (see the run above)", 1)
     keys = {t: store.create_api_key(t, registry.get(t).default_acl_groups, name="demo",
                                     actor="demo")[1] for t in ids}
-    port = port or _free_port()
+    port = port or free_port()
     env = {**os.environ, "RAG_HOME": str(settings.home)}
     server = subprocess.Popen(
         [sys.executable, "-m", "rag_platform.cli", "serve", "--port", str(port)], env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                _fail("the API did not become ready", 1)
-            time.sleep(0.5)
+        try:
+            wait_for_http(f"{base}/health/ready", server, timeout=120)
+        except RuntimeError as exc:
+            _fail(f"the API did not become ready: {exc}", 1)
         for t in ids:
             for question in registry.get(t).sample_questions[:1] or ["What is this about?"]:
                 r = httpx.post(f"{base}/v1/query", json={"query": question, "top_k": 5},

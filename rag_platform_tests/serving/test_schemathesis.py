@@ -7,7 +7,6 @@ status codes, responses matching their schemas.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from rag_platform.lib.net import free_port
 from rag_platform.settings import Settings
 from rag_platform_tests.serving.conftest import World
 from rag_platform_tests.serving.factories import bearer
@@ -30,15 +30,9 @@ from serving.main import create_app
 schema = schemathesis.openapi.from_dict(create_app(Settings(environment="test")).openapi())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server_url(world: World) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(create_app(world.settings), host="127.0.0.1", port=port,
                             log_level="warning", lifespan="on")
     server = uvicorn.Server(config)

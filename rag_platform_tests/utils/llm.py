@@ -12,16 +12,14 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+from rag_platform.lib.net import free_port, wait_for_http
 
 MODEL_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 MODEL_ALIAS = "qwen2.5-coder-0.5b-instruct"
@@ -56,12 +54,6 @@ def model_path(cache_dir: Path | None = None) -> Path:
     return target
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def llama_server(startup_timeout: float = 180.0) -> Iterator[str]:
     """Runs ``llama_cpp.server`` on the model; yields its base URL (``http://…/v1``).
@@ -69,7 +61,7 @@ def llama_server(startup_timeout: float = 180.0) -> Iterator[str]:
     Raises:
         RuntimeError: the server exits or does not answer ``/v1/models`` in time.
     """
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path()),
@@ -79,20 +71,12 @@ def llama_server(startup_timeout: float = 180.0) -> Iterator[str]:
         )
         base = f"http://127.0.0.1:{port}/v1"
         try:
-            deadline = time.monotonic() + startup_timeout
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    err = log.read().decode(errors="replace")[-2000:]
-                    raise RuntimeError(f"llama_cpp.server exited with {proc.returncode}: {err}")
-                try:
-                    if httpx.get(f"{base}/models", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("llama_cpp.server did not start in time")
-                time.sleep(0.5)
+            try:
+                wait_for_http(f"{base}/models", proc, timeout=startup_timeout)
+            except RuntimeError as exc:
+                log.seek(0)
+                err = log.read().decode(errors="replace")[-2000:]
+                raise RuntimeError(f"llama_cpp.server did not start ({exc}): {err}") from exc
             yield base
         finally:
             proc.terminate()
