@@ -143,14 +143,8 @@ class ServingState:
         if self._answerer is None:
             with self._answerer_lock:
                 if self._answerer is None:
-                    s = self.settings
-                    if self.uses_llm:
-                        self._answerer = LLMAnswerer(
-                            str(s.llm_base_url), str(s.llm_model), api_key=s.llm_api_key,
-                            timeout=s.llm_timeout_seconds, max_tokens=s.llm_max_tokens,
-                        )
-                    else:
-                        self._answerer = ExtractiveAnswerer(self.embedder)
+                    self._answerer = (LLMAnswerer.from_settings(self.settings)
+                                      or ExtractiveAnswerer(self.embedder))
         return self._answerer
 
     def warm_up(self) -> None:

@@ -10,13 +10,16 @@ import json
 import logging
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
 
 from rag_platform.lib.embedding import Embedder
 from rag_platform.lib.models import Answer, Citation, Hit
+
+if TYPE_CHECKING:
+    from rag_platform.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +197,15 @@ class LLMAnswerer:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self._client = client or httpx.Client(timeout=timeout)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LLMAnswerer | None:
+        """The answerer of ``RAG_LLM_BASE_URL`` / ``RAG_LLM_MODEL`` (with the key, timeout and
+        answer length settings), or None when no endpoint is configured."""
+        if not settings.llm_base_url or not settings.llm_model:
+            return None
+        return cls(settings.llm_base_url, settings.llm_model, api_key=settings.llm_api_key,
+                   timeout=settings.llm_timeout_seconds, max_tokens=settings.llm_max_tokens)
 
     def build_messages(self, question: str, hits: list[Hit]) -> list[dict[str, str]]:
         """The chat messages: system instructions, then numbered context and the question."""

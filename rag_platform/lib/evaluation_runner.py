@@ -110,14 +110,7 @@ def run_evaluation(
             return retriever.search(question, top, filters)
 
         retrieval = evaluate_retrieval(golden, retrieve, k_values=(1, 3, 5, k, 100))
-        answerer: Any
-        if settings.llm_base_url and settings.llm_model:
-            answerer = LLMAnswerer(settings.llm_base_url, settings.llm_model,
-                                   api_key=settings.llm_api_key,
-                                   timeout=settings.llm_timeout_seconds,
-                                   max_tokens=settings.llm_max_tokens)
-        else:
-            answerer = ExtractiveAnswerer(embedder)
+        answerer: Any = LLMAnswerer.from_settings(settings) or ExtractiveAnswerer(embedder)
 
         def answer(question: str, hits: list[Hit]) -> Answer:
             return answerer.answer(question, hits)

@@ -25,6 +25,7 @@ from rag_platform.lib.answer import (
 )
 from rag_platform.lib.embedding import get_embedder
 from rag_platform.lib.models import Hit
+from rag_platform.settings import Settings
 
 
 def hit(i: int, text: str, title: str = "") -> Hit:
@@ -153,6 +154,17 @@ class TestLLMAnswerer:
         assert list(llm.stream("What causes rickets?", HITS)) == ["Rickets", " [1]", "."]
         assert _FakeChat.requests[-1]["body"]["stream"] is True
         assert _FakeChat.requests[-1]["path"] == "/v1/chat/completions"
+
+    def test_from_settings(self) -> None:
+        assert LLMAnswerer.from_settings(Settings(llm_base_url=None, llm_model="m")) is None
+        llm = LLMAnswerer.from_settings(Settings(
+            llm_base_url="http://127.0.0.1:9/v1", llm_model="m", llm_api_key="sk",
+            llm_timeout_seconds=7, llm_max_tokens=64))
+        assert llm is not None
+        assert (llm.url, llm.model, llm.api_key, llm.max_tokens) == (
+            "http://127.0.0.1:9/v1/chat/completions", "m", "sk", 64)
+        assert llm._client.timeout.read == 7
+        llm.close()
 
     def test_no_hits_does_not_call_the_model(self, llm_url: str) -> None:
         _FakeChat.requests.clear()
