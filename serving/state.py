@@ -298,11 +298,6 @@ class ServingState:
         """Hands ``record`` to the query-log writer (masked and written in the background)."""
         self.query_log.submit(record)
 
-    @property
-    def spooled(self) -> int:
-        """Query-log rows not yet in the database (queued or waiting for it to come back)."""
-        return self.query_log.pending
-
     def flush_query_log(self, timeout: float = 5.0) -> bool:
         """Waits for the query-log rows submitted so far; True when all are written."""
         return self.query_log.flush(timeout)

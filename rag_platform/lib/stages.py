@@ -409,11 +409,12 @@ def mask_stage(
         stats.processed += 1
 
     if todo:
-        docs = [(i, key, sections_from_json(records[i].sections)) for i, key in todo]
-        # documents with text to mask; the others are stored as they are
-        pending = [d for d in docs if d[2]] if policy.enabled else []
-        for i, key, sections in docs:
-            if not (policy.enabled and sections):
+        pending = []  # documents with text to mask; the others are stored as they are
+        for i, key in todo:
+            sections = sections_from_json(records[i].sections)
+            if policy.enabled and sections:
+                pending.append((i, key, sections))
+            else:
                 store(i, key, sections, [(s.text, {}) for s in sections])
         if pending and workers > 1 and policy.ner and len(pending) > 1:
             try:
@@ -426,7 +427,7 @@ def mask_stage(
                         store(i, key, sections, masked)
             except BrokenProcessPool as exc:  # a worker died (killed, out of memory...)
                 log.warning("masking worker process died (%s); masking the remaining "
-                               "documents in this process", exc)
+                            "documents in this process", exc)
             pending = [d for d in pending if d[0] not in results]
         if pending:
             masker = masker_factory()

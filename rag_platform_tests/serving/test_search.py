@@ -128,11 +128,11 @@ class TestQueryLogSpool:
                              question="call 212-555-0199 about aspirin", top_k=3, filters={})
         state.log_query(record)  # connection refused: kept for retry, not raised
         assert state.flush_query_log(timeout=10) is False
-        assert state.spooled == 1 and state.query_log.backlog == 1
+        assert state.query_log.pending == 1 and state.query_log.backlog == 1
         # the database comes back (here: a working store) and the backlog is written
         up = make_settings(fast_tmp / "up")
         state.store = new_store(up)
-        assert state.flush_query_log() is True and state.spooled == 0
+        assert state.flush_query_log() is True and state.query_log.pending == 0
         row = state.store.get_query(record.query_id)
         assert row is not None and "212-555-0199" not in row.question_masked
         state.close()
