@@ -52,8 +52,9 @@ def main() -> None:
             if source.type == "dataset":
                 source.limit = args.limit
     tenants_file = home / "tenants.yaml"
-    tenants_file.write_text(yaml.safe_dump(
-        {"tenants": [tenant.model_dump(mode="json", exclude_none=True)]}))
+    tenants_file.write_text(
+        yaml.safe_dump({"tenants": [tenant.model_dump(mode="json", exclude_none=True)]})
+    )
     os.environ["RAG_TENANTS_FILE"] = str(tenants_file)
     get_settings.cache_clear()
     settings = get_settings()
@@ -74,31 +75,39 @@ def main() -> None:
     texts = chunks.drop_duplicates("content_hash")["embedding_text"].tolist()
     embedder = get_embedder()
     t0 = time.perf_counter()
-    embedder.model.encode(texts, batch_size=settings.embedding_batch_size,
-                          normalize_embeddings=True, convert_to_numpy=True,
-                          show_progress_bar=False)
+    embedder.model.encode(
+        texts,
+        batch_size=settings.embedding_batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
+    )
     bare_seconds = time.perf_counter() - t0
 
     emb = first.metadata["chunk_embeddings"]
     stage_seconds = float(emb["seconds"])
     chunks_per_s = emb["embedded"] / stage_seconds
     bare = len(texts) / bare_seconds
-    print(json.dumps({
-        "tenant": args.tenant,
-        "documents": first.documents,
-        "chunks": first.chunks,
-        "embedded": first.embedded,
-        "seconds_by_stage": {k: round(v, 2) for k, v in first.seconds_by_stage.items()},
-        "chunks_per_s": round(chunks_per_s, 1),
-        "bare_encode_chunks_per_s": round(bare, 1),
-        "ratio": round(chunks_per_s / bare, 3),
-        "first_run_seconds": round(first.seconds, 1),
-        "resync_seconds": round(second.seconds, 2),
-        "resync_speedup": round(first.seconds / second.seconds, 1),
-        "resync_embedded": second.embedded,
-        "batch_size": settings.embedding_batch_size,
-        "published": first.published,
-    }))
+    print(
+        json.dumps(
+            {
+                "tenant": args.tenant,
+                "documents": first.documents,
+                "chunks": first.chunks,
+                "embedded": first.embedded,
+                "seconds_by_stage": {k: round(v, 2) for k, v in first.seconds_by_stage.items()},
+                "chunks_per_s": round(chunks_per_s, 1),
+                "bare_encode_chunks_per_s": round(bare, 1),
+                "ratio": round(chunks_per_s / bare, 3),
+                "first_run_seconds": round(first.seconds, 1),
+                "resync_seconds": round(second.seconds, 2),
+                "resync_speedup": round(first.seconds / second.seconds, 1),
+                "resync_embedded": second.embedded,
+                "batch_size": settings.embedding_batch_size,
+                "published": first.published,
+            }
+        )
+    )
     if args.home is None:
         shutil.rmtree(home, ignore_errors=True)
 

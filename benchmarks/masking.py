@@ -42,27 +42,41 @@ def main() -> None:
     synced = stages.sync_sources(tenant, work / "manifest.json")
     parsed, _, _ = stages.parse_stage(synced.frame, stages.StageCache(work / "parsed.parquet"))
     parsed = parsed.head(args.docs)
-    characters = int(sum(
-        len(s.text) for raw in parsed["sections"] for s in stages.sections_from_json(raw)))
+    characters = int(
+        sum(len(s.text) for raw in parsed["sections"] for s in stages.sections_from_json(raw))
+    )
     runs = []
     for workers in args.workers:
         started = time.perf_counter()
         frame, counts, _ = stages.mask_stage(
-            parsed, tenant.pii, stages.StageCache(work / f"masked-{workers}.parquet"),
-            stages.MaskerSpec(tenant.pii, settings.spacy_model), workers=workers,
+            parsed,
+            tenant.pii,
+            stages.StageCache(work / f"masked-{workers}.parquet"),
+            stages.MaskerSpec(tenant.pii, settings.spacy_model),
+            workers=workers,
         )
         seconds = time.perf_counter() - started
-        runs.append({
-            "workers": workers,
-            "seconds": round(seconds, 1),
-            "docs_per_s": round(len(parsed) / seconds, 3),
-            "entities": dict(counts),
-            "output_sha256": hashlib.sha256("".join(frame["masked_hash"]).encode()).hexdigest(),
-        })
-    print(json.dumps({
-        "tenant": args.tenant, "docs": len(parsed), "characters": characters, "runs": runs,
-        "same_output": len({r["output_sha256"] for r in runs}) == 1,
-    }, indent=2))
+        runs.append(
+            {
+                "workers": workers,
+                "seconds": round(seconds, 1),
+                "docs_per_s": round(len(parsed) / seconds, 3),
+                "entities": dict(counts),
+                "output_sha256": hashlib.sha256("".join(frame["masked_hash"]).encode()).hexdigest(),
+            }
+        )
+    print(
+        json.dumps(
+            {
+                "tenant": args.tenant,
+                "docs": len(parsed),
+                "characters": characters,
+                "runs": runs,
+                "same_output": len({r["output_sha256"] for r in runs}) == 1,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

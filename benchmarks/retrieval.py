@@ -117,8 +117,15 @@ def build_shard(
         doc_id = make_doc_id(TENANT, "scifact", native_id)
         chunk_id = make_chunk_id(doc_id, 0, sha256_hex(text))
         payload = make_payload(
-            tenant=TENANT, doc_id=doc_id, chunk_id=chunk_id, ordinal=0, text=text, title=title,
-            uri=f"scifact:{native_id}", source_id="scifact", mime_type="text/plain",
+            tenant=TENANT,
+            doc_id=doc_id,
+            chunk_id=chunk_id,
+            ordinal=0,
+            text=text,
+            title=title,
+            uri=f"scifact:{native_id}",
+            source_id="scifact",
+            mime_type="text/plain",
             acl_groups=["all"],
         )
         payload["native_id"] = native_id
@@ -129,9 +136,7 @@ def build_shard(
     return time.perf_counter() - t0
 
 
-def evaluate_run(
-    run: dict[str, list[str]], qrels: dict[str, dict[str, int]]
-) -> dict[str, float]:
+def evaluate_run(run: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
     """nDCG@10 and recall@100 with ranx; ``run`` maps a query id to doc ids, best first.
 
     Scores given to ranx are ``1 / (rank + 1)`` so ties in fused scores keep the engine's order.
@@ -197,8 +202,15 @@ def sweep_grid(kind: str = "all") -> list[dict[str, Any]]:
             grid.append({"fusion": "rrf", "rrf_k": k, "dense_weight": 1.0, "sparse_weight": ws})
     for depth in (50, 200):
         for k, ws in ((10, 1.5), (20, 1.5), (60, 1.0)):
-            grid.append({"fusion": "rrf", "rrf_k": k, "sparse_weight": ws,
-                         "dense_prefetch": depth, "sparse_prefetch": depth})
+            grid.append(
+                {
+                    "fusion": "rrf",
+                    "rrf_k": k,
+                    "sparse_weight": ws,
+                    "dense_prefetch": depth,
+                    "sparse_prefetch": depth,
+                }
+            )
     grid.append({"fusion": "dbsf"})
     grid.append({"fusion": "dbsf", "dense_prefetch": 200, "sparse_prefetch": 200})
     return grid
@@ -211,11 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-queries", type=int, default=None)
     parser.add_argument("--top-k", type=int, default=100)
     parser.add_argument(
-        "--sweep", choices=["rrf", "convex", "all"], default=None,
+        "--sweep",
+        choices=["rrf", "convex", "all"],
+        default=None,
         help="also run the tuning grid (precomputed query vectors) and print it to stderr",
     )
-    parser.add_argument("--sweep-only", action="store_true",
-                        help="skip the four reported configurations (tuning runs)")
+    parser.add_argument(
+        "--sweep-only",
+        action="store_true",
+        help="skip the four reported configurations (tuning runs)",
+    )
     args = parser.parse_args(argv)
 
     from rag_platform.lib.embedding import Embedder, SparseEncoder
@@ -241,8 +258,12 @@ def main(argv: list[str] | None = None) -> int:
             "bm25": RetrievalSettings(fusion="sparse"),
             "dense": RetrievalSettings(fusion="dense"),
             "hybrid_rrf": RetrievalSettings(
-                fusion="rrf", rrf_k=60, dense_weight=1.0, sparse_weight=1.0,
-                dense_prefetch=100, sparse_prefetch=100,
+                fusion="rrf",
+                rrf_k=60,
+                dense_weight=1.0,
+                sparse_weight=1.0,
+                dense_prefetch=100,
+                sparse_prefetch=100,
             ),
             "default": RetrievalSettings(),
         }
@@ -264,8 +285,11 @@ def main(argv: list[str] | None = None) -> int:
                 settings = RetrievalSettings(**overrides)
                 retriever = Retriever(reader, embedder, sparse_encoder, settings, TENANT)
                 run, ms = run_config(retriever, queries, filters, args.top_k, encoded)
-                print(json.dumps({**overrides, **evaluate_run(run, qrels), "search_ms": ms}),
-                      file=sys.stderr, flush=True)
+                print(
+                    json.dumps({**overrides, **evaluate_run(run, qrels), "search_ms": ms}),
+                    file=sys.stderr,
+                    flush=True,
+                )
         reader.close()
 
     out.update(

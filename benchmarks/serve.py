@@ -44,7 +44,7 @@ from typing import Any
 import rag_platform.settings  # noqa: F401  (offline model settings before any model import)
 from rag_platform.lib.models import SearchFilters, make_doc_id
 from rag_platform.lib.net import free_port, wait_for_http
-from rag_platform.lib.store.store import IndexVersion, MetadataStore
+from rag_platform.lib.store import IndexVersion, MetadataStore
 from rag_platform.settings import Settings, get_settings
 
 TENANT = "scifact"
@@ -92,9 +92,23 @@ def bootstrap(store: MetadataStore, settings: Settings, n: int) -> IndexVersion:
     for r, text, d, s in zip(rows, texts, dense, sparse, strict=True):
         doc_id = make_doc_id(TENANT, "corpus", str(r["_id"]))
         chunk_id = make_chunk_id(doc_id, 0, sha256_hex(text))
-        points.append(IndexPoint(chunk_id, d, s, make_payload(
-            tenant=TENANT, doc_id=doc_id, chunk_id=chunk_id, ordinal=0, text=text,
-            title=r["title"], uri=f"scifact://{r['_id']}", source_id="corpus")))
+        points.append(
+            IndexPoint(
+                chunk_id,
+                d,
+                s,
+                make_payload(
+                    tenant=TENANT,
+                    doc_id=doc_id,
+                    chunk_id=chunk_id,
+                    ordinal=0,
+                    text=text,
+                    title=r["title"],
+                    uri=f"scifact://{r['_id']}",
+                    source_id="corpus",
+                ),
+            )
+        )
     writer.upsert(points)
     writer.close()
     store.register_version(TENANT, version, str(path), len(rows), len(rows), "bootstrap")
@@ -103,7 +117,12 @@ def bootstrap(store: MetadataStore, settings: Settings, n: int) -> IndexVersion:
 
 # -- client process ------------------------------------------------------------------------------
 async def _client_main(
-    url: str, key: str, queries: list[str], clients: int, seconds: float, endpoint: str,
+    url: str,
+    key: str,
+    queries: list[str],
+    clients: int,
+    seconds: float,
+    endpoint: str,
     top_k: int,
 ) -> dict[str, Any]:
     import httpx
@@ -124,8 +143,9 @@ async def _client_main(
             n += clients
             t0 = time.perf_counter()
             try:
-                r = await client.post(f"{url}/v1/{endpoint}", json={"query": q, "top_k": top_k},
-                                      headers=headers)
+                r = await client.post(
+                    f"{url}/v1/{endpoint}", json={"query": q, "top_k": top_k}, headers=headers
+                )
             except httpx.HTTPError:
                 statuses[-1] = statuses.get(-1, 0) + 1
                 continue
@@ -142,8 +162,14 @@ async def _client_main(
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         await asyncio.gather(*(worker(i, client) for i in range(clients)))
     elapsed = time.monotonic() - started
-    return {"latencies": latencies, "statuses": statuses, "versions": versions,
-            "hit_doc_ids": hits_seen, "server_retrieval_ms": server_ms, "elapsed": elapsed}
+    return {
+        "latencies": latencies,
+        "statuses": statuses,
+        "versions": versions,
+        "hit_doc_ids": hits_seen,
+        "server_retrieval_ms": server_ms,
+        "elapsed": elapsed,
+    }
 
 
 def _client_process(conn: Any, *args: Any) -> None:
@@ -168,8 +194,9 @@ def bare_retrieval(
 
     filters = SearchFilters(acl_groups=("all",))
     with EdgeIndexReader(Path(version.path)) as reader:
-        retriever = Retriever(reader, get_embedder(), get_sparse_encoder(), RetrievalSettings(),
-                              TENANT)
+        retriever = Retriever(
+            reader, get_embedder(), get_sparse_encoder(), RetrievalSettings(), TENANT
+        )
         retriever.retrieve("warm up", 10, filters)
         deadline = time.monotonic() + seconds
 
@@ -188,10 +215,14 @@ def bare_retrieval(
         with ThreadPoolExecutor(concurrency) as pool:
             times = [t for part in pool.map(worker, range(concurrency)) for t in part]
         elapsed = time.monotonic() - started
-    return {"concurrency": concurrency, "queries": len(times),
-            "p50_ms": round(percentile(times, 50), 2), "p95_ms": round(percentile(times, 95), 2),
-            "p99_ms": round(percentile(times, 99), 2),
-            "rps": round(len(times) / elapsed, 1) if elapsed else 0.0}
+    return {
+        "concurrency": concurrency,
+        "queries": len(times),
+        "p50_ms": round(percentile(times, 50), 2),
+        "p95_ms": round(percentile(times, 95), 2),
+        "p99_ms": round(percentile(times, 99), 2),
+        "rps": round(len(times) / elapsed, 1) if elapsed else 0.0,
+    }
 
 
 def main() -> None:
@@ -202,10 +233,18 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--cache", action="store_true", help="keep the response cache on")
     parser.add_argument("--no-publish", action="store_true", help="skip the mid-run publish")
-    parser.add_argument("--bootstrap", type=int, default=0,
-                        help="build a small scifact index of N abstracts if none is published")
-    parser.add_argument("--bare-seconds", type=float, default=None,
-                        help="how long each bare-retrieval phase runs (default: min(seconds, 20))")
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        help="build a small scifact index of N abstracts if none is published",
+    )
+    parser.add_argument(
+        "--bare-seconds",
+        type=float,
+        default=None,
+        help="how long each bare-retrieval phase runs (default: min(seconds, 20))",
+    )
     args = parser.parse_args()
 
     settings = get_settings()
@@ -216,24 +255,41 @@ def main() -> None:
     if published is None and args.bootstrap:
         published = bootstrap(store, settings, args.bootstrap)
     if published is None:
-        sys.exit(f"no published index for tenant {TENANT!r} in {settings.home}; materialize it "
-                 "first (or pass --bootstrap N for a smoke test)")
+        sys.exit(
+            f"no published index for tenant {TENANT!r} in {settings.home}; materialize it "
+            "first (or pass --bootstrap N for a smoke test)"
+        )
     queries = load_queries(settings.data_dir)
     allowed_doc_ids = scifact_doc_ids(settings.data_dir)
     key_info, key = store.create_api_key(TENANT, ["all"], name="benchmark", actor="benchmark")
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "RAG_HOME": str(settings.home),
-           "RAG_RATE_LIMIT_PER_KEY": "100000000/minute",
-           "RAG_RATE_LIMIT_PER_TENANT": "100000000/minute"}
+    env = {
+        **os.environ,
+        "RAG_HOME": str(settings.home),
+        "RAG_RATE_LIMIT_PER_KEY": "100000000/minute",
+        "RAG_RATE_LIMIT_PER_TENANT": "100000000/minute",
+    }
     if not args.cache:
         env["RAG_CACHE_TTL_SECONDS"] = "0"
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "serving.main:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-         "--no-access-log"],
-        env=env, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "serving.main:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env=env,
+        stderr=subprocess.DEVNULL,
     )
     copy_path: Path | None = None
     new_version: str | None = None
@@ -250,9 +306,15 @@ def main() -> None:
             new_version = f"{published.version}-bench{int(time.time())}"
             copy_path = Path(published.path).parent / new_version
             shutil.copytree(published.path, copy_path)
-            store.register_version(TENANT, new_version, str(copy_path), published.documents,
-                                   published.chunks, published.config_hash,
-                                   {"benchmark_copy_of": published.version})
+            store.register_version(
+                TENANT,
+                new_version,
+                str(copy_path),
+                published.documents,
+                published.chunks,
+                published.config_hash,
+                {"benchmark_copy_of": published.version},
+            )
             store.publish_version(TENANT, new_version, actor="benchmark")
         result = parent.recv()
         client.join()
@@ -270,8 +332,7 @@ def main() -> None:
 
     bare_seconds = args.bare_seconds or min(args.seconds, 20.0)
     bare = bare_retrieval(published, queries, args.clients, bare_seconds)
-    bare_single = (bare if args.clients == 1
-                   else bare_retrieval(published, queries, 1, bare_seconds))
+    bare_single = bare if args.clients == 1 else bare_retrieval(published, queries, 1, bare_seconds)
     lat = result["latencies"]
     server_ms = result["server_retrieval_ms"]
     statuses = {int(k): v for k, v in result["statuses"].items()}

@@ -18,8 +18,11 @@ import typer
 
 from rag_platform.settings import PROJECT_ROOT, Settings, get_settings
 
-app = typer.Typer(help="rag-platform: multi-tenant RAG data platform.", no_args_is_help=True,
-                  pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    help="rag-platform: multi-tenant RAG data platform.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 tenants_app = typer.Typer(help="The tenant registry.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (principals).", no_args_is_help=True)
 index_app = typer.Typer(help="Index versions: list and roll back.", no_args_is_help=True)
@@ -72,7 +75,8 @@ def tenants_add(
         _fail(f"tenant {tenant_id!r} already exists")
     try:
         tenant = TenantConfig(
-            id=tenant_id, name=name,
+            id=tenant_id,
+            name=name,
             sources=[FilesystemSource(id="files", path=folder, include=[include])],
             default_acl_groups=[g.strip() for g in groups.split(",") if g.strip()],
         )
@@ -104,8 +108,13 @@ def tenants_list() -> None:
     store = _store(settings)
     for t in load_registry(settings.tenants_file, settings.data_dir).tenants:
         published = store.get_published_version(t.id)
-        _echo_json({"tenant": t.id, "sources": [s.id for s in t.sources],
-                    "published": published.version if published else None})
+        _echo_json(
+            {
+                "tenant": t.id,
+                "sources": [s.id for s in t.sources],
+                "published": published.version if published else None,
+            }
+        )
 
 
 @tenants_app.command("remove")
@@ -182,10 +191,17 @@ def keys_create(
         _fail("role must be reader or admin")
     expires = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
     info, plaintext = _store(settings).create_api_key(
-        tenant, [g.strip() for g in groups.split(",") if g.strip()], role=role,
-        expires_at=expires, name=name, actor="cli")
-    typer.echo(json.dumps({"key_id": info.key_id, "tenant": tenant, "role": role,
-                           "groups": info.groups}), err=True)
+        tenant,
+        [g.strip() for g in groups.split(",") if g.strip()],
+        role=role,
+        expires_at=expires,
+        name=name,
+        actor="cli",
+    )
+    typer.echo(
+        json.dumps({"key_id": info.key_id, "tenant": tenant, "role": role, "groups": info.groups}),
+        err=True,
+    )
     typer.echo(plaintext)
 
 
@@ -213,9 +229,16 @@ def keys_revoke(key_id: str) -> None:
 def index_list(tenant: Annotated[str, typer.Option()]) -> None:
     """Lists the tenant's index versions, newest first."""
     for v in _store().list_versions(tenant):
-        _echo_json({"version": v.version, "status": v.status, "documents": v.documents,
-                    "chunks": v.chunks, "created_at": v.created_at,
-                    "published_at": v.published_at})
+        _echo_json(
+            {
+                "version": v.version,
+                "status": v.status,
+                "documents": v.documents,
+                "chunks": v.chunks,
+                "created_at": v.created_at,
+                "published_at": v.published_at,
+            }
+        )
 
 
 @index_app.command("rollback")
@@ -250,8 +273,16 @@ def eval_command(
 
     settings = get_settings()
     try:
-        result = evaluate_published(settings, _store(settings), tenant, golden=golden,
-                                    golden_format=golden_format, split=split, k=k, limit=limit)
+        result = evaluate_published(
+            settings,
+            _store(settings),
+            tenant,
+            golden=golden,
+            golden_format=golden_format,
+            split=split,
+            k=k,
+            limit=limit,
+        )
     except (KeyError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     _echo_json(result)
@@ -283,8 +314,9 @@ def serve(
     import uvicorn
 
     _store().dispose()
-    uvicorn.run("serving.main:create_app", factory=True, host=host, port=port, workers=1,
-                log_config=None)
+    uvicorn.run(
+        "serving.main:create_app", factory=True, host=host, port=port, workers=1, log_config=None
+    )
 
 
 @app.command()
@@ -293,8 +325,19 @@ def ui(port: Annotated[int, typer.Option()] = 3000) -> None:
     from rag_platform.runner import dagster_instance
 
     dagster_instance()  # writes RAG_HOME/dagster/dagster.yaml, sets DAGSTER_HOME
-    os.execvp(sys.executable, [sys.executable, "-m", "dagster", "dev", "-w",
-                               str(PROJECT_ROOT / "workspace.yaml"), "-p", str(port)])
+    os.execvp(
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "dev",
+            "-w",
+            str(PROJECT_ROOT / "workspace.yaml"),
+            "-p",
+            str(port),
+        ],
+    )
 
 
 @app.command()
@@ -321,12 +364,15 @@ def demo(
         _echo_json(summary.as_json())
         if store.get_published_version(t) is None:
             _fail(f"tenant {t} has no published index (see the run above)", 1)
-    keys = {t: store.create_api_key(t, registry.get(t).default_acl_groups, name="demo",
-                                    actor="demo")[1] for t in ids}
+    keys = {
+        t: store.create_api_key(t, registry.get(t).default_acl_groups, name="demo", actor="demo")[1]
+        for t in ids
+    }
     port = port or free_port()
     env = {**os.environ, "RAG_HOME": str(settings.home)}
     server = subprocess.Popen(
-        [sys.executable, "-m", "rag_platform.cli", "serve", "--port", str(port)], env=env)
+        [sys.executable, "-m", "rag_platform.cli", "serve", "--port", str(port)], env=env
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         try:
@@ -335,8 +381,12 @@ def demo(
             _fail(f"the API did not become ready: {exc}", 1)
         for t in ids:
             for question in registry.get(t).sample_questions[:1] or ["What is this about?"]:
-                r = httpx.post(f"{base}/v1/query", json={"query": question, "top_k": 5},
-                               headers={"Authorization": f"Bearer {keys[t]}"}, timeout=120)
+                r = httpx.post(
+                    f"{base}/v1/query",
+                    json={"query": question, "top_k": 5},
+                    headers={"Authorization": f"Bearer {keys[t]}"},
+                    timeout=120,
+                )
                 r.raise_for_status()
                 body = r.json()
                 typer.echo(f"\n[{t}] Q: {question}\nA: {body['answer']}")

@@ -59,10 +59,16 @@ class PipelineSummary:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "tenant": self.tenant, "success": self.success, "documents": self.documents,
-            "chunks": self.chunks, "embedded": self.embedded, "index_version": self.index_version,
-            "published": self.published, "seconds": round(self.seconds, 2),
-            "quarantined": self.quarantined, "failed_checks": self.failed_checks,
+            "tenant": self.tenant,
+            "success": self.success,
+            "documents": self.documents,
+            "chunks": self.chunks,
+            "embedded": self.embedded,
+            "index_version": self.index_version,
+            "published": self.published,
+            "seconds": round(self.seconds, 2),
+            "quarantined": self.quarantined,
+            "failed_checks": self.failed_checks,
             "run_id": self.run_id,
         }
 
@@ -74,8 +80,9 @@ def _metadata_values(event: Any) -> dict[str, Any]:
     return out
 
 
-def materialize_tenant(tenant: str, settings: Settings | None = None,
-                       instance: dg.DagsterInstance | None = None) -> PipelineSummary:
+def materialize_tenant(
+    tenant: str, settings: Settings | None = None, instance: dg.DagsterInstance | None = None
+) -> PipelineSummary:
     """Materializes the tenant's whole graph (the ``tenant_pipeline`` job) in-process.
 
     Raises:
@@ -94,8 +101,9 @@ def materialize_tenant(tenant: str, settings: Settings | None = None,
     result = job.execute_in_process(partition_key=tenant, instance=instance, raise_on_error=False)
     seconds = time.perf_counter() - start
 
-    summary = PipelineSummary(tenant=tenant, success=result.success, seconds=seconds,
-                              run_id=result.run_id)
+    summary = PipelineSummary(
+        tenant=tenant, success=result.success, seconds=seconds, run_id=result.run_id
+    )
     for event in result.get_asset_materialization_events():
         mat = event.step_materialization_data.materialization
         name = mat.asset_key.to_user_string()
@@ -109,7 +117,8 @@ def materialize_tenant(tenant: str, settings: Settings | None = None,
     summary.chunks = int(md.get("chunks", {}).get("chunks", 0))
     summary.embedded = int(md.get("chunk_embeddings", {}).get("embedded", 0))
     summary.quarantined = int(md.get("parsed_documents", {}).get("quarantined", 0)) + int(
-        md.get("chunks", {}).get("quarantined", 0))
+        md.get("chunks", {}).get("quarantined", 0)
+    )
     summary.index_version = md.get("search_index", {}).get("version")
     for name, values in md.items():
         if "seconds" in values:
@@ -121,6 +130,7 @@ def materialize_tenant(tenant: str, settings: Settings | None = None,
         published = store.get_published_version(tenant)
     finally:
         store.dispose()
-    summary.published = bool(published and published.version == summary.index_version
-                             and "published_index" in md)
+    summary.published = bool(
+        published and published.version == summary.index_version and "published_index" in md
+    )
     return summary

@@ -70,11 +70,15 @@ class Settings(BaseSettings):
     )
     embedding_batch_size: int = Field(64, ge=1, le=1024)
     mask_workers: int = Field(
-        default_factory=lambda: min(os.cpu_count() or 1, 4), ge=1, le=64,
+        default_factory=lambda: min(os.cpu_count() or 1, 4),
+        ge=1,
+        le=64,
         description="Processes that mask documents with spaCy NER (1: in the step's process).",
     )
     query_batch_size: int = Field(
-        16, ge=1, le=256,
+        16,
+        ge=1,
+        le=256,
         description="Most concurrent queries the API embeds in one forward pass (continuous "
         "batching; 1 embeds them one at a time).",
     )
@@ -85,7 +89,8 @@ class Settings(BaseSettings):
     llm_api_key: str | None = None
     llm_model: str | None = None
     llm_timeout_seconds: float = Field(
-        30.0, gt=0, description="Connect + read timeout of one LLM call (a slow model needs more).")
+        30.0, gt=0, description="Connect + read timeout of one LLM call (a slow model needs more)."
+    )
     llm_max_tokens: int = Field(512, ge=1, le=32768, description="Most tokens an answer may have.")
 
     # Serving
@@ -134,8 +139,14 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.home / 'metadata.db'}"
 
     def ensure_dirs(self) -> None:
-        for d in (self.home, self.dagster_home, self.storage_dir, self.cache_dir,
-                  self.index_dir, self.reports_dir):
+        for d in (
+            self.home,
+            self.dagster_home,
+            self.storage_dir,
+            self.cache_dir,
+            self.index_dir,
+            self.reports_dir,
+        ):
             d.mkdir(parents=True, exist_ok=True)
 
 

@@ -60,10 +60,17 @@ def scifact_tenant(tenant_id: str = "sci", limit: int = 30, **extra: object) -> 
     """A tenant over the first ``limit`` SciFact abstracts (dataset connector)."""
     return {
         "id": tenant_id,
-        "sources": [{
-            "id": "corpus", "type": "dataset", "path": str(SCIFACT / "corpus.jsonl"),
-            "id_column": "_id", "title_column": "title", "text_column": "text", "limit": limit,
-        }],
+        "sources": [
+            {
+                "id": "corpus",
+                "type": "dataset",
+                "path": str(SCIFACT / "corpus.jsonl"),
+                "id_column": "_id",
+                "title_column": "title",
+                "text_column": "text",
+                "limit": limit,
+            }
+        ],
         "pii": {"ner": False},
         "chunking": {"max_tokens": 200, "overlap_tokens": 32},
         **extra,

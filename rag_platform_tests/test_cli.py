@@ -26,8 +26,14 @@ class TestCli:
         result = runner.invoke(app, ["materialize", "--tenant", "handbook"])
         assert result.exit_code == 0, result.output
         summary = json.loads(_last_line(result.stdout))
-        assert set(summary) >= {"documents", "chunks", "embedded", "index_version", "published",
-                                "seconds"}
+        assert set(summary) >= {
+            "documents",
+            "chunks",
+            "embedded",
+            "index_version",
+            "published",
+            "seconds",
+        }
         assert summary["documents"] == 1 and summary["published"] is True
         first_version = summary["index_version"]
 
@@ -35,8 +41,9 @@ class TestCli:
         result = runner.invoke(app, ["materialize", "--tenant", "handbook"])
         assert json.loads(_last_line(result.stdout))["documents"] == 2
 
-        result = runner.invoke(app, ["keys", "create", "--tenant", "handbook",
-                                     "--groups", "all,hr", "--role", "admin"])
+        result = runner.invoke(
+            app, ["keys", "create", "--tenant", "handbook", "--groups", "all,hr", "--role", "admin"]
+        )
         assert result.exit_code == 0, result.output
         key = _last_line(result.stdout)
         assert key.startswith("rag_") and len(key) > 40
@@ -46,10 +53,15 @@ class TestCli:
 
         golden = tmp_path / "golden.jsonl"
         golden.write_text(
-            json.dumps({"question": "How many days of paid leave?",
-                        "relevant_doc_ids": ["leave.md"]}) + "\n"
-            + json.dumps({"question": "How many remote days a week?",
-                          "relevant_doc_ids": ["remote.md"]}) + "\n")
+            json.dumps(
+                {"question": "How many days of paid leave?", "relevant_doc_ids": ["leave.md"]}
+            )
+            + "\n"
+            + json.dumps(
+                {"question": "How many remote days a week?", "relevant_doc_ids": ["remote.md"]}
+            )
+            + "\n"
+        )
         result = runner.invoke(app, ["eval", "--tenant", "handbook", "--golden", str(golden)])
         assert result.exit_code == 0, result.output
         metrics = json.loads(_last_line(result.stdout))

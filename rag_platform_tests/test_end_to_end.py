@@ -28,8 +28,11 @@ class TestEndToEnd:
         _, key = store.create_api_key("filings", ["all"])
         auth = {"Authorization": f"Bearer {key}"}
         with TestClient(create_app(rag_home)) as client:
-            r = client.post("/v1/query", headers=auth,
-                            json={"query": "What were Apple's total net sales?", "top_k": 5})
+            r = client.post(
+                "/v1/query",
+                headers=auth,
+                json={"query": "What were Apple's total net sales?", "top_k": 5},
+            )
             assert r.status_code == 200, r.text
             body = r.json()
             assert body["index_version"] == summary.index_version
@@ -47,9 +50,11 @@ class TestEndToEnd:
             shutil.copy(SEC_DOCS / SMALL_PDFS[1], pdf_folder / SMALL_PDFS[1])
             second = materialize_tenant("filings", rag_home)
             assert second.published and second.index_version != summary.index_version
-            r = client.post("/v1/search", headers=auth,
-                            json={"query": "net sales for the quarter ended June 25, 2022",
-                                  "top_k": 10})
+            r = client.post(
+                "/v1/search",
+                headers=auth,
+                json={"query": "net sales for the quarter ended June 25, 2022", "top_k": 10},
+            )
             assert r.status_code == 200
             assert r.json()["index_version"] == second.index_version
             uris = {unquote(h["uri"]).rsplit("/", 1)[-1] for h in r.json()["hits"]}

@@ -52,9 +52,17 @@ def cache_key(
         ``"rag:q:" + sha256 hex`` of the canonical JSON of the inputs above.
     """
     canonical = json.dumps(
-        [endpoint, tenant, index_version, normalise_query(query), filters.cache_key(), top_k,
-         retrieval],
-        separators=(",", ":"), ensure_ascii=False,
+        [
+            endpoint,
+            tenant,
+            index_version,
+            normalise_query(query),
+            filters.cache_key(),
+            top_k,
+            retrieval,
+        ],
+        separators=(",", ":"),
+        ensure_ascii=False,
     )
     return "rag:q:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -142,7 +150,9 @@ class RedisQueryCache:
         with self._lock:
             self._down_until = time.monotonic() + self.cooldown_seconds
         logger.warning(
-            "redis cache %s failed; treating as a miss for %.1f s", op, self.cooldown_seconds,
+            "redis cache %s failed; treating as a miss for %.1f s",
+            op,
+            self.cooldown_seconds,
             extra={"error": type(exc).__name__},
         )
 

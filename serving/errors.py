@@ -211,20 +211,24 @@ class BodySizeLimitMiddleware:
 
     async def _reject_too_large(self, send: Send) -> None:
         await self._reject(
-            send, 413, "request_too_large",
+            send,
+            413,
+            "request_too_large",
             f"request body exceeds the limit of {self.max_bytes} bytes",
         )
 
     @staticmethod
     async def _reject(send: Send, status: int, code: str, message: str) -> None:
         body = json.dumps(error_body(code, message)).encode()
-        await send({
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

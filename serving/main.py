@@ -44,8 +44,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         except Exception as exc:
             # Start anyway: /health/ready reports the database down (503) and requests answer
             # 503 database_unavailable until it is back, instead of a crash loop.
-            logger.error("metadata store migration failed at startup",
-                         extra={"error": type(exc).__name__})
+            logger.error(
+                "metadata store migration failed at startup", extra={"error": type(exc).__name__}
+            )
         state.warm_up()
         return state
 
@@ -57,8 +58,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     gc.collect()
     gc.freeze()
     app.state.serving = state
-    logger.info("serving started", extra={
-        "cache": state.cache.backend, "rate_limits": state.limiter.backend})
+    logger.info(
+        "serving started",
+        extra={"cache": state.cache.backend, "rate_limits": state.limiter.backend},
+    )
     try:
         yield
     finally:
@@ -91,8 +94,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.serving = None
     install_error_handlers(app)
-    for router in (search.router, query.router, feedback.router, admin.router,
-                   health.router, health.metrics_router):
+    for router in (
+        search.router,
+        query.router,
+        feedback.router,
+        admin.router,
+        health.router,
+        health.metrics_router,
+    ):
         app.include_router(router)
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)

@@ -47,38 +47,56 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "rag_http_requests_total", "HTTP requests served.",
-            ["route", "method", "status", "tenant"], registry=self.registry,
+            "rag_http_requests_total",
+            "HTTP requests served.",
+            ["route", "method", "status", "tenant"],
+            registry=self.registry,
         )
         self.request_latency = Histogram(
-            "rag_http_request_duration_seconds", "HTTP request latency (seconds).",
-            ["route", "method", "status", "tenant"], buckets=LATENCY_BUCKETS,
+            "rag_http_request_duration_seconds",
+            "HTTP request latency (seconds).",
+            ["route", "method", "status", "tenant"],
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.retrieval_latency = Histogram(
-            "rag_retrieval_search_seconds", "Index search latency per query (seconds).",
-            ["tenant"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "rag_retrieval_search_seconds",
+            "Index search latency per query (seconds).",
+            ["tenant"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.embedding_latency = Histogram(
-            "rag_query_embedding_seconds", "Query embedding latency (seconds).",
-            ["tenant"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "rag_query_embedding_seconds",
+            "Query embedding latency (seconds).",
+            ["tenant"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.answer_latency = Histogram(
-            "rag_answer_seconds", "Answer generation latency (seconds).",
-            ["tenant", "mode"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "rag_answer_seconds",
+            "Answer generation latency (seconds).",
+            ["tenant", "mode"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.cache = Counter(
-            "rag_cache_requests_total", "Query cache look-ups by result (hit, miss, error).",
-            ["endpoint", "result"], registry=self.registry,
+            "rag_cache_requests_total",
+            "Query cache look-ups by result (hit, miss, error).",
+            ["endpoint", "result"],
+            registry=self.registry,
         )
         self.rate_limited = Counter(
-            "rag_rate_limited_total", "Requests refused by a rate limit.",
-            ["scope", "tenant"], registry=self.registry,
+            "rag_rate_limited_total",
+            "Requests refused by a rate limit.",
+            ["scope", "tenant"],
+            registry=self.registry,
         )
         self.isolation_violations = Counter(
             "rag_isolation_violations_total",
             "Hits dropped by the per-hit tenant/ACL re-check (should stay 0).",
-            ["tenant"], registry=self.registry,
+            ["tenant"],
+            registry=self.registry,
         )
         self.query_log_failures = Counter(
             "rag_query_log_failures_total",
@@ -86,7 +104,8 @@ class Metrics:
             registry=self.registry,
         )
         self.query_log_pending = Gauge(
-            "rag_query_log_pending", "Query-log rows not yet written to the database.",
+            "rag_query_log_pending",
+            "Query-log rows not yet written to the database.",
             registry=self.registry,
         )
 
@@ -176,15 +195,30 @@ class RequestContextMiddleware:
             # common error shape, the request id header and the metrics; no stack trace leaks.
             status = 500
             logging.getLogger("serving.errors").exception(
-                "unhandled error", extra={"request_id": request_id})
+                "unhandled error", extra={"request_id": request_id}
+            )
             if not response_started:
-                body = json.dumps({"error": {
-                    "code": "internal_error", "message": "internal server error",
-                    "request_id": request_id, "details": []}}).encode()
-                await send({"type": "http.response.start", "status": 500, "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"x-request-id", request_id.encode())]})
+                body = json.dumps(
+                    {
+                        "error": {
+                            "code": "internal_error",
+                            "message": "internal server error",
+                            "request_id": request_id,
+                            "details": [],
+                        }
+                    }
+                ).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"x-request-id", request_id.encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
         finally:
             elapsed = time.perf_counter() - started
@@ -197,8 +231,11 @@ class RequestContextMiddleware:
             self.log.info(
                 "request",
                 extra={
-                    "method": scope["method"], "route": route, "status": status,
-                    "duration_ms": round(elapsed * 1000, 2), "tenant": tenant,
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "tenant": tenant,
                     "request_id": request_id,
                 },
             )

@@ -34,7 +34,7 @@ from typing import Any
 
 from tenacity import Retrying, stop_after_attempt, wait_exponential
 
-from rag_platform.lib.store.store import QueryLogEntry
+from rag_platform.lib.store import QueryLogEntry
 
 logger = logging.getLogger("serving.querylog")
 
@@ -206,14 +206,22 @@ class QueryLogWriter:
 
     def _entry(self, record: QueryRecord) -> QueryLogEntry:
         return QueryLogEntry(
-            query_id=record.query_id, tenant=record.tenant, key_id=record.key_id,
+            query_id=record.query_id,
+            tenant=record.tenant,
+            key_id=record.key_id,
             question_masked=self._mask(record.tenant, record.question),
-            top_k=record.top_k, filters=record.filters,
-            cited_chunk_ids=record.cited_chunk_ids, hit_chunk_ids=record.hit_chunk_ids,
-            index_version=record.index_version, latency_ms=record.latency_ms,
-            embed_ms=record.embed_ms, search_ms=record.search_ms,
-            prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
-            cache_hit=record.cache_hit, status_code=record.status_code,
+            top_k=record.top_k,
+            filters=record.filters,
+            cited_chunk_ids=record.cited_chunk_ids,
+            hit_chunk_ids=record.hit_chunk_ids,
+            index_version=record.index_version,
+            latency_ms=record.latency_ms,
+            embed_ms=record.embed_ms,
+            search_ms=record.search_ms,
+            prompt_tokens=record.prompt_tokens,
+            completion_tokens=record.completion_tokens,
+            cache_hit=record.cache_hit,
+            status_code=record.status_code,
             created_at=record.created_at,
         )
 
@@ -234,8 +242,10 @@ class QueryLogWriter:
                 except Exception as exc:
                     if self._on_failure is not None:
                         self._on_failure()
-                    logger.error("query log write failed; kept for retry", extra={
-                        "error": type(exc).__name__, "rows": len(self._backlog)})
+                    logger.error(
+                        "query log write failed; kept for retry",
+                        extra={"error": type(exc).__name__, "rows": len(self._backlog)},
+                    )
                     return done
                 for _ in batch:
                     self._backlog.popleft()
@@ -261,8 +271,10 @@ class QueryLogWriter:
             try:
                 self._write_batch([entry])
             except ValueError as exc:
-                logger.error("query log row refused; dropped", extra={
-                    "error": str(exc), "query_id": entry.query_id})
+                logger.error(
+                    "query log row refused; dropped",
+                    extra={"error": str(exc), "query_id": entry.query_id},
+                )
 
     # -- shutdown ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -299,5 +311,7 @@ class QueryLogWriter:
             with self.spool_path.open("a") as f:
                 while self._backlog:
                     f.write(json.dumps(asdict(self._backlog.popleft()), default=str) + "\n")
-        logger.error("query log rows written to the spool file", extra={
-            "rows": rows, "path": str(self.spool_path)})
+        logger.error(
+            "query log rows written to the spool file",
+            extra={"rows": rows, "path": str(self.spool_path)},
+        )

@@ -61,8 +61,10 @@ class RateLimiter:
         self._redis_storage: RedisStorage | None = None
         if redis_url:
             self._redis_storage = RedisStorage(
-                redis_url, key_prefix="rag-limits",
-                socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds,
+                redis_url,
+                key_prefix="rag-limits",
+                socket_timeout=timeout_seconds,
+                socket_connect_timeout=timeout_seconds,
             )
             self._redis = MovingWindowRateLimiter(self._redis_storage)
         self._down_until = 0.0
@@ -102,7 +104,8 @@ class RateLimiter:
                     self._down_until = time.monotonic() + self.cooldown_seconds
                 logger.warning(
                     "redis rate-limit storage failed; using in-process limits for %.1f s",
-                    self.cooldown_seconds, extra={"error": type(exc).__name__},
+                    self.cooldown_seconds,
+                    extra={"error": type(exc).__name__},
                 )
         backend = "memory" if self._redis is None else "memory-fallback"
         return self._check_with(self._memory, tenant, key_id, backend)

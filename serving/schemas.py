@@ -22,8 +22,6 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-
-
 class SearchFiltersRequest(_Request):
     """User filters, added on top of the principal's ACL groups (which always apply).
 
@@ -110,9 +108,15 @@ class HitPublic(BaseModel):
     @classmethod
     def from_hit(cls, hit: Hit) -> HitPublic:
         return cls(
-            doc_id=hit.doc_id, chunk_id=hit.chunk_id, title=hit.title, uri=hit.uri,
-            score=float(hit.score), text=hit.text, heading_path=list(hit.heading_path),
-            page=hit.page, source_id=hit.source_id,
+            doc_id=hit.doc_id,
+            chunk_id=hit.chunk_id,
+            title=hit.title,
+            uri=hit.uri,
+            score=float(hit.score),
+            text=hit.text,
+            heading_path=list(hit.heading_path),
+            page=hit.page,
+            source_id=hit.source_id,
         )
 
 
@@ -149,8 +153,13 @@ class CitationPublic(BaseModel):
     @classmethod
     def from_citation(cls, c: Citation) -> CitationPublic:
         return cls(
-            index=c.index, chunk_id=c.chunk_id, doc_id=c.doc_id, title=c.title, uri=c.uri,
-            text=c.text, page=c.page,
+            index=c.index,
+            chunk_id=c.chunk_id,
+            doc_id=c.doc_id,
+            title=c.title,
+            uri=c.uri,
+            text=c.text,
+            page=c.page,
         )
 
 
@@ -253,7 +262,8 @@ class IndexVersionsPublic(BaseModel):
 
 class RollbackRequest(_Request):
     version: str | None = Field(
-        None, max_length=128,
+        None,
+        max_length=128,
         description="Version to publish; default: the version published before the current one.",
     )
 

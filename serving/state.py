@@ -32,7 +32,7 @@ from rag_platform.lib.embedding import (
 )
 from rag_platform.lib.index.pool import ShardPool
 from rag_platform.lib.retrieval import Retriever
-from rag_platform.lib.store.store import IndexVersion, MetadataStore
+from rag_platform.lib.store import IndexVersion, MetadataStore
 from rag_platform.lib.tenants import PIIPolicy, RetrievalSettings, TenantRegistry, load_registry
 from rag_platform.settings import Settings
 from serving.cache import MemoryQueryCache, RedisQueryCache, make_cache
@@ -82,8 +82,9 @@ class ServingState:
             try:
                 registry = load_registry(settings.tenants_file, settings.data_dir)
             except Exception as exc:  # a bad registry must not keep the API down
-                logger.error("cannot load the tenant registry; using defaults",
-                             extra={"error": str(exc)})
+                logger.error(
+                    "cannot load the tenant registry; using defaults", extra={"error": str(exc)}
+                )
                 registry = TenantRegistry()
         self._registry = registry
         self.cache: MemoryQueryCache | RedisQueryCache = make_cache(
@@ -92,9 +93,7 @@ class ServingState:
         self.limiter = RateLimiter(
             settings.rate_limit_per_key, settings.rate_limit_per_tenant, settings.redis_url
         )
-        self._versions: TTLCache[str, Any] = TTLCache(
-            maxsize=10_000, ttl=version_ttl_seconds
-        )
+        self._versions: TTLCache[str, Any] = TTLCache(maxsize=10_000, ttl=version_ttl_seconds)
         self._versions_lock = threading.Lock()
         self._retrievers: dict[tuple[str, str], tuple[Any, Retriever]] = {}
         self._retrievers_lock = threading.Lock()
@@ -125,7 +124,8 @@ class ServingState:
             with self._query_embedder_lock:
                 if self._query_embedder is None:
                     self._query_embedder = BatchingQueryEmbedder(
-                        self.embedder, self.settings.query_batch_size)
+                        self.embedder, self.settings.query_batch_size
+                    )
         return self._query_embedder
 
     @property
@@ -143,8 +143,9 @@ class ServingState:
         if self._answerer is None:
             with self._answerer_lock:
                 if self._answerer is None:
-                    self._answerer = (LLMAnswerer.from_settings(self.settings)
-                                      or ExtractiveAnswerer(self.embedder))
+                    self._answerer = LLMAnswerer.from_settings(self.settings) or ExtractiveAnswerer(
+                        self.embedder
+                    )
         return self._answerer
 
     def warm_up(self) -> None:
@@ -184,13 +185,16 @@ class ServingState:
             try:
                 new = load_registry(self.settings.tenants_file, self.settings.data_dir)
             except Exception as exc:
-                logger.error("the changed tenant registry does not load; keeping the previous",
-                             extra={"error": str(exc)})
+                logger.error(
+                    "the changed tenant registry does not load; keeping the previous",
+                    extra={"error": str(exc)},
+                )
                 return
             old = self._registry
             self._registry = new
         changed = [
-            t for t in set(old.ids) | set(new.ids)
+            t
+            for t in set(old.ids) | set(new.ids)
             if (old.get(t) if t in old.ids else None) != (new.get(t) if t in new.ids else None)
         ]
         with self._maskers_lock:
@@ -256,8 +260,11 @@ class ServingState:
                 entry = self._retrievers.get(key)
                 if entry is None or entry[0] is not reader:
                     retriever = Retriever(
-                        reader, self.query_embedder, self.sparse_encoder,
-                        self.retrieval_settings(version.tenant), version.tenant,
+                        reader,
+                        self.query_embedder,
+                        self.sparse_encoder,
+                        self.retrieval_settings(version.tenant),
+                        version.tenant,
                     )
                     # drop retrievers of this tenant's older versions
                     for k in [k for k in self._retrievers if k[0] == version.tenant]:
@@ -290,8 +297,10 @@ class ServingState:
         try:
             return str(self.masker(tenant).run(question).text)
         except Exception as exc:
-            logger.error("masking the question failed; logging a placeholder",
-                         extra={"error": type(exc).__name__, "tenant": tenant})
+            logger.error(
+                "masking the question failed; logging a placeholder",
+                extra={"error": type(exc).__name__, "tenant": tenant},
+            )
             return "<masking failed>"
 
     def log_query(self, record: QueryRecord) -> None:

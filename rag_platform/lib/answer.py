@@ -33,11 +33,64 @@ _MARKER = re.compile(r"\[(\d{1,3})\]")
 # A short English stopword list for the lexical-overlap term (function words only).
 _STOPWORDS = frozenset(
     {
-        "a", "an", "and", "are", "as", "at", "be", "been", "but", "by", "can", "do", "does", "for",
-        "from", "has", "have", "how", "if", "in", "into", "is", "it", "its", "of", "on", "or",
-        "that", "the", "their", "there", "these", "this", "to", "was", "were", "what", "when",
-        "where", "which", "who", "why", "will", "with", "would", "not", "no", "than", "then", "so",
-        "such", "about", "after", "before", "between", "during", "over", "under",
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "been",
+        "but",
+        "by",
+        "can",
+        "do",
+        "does",
+        "for",
+        "from",
+        "has",
+        "have",
+        "how",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "that",
+        "the",
+        "their",
+        "there",
+        "these",
+        "this",
+        "to",
+        "was",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "would",
+        "not",
+        "no",
+        "than",
+        "then",
+        "so",
+        "such",
+        "about",
+        "after",
+        "before",
+        "between",
+        "during",
+        "over",
+        "under",
     }
 )
 
@@ -119,8 +172,10 @@ class ExtractiveAnswerer:
         cosine = s_vecs @ q_vec
         q_words = _content_words(question)
         overlap = np.array(
-            [len(q_words & _content_words(s)) / len(q_words) if q_words else 0.0
-             for s, _ in candidates],
+            [
+                len(q_words & _content_words(s)) / len(q_words) if q_words else 0.0
+                for s, _ in candidates
+            ],
             dtype=np.float32,
         )
         scores = cosine + self.lexical_weight * overlap
@@ -140,8 +195,13 @@ class ExtractiveAnswerer:
             parts.append(f"{sentence} [{n}]")
             citations.append(
                 Citation(
-                    index=n, chunk_id=hit.chunk_id, doc_id=hit.doc_id, title=hit.title,
-                    uri=hit.uri, text=sentence, page=hit.page,
+                    index=n,
+                    chunk_id=hit.chunk_id,
+                    doc_id=hit.doc_id,
+                    title=hit.title,
+                    uri=hit.uri,
+                    text=sentence,
+                    page=hit.page,
                 )
             )
         return Answer(text=" ".join(parts), citations=citations, mode="extractive")
@@ -204,8 +264,13 @@ class LLMAnswerer:
         answer length settings), or None when no endpoint is configured."""
         if not settings.llm_base_url or not settings.llm_model:
             return None
-        return cls(settings.llm_base_url, settings.llm_model, api_key=settings.llm_api_key,
-                   timeout=settings.llm_timeout_seconds, max_tokens=settings.llm_max_tokens)
+        return cls(
+            settings.llm_base_url,
+            settings.llm_model,
+            api_key=settings.llm_api_key,
+            timeout=settings.llm_timeout_seconds,
+            max_tokens=settings.llm_max_tokens,
+        )
 
     def build_messages(self, question: str, hits: list[Hit]) -> list[dict[str, str]]:
         """The chat messages: system instructions, then numbered context and the question."""
@@ -261,8 +326,7 @@ class LLMAnswerer:
             content = data["choices"][0]["message"]["content"] or ""
         except httpx.HTTPStatusError as exc:
             raise LLMError(
-                f"LLM endpoint returned HTTP {exc.response.status_code}: "
-                f"{exc.response.text[:200]}"
+                f"LLM endpoint returned HTTP {exc.response.status_code}: {exc.response.text[:200]}"
             ) from exc
         except httpx.HTTPError as exc:
             raise LLMError(f"LLM endpoint unreachable or timed out: {exc}") from exc
@@ -300,8 +364,13 @@ class LLMAnswerer:
             hit = context[n - 1]
             citations.append(
                 Citation(
-                    index=n, chunk_id=hit.chunk_id, doc_id=hit.doc_id, title=hit.title,
-                    uri=hit.uri, text=hit.text[:500], page=hit.page,
+                    index=n,
+                    chunk_id=hit.chunk_id,
+                    doc_id=hit.doc_id,
+                    title=hit.title,
+                    uri=hit.uri,
+                    text=hit.text[:500],
+                    page=hit.page,
                 )
             )
         return cleaned, citations
@@ -328,8 +397,7 @@ class LLMAnswerer:
                 if response.status_code >= 400:
                     response.read()
                     raise LLMError(
-                        f"LLM endpoint returned HTTP {response.status_code}: "
-                        f"{response.text[:200]}"
+                        f"LLM endpoint returned HTTP {response.status_code}: {response.text[:200]}"
                     )
                 for line in response.iter_lines():
                     if not line.startswith("data:"):

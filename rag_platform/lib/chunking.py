@@ -260,12 +260,12 @@ class Chunker:
         prefixes = [embedding_text(docs[g.doc][2], g.path, "x") for g in groups]
         encodings = self.tokenizer.encode_batch(texts + prefixes, add_special_tokens=False)
         text_encodings = encodings[: len(texts)]
-        prefix_encodings = encodings[len(texts):]
+        prefix_encodings = encodings[len(texts) :]
 
         results: list[list[Chunk] | ValueError] = [[] for _ in docs]
         cursor = 0
         for g, prefix_enc in zip(groups, prefix_encodings, strict=True):
-            encs = text_encodings[cursor: cursor + len(g.texts)]
+            encs = text_encodings[cursor : cursor + len(g.texts)]
             cursor += len(g.texts)
             out = results[g.doc]
             if isinstance(out, ValueError):
@@ -279,16 +279,18 @@ class Chunker:
             for body, page, full, count in pieces:
                 content_hash = sha256_hex(full)
                 ordinal = len(out)
-                out.append(Chunk(
-                    chunk_id=make_chunk_id(doc_id, ordinal, content_hash),
-                    doc_id=doc_id,
-                    ordinal=ordinal,
-                    text=body,
-                    token_count=count,
-                    content_hash=content_hash,
-                    heading_path=list(g.path),
-                    page=page,
-                ))
+                out.append(
+                    Chunk(
+                        chunk_id=make_chunk_id(doc_id, ordinal, content_hash),
+                        doc_id=doc_id,
+                        ordinal=ordinal,
+                        text=body,
+                        token_count=count,
+                        content_hash=content_hash,
+                        heading_path=list(g.path),
+                        page=page,
+                    )
+                )
         return results
 
     # ----------------------------------------------------------------------------------------
@@ -312,8 +314,8 @@ class Chunker:
             for part in packed:
                 body = self._text(g.texts, units, part)
                 full = embedding_text(title, g.path, body)
-                count = prefix + sum(u.tokens for u in units[part[0]:part[1]])
-                if not all(u.exact for u in units[part[0]:part[1]]):
+                count = prefix + sum(u.tokens for u in units[part[0] : part[1]])
+                if not all(u.exact for u in units[part[0] : part[1]]):
                     count = self.count_tokens(full)
                     excess = max(excess, count - self.max_tokens)
                 out.append((body, units[part[0]].page, full, count))
@@ -340,8 +342,9 @@ class Chunker:
                 enc = encs[ti]
                 units.extend(
                     _Unit(ti, a, b, k, page, exact)
-                    for a, b, k, exact in _split_tokens(enc.tokens[lo:hi], enc.offsets[lo:hi],
-                                                        budget)
+                    for a, b, k, exact in _split_tokens(
+                        enc.tokens[lo:hi], enc.offsets[lo:hi], budget
+                    )
                 )
         return units
 
@@ -386,10 +389,10 @@ class Chunker:
         pieces are joined by a blank line."""
         first, last = units[part[0]], units[part[1] - 1]
         if first.text_index == last.text_index:
-            return texts[first.text_index][0][first.start:last.end]
-        pieces = [texts[first.text_index][0][first.start:].rstrip()]
+            return texts[first.text_index][0][first.start : last.end]
+        pieces = [texts[first.text_index][0][first.start :].rstrip()]
         pieces.extend(texts[t][0].strip() for t in range(first.text_index + 1, last.text_index))
-        pieces.append(texts[last.text_index][0][:last.end].lstrip())
+        pieces.append(texts[last.text_index][0][: last.end].lstrip())
         return "\n\n".join(p for p in pieces if p)
 
 

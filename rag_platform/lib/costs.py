@@ -52,7 +52,8 @@ class PriceTable(BaseModel):
         default=0.0006, ge=0.0, description="USD per 1k completion tokens."
     )
     per_1k_queries: float = Field(
-        default=0.0, ge=0.0,
+        default=0.0,
+        ge=0.0,
         description="USD per 1k API queries (a flat fee, if the deployment charges one; query "
         "compute and LLM tokens are priced by their own lines).",
     )
@@ -140,14 +141,20 @@ def rollup_costs(usage: Mapping[str, float], prices: PriceTable) -> dict[str, An
         cost = quantity * unit_price
         total += cost
         lines.append(
-            {"kind": kind, "quantity": quantity, "unit": unit, "unit_price_usd": unit_price,
-             "cost_usd": cost}
+            {
+                "kind": kind,
+                "quantity": quantity,
+                "unit": unit,
+                "unit_price_usd": unit_price,
+                "cost_usd": cost,
+            }
         )
     return {"lines": lines, "total_usd": total, "currency": "USD"}
 
 
-def tenant_day_rollup(store: Any, tenant: str, day: date,
-                      prices: PriceTable | None = None) -> dict[str, Any]:
+def tenant_day_rollup(
+    store: Any, tenant: str, day: date, prices: PriceTable | None = None
+) -> dict[str, Any]:
     """One tenant-day of usage from the metadata store, priced.
 
     Usage is what :meth:`MetadataStore.usage_by_day` reports, plus ``storage_bytes`` of the
@@ -162,5 +169,9 @@ def tenant_day_rollup(store: Any, tenant: str, day: date,
     published = store.get_published_version(tenant)
     if published is not None and Path(published.path).exists():
         usage["storage_bytes"] = float(directory_bytes(Path(published.path)))
-    return {"tenant": tenant, "day": day.isoformat(), "usage": usage,
-            **rollup_costs(usage, prices or PriceTable.load())}
+    return {
+        "tenant": tenant,
+        "day": day.isoformat(),
+        "usage": usage,
+        **rollup_costs(usage, prices or PriceTable.load()),
+    }

@@ -219,7 +219,8 @@ class BatchingQueryEmbedder:
         self._closed = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(
-            target=self._run, name="query-embedding-batcher", daemon=True)
+            target=self._run, name="query-embedding-batcher", daemon=True
+        )
         self._thread.start()
 
     def embed_query(self, text: str) -> np.ndarray:

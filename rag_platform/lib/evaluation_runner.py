@@ -32,8 +32,11 @@ def _documents(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
 
 
 def load_tenant_golden_set(
-    tenant: TenantConfig, documents: pd.DataFrame | Iterable[tuple[str, str, str]],
-    path: Path | None = None, fmt: str | None = None, split: str | None = None,
+    tenant: TenantConfig,
+    documents: pd.DataFrame | Iterable[tuple[str, str, str]],
+    path: Path | None = None,
+    fmt: str | None = None,
+    split: str | None = None,
     limit: int | None = None,
 ) -> GoldenSet | None:
     """Loads the tenant's golden set (or the one at ``path``) with relevance resolved to the
@@ -62,8 +65,10 @@ def load_tenant_golden_set(
 
 
 def _golden_from_dict(data: dict[str, Any]) -> GoldenSet:
-    return GoldenSet(questions=[GoldenQuestion(**q) for q in data.get("questions", [])],
-                     name=data.get("name") or "golden")
+    return GoldenSet(
+        questions=[GoldenQuestion(**q) for q in data.get("questions", [])],
+        name=data.get("name") or "golden",
+    )
 
 
 def _payloads(reader: Any) -> Iterable[dict[str, Any]]:
@@ -81,7 +86,11 @@ def _acl_groups_of_index(reader: Any) -> tuple[str, ...]:
 
 
 def run_evaluation(
-    settings: Settings, tenant: TenantConfig, index_path: Path, golden: GoldenSet, k: int = 10,
+    settings: Settings,
+    tenant: TenantConfig,
+    index_path: Path,
+    golden: GoldenSet,
+    k: int = 10,
     answer_sample: int | None = ANSWER_SAMPLE,
 ) -> dict[str, Any]:
     """Evaluates one index version on ``golden``.
@@ -116,16 +125,27 @@ def run_evaluation(
             return answerer.answer(question, hits)
 
         answers = evaluate_answers(
-            golden, retrieve, answer, llm=LLMConfig.from_settings(settings),
-            embedder_fn=embedder.embed_documents, limit=answer_sample,
+            golden,
+            retrieve,
+            answer,
+            llm=LLMConfig.from_settings(settings),
+            embedder_fn=embedder.embed_documents,
+            limit=answer_sample,
         )
     summary = {**retrieval.summary, **{f"answer_{k_}": v for k_, v in answers["summary"].items()}}
-    return {"summary": summary, "retrieval": retrieval.to_dict(), "answers": answers,
-            "queries": int(retrieval.summary.get("questions", 0))}
+    return {
+        "summary": summary,
+        "retrieval": retrieval.to_dict(),
+        "answers": answers,
+        "queries": int(retrieval.summary.get("questions", 0)),
+    }
 
 
 def evaluate_version(
-    settings: Settings, store: Any, tenant: TenantConfig, search_index: dict[str, Any],
+    settings: Settings,
+    store: Any,
+    tenant: TenantConfig,
+    search_index: dict[str, Any],
     golden_data: dict[str, Any],
 ) -> dict[str, Any]:
     """The ``index_evaluation`` asset's work: evaluate the new version, write the report, record
@@ -140,42 +160,76 @@ def evaluate_version(
     record = store.get_version(tenant.id, version)
     if search_index.get("reused") and record is not None and "evaluation" in (record.details or {}):
         previous = record.details["evaluation"]
-        return {**previous, "version": version, "reused": True,
-                "gate": {"passed": True, "reasons": [], "compared_to": version}}
+        return {
+            **previous,
+            "version": version,
+            "reused": True,
+            "gate": {"passed": True, "reasons": [], "compared_to": version},
+        }
     golden = _golden_from_dict(golden_data)
     if not golden.questions:
-        return {"version": version, "summary": {}, "queries": 0,
-                "gate": {"passed": True, "reasons": ["no golden set"], "compared_to": None}}
+        return {
+            "version": version,
+            "summary": {},
+            "queries": 0,
+            "gate": {"passed": True, "reasons": ["no golden set"], "compared_to": None},
+        }
 
-    evaluation = run_evaluation(settings, tenant, Path(search_index["path"]), golden,
-                                k=tenant.evaluation.k)
+    evaluation = run_evaluation(
+        settings, tenant, Path(search_index["path"]), golden, k=tenant.evaluation.k
+    )
     published = store.get_published_version(tenant.id)
     published_summary = None
     if published is not None and published.version != version:
         published_summary = (published.details or {}).get("evaluation", {}).get("summary")
-    gate = check_gate(evaluation["summary"], tenant.evaluation.thresholds,
-                      tenant.evaluation.max_regression, published_summary,
-                      published.version if published else None)
+    gate = check_gate(
+        evaluation["summary"],
+        tenant.evaluation.thresholds,
+        tenant.evaluation.max_regression,
+        published_summary,
+        published.version if published else None,
+    )
     reports_dir = settings.reports_dir / tenant.id
     history = load_history(reports_dir)
     paths = write_report(
-        tenant.id, version,
-        {**evaluation, "gate": gate.to_dict(), "golden_set": golden.name,
-         "evaluated_at": datetime.now(UTC).isoformat(),
-         "published_version": published.version if published else None,
-         "published_summary": published_summary},
-        history, reports_dir / version,
+        tenant.id,
+        version,
+        {
+            **evaluation,
+            "gate": gate.to_dict(),
+            "golden_set": golden.name,
+            "evaluated_at": datetime.now(UTC).isoformat(),
+            "published_version": published.version if published else None,
+            "published_summary": published_summary,
+        },
+        history,
+        reports_dir / version,
     )
-    headline = {"summary": evaluation["summary"], "queries": evaluation["queries"],
-                "report_html": str(paths.html), "report_md": str(paths.markdown)}
+    headline = {
+        "summary": evaluation["summary"],
+        "queries": evaluation["queries"],
+        "report_html": str(paths.html),
+        "report_md": str(paths.markdown),
+    }
     store.set_version_details(tenant.id, version, {"evaluation": headline})
-    return {**headline, "version": version, "reused": False, "gate": gate.to_dict(),
-            "markdown": paths.markdown.read_text()}
+    return {
+        **headline,
+        "version": version,
+        "reused": False,
+        "gate": gate.to_dict(),
+        "markdown": paths.markdown.read_text(),
+    }
 
 
 def evaluate_published(
-    settings: Settings, store: Any, tenant_id: str, golden: Path | None = None,
-    golden_format: str = "auto", split: str = "train", k: int = 10, limit: int | None = None,
+    settings: Settings,
+    store: Any,
+    tenant_id: str,
+    golden: Path | None = None,
+    golden_format: str = "auto",
+    split: str = "train",
+    k: int = 10,
+    limit: int | None = None,
 ) -> dict[str, Any]:
     """``rag-platform eval``: evaluates the tenant's published version.
 
@@ -192,17 +246,32 @@ def evaluate_published(
     with EdgeIndexReader(Path(published.path)) as reader:
         for p in _payloads(reader):
             documents.setdefault(p["doc_id"], (p["doc_id"], p.get("uri", ""), p.get("title", "")))
-    gs = load_tenant_golden_set(tenant, list(documents.values()),
-                                path=golden, fmt=golden_format if golden else None,
-                                split=split, limit=limit)
+    gs = load_tenant_golden_set(
+        tenant,
+        list(documents.values()),
+        path=golden,
+        fmt=golden_format if golden else None,
+        split=split,
+        limit=limit,
+    )
     if gs is None:
         raise ValueError(f"tenant {tenant_id!r} has no golden set; pass --golden")
-    result = run_evaluation(settings, tenant, Path(published.path), gs, k=k, answer_sample=None
-                            if limit else ANSWER_SAMPLE)
+    result = run_evaluation(
+        settings,
+        tenant,
+        Path(published.path),
+        gs,
+        k=k,
+        answer_sample=None if limit else ANSWER_SAMPLE,
+    )
     s = result["summary"]
     return {
-        "tenant": tenant_id, "version": published.version, "golden": gs.name,
-        "queries": result["queries"], f"ndcg@{k}": s.get(f"ndcg@{k}"),
-        "recall@100": s.get("recall@100"), "mrr": s.get("mrr"),
+        "tenant": tenant_id,
+        "version": published.version,
+        "golden": gs.name,
+        "queries": result["queries"],
+        f"ndcg@{k}": s.get(f"ndcg@{k}"),
+        "recall@100": s.get("recall@100"),
+        "mrr": s.get("mrr"),
         **{key: value for key, value in s.items() if key not in ("questions",)},
     }

@@ -46,8 +46,9 @@ _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _ZERO_WIDTH = re.compile(r"[\u200b-\u200d\u2060\ufeff\u00ad]")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 # Typographic ligatures PDFs keep as single code points ("ﬁnancial" must match "financial").
-_LIGATURES = str.maketrans({"ﬀ": "ff", "ﬁ": "fi", "ﬂ": "fl", "ﬃ": "ffi", "ﬄ": "ffl", "ﬅ": "st",
-                            "ﬆ": "st"})
+_LIGATURES = str.maketrans(
+    {"ﬀ": "ff", "ﬁ": "fi", "ﬂ": "fl", "ﬃ": "ffi", "ﬄ": "ffl", "ﬅ": "st", "ﬆ": "st"}
+)
 
 
 def normalize_text(text: str) -> str:
@@ -96,8 +97,9 @@ class _SectionBuilder:
 
     def flush(self) -> None:
         if self._paragraphs:
-            self.sections.append(Section(text="\n\n".join(self._paragraphs),
-                                         heading_path=self.path))
+            self.sections.append(
+                Section(text="\n\n".join(self._paragraphs), heading_path=self.path)
+            )
             self._paragraphs = []
 
     def result(self) -> list[Section]:
@@ -194,8 +196,10 @@ def _reflow(lines: list[str]) -> list[str]:
     "2023"); table rows and headings stay on their own lines."""
     out: list[str] = []
     for line in lines:
-        if out and (out[-1].endswith(",") or (
-                line[:1].islower() and not out[-1].endswith((".", ":", "?", "!")))):
+        if out and (
+            out[-1].endswith(",")
+            or (line[:1].islower() and not out[-1].endswith((".", ":", "?", "!")))
+        ):
             out[-1] = out[-1][:-1] + line if out[-1].endswith("-") else f"{out[-1]} {line}"
         else:
             out.append(line)
@@ -219,8 +223,12 @@ def _pdf_page_sections(
         change = None
         if not toc:
             later = {t for t in titled[i + 1 :] if t is not None}
-            if (titled[i] is not None and i + 1 < len(lines) and _CONTINUES.search(line)
-                    and _SecHeadings.match(lines[i + 1]) is None):
+            if (
+                titled[i] is not None
+                and i + 1 < len(lines)
+                and _CONTINUES.search(line)
+                and _SecHeadings.match(lines[i + 1]) is None
+            ):
                 line = f"{line} {lines[i + 1]}"  # heading wrapped onto a second line
                 i += 1
             change = headings.feed(line, later)
@@ -358,9 +366,31 @@ def _parse_docx(content: bytes) -> ParsedDocument:
 
 _DROP_TAGS = ("script", "style", "nav", "header", "footer", "noscript", "template", "svg")
 _BLOCK_TAGS = {
-    "p", "div", "li", "ul", "ol", "dl", "dt", "dd", "pre", "blockquote", "section", "article",
-    "main", "aside", "figure", "figcaption", "form", "fieldset", "address", "br", "hr", "tr",
-    "caption", "details", "summary",
+    "p",
+    "div",
+    "li",
+    "ul",
+    "ol",
+    "dl",
+    "dt",
+    "dd",
+    "pre",
+    "blockquote",
+    "section",
+    "article",
+    "main",
+    "aside",
+    "figure",
+    "figcaption",
+    "form",
+    "fieldset",
+    "address",
+    "br",
+    "hr",
+    "tr",
+    "caption",
+    "details",
+    "summary",
 }
 
 
@@ -400,8 +430,10 @@ def _parse_html(content: bytes | str) -> ParsedDocument:
                 builder.heading(int(name[1]), child.get_text(" ", strip=True))
             elif name == "table":
                 flush_paragraph()
-                rows = ([c.get_text(" ", strip=True) for c in tr.find_all(["td", "th"])]
-                        for tr in child.find_all("tr"))
+                rows = (
+                    [c.get_text(" ", strip=True) for c in tr.find_all(["td", "th"])]
+                    for tr in child.find_all("tr")
+                )
                 builder.add(_table_rows(rows))
             elif name in _BLOCK_TAGS:
                 flush_paragraph()

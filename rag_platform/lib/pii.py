@@ -127,8 +127,9 @@ class PIIMasker:
         op = self.policy.operator
         if op == "replace":
             # Presidio's replace without new_value also writes "<ENTITY_TYPE>".
-            operators = {e: OperatorConfig("replace", {"new_value": f"<{e}>"})
-                         for e in self.policy.entities}
+            operators = {
+                e: OperatorConfig("replace", {"new_value": f"<{e}>"}) for e in self.policy.entities
+            }
             operators["DEFAULT"] = OperatorConfig("replace", {})
             return operators
         if op == "mask":
@@ -153,8 +154,9 @@ class PIIMasker:
     def _anonymize(self, text: str, results: list[Any]) -> MaskResult:
         if not results:
             return MaskResult(text, {})
-        out = self.anonymizer.anonymize(text=text, analyzer_results=results,
-                                        operators=self._operators())
+        out = self.anonymizer.anonymize(
+            text=text, analyzer_results=results, operators=self._operators()
+        )
         counts = Counter(item.entity_type for item in out.items)
         return MaskResult(out.text, dict(sorted(counts.items())))
 
@@ -195,10 +197,14 @@ class PIIMasker:
         supported = set(self.analyzer.get_supported_entities(language=self.policy.language))
         unsupported = sorted(set(self.policy.entities) - supported)
         if unsupported:
-            hint = " (PERSON, LOCATION, NRP and ORGANIZATION need ner: true)" if not \
-                self.policy.ner else ""
-            raise ValueError(f"PII policy asks for entities no recognizer provides: "
-                             f"{unsupported}{hint}")
+            hint = (
+                " (PERSON, LOCATION, NRP and ORGANIZATION need ner: true)"
+                if not self.policy.ner
+                else ""
+            )
+            raise ValueError(
+                f"PII policy asks for entities no recognizer provides: {unsupported}{hint}"
+            )
         self._kwargs = {
             "entities": list(self.policy.entities),
             "score_threshold": self.policy.score_threshold,
@@ -261,8 +267,7 @@ class PIIMasker:
                 found[i].append(r)
         for text, results in zip(texts, found, strict=True):
             results.extend(self._residual_results(text, results))
-        return [self._anonymize(text, results) for text, results in zip(texts, found,
-                                                                          strict=True)]
+        return [self._anonymize(text, results) for text, results in zip(texts, found, strict=True)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -146,12 +146,15 @@ class Retriever:
             if hit.tenant != self.tenant:
                 logger.warning(
                     "dropped hit %s: tenant %r does not match %r",
-                    hit.chunk_id, hit.tenant, self.tenant,
+                    hit.chunk_id,
+                    hit.tenant,
+                    self.tenant,
                 )
             elif not allowed.intersection(hit.acl_groups):
                 logger.warning(
                     "dropped hit %s: ACL groups %s do not intersect the principal's",
-                    hit.chunk_id, hit.acl_groups,
+                    hit.chunk_id,
+                    hit.acl_groups,
                 )
             else:
                 kept.append(hit)

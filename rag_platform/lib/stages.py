@@ -50,17 +50,50 @@ PARSER_VERSION = "1"
 INDEX_SCHEMA_VERSION = "1"
 
 SOURCE_COLUMNS = [
-    "doc_id", "tenant", "source_id", "native_id", "uri", "title", "mime_type", "content", "text",
-    "content_hash", "acl_groups", "updated_at", "metadata", "change",
+    "doc_id",
+    "tenant",
+    "source_id",
+    "native_id",
+    "uri",
+    "title",
+    "mime_type",
+    "content",
+    "text",
+    "content_hash",
+    "acl_groups",
+    "updated_at",
+    "metadata",
+    "change",
 ]
 DOC_COLUMNS = [
-    "doc_id", "tenant", "source_id", "uri", "title", "mime_type", "content_hash", "acl_groups",
-    "updated_at", "sections",
+    "doc_id",
+    "tenant",
+    "source_id",
+    "uri",
+    "title",
+    "mime_type",
+    "content_hash",
+    "acl_groups",
+    "updated_at",
+    "sections",
 ]
 CHUNK_COLUMNS = [
-    "chunk_id", "doc_id", "tenant", "ordinal", "text", "embedding_text", "token_count",
-    "content_hash", "heading_path", "page", "title", "uri", "source_id", "mime_type",
-    "acl_groups", "updated_at",
+    "chunk_id",
+    "doc_id",
+    "tenant",
+    "ordinal",
+    "text",
+    "embedding_text",
+    "token_count",
+    "content_hash",
+    "heading_path",
+    "page",
+    "title",
+    "uri",
+    "source_id",
+    "mime_type",
+    "acl_groups",
+    "updated_at",
 ]
 
 
@@ -190,8 +223,7 @@ def sync_sources(tenant: TenantConfig, manifest_path: Path) -> SyncResult:
     if manifest_path.exists():
         old = pd.read_parquet(manifest_path)
         previous = {
-            r.doc_id: (r.content_hash, r.acl, r.source_id)
-            for r in old.itertuples(index=False)
+            r.doc_id: (r.content_hash, r.acl, r.source_id) for r in old.itertuples(index=False)
         }
     rows: list[dict[str, Any]] = []
     problems: list[tuple[str, str, str]] = []
@@ -206,22 +238,24 @@ def sync_sources(tenant: TenantConfig, manifest_path: Path) -> SyncResult:
                     problems.append((source.id, doc.native_id, "duplicate document id"))
                     continue
                 seen.add(doc_id)
-                rows.append({
-                    "doc_id": doc_id,
-                    "tenant": tenant.id,
-                    "source_id": source.id,
-                    "native_id": doc.native_id,
-                    "uri": doc.uri,
-                    "title": doc.title,
-                    "mime_type": doc.mime_type,
-                    "content": doc.content,
-                    "text": doc.text,
-                    "content_hash": doc.content_hash,
-                    "acl_groups": sorted(set(doc.acl_groups)),
-                    # No date at the source stays empty: a sync time would change every run.
-                    "updated_at": doc.updated_at.isoformat() if doc.updated_at else "",
-                    "metadata": json.dumps(doc.metadata, default=str),
-                })
+                rows.append(
+                    {
+                        "doc_id": doc_id,
+                        "tenant": tenant.id,
+                        "source_id": source.id,
+                        "native_id": doc.native_id,
+                        "uri": doc.uri,
+                        "title": doc.title,
+                        "mime_type": doc.mime_type,
+                        "content": doc.content,
+                        "text": doc.text,
+                        "content_hash": doc.content_hash,
+                        "acl_groups": sorted(set(doc.acl_groups)),
+                        # No date at the source stays empty: a sync time would change every run.
+                        "updated_at": doc.updated_at.isoformat() if doc.updated_at else "",
+                        "metadata": json.dumps(doc.metadata, default=str),
+                    }
+                )
             problems.extend((source.id, item, reason) for item, reason in connector.problems)
         except Exception as exc:  # one broken source never drops the others
             log.exception("source %s of tenant %s failed", source.id, tenant.id)
@@ -242,8 +276,9 @@ def sync_sources(tenant: TenantConfig, manifest_path: Path) -> SyncResult:
             if prev[1] != _acl_key(row["acl_groups"]):
                 acl_changed.append(row["doc_id"])
     current = {r["doc_id"] for r in rows}
-    deleted = [d for d, (_, _, src) in previous.items()
-               if d not in current and src not in failed_sources]
+    deleted = [
+        d for d, (_, _, src) in previous.items() if d not in current and src not in failed_sources
+    ]
     kept_from_failed = {d: v for d, v in previous.items() if v[2] in failed_sources}
 
     frame = pd.DataFrame(rows, columns=SOURCE_COLUMNS)
@@ -254,8 +289,9 @@ def sync_sources(tenant: TenantConfig, manifest_path: Path) -> SyncResult:
     )
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(manifest_path, lambda p: manifest.to_parquet(p, index=False))
-    return SyncResult(frame, added, changed, deleted, acl_changed, problems,
-                      time.perf_counter() - start)
+    return SyncResult(
+        frame, added, changed, deleted, acl_changed, problems, time.perf_counter() - start
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,21 +300,30 @@ def sync_sources(tenant: TenantConfig, manifest_path: Path) -> SyncResult:
 
 
 def _sections_to_json(sections: list[Section]) -> list[dict[str, Any]]:
-    return [{"text": s.text, "heading_path": list(s.heading_path), "page": s.page}
-            for s in sections]
+    return [
+        {"text": s.text, "heading_path": list(s.heading_path), "page": s.page} for s in sections
+    ]
 
 
 def sections_from_json(raw: str | list[dict[str, Any]]) -> list[Section]:
     items = json.loads(raw) if isinstance(raw, str) else raw
-    return [Section(text=i["text"], heading_path=list(i.get("heading_path") or []),
-                    page=i.get("page")) for i in items]
+    return [
+        Section(text=i["text"], heading_path=list(i.get("heading_path") or []), page=i.get("page"))
+        for i in items
+    ]
 
 
 def _doc_row(src: Any, sections_json: str) -> dict[str, Any]:
     return {
-        "doc_id": src.doc_id, "tenant": src.tenant, "source_id": src.source_id, "uri": src.uri,
-        "title": src.title, "mime_type": src.mime_type, "content_hash": src.content_hash,
-        "acl_groups": list(src.acl_groups), "updated_at": src.updated_at,
+        "doc_id": src.doc_id,
+        "tenant": src.tenant,
+        "source_id": src.source_id,
+        "uri": src.uri,
+        "title": src.title,
+        "mime_type": src.mime_type,
+        "content_hash": src.content_hash,
+        "acl_groups": list(src.acl_groups),
+        "updated_at": src.updated_at,
         "sections": sections_json,
     }
 
@@ -305,7 +350,10 @@ def parse_stage(
             stats.reused += 1
         else:
             doc = SourceDocument(
-                source_id=src.source_id, native_id=src.native_id, uri=src.uri, title=src.title,
+                source_id=src.source_id,
+                native_id=src.native_id,
+                uri=src.uri,
+                title=src.title,
                 mime_type=src.mime_type,
                 content=src.content if isinstance(src.content, bytes) else None,
                 text=src.text if isinstance(src.text, str) else None,
@@ -397,8 +445,9 @@ def mask_stage(
         else:
             todo.append((i, key))
 
-    def store(i: int, key: str, sections: list[Section], masked: list[tuple[str, dict[str, int]]]
-              ) -> None:
+    def store(
+        i: int, key: str, sections: list[Section], masked: list[tuple[str, dict[str, int]]]
+    ) -> None:
         counts: Counter[str] = Counter()
         for section, (text, found) in zip(sections, masked, strict=True):
             section.text = text
@@ -419,15 +468,20 @@ def mask_stage(
         if pending and workers > 1 and policy.ner and len(pending) > 1:
             try:
                 with ProcessPoolExecutor(
-                    max_workers=min(workers, len(pending)), mp_context=mp.get_context("spawn"),
-                    initializer=_init_mask_worker, initargs=(masker_factory,),
+                    max_workers=min(workers, len(pending)),
+                    mp_context=mp.get_context("spawn"),
+                    initializer=_init_mask_worker,
+                    initargs=(masker_factory,),
                 ) as pool:
                     masked_docs = pool.map(_mask_texts, [[s.text for s in d[2]] for d in pending])
                     for (i, key, sections), masked in zip(pending, masked_docs, strict=True):
                         store(i, key, sections, masked)
             except BrokenProcessPool as exc:  # a worker died (killed, out of memory...)
-                log.warning("masking worker process died (%s); masking the remaining "
-                            "documents in this process", exc)
+                log.warning(
+                    "masking worker process died (%s); masking the remaining "
+                    "documents in this process",
+                    exc,
+                )
             pending = [d for d in pending if d[0] not in results]
         if pending:
             masker = masker_factory()
@@ -453,7 +507,9 @@ def mask_stage(
 
 
 def chunk_stage(
-    masked: pd.DataFrame, chunking: ChunkingConfig, cache: StageCache,
+    masked: pd.DataFrame,
+    chunking: ChunkingConfig,
+    cache: StageCache,
     chunker_factory: Callable[[], Any],
 ) -> tuple[pd.DataFrame, list[Quarantined], StageStats]:
     """Cuts every masked document into token-bounded chunks.
@@ -485,9 +541,15 @@ def chunk_stage(
                 quarantined.append(Quarantined(doc.doc_id, doc.uri, "chunk", str(exc)))
                 continue  # not cached: a new chunking config may fit it
             cached = [
-                {"chunk_id": c.chunk_id, "ordinal": c.ordinal, "text": c.text,
-                 "token_count": c.token_count, "content_hash": c.content_hash,
-                 "heading_path": list(c.heading_path), "page": c.page}
+                {
+                    "chunk_id": c.chunk_id,
+                    "ordinal": c.ordinal,
+                    "text": c.text,
+                    "token_count": c.token_count,
+                    "content_hash": c.content_hash,
+                    "heading_path": list(c.heading_path),
+                    "page": c.page,
+                }
                 for c in chunks
             ]
             cache.put(key, cached)
@@ -498,14 +560,20 @@ def chunk_stage(
             stats.failed += 1
             quarantined.append(Quarantined(doc.doc_id, doc.uri, "chunk", "no text to chunk"))
         for c in cached:
-            rows.append({
-                **c,
-                "doc_id": doc.doc_id, "tenant": doc.tenant,
-                "embedding_text": embedding_text(doc.title, c["heading_path"], c["text"]),
-                "title": doc.title, "uri": doc.uri, "source_id": doc.source_id,
-                "mime_type": doc.mime_type, "acl_groups": list(doc.acl_groups),
-                "updated_at": doc.updated_at,
-            })
+            rows.append(
+                {
+                    **c,
+                    "doc_id": doc.doc_id,
+                    "tenant": doc.tenant,
+                    "embedding_text": embedding_text(doc.title, c["heading_path"], c["text"]),
+                    "title": doc.title,
+                    "uri": doc.uri,
+                    "source_id": doc.source_id,
+                    "mime_type": doc.mime_type,
+                    "acl_groups": list(doc.acl_groups),
+                    "updated_at": doc.updated_at,
+                }
+            )
     cache.save()
     stats.seconds = time.perf_counter() - start
     return pd.DataFrame(rows, columns=CHUNK_COLUMNS), quarantined, stats
@@ -536,15 +604,22 @@ class EmbeddingSet:
     def to_bytes(self) -> bytes:
         """The set as an ``.npz`` archive (model, hashes, float32 vectors)."""
         buf = io.BytesIO()
-        np.savez(buf, model=np.array(self.model), hashes=np.array(self.hashes, dtype=str),
-                 vectors=self.vectors.astype(np.float32))
+        np.savez(
+            buf,
+            model=np.array(self.model),
+            hashes=np.array(self.hashes, dtype=str),
+            vectors=self.vectors.astype(np.float32),
+        )
         return buf.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> EmbeddingSet:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            return cls(str(z["model"]), [str(h) for h in z["hashes"]],
-                       np.asarray(z["vectors"], dtype=np.float32))
+            return cls(
+                str(z["model"]),
+                [str(h) for h in z["hashes"]],
+                np.asarray(z["vectors"], dtype=np.float32),
+            )
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -561,7 +636,10 @@ def model_slug(model: str) -> str:
 
 
 def embed_stage(
-    chunks: pd.DataFrame, cache_path: Path, model_name: str, embedder_factory: Callable[[], Any],
+    chunks: pd.DataFrame,
+    cache_path: Path,
+    model_name: str,
+    embedder_factory: Callable[[], Any],
     checkpoint_every: int = 4096,
 ) -> tuple[EmbeddingSet, StageStats]:
     """Embeds every chunk whose content hash was never embedded with this model.
@@ -604,18 +682,27 @@ def embed_stage(
         parts: list[np.ndarray] = []
         for start_at in range(0, len(texts), checkpoint_every):
             t0 = time.perf_counter()
-            parts.append(embedder.embed_documents(texts[start_at:start_at + checkpoint_every]))
+            parts.append(embedder.embed_documents(texts[start_at : start_at + checkpoint_every]))
             encode_seconds += time.perf_counter() - t0
             if start_at + checkpoint_every < len(texts):  # checkpoint all but the last slice
                 done = start_at + len(parts[-1])
                 old_h = cached.hashes if cached is not None else []
-                old_v = cached.vectors if cached is not None else np.zeros((0, parts[0].shape[1]),
-                                                                           np.float32)
-                EmbeddingSet(model_name, [*old_h, *hashes[:done]],
-                             np.vstack([old_v, *parts])).save(cache_path)
+                old_v = (
+                    cached.vectors
+                    if cached is not None
+                    else np.zeros((0, parts[0].shape[1]), np.float32)
+                )
+                EmbeddingSet(model_name, [*old_h, *hashes[:done]], np.vstack([old_v, *parts])).save(
+                    cache_path
+                )
         vectors_new = np.vstack(parts)
-    dim = (vectors_new.shape[1] if vectors_new is not None
-           else cached.vectors.shape[1] if cached is not None and len(cached.hashes) else 0)
+    dim = (
+        vectors_new.shape[1]
+        if vectors_new is not None
+        else cached.vectors.shape[1]
+        if cached is not None and len(cached.hashes)
+        else 0
+    )
     out = np.zeros((len(wanted), dim), dtype=np.float32)
     new_lookup = {h: i for i, h in enumerate(missing["content_hash"].tolist())}
     for j, h in enumerate(wanted):
@@ -666,7 +753,10 @@ def new_version_id() -> str:
 
 
 def build_index(
-    chunks: pd.DataFrame, embeddings: EmbeddingSet, path: Path, sparse_encoder: Any,
+    chunks: pd.DataFrame,
+    embeddings: EmbeddingSet,
+    path: Path,
+    sparse_encoder: Any,
     batch_size: int = 512,
 ) -> StageStats:
     """Writes a new Qdrant Edge shard at ``path`` holding every current chunk.
@@ -683,7 +773,7 @@ def build_index(
     try:
         records = list(chunks.itertuples(index=False))
         for b in range(0, len(records), batch_size):
-            batch = records[b:b + batch_size]
+            batch = records[b : b + batch_size]
             sparse = sparse_encoder.encode_documents([r.embedding_text for r in batch])
             points = [
                 IndexPoint(
@@ -691,12 +781,19 @@ def build_index(
                     dense=embeddings.vectors[lookup[r.content_hash]],
                     sparse=sv,
                     payload=make_payload(
-                        tenant=r.tenant, doc_id=r.doc_id, chunk_id=r.chunk_id,
-                        ordinal=int(r.ordinal), text=r.text, title=r.title, uri=r.uri,
-                        source_id=r.source_id, mime_type=r.mime_type,
+                        tenant=r.tenant,
+                        doc_id=r.doc_id,
+                        chunk_id=r.chunk_id,
+                        ordinal=int(r.ordinal),
+                        text=r.text,
+                        title=r.title,
+                        uri=r.uri,
+                        source_id=r.source_id,
+                        mime_type=r.mime_type,
                         heading_path=list(r.heading_path),
                         page=None if pd.isna(r.page) else int(r.page),
-                        acl_groups=list(r.acl_groups), updated_at=r.updated_at or None,
+                        acl_groups=list(r.acl_groups),
+                        updated_at=r.updated_at or None,
                     ),
                 )
                 for r, sv in zip(batch, sparse, strict=True)

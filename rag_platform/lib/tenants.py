@@ -79,7 +79,12 @@ class PIIPolicy(_Strict):
     enabled: bool = True
     entities: list[str] = Field(
         default_factory=lambda: [
-            "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS",
+            "EMAIL_ADDRESS",
+            "PHONE_NUMBER",
+            "CREDIT_CARD",
+            "US_SSN",
+            "IBAN_CODE",
+            "IP_ADDRESS",
         ]
     )
     operator: Literal["replace", "mask", "hash", "redact"] = "replace"

@@ -8,17 +8,27 @@ class TestDefinitions:
     def test_asset_keys_snapshot(self) -> None:
         graph = load_definitions().resolve_asset_graph()
         assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == [
-            "chunk_embeddings", "chunks", "golden_set", "index_evaluation", "masked_documents",
-            "parsed_documents", "published_index", "search_index", "source_documents",
+            "chunk_embeddings",
+            "chunks",
+            "golden_set",
+            "index_evaluation",
+            "masked_documents",
+            "parsed_documents",
+            "published_index",
+            "search_index",
+            "source_documents",
             "tenant_daily_costs",
         ]
 
     def test_blocking_checks_snapshot(self) -> None:
         graph = load_definitions().resolve_asset_graph()
         assert sorted(c.to_user_string() for c in graph.asset_check_keys) == [
-            "chunks:chunk_ids_unique", "chunks:chunk_no_residual_pii",
-            "chunks:chunk_tenant_matches_partition", "chunks:chunk_text_non_empty",
-            "chunks:chunk_token_counts_in_bounds", "index_evaluation:evaluation_gate",
+            "chunks:chunk_ids_unique",
+            "chunks:chunk_no_residual_pii",
+            "chunks:chunk_tenant_matches_partition",
+            "chunks:chunk_text_non_empty",
+            "chunks:chunk_token_counts_in_bounds",
+            "index_evaluation:evaluation_gate",
         ]
         for key in graph.asset_check_keys:
             assert graph.get_check_spec(key).blocking, key

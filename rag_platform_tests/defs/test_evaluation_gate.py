@@ -19,7 +19,8 @@ from serving.main import create_app
 
 def _tenant(**chunking: int) -> dict:
     return scifact_tenant(
-        "gated", limit=200,
+        "gated",
+        limit=200,
         golden_set={"path": str(SCIFACT), "format": "beir", "split": "train"},
         evaluation={"thresholds": {"ndcg@10": 0.4}, "max_regression": 0.05},
         chunking=chunking or {"max_tokens": 200, "overlap_tokens": 32},
@@ -51,8 +52,11 @@ class TestEvaluationGate:
         _, key = store.create_api_key("gated", ["all"])
         store.dispose()
         with TestClient(create_app(rag_home)) as client:
-            r = client.post("/v1/search", headers={"Authorization": f"Bearer {key}"},
-                            json={"query": "vitamin D and bone density", "top_k": 3})
+            r = client.post(
+                "/v1/search",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"query": "vitamin D and bone density", "top_k": 3},
+            )
             assert r.status_code == 200
             assert r.json()["index_version"] == good.index_version
 

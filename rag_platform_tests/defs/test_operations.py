@@ -44,11 +44,13 @@ class TestSensors:
         first = source_change_sensor(dg.build_sensor_context(instance=instance))
         assert not first.run_requests  # the first tick only records the fingerprint
         unchanged = source_change_sensor(
-            dg.build_sensor_context(instance=instance, cursor=first.cursor))
+            dg.build_sensor_context(instance=instance, cursor=first.cursor)
+        )
         assert not unchanged.run_requests
         (folder / "b.md").write_text("# B\n\nsecond\n")
         changed = source_change_sensor(
-            dg.build_sensor_context(instance=instance, cursor=first.cursor))
+            dg.build_sensor_context(instance=instance, cursor=first.cursor)
+        )
         assert [r.partition_key for r in changed.run_requests] == ["docs"]
 
 
@@ -63,8 +65,8 @@ class TestDailyCosts:
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         job = load_definitions().resolve_job_def("tenant_costs")
         result = job.execute_in_process(
-            partition_key=dg.MultiPartitionKey({"tenant": "docs", "day": day}),
-            instance=instance)
+            partition_key=dg.MultiPartitionKey({"tenant": "docs", "day": day}), instance=instance
+        )
         assert result.success
         rollup = result.output_for_node("tenant_daily_costs")
         assert rollup["usage"]["embedding_tokens"] > 0

@@ -29,18 +29,35 @@ from rag_platform.settings import Settings
 
 
 def hit(i: int, text: str, title: str = "") -> Hit:
-    return Hit(chunk_id=f"c{i}", doc_id=f"d{i}", tenant="t", text=text, score=1.0 / (i + 1),
-               title=title or f"Doc {i}", uri=f"file:///doc{i}.pdf", page=i + 1,
-               acl_groups=["all"])
+    return Hit(
+        chunk_id=f"c{i}",
+        doc_id=f"d{i}",
+        tenant="t",
+        text=text,
+        score=1.0 / (i + 1),
+        title=title or f"Doc {i}",
+        uri=f"file:///doc{i}.pdf",
+        page=i + 1,
+        acl_groups=["all"],
+    )
 
 
 HITS = [
-    hit(0, "Vitamin D is produced in the skin under sunlight. Deficiency of vitamin D causes "
-           "rickets in children and osteomalacia in adults. The recommended intake varies."),
-    hit(1, "Calcium absorption in the gut depends on vitamin D. Without it only a small "
-           "fraction of dietary calcium is absorbed."),
-    hit(2, "The Eiffel Tower was completed in 1889 for the World's Fair in Paris. It is made "
-           "of wrought iron."),
+    hit(
+        0,
+        "Vitamin D is produced in the skin under sunlight. Deficiency of vitamin D causes "
+        "rickets in children and osteomalacia in adults. The recommended intake varies.",
+    ),
+    hit(
+        1,
+        "Calcium absorption in the gut depends on vitamin D. Without it only a small "
+        "fraction of dietary calcium is absorbed.",
+    ),
+    hit(
+        2,
+        "The Eiffel Tower was completed in 1889 for the World's Fair in Paris. It is made "
+        "of wrought iron.",
+    ),
 ]
 
 
@@ -63,8 +80,11 @@ class TestExtractiveAnswerer:
 
     def test_near_duplicate_sentences_are_cited_once(self) -> None:
         dup = "Deficiency of vitamin D causes rickets in children and osteomalacia in adults."
-        hits = [hit(0, dup), hit(1, dup), hit(2, "Calcium absorption in the gut depends on "
-                                                 "vitamin D levels in the blood.")]
+        hits = [
+            hit(0, dup),
+            hit(1, dup),
+            hit(2, "Calcium absorption in the gut depends on vitamin D levels in the blood."),
+        ]
         ans = ExtractiveAnswerer(get_embedder()).answer("What causes rickets?", hits, 2)
         assert [c.chunk_id for c in ans.citations] == ["c0", "c2"]
 
@@ -76,11 +96,16 @@ class TestExtractiveAnswerer:
             a.answer("q?", HITS, max_sentences=0)
 
     def test_sentence_splitting(self) -> None:
-        s = split_sentences("First sentence is here. Second one (with e.g. an abbreviation) "
-                            "follows! Tiny. 3 mice died in the study.\n\n- a bullet item here")
-        assert s == ["First sentence is here.",
-                     "Second one (with e.g. an abbreviation) follows!",
-                     "3 mice died in the study.", "- a bullet item here"]
+        s = split_sentences(
+            "First sentence is here. Second one (with e.g. an abbreviation) "
+            "follows! Tiny. 3 mice died in the study.\n\n- a bullet item here"
+        )
+        assert s == [
+            "First sentence is here.",
+            "Second one (with e.g. an abbreviation) follows!",
+            "3 mice died in the study.",
+            "- a bullet item here",
+        ]
 
 
 class _FakeChat(BaseHTTPRequestHandler):
@@ -94,8 +119,9 @@ class _FakeChat(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _FakeChat.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                   "body": body})
+        _FakeChat.requests.append(
+            {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
+        )
         if body["model"] == "broken":
             self.send_response(503)
             self.end_headers()
@@ -157,12 +183,22 @@ class TestLLMAnswerer:
 
     def test_from_settings(self) -> None:
         assert LLMAnswerer.from_settings(Settings(llm_base_url=None, llm_model="m")) is None
-        llm = LLMAnswerer.from_settings(Settings(
-            llm_base_url="http://127.0.0.1:9/v1", llm_model="m", llm_api_key="sk",
-            llm_timeout_seconds=7, llm_max_tokens=64))
+        llm = LLMAnswerer.from_settings(
+            Settings(
+                llm_base_url="http://127.0.0.1:9/v1",
+                llm_model="m",
+                llm_api_key="sk",
+                llm_timeout_seconds=7,
+                llm_max_tokens=64,
+            )
+        )
         assert llm is not None
         assert (llm.url, llm.model, llm.api_key, llm.max_tokens) == (
-            "http://127.0.0.1:9/v1/chat/completions", "m", "sk", 64)
+            "http://127.0.0.1:9/v1/chat/completions",
+            "m",
+            "sk",
+            64,
+        )
         assert llm._client.timeout.read == 7
         llm.close()
 

@@ -33,8 +33,14 @@ def tokenizer() -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def filing() -> ParsedDocument:
-    doc = SourceDocument("filings", PDF_PATH.name, PDF_PATH.as_uri(), PDF_PATH.stem,
-                         "application/pdf", content=PDF_PATH.read_bytes())
+    doc = SourceDocument(
+        "filings",
+        PDF_PATH.name,
+        PDF_PATH.as_uri(),
+        PDF_PATH.stem,
+        "application/pdf",
+        content=PDF_PATH.read_bytes(),
+    )
     return parse_document(doc)
 
 
@@ -48,8 +54,9 @@ def _count(tokenizer: Tokenizer, text: str) -> int:
     return len(tokenizer.encode(text, add_special_tokens=False).ids)
 
 
-def _check_invariants(chunks: list[Chunk], tokenizer: Tokenizer, title: str, max_tokens: int,
-                      doc_id: str) -> None:
+def _check_invariants(
+    chunks: list[Chunk], tokenizer: Tokenizer, title: str, max_tokens: int, doc_id: str
+) -> None:
     assert [c.ordinal for c in chunks] == list(range(len(chunks)))
     assert len({c.chunk_id for c in chunks}) == len(chunks)
     for c in chunks:
@@ -75,7 +82,8 @@ class TestLoadTokenizer:
 class TestEmbeddingText:
     def test_layout(self) -> None:
         assert embedding_text("Title", ["PART I", "Item 2"], "Body.") == (
-            "Title.\nPART I > Item 2.\nBody.")
+            "Title.\nPART I > Item 2.\nBody."
+        )
         assert embedding_text("Ends with a period.", [], "Body") == "Ends with a period.\nBody"
         assert embedding_text("", [], "Body") == "Body"
 
@@ -90,8 +98,12 @@ class TestSplitUnits:
     def test_sentences_lines_and_abbreviations(self) -> None:
         text = 'First sentence, e.g. this one. Second "quoted." Third (see Fig. 2) ends!\nRow 1 2'
         units = [text[s:e] for s, e in split_units(text)]
-        assert units == ["First sentence, e.g. this one.", 'Second "quoted."',
-                         "Third (see Fig. 2) ends!", "Row 1 2"]
+        assert units == [
+            "First sentence, e.g. this one.",
+            'Second "quoted."',
+            "Third (see Fig. 2) ends!",
+            "Row 1 2",
+        ]
 
 
 class TestChunker:
@@ -110,9 +122,11 @@ class TestChunker:
             for piece in c.text.split("\n\n"):
                 assert piece in by_path[tuple(c.heading_path)]
         paths = {tuple(c.heading_path) for c in chunks}
-        assert ("PART I — FINANCIAL INFORMATION",
-                "Item 2. Management’s Discussion and Analysis of Financial Condition and "
-                "Results of Operations") in paths
+        assert (
+            "PART I — FINANCIAL INFORMATION",
+            "Item 2. Management’s Discussion and Analysis of Financial Condition and "
+            "Results of Operations",
+        ) in paths
         assert paths <= set(by_path)
         assert {c.page for c in chunks} >= {1, 4, 17, 25}
         # Deterministic.
@@ -120,11 +134,13 @@ class TestChunker:
         assert [c.chunk_id for c in again] == [c.chunk_id for c in chunks]
 
     def test_consecutive_pages_with_one_heading_flow_together(self, tokenizer: Tokenizer) -> None:
-        parsed = ParsedDocument([
-            Section("Alpha sentence one.", ["H"], page=1),
-            Section("Beta sentence two.", ["H"], page=2),
-            Section("Gamma sentence three.", ["Other"], page=2),
-        ])
+        parsed = ParsedDocument(
+            [
+                Section("Alpha sentence one.", ["H"], page=1),
+                Section("Beta sentence two.", ["H"], page=2),
+                Section("Gamma sentence three.", ["Other"], page=2),
+            ]
+        )
         chunks = Chunker(tokenizer, 64, 0).run(DOC_ID, parsed, "T")
         assert [(c.text, c.heading_path, c.page) for c in chunks] == [
             ("Alpha sentence one.\n\nBeta sentence two.", ["H"], 1),
@@ -135,8 +151,14 @@ class TestChunker:
         self, tokenizer: Tokenizer, abstracts: list[dict[str, str]]
     ) -> None:
         chunker = Chunker(tokenizer, max_tokens=128, overlap_tokens=24)
-        docs = [(make_doc_id("scifact", "corpus", a["_id"]),
-                 ParsedDocument([Section(a["text"])]), a["title"]) for a in abstracts]
+        docs = [
+            (
+                make_doc_id("scifact", "corpus", a["_id"]),
+                ParsedDocument([Section(a["text"])]),
+                a["title"],
+            )
+            for a in abstracts
+        ]
         many = chunker.run_many(docs)
         for (doc_id, parsed, title), result in zip(docs, many, strict=True):
             assert isinstance(result, list) and result
@@ -154,17 +176,19 @@ class TestChunker:
         assert len(chunks) > 3
         for prev, nxt in zip(chunks, chunks[1:], strict=False):
             last_sentence = split_units(prev.text)[-1]
-            assert nxt.text.startswith(prev.text[last_sentence[0]:last_sentence[1]])
+            assert nxt.text.startswith(prev.text[last_sentence[0] : last_sentence[1]])
         # Without overlap no sentence repeats.
         plain = Chunker(tokenizer, max_tokens=60, overlap_tokens=0).run(
-            DOC_ID, ParsedDocument([Section(text)]), "")
+            DOC_ID, ParsedDocument([Section(text)]), ""
+        )
         assert " ".join(c.text for c in plain) == text
 
     def test_oversize_sentence_is_split_on_token_boundaries(self, tokenizer: Tokenizer) -> None:
         words = [f"antidisestablishment{i}" for i in range(300)]
         text = " ".join(words)
         chunks = Chunker(tokenizer, max_tokens=50, overlap_tokens=10).run(
-            DOC_ID, ParsedDocument([Section(text)]), "A title")
+            DOC_ID, ParsedDocument([Section(text)]), "A title"
+        )
         assert len(chunks) > 5
         _check_invariants(chunks, tokenizer, "A title", 50, DOC_ID)
         for c in chunks:
@@ -185,22 +209,26 @@ class TestChunker:
         assert [c.text for c in chunks] == ["Real text."]
 
     def test_min_tokens_drops_tiny_chunks(self, tokenizer: Tokenizer) -> None:
-        parsed = ParsedDocument([Section("Long enough sentence here.", ["A"]),
-                                 Section("7", ["B"])])
-        assert [c.text for c in Chunker(tokenizer, 64, 0, min_tokens=3).run(
-            DOC_ID, parsed, "")] == ["Long enough sentence here."]
+        parsed = ParsedDocument([Section("Long enough sentence here.", ["A"]), Section("7", ["B"])])
+        assert [
+            c.text for c in Chunker(tokenizer, 64, 0, min_tokens=3).run(DOC_ID, parsed, "")
+        ] == ["Long enough sentence here."]
 
     def test_prefix_too_long_for_the_budget_raises(self, tokenizer: Tokenizer) -> None:
         parsed = ParsedDocument([Section("Body.", ["heading " * 30])])
         with pytest.raises(ValueError, match="max_tokens"):
             Chunker(tokenizer, 16, 0).run(DOC_ID, parsed, "a long title " * 20)
         result = Chunker(tokenizer, 16, 0).run_many(
-            [(DOC_ID, parsed, "a long title " * 20),
-             (DOC_ID, ParsedDocument([Section("fine")]), "ok")])
+            [
+                (DOC_ID, parsed, "a long title " * 20),
+                (DOC_ID, ParsedDocument([Section("fine")]), "ok"),
+            ]
+        )
         assert isinstance(result[0], ValueError) and isinstance(result[1], list)
 
-    @pytest.mark.parametrize(("max_tokens", "overlap", "min_tokens"),
-                             [(4, 0, 1), (64, 64, 1), (64, -1, 1), (64, 8, 0)])
+    @pytest.mark.parametrize(
+        ("max_tokens", "overlap", "min_tokens"), [(4, 0, 1), (64, 64, 1), (64, -1, 1), (64, 8, 0)]
+    )
     def test_invalid_settings_raise(
         self, tokenizer: Tokenizer, max_tokens: int, overlap: int, min_tokens: int
     ) -> None:

@@ -77,8 +77,14 @@ class TestFilesystemConnector:
         ids = [d.native_id for d in conn.list_documents()]
         assert ids == sorted(ids)
         assert ids == [
-            "data.csv", "finance/deep/q2.docx", "finance/q1.txt", "legal/contract.txt",
-            "legal/draft.txt", "notes.md", "page.HTM", "report.pdf",
+            "data.csv",
+            "finance/deep/q2.docx",
+            "finance/q1.txt",
+            "legal/contract.txt",
+            "legal/draft.txt",
+            "notes.md",
+            "page.HTM",
+            "report.pdf",
         ]
         assert conn.problems == []
 
@@ -100,19 +106,25 @@ class TestFilesystemConnector:
         assert docs["data.csv"].mime_type == "text/csv"
 
     def test_include_and_exclude_globs(self, tree: Path) -> None:
-        source = FilesystemSource(id="f", path=tree, include=["**/*.txt", "*.pdf"],
-                                  exclude=["legal/draft*"])
+        source = FilesystemSource(
+            id="f", path=tree, include=["**/*.txt", "*.pdf"], exclude=["legal/draft*"]
+        )
         ids = [d.native_id for d in FilesystemConnector(source, ["all"]).list_documents()]
         assert ids == ["finance/q1.txt", "legal/contract.txt", "report.pdf"]
 
     def test_acl_rule_then_nearest_acl_file_then_default(self, tree: Path) -> None:
         source = FilesystemSource(
-            id="f", path=tree,
-            acl=[AclRule(glob="legal/**", groups=["legal"]),
-                 AclRule(glob="**/*.txt", groups=["text-readers"])],
+            id="f",
+            path=tree,
+            acl=[
+                AclRule(glob="legal/**", groups=["legal"]),
+                AclRule(glob="**/*.txt", groups=["text-readers"]),
+            ],
         )
-        docs = {d.native_id: d.acl_groups
-                for d in build_connector(source, ["everyone"]).list_documents()}
+        docs = {
+            d.native_id: d.acl_groups
+            for d in build_connector(source, ["everyone"]).list_documents()
+        }
         assert docs["legal/contract.txt"] == ["legal"]  # first matching rule wins
         assert docs["finance/q1.txt"] == ["text-readers"]  # rule beats the .acl file
         assert docs["finance/deep/q2.docx"] == ["finance", "auditors"]  # parent folder's .acl
@@ -120,9 +132,10 @@ class TestFilesystemConnector:
 
     def test_acl_file_in_root_applies_below(self, tree: Path) -> None:
         _write(tree / ".acl", "staff\n")
-        docs = {d.native_id: d.acl_groups
-                for d in build_connector(FilesystemSource(id="f", path=tree), ["x"])
-                .list_documents()}
+        docs = {
+            d.native_id: d.acl_groups
+            for d in build_connector(FilesystemSource(id="f", path=tree), ["x"]).list_documents()
+        }
         assert docs["report.pdf"] == ["staff"]
         assert docs["finance/q1.txt"] == ["finance", "auditors"]
 
@@ -148,9 +161,14 @@ class TestFilesystemConnector:
 class TestMimeTypeFor:
     @pytest.mark.parametrize(
         ("name", "mime"),
-        [("a.pdf", "application/pdf"), ("a.markdown", "text/markdown"), ("a.htm", "text/html"),
-         ("a.TXT", "text/plain"), ("a.json", "application/json"),
-         ("a.unknownext", "application/octet-stream")],
+        [
+            ("a.pdf", "application/pdf"),
+            ("a.markdown", "text/markdown"),
+            ("a.htm", "text/html"),
+            ("a.TXT", "text/plain"),
+            ("a.json", "application/json"),
+            ("a.unknownext", "application/octet-stream"),
+        ],
     )
     def test_extension_to_mime(self, name: str, mime: str) -> None:
         assert mime_type_for(name) == mime
@@ -160,16 +178,28 @@ class TestDatasetConnector:
     def test_jsonl_rows_and_missing_id_is_a_problem(self, tmp_path: Path) -> None:
         path = tmp_path / "rows.jsonl"
         rows = [
-            {"doc": "a1", "name": "First", "body": "alpha text", "groups": ["x", "y"],
-             "ts": "2024-01-02T03:04:05Z"},
+            {
+                "doc": "a1",
+                "name": "First",
+                "body": "alpha text",
+                "groups": ["x", "y"],
+                "ts": "2024-01-02T03:04:05Z",
+            },
             {"doc": None, "name": "No id", "body": "lost"},
             {"doc": "a3", "name": None, "body": "gamma text", "groups": None, "ts": None},
             {"doc": "a1", "name": "Dup", "body": "duplicate"},
             {"doc": "a5", "name": "Empty", "body": "  "},
         ]
         path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-        source = DatasetSource(id="ds", path=path, id_column="doc", title_column="name",
-                               text_column="body", acl_column="groups", updated_at_column="ts")
+        source = DatasetSource(
+            id="ds",
+            path=path,
+            id_column="doc",
+            title_column="name",
+            text_column="body",
+            acl_column="groups",
+            updated_at_column="ts",
+        )
         conn = build_connector(source, ["all"])
         assert isinstance(conn, DatasetConnector)
         docs = list(conn.list_documents())
@@ -201,14 +231,17 @@ class TestDatasetConnector:
         conn = build_connector(DatasetSource(id="m", path=path), ["all"])
         docs = list(conn.list_documents())
         assert [(d.native_id, d.text, d.metadata["row"]) for d in docs] == [
-            ("1", "first", 1), ("two", "second", 4)]
+            ("1", "first", 1),
+            ("two", "second", 4),
+        ]
         assert [p[0] for p in conn.problems] == ["row 2", "row 3"]
         assert "invalid JSON" in conn.problems[0][1]
 
     def test_csv_keeps_ids_as_strings_and_splits_acl_strings(self, tmp_path: Path) -> None:
         path = tmp_path / "rows.csv"
-        path.write_text("id,title,text,acl\n007,Bond,shaken not stirred,\"mi6, agents\"\n"
-                        "8,Other,text eight,\n")
+        path.write_text(
+            'id,title,text,acl\n007,Bond,shaken not stirred,"mi6, agents"\n8,Other,text eight,\n'
+        )
         source = DatasetSource(id="csv", path=path, acl_column="acl")
         docs = list(build_connector(source, ["all"]).list_documents())
         assert [d.native_id for d in docs] == ["007", "8"]
@@ -217,15 +250,18 @@ class TestDatasetConnector:
 
     def test_parquet_with_list_acl_timestamps_and_limit(self, tmp_path: Path) -> None:
         path = tmp_path / "rows.parquet"
-        pd.DataFrame({
-            "id": ["p1", "p2", "p3"],
-            "title": ["One", "Two", "Three"],
-            "text": ["t1", "t2", "t3"],
-            "acl": [["g1"], ["g1", "g2"], []],
-            "updated": pd.to_datetime(["2024-05-01", "2024-05-02", "2024-05-03"]),
-        }).to_parquet(path)
-        source = DatasetSource(id="pq", path=path, acl_column="acl", updated_at_column="updated",
-                               limit=2)
+        pd.DataFrame(
+            {
+                "id": ["p1", "p2", "p3"],
+                "title": ["One", "Two", "Three"],
+                "text": ["t1", "t2", "t3"],
+                "acl": [["g1"], ["g1", "g2"], []],
+                "updated": pd.to_datetime(["2024-05-01", "2024-05-02", "2024-05-03"]),
+            }
+        ).to_parquet(path)
+        source = DatasetSource(
+            id="pq", path=path, acl_column="acl", updated_at_column="updated", limit=2
+        )
         docs = list(build_connector(source, ["all"]).list_documents())
         assert [d.native_id for d in docs] == ["p1", "p2"]
         assert docs[1].acl_groups == ["g1", "g2"]
@@ -233,8 +269,11 @@ class TestDatasetConnector:
 
     def test_bad_configuration_raises_value_errors(self, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="not found"):
-            list(DatasetConnector(DatasetSource(id="x", path=tmp_path / "no.jsonl"), [])
-                 .list_documents())
+            list(
+                DatasetConnector(
+                    DatasetSource(id="x", path=tmp_path / "no.jsonl"), []
+                ).list_documents()
+            )
         bad_ext = tmp_path / "rows.xml"
         bad_ext.write_text("<rows/>")
         with pytest.raises(ValueError, match="unsupported extension"):

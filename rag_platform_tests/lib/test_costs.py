@@ -24,9 +24,11 @@ class TestPriceTable:
 
     @pytest.mark.parametrize(
         ("text", "message"),
-        [("compute_per_secnd: 1\n", "compute_per_secnd"),
-         ("compute_per_second: -1\n", "compute_per_second"),
-         ("- 1\n- 2\n", "mapping")],
+        [
+            ("compute_per_secnd: 1\n", "compute_per_secnd"),
+            ("compute_per_second: -1\n", "compute_per_second"),
+            ("- 1\n- 2\n", "mapping"),
+        ],
     )
     def test_bad_yaml_is_refused(self, tmp_path: Path, text: str, message: str) -> None:
         path = tmp_path / "prices.yaml"
@@ -45,12 +47,19 @@ class TestPriceTable:
 class TestRollupCosts:
     def test_hand_computed_lines_and_total(self) -> None:
         prices = PriceTable(
-            embedding_per_1k_tokens=0.0001, compute_per_second=0.01, storage_per_gb_month=0.3,
-            llm_prompt_per_1k_tokens=0.002, llm_completion_per_1k_tokens=0.006,
+            embedding_per_1k_tokens=0.0001,
+            compute_per_second=0.01,
+            storage_per_gb_month=0.3,
+            llm_prompt_per_1k_tokens=0.002,
+            llm_completion_per_1k_tokens=0.006,
         )
-        usage = {"embedding_tokens": 2_000_000, "compute_seconds": 120,
-                 "storage_bytes": 5 * BYTES_PER_GB, "llm_prompt_tokens": 10_000,
-                 "llm_completion_tokens": 500}
+        usage = {
+            "embedding_tokens": 2_000_000,
+            "compute_seconds": 120,
+            "storage_bytes": 5 * BYTES_PER_GB,
+            "llm_prompt_tokens": 10_000,
+            "llm_completion_tokens": 500,
+        }
         rollup = rollup_costs(usage, prices)
         # 2,000 k tokens x 0.0001 = 0.20; 120 s x 0.01 = 1.20; 5 GB-days x 0.3/30 = 0.05;
         # 10 k x 0.002 = 0.02; 0.5 k x 0.006 = 0.003

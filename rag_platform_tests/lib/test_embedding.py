@@ -49,8 +49,10 @@ class TestEmbedder:
         same = e.embed_documents(["How does vitamin D affect bone health?"])[0]
         assert np.allclose(q, same, atol=1e-5)
         docs = e.embed_documents(
-            ["Calcitriol deficiency lowers bone mineral density in adults.",
-             "The stock market closed higher on Friday."]
+            [
+                "Calcitriol deficiency lowers bone mineral density in adults.",
+                "The stock market closed higher on Friday.",
+            ]
         )
         sims = docs @ q
         assert sims[0] > sims[1] + 0.2
@@ -192,8 +194,7 @@ class TestSparseEncoder:
         # term frequency raises the document weight of a repeated term
         run_idx = (set(query.indices) & set(doc.indices)).pop()
         single = enc.encode_documents(["Running mice were faster after training."])[0]
-        assert (doc.values[doc.indices.index(run_idx)]
-                > single.values[single.indices.index(run_idx)])
+        assert doc.values[doc.indices.index(run_idx)] > single.values[single.indices.index(run_idx)]
 
     def test_stopwords_only_and_empty(self) -> None:
         enc = SparseEncoder()

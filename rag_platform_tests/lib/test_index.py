@@ -22,7 +22,7 @@ from rag_platform.lib.index.edge import (
 )
 from rag_platform.lib.index.pool import ShardPool, versions_to_keep
 from rag_platform.lib.models import SearchFilters, make_chunk_id, make_doc_id, sha256_hex
-from rag_platform.lib.store.store import MetadataStore
+from rag_platform.lib.store import MetadataStore
 from rag_platform.lib.tenants import RetrievalSettings
 from rag_platform.settings import get_settings
 
@@ -62,11 +62,18 @@ def make_points(
         doc_id = make_doc_id(tenant, "scifact", d["id"])
         chunk_id = make_chunk_id(doc_id, 0, sha256_hex(d["text"]))
         payload = make_payload(
-            tenant=tenant, doc_id=doc_id, chunk_id=chunk_id, ordinal=0, text=d["text"],
-            title=d["title"], uri=f"scifact:{d['id']}",
+            tenant=tenant,
+            doc_id=doc_id,
+            chunk_id=chunk_id,
+            ordinal=0,
+            text=d["text"],
+            title=d["title"],
+            uri=f"scifact:{d['id']}",
             source_id="scifact-a" if i % 2 == 0 else "scifact-b",
             mime_type="text/plain" if i % 3 else "application/pdf",
-            heading_path=[d["title"]], page=1, acl_groups=acl_for(i),
+            heading_path=[d["title"]],
+            page=1,
+            acl_groups=acl_for(i),
             updated_at=datetime(2020, 1, 1 + (i % 28), tzinfo=UTC),
         )
         points.append(IndexPoint(id=chunk_id, dense=vec, sparse=sp, payload=payload))
@@ -164,21 +171,30 @@ class TestEdgeIndexReader:
         secret = docs[0]["text"]
         dense, sparse = query_vectors(secret)
         settings = RetrievalSettings()
-        insider = reader.search(dense, sparse, SearchFilters(acl_groups=("all", "secret")),
-                                TENANT, settings, 5)
+        insider = reader.search(
+            dense, sparse, SearchFilters(acl_groups=("all", "secret")), TENANT, settings, 5
+        )
         assert insider[0].uri == f"scifact:{docs[0]['id']}"
-        outsider = reader.search(dense, sparse, SearchFilters(acl_groups=("all",)),
-                                 TENANT, settings, 5)
+        outsider = reader.search(
+            dense, sparse, SearchFilters(acl_groups=("all",)), TENANT, settings, 5
+        )
         assert len(outsider) == 5
         assert all(h.acl_groups == ["all"] for h in outsider)
         assert f"scifact:{docs[0]['id']}" not in {h.uri for h in outsider}
         # The full visible set is 30 of 40: asking for 40 returns exactly the visible ones.
-        everything = reader.search(dense, sparse, SearchFilters(acl_groups=("all",)),
-                                   TENANT, settings.model_copy(update={"dense_prefetch": 40}), 40)
+        everything = reader.search(
+            dense,
+            sparse,
+            SearchFilters(acl_groups=("all",)),
+            TENANT,
+            settings.model_copy(update={"dense_prefetch": 40}),
+            40,
+        )
         assert len(everything) == N_DOCS - N_DOCS // 4
 
-    def test_tenant_filter(self, tmp_path: Path, docs: list[dict[str, str]],
-                           points: list[IndexPoint]) -> None:
+    def test_tenant_filter(
+        self, tmp_path: Path, docs: list[dict[str, str]], points: list[IndexPoint]
+    ) -> None:
         dense = np.stack([p.dense for p in points[:10]])
         other = make_points(docs[:10], tenant="other", dense=dense)
         for p in other:  # distinct ids so both tenants' copies coexist
@@ -197,28 +213,41 @@ class TestEdgeIndexReader:
         dense, sparse = query_vectors("cells and proteins in disease")
         s = RetrievalSettings(dense_prefetch=40, sparse_prefetch=40)
         base = ("all", "secret")
-        by_source = reader.search(dense, sparse, SearchFilters(acl_groups=base,
-                                  source_ids=("scifact-b",)), TENANT, s, 40)
+        by_source = reader.search(
+            dense, sparse, SearchFilters(acl_groups=base, source_ids=("scifact-b",)), TENANT, s, 40
+        )
         assert len(by_source) == 20 and {h.source_id for h in by_source} == {"scifact-b"}
-        pdfs = reader.search(dense, sparse, SearchFilters(acl_groups=base,
-                             mime_types=("application/pdf",)), TENANT, s, 40)
+        pdfs = reader.search(
+            dense,
+            sparse,
+            SearchFilters(acl_groups=base, mime_types=("application/pdf",)),
+            TENANT,
+            s,
+            40,
+        )
         assert len(pdfs) == len([i for i in range(N_DOCS) if i % 3 == 0])
         wanted = make_doc_id(TENANT, "scifact", docs[5]["id"])
-        one_doc = reader.search(dense, sparse, SearchFilters(acl_groups=base, doc_ids=(wanted,)),
-                                TENANT, s, 10)
+        one_doc = reader.search(
+            dense, sparse, SearchFilters(acl_groups=base, doc_ids=(wanted,)), TENANT, s, 10
+        )
         assert [h.doc_id for h in one_doc] == [wanted]
-        dated = reader.search(dense, sparse, SearchFilters(
-            acl_groups=base,
-            updated_after=datetime(2020, 1, 3, tzinfo=UTC),
-            updated_before=datetime(2020, 1, 4),  # naive: taken as UTC, bounds inclusive
-        ), TENANT, s, 40)
+        dated = reader.search(
+            dense,
+            sparse,
+            SearchFilters(
+                acl_groups=base,
+                updated_after=datetime(2020, 1, 3, tzinfo=UTC),
+                updated_before=datetime(2020, 1, 4),  # naive: taken as UTC, bounds inclusive
+            ),
+            TENANT,
+            s,
+            40,
+        )
         days = sorted({h.updated_at for h in dated})
         assert days == ["2020-01-03T00:00:00+00:00", "2020-01-04T00:00:00+00:00"]
         assert len(dated) == 4  # i % 28 in {2, 3}: i = 2, 3, 30, 31
 
-    def test_rrf_fuses_ranks_of_both_branches(
-        self, reader: EdgeIndexReader
-    ) -> None:
+    def test_rrf_fuses_ranks_of_both_branches(self, reader: EdgeIndexReader) -> None:
         dense, sparse = query_vectors("vitamin D deficiency and bone density")
         f = SearchFilters(acl_groups=("all", "secret"))
         d = reader.search(dense, sparse, f, TENANT, RetrievalSettings(fusion="dense"), 40)
@@ -228,28 +257,55 @@ class TestEdgeIndexReader:
         for ranking in (d, s):
             for rank, h in enumerate(ranking):
                 expected[h.chunk_id] = expected.get(h.chunk_id, 0.0) + 1.0 / (k + rank)
-        fused = reader.search(dense, sparse, f, TENANT, RetrievalSettings(
-            fusion="rrf", rrf_k=k, dense_weight=1.0, sparse_weight=1.0,
-            dense_prefetch=40, sparse_prefetch=40), 40)
+        fused = reader.search(
+            dense,
+            sparse,
+            f,
+            TENANT,
+            RetrievalSettings(
+                fusion="rrf",
+                rrf_k=k,
+                dense_weight=1.0,
+                sparse_weight=1.0,
+                dense_prefetch=40,
+                sparse_prefetch=40,
+            ),
+            40,
+        )
         assert len(fused) == len(expected)
         for h in fused:
             assert h.score == pytest.approx(expected[h.chunk_id], rel=1e-4)
         assert [h.score for h in fused] == sorted((h.score for h in fused), reverse=True)
         # Weighting the sparse branch pulls the top BM25 hit to the top of the fusion.
-        heavy = reader.search(dense, sparse, f, TENANT, RetrievalSettings(
-            fusion="rrf", rrf_k=2, dense_weight=1.0, sparse_weight=5.0), 5)
+        heavy = reader.search(
+            dense,
+            sparse,
+            f,
+            TENANT,
+            RetrievalSettings(fusion="rrf", rrf_k=2, dense_weight=1.0, sparse_weight=5.0),
+            5,
+        )
         assert heavy[0].chunk_id == s[0].chunk_id
 
     def test_convex_fusion_combines_normalised_scores(self, reader: EdgeIndexReader) -> None:
         dense, sparse = query_vectors("insulin resistance in obesity")
         f = SearchFilters(acl_groups=("all", "secret"))
-        d = {h.chunk_id: h.score for h in
-             reader.search(dense, sparse, f, TENANT, RetrievalSettings(fusion="dense"), 40)}
-        s = {h.chunk_id: h.score for h in
-             reader.search(dense, sparse, f, TENANT, RetrievalSettings(fusion="sparse"), 40)}
-        settings = RetrievalSettings(fusion="convex", dense_weight=0.7, sparse_weight=1.3,
-                                     sparse_saturation=4.0, dense_prefetch=40,
-                                     sparse_prefetch=40)
+        d = {
+            h.chunk_id: h.score
+            for h in reader.search(dense, sparse, f, TENANT, RetrievalSettings(fusion="dense"), 40)
+        }
+        s = {
+            h.chunk_id: h.score
+            for h in reader.search(dense, sparse, f, TENANT, RetrievalSettings(fusion="sparse"), 40)
+        }
+        settings = RetrievalSettings(
+            fusion="convex",
+            dense_weight=0.7,
+            sparse_weight=1.3,
+            sparse_saturation=4.0,
+            dense_prefetch=40,
+            sparse_prefetch=40,
+        )
         fused = reader.search(dense, sparse, f, TENANT, settings, 40)
         assert len(fused) == N_DOCS
         for h in fused:
@@ -264,15 +320,15 @@ class TestEdgeIndexReader:
         hits = reader.search(dense, sparse, f, TENANT, RetrievalSettings(fusion="dbsf"), 7)
         assert len(hits) == 7 and all(h.acl_groups == ["all"] for h in hits)
         with pytest.raises(ValueError, match="acl_groups"):
-            reader.search(dense, sparse, SearchFilters(acl_groups=()), TENANT,
-                          RetrievalSettings(), 5)
+            reader.search(
+                dense, sparse, SearchFilters(acl_groups=()), TENANT, RetrievalSettings(), 5
+            )
         with pytest.raises(ValueError, match="limit"):
             reader.search(dense, sparse, f, TENANT, RetrievalSettings(), 0)
         with pytest.raises(ValueError, match="tenant"):
             reader.search(dense, sparse, f, "", RetrievalSettings(), 5)
 
-    def test_second_open_of_a_shard_is_refused(self, shard: Path,
-                                               reader: EdgeIndexReader) -> None:
+    def test_second_open_of_a_shard_is_refused(self, shard: Path, reader: EdgeIndexReader) -> None:
         with pytest.raises(IndexUnavailableError):
             EdgeIndexReader(shard)
         with pytest.raises(FileNotFoundError):
@@ -288,9 +344,7 @@ class TestShardPool:
         build_shard(tenant_dir / "v2", points)
         return tenant_dir
 
-    def test_searches_while_switching_versions_see_one_version(
-        self, versions: Path
-    ) -> None:
+    def test_searches_while_switching_versions_see_one_version(self, versions: Path) -> None:
         pool = ShardPool()
         dense, sparse = query_vectors("gene expression in cancer")
         f = SearchFilters(acl_groups=("all", "secret"))
@@ -371,8 +425,9 @@ class TestVersionsToKeep:
 
     def test_failed_builds_do_not_push_out_rollback_targets(self, tmp_path: Path) -> None:
         # v1, v2 published; v3 and v4 stopped by the evaluation gate; v5 published
-        store = self.history(tmp_path, [("v1", True), ("v2", True), ("v3", False),
-                                        ("v4", False), ("v5", True)])
+        store = self.history(
+            tmp_path, [("v1", True), ("v2", True), ("v3", False), ("v4", False), ("v5", True)]
+        )
         keep = versions_to_keep(store.list_versions(TENANT), "v5", kept=3)
         assert keep == {"v5", "v2", "v1"}
         assert versions_to_keep(store.list_versions(TENANT), "v5", kept=2) == {"v5", "v2"}
@@ -383,8 +438,7 @@ class TestVersionsToKeep:
         # another run built v3 while this one published v2
         store = self.history(tmp_path, [("v1", True), ("v2", False), ("v3", False)])
         store.publish_version(TENANT, "v2")
-        assert versions_to_keep(store.list_versions(TENANT), "v2", kept=2) == {
-            "v2", "v1", "v3"}
+        assert versions_to_keep(store.list_versions(TENANT), "v2", kept=2) == {"v2", "v1", "v3"}
         with pytest.raises(ValueError):
             versions_to_keep([], "v2", kept=0)
         store.dispose()
@@ -393,8 +447,9 @@ class TestVersionsToKeep:
 class TestServerIndex:
     """The scale-out backend through qdrant-client local mode (the server API's stand-in)."""
 
-    def test_versions_alias_and_filters(self, points: list[IndexPoint],
-                                        docs: list[dict[str, str]]) -> None:
+    def test_versions_alias_and_filters(
+        self, points: list[IndexPoint], docs: list[dict[str, str]]
+    ) -> None:
         from qdrant_client import QdrantClient
 
         from rag_platform.lib.index.server import (
@@ -420,16 +475,27 @@ class TestServerIndex:
         dense, sparse = query_vectors(docs[0]["text"])  # docs[0] is "secret" only
         for fusion in ("rrf", "dbsf", "convex", "dense", "sparse"):
             s = RetrievalSettings(fusion=fusion)
-            insider = reader.search(dense, sparse, SearchFilters(acl_groups=("secret",)),
-                                    TENANT, s, 5)
+            insider = reader.search(
+                dense, sparse, SearchFilters(acl_groups=("secret",)), TENANT, s, 5
+            )
             assert insider[0].uri == f"scifact:{docs[0]['id']}", fusion
-            outsider = reader.search(dense, sparse, SearchFilters(acl_groups=("all",)),
-                                     TENANT, s, 5)
+            outsider = reader.search(
+                dense, sparse, SearchFilters(acl_groups=("all",)), TENANT, s, 5
+            )
             assert len(outsider) == 5, fusion
             assert all(h.acl_groups == ["all"] for h in outsider), fusion
-        assert reader.search(dense, sparse, SearchFilters(acl_groups=("all",)), "other",
-                             RetrievalSettings(), 5) == []
-        pdfs = reader.search(dense, sparse, SearchFilters(
-            acl_groups=("all", "secret"), mime_types=("application/pdf",)),
-            TENANT, RetrievalSettings(), 40)
+        assert (
+            reader.search(
+                dense, sparse, SearchFilters(acl_groups=("all",)), "other", RetrievalSettings(), 5
+            )
+            == []
+        )
+        pdfs = reader.search(
+            dense,
+            sparse,
+            SearchFilters(acl_groups=("all", "secret"), mime_types=("application/pdf",)),
+            TENANT,
+            RetrievalSettings(),
+            40,
+        )
         assert len(pdfs) == 14

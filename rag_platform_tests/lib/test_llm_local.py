@@ -34,15 +34,25 @@ def llm_url() -> Iterator[str]:
 
 
 def hit(i: int, text: str, title: str) -> Hit:
-    return Hit(chunk_id=f"c{i}", doc_id=f"d{i}", tenant="t", text=text, score=1.0 / (i + 1),
-               title=title, uri=f"file:///doc{i}.txt", acl_groups=["all"])
+    return Hit(
+        chunk_id=f"c{i}",
+        doc_id=f"d{i}",
+        tenant="t",
+        text=text,
+        score=1.0 / (i + 1),
+        title=title,
+        uri=f"file:///doc{i}.txt",
+        acl_groups=["all"],
+    )
 
 
 HITS = [
-    hit(0, "Vitamin D deficiency causes rickets in children and osteomalacia in adults.",
-        "Vitamin D"),
-    hit(1, "The Eiffel Tower was completed in 1889 for the World's Fair in Paris.",
-        "Eiffel Tower"),
+    hit(
+        0,
+        "Vitamin D deficiency causes rickets in children and osteomalacia in adults.",
+        "Vitamin D",
+    ),
+    hit(1, "The Eiffel Tower was completed in 1889 for the World's Fair in Paris.", "Eiffel Tower"),
 ]
 
 
@@ -63,15 +73,21 @@ class TestLocalLLM:
     def test_query_api_answers_with_the_llm_and_logs_tokens(self, llm_url: str) -> None:
         with fast_home() as home:
             # a 0.5B model on 2 busy cores: short answers, a generous timeout
-            settings = make_settings(home, llm_base_url=llm_url, llm_model=MODEL_ALIAS,
-                                     llm_timeout_seconds=300, llm_max_tokens=64)
+            settings = make_settings(
+                home,
+                llm_base_url=llm_url,
+                llm_model=MODEL_ALIAS,
+                llm_timeout_seconds=300,
+                llm_max_tokens=64,
+            )
             store = new_store(settings)
             docs = scifact_docs(0, 30)
             publish_tenant(store, settings, "acme", "v1", docs)
             _, key = store.create_api_key("acme", ["all"])
             with TestClient(create_app(settings)) as c:
-                r = c.post("/v1/query", json={"query": docs[4].title, "top_k": 3},
-                           headers=bearer(key))
+                r = c.post(
+                    "/v1/query", json={"query": docs[4].title, "top_k": 3}, headers=bearer(key)
+                )
                 assert r.status_code == 200, r.text
                 body = r.json()
                 assert body["mode"] == "llm" and body["answer"].strip()
@@ -83,9 +99,16 @@ class TestLocalLLM:
             store.dispose()
 
     def test_llm_judged_metrics_are_computed(self, llm_url: str) -> None:
-        golden = GoldenSet(name="test", questions=[GoldenQuestion(
-            qid="q1", question="What does vitamin D deficiency cause in children?",
-            reference_answer="Rickets.")])
+        golden = GoldenSet(
+            name="test",
+            questions=[
+                GoldenQuestion(
+                    qid="q1",
+                    question="What does vitamin D deficiency cause in children?",
+                    reference_answer="Rickets.",
+                )
+            ],
+        )
         report = evaluate_answers(
             golden,
             retrieve=lambda q, k: HITS[:k],

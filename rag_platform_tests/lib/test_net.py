@@ -12,9 +12,11 @@ from rag_platform.lib.net import free_port, wait_for_http
 
 def test_waits_for_a_real_server_and_reports_one_that_exits() -> None:
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port),
-                               "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/", server, timeout=30, interval=0.1)
     finally:

@@ -26,8 +26,15 @@ NVDA = SEC_DOCS / "2023 Q2 NVDA.pdf"
 
 
 def _doc(content: bytes | None, mime: str, text: str | None = None) -> SourceDocument:
-    return SourceDocument(source_id="s", native_id="n", uri="file:///n", title="t",
-                          mime_type=mime, content=content, text=text)
+    return SourceDocument(
+        source_id="s",
+        native_id="n",
+        uri="file:///n",
+        title="t",
+        mime_type=mime,
+        content=content,
+        text=text,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +49,10 @@ def _encrypted_pdf() -> bytes:
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>",
-        b"<< /Filter /Standard /V 1 /R 2 /O <" + b"11" * 32 + b"> /U <" + b"22" * 32
+        b"<< /Filter /Standard /V 1 /R 2 /O <"
+        + b"11" * 32
+        + b"> /U <"
+        + b"22" * 32
         + b"> /P -4 >>",
     ]
     out, offsets = b"%PDF-1.4\n", []
@@ -52,8 +62,10 @@ def _encrypted_pdf() -> bytes:
     xref = len(out)
     out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
     out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
-    out += (f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R /Encrypt 4 0 R "
-            f"/ID [<{'ab' * 16}> <{'ab' * 16}>] >>\nstartxref\n{xref}\n%%EOF\n").encode()
+    out += (
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R /Encrypt 4 0 R "
+        f"/ID [<{'ab' * 16}> <{'ab' * 16}>] >>\nstartxref\n{xref}\n%%EOF\n"
+    ).encode()
     return out
 
 
@@ -67,14 +79,19 @@ class TestPdf:
     def test_sec_heading_path(self, aapl: ParsedDocument) -> None:
         paths = {tuple(s.heading_path) for s in aapl.sections}
         assert ("PART I — FINANCIAL INFORMATION", "Item 1. Financial Statements") in paths
-        assert ("PART I — FINANCIAL INFORMATION",
-                "Item 2. Management’s Discussion and Analysis of Financial Condition and "
-                "Results of Operations") in paths
+        assert (
+            "PART I — FINANCIAL INFORMATION",
+            "Item 2. Management’s Discussion and Analysis of Financial Condition and "
+            "Results of Operations",
+        ) in paths
         assert ("PART II — OTHER INFORMATION", "Item 1A. Risk Factors") in paths
         # The table of contents (page 3) does not set headings; the cover page has none.
         assert all(s.heading_path == [] for s in aapl.sections if s.page in (1, 2, 3))
-        mdna = [s for s in aapl.sections if s.heading_path[-1:] and
-                s.heading_path[-1].startswith("Item 2. Management")]
+        mdna = [
+            s
+            for s in aapl.sections
+            if s.heading_path[-1:] and s.heading_path[-1].startswith("Item 2. Management")
+        ]
         assert "Net sales" in " ".join(s.text for s in mdna)
 
     def test_table_rows_are_kept_as_lines(self, aapl: ParsedDocument) -> None:
@@ -84,8 +101,10 @@ class TestPdf:
     def test_wrapped_upper_case_heading_is_joined(self) -> None:
         parsed = parse_document(_doc(NVDA.read_bytes(), PDF))
         items = {s.heading_path[-1] for s in parsed.sections if len(s.heading_path) == 2}
-        assert ("ITEM 2. MANAGEMENT’S DISCUSSION AND ANALYSIS OF FINANCIAL CONDITION AND "
-                "RESULTS OF OPERATIONS") in items
+        assert (
+            "ITEM 2. MANAGEMENT’S DISCUSSION AND ANALYSIS OF FINANCIAL CONDITION AND "
+            "RESULTS OF OPERATIONS"
+        ) in items
 
     def test_running_footer_labels_when_the_body_has_no_part_item_headings(self) -> None:
         # Intel's 10-Q has its own layout; its footers name the section ("MD&A 24").
@@ -158,8 +177,10 @@ class TestDocx:
         got = [(s.heading_path, s.text) for s in parsed.sections]
         assert got == [
             (["Annual Report"], "Opening remarks."),
-            (["Annual Report", "Revenue"],
-             "Revenue grew strongly.\n\nSegment | 2023 | 2022\nCloud | 10 | 8"),
+            (
+                ["Annual Report", "Revenue"],
+                "Revenue grew strongly.\n\nSegment | 2023 | 2022\nCloud | 10 | 8",
+            ),
             (["Outlook"], "Cautious."),
         ]
 
@@ -193,7 +214,7 @@ class TestMarkdown:
             "# Guide\n\nSome *emphasis* and a [link](http://x.org).\n\n"
             "## Install\n\nRun this:\n\n```bash\npip install x\n```\n\n"
             "| Col A | Col B |\n|---|---|\n| 1 | 2 |\n\n"
-            "# Appendix\n\n- item one\n- item <em>two</em>\n\n<div class=\"x\">raw html</div>\n"
+            '# Appendix\n\n- item one\n- item <em>two</em>\n\n<div class="x">raw html</div>\n'
         )
         parsed = parse_document(_doc(md.encode(), MARKDOWN))
         got = [(s.heading_path, s.text) for s in parsed.sections]
@@ -208,8 +229,10 @@ class TestPlainText:
     def test_paragraphs_split_on_blank_lines_and_control_chars_dropped(self) -> None:
         raw = "First  para\x00graph\r\nline two.\r\n\r\n\r\n\x07Second\tparagraph.\n"
         parsed = parse_document(_doc(raw.encode(), PLAIN))
-        assert [s.text for s in parsed.sections] == ["First paragraph\nline two.",
-                                                     "Second paragraph."]
+        assert [s.text for s in parsed.sections] == [
+            "First paragraph\nline two.",
+            "Second paragraph.",
+        ]
         assert all(s.heading_path == [] and s.page is None for s in parsed.sections)
 
     def test_cp1252_bytes_are_decoded(self) -> None:

@@ -36,8 +36,12 @@ class TestPIIMasker:
             "Contact <EMAIL_ADDRESS> or call <PHONE_NUMBER>. "
             "Card <CREDIT_CARD>, SSN <US_SSN>. Revenue grew 12% to $1,234 million in 2023."
         )
-        assert result.entity_counts == {"CREDIT_CARD": 1, "EMAIL_ADDRESS": 1,
-                                        "PHONE_NUMBER": 1, "US_SSN": 1}
+        assert result.entity_counts == {
+            "CREDIT_CARD": 1,
+            "EMAIL_ADDRESS": 1,
+            "PHONE_NUMBER": 1,
+            "US_SSN": 1,
+        }
         assert type(masker.analyzer.nlp_engine).__name__ == "NoOpNlpEngine"
         assert find_residual_pii(result.text) == []
 
@@ -56,16 +60,20 @@ class TestPIIMasker:
     def test_score_threshold_is_honoured(self) -> None:
         # Presidio scores an IPv4 address 0.6 (no strict-format pass covers IP addresses).
         text = "host 192.168.1.20 is down"
-        assert PIIMasker(_policy(entities=["IP_ADDRESS"], score_threshold=0.5)).run(
-            text).text == "host <IP_ADDRESS> is down"
-        assert PIIMasker(_policy(entities=["IP_ADDRESS"], score_threshold=0.7)).run(
-            text).text == text
+        assert (
+            PIIMasker(_policy(entities=["IP_ADDRESS"], score_threshold=0.5)).run(text).text
+            == "host <IP_ADDRESS> is down"
+        )
+        assert (
+            PIIMasker(_policy(entities=["IP_ADDRESS"], score_threshold=0.7)).run(text).text == text
+        )
 
     def test_strict_formats_presidio_scores_low_are_still_masked(self) -> None:
         # Presidio gives a phone number without a context word 0.4 (< 0.5) and rejects the
         # well-known sample SSN 078-05-1120; the residual check would flag both.
         result = PIIMasker(_policy(entities=["PHONE_NUMBER", "US_SSN"])).run(
-            "ring 408-996-1010 re 078-05-1120")
+            "ring 408-996-1010 re 078-05-1120"
+        )
         assert result.text == "ring <PHONE_NUMBER> re <US_SSN>"
 
     def test_presidio_phone_recognizer_still_runs_on_phone_like_text(self) -> None:
@@ -94,7 +102,9 @@ class TestPIIMasker:
         result = PIIMasker(_policy(enabled=False)).run(TEXT)
         assert result.text == TEXT and result.entity_counts == {}
         assert [r.text for r in PIIMasker(_policy(enabled=False)).run_batch([TEXT, "x"])] == [
-            TEXT, "x"]
+            TEXT,
+            "x",
+        ]
 
     def test_run_batch_matches_run(self) -> None:
         masker = PIIMasker(_policy())
@@ -107,14 +117,16 @@ class TestPIIMasker:
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setattr(pii, "MAX_PIECE_CHARS", 300)
-        paragraphs = [f"Paragraph {i} mentions user{i}@example.com and nothing else of note."
-                      for i in range(40)]
+        paragraphs = [
+            f"Paragraph {i} mentions user{i}@example.com and nothing else of note."
+            for i in range(40)
+        ]
         text = "\n\n".join(paragraphs)
         result = PIIMasker(_policy()).run(text)
         assert result.entity_counts == {"EMAIL_ADDRESS": 40}
         assert result.text == "\n\n".join(
-            f"Paragraph {i} mentions <EMAIL_ADDRESS> and nothing else of note."
-            for i in range(40))
+            f"Paragraph {i} mentions <EMAIL_ADDRESS> and nothing else of note." for i in range(40)
+        )
 
     def test_pieces_cover_the_text_at_paragraph_breaks(self) -> None:
         text = "\n\n".join("word " * 30 for _ in range(20))
@@ -122,7 +134,7 @@ class TestPIIMasker:
         assert spans[0][0] == 0 and spans[-1][1] == len(text)
         assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
         assert all(e - s <= 400 for s, e in spans)
-        assert all(text[e - 2:e] == "\n\n" for _, e in spans[:-1])
+        assert all(text[e - 2 : e] == "\n\n" for _, e in spans[:-1])
 
     def test_entity_without_recognizer_raises_a_clear_error(self) -> None:
         with pytest.raises(ValueError, match=r"\['PERSON'\].*ner: true"):
@@ -185,8 +197,9 @@ class TestFindResidualPii:
 
     def test_real_10q_tables_do_not_trigger(self) -> None:
         pdf = Path("/work/shared/data/sec10q/docs/2023 Q3 AAPL.pdf")
-        parsed = parse_document(SourceDocument("s", "n", "u", "t", "application/pdf",
-                                               content=pdf.read_bytes()))
+        parsed = parse_document(
+            SourceDocument("s", "n", "u", "t", "application/pdf", content=pdf.read_bytes())
+        )
         hits = {s.page: find_residual_pii(s.text) for s in parsed.sections}
         # Only the cover page carries PII (Apple's telephone number).
         assert {p: h for p, h in hits.items() if h} == {1: ["PHONE_NUMBER"]}

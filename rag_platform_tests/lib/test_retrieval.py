@@ -44,8 +44,15 @@ class _LeakyIndex:
     def __init__(self, hits: list[Hit]) -> None:
         self.hits = hits
 
-    def search(self, dense: np.ndarray, sparse: SparseVector, filters: SearchFilters,
-               tenant: str, settings: RetrievalSettings, limit: int) -> list[Hit]:
+    def search(
+        self,
+        dense: np.ndarray,
+        sparse: SparseVector,
+        filters: SearchFilters,
+        tenant: str,
+        settings: RetrievalSettings,
+        limit: int,
+    ) -> list[Hit]:
         return self.hits[:limit]
 
 
@@ -78,8 +85,9 @@ class TestRetriever:
         self, reader: EdgeIndexReader, docs: list[dict[str, str]]
     ) -> None:
         for fusion in ("rrf", "dbsf", "convex", "dense", "sparse"):
-            r = Retriever(reader, get_embedder(), SparseEncoder(),
-                          RetrievalSettings(fusion=fusion), TENANT)
+            r = Retriever(
+                reader, get_embedder(), SparseEncoder(), RetrievalSettings(fusion=fusion), TENANT
+            )
             hits = r.search(docs[1]["title"], 3, ALL)
             assert hits[0].uri == f"scifact:{docs[1]['id']}", fusion
 
@@ -87,12 +95,19 @@ class TestRetriever:
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
         ok = Hit(chunk_id="a", doc_id="d", tenant=TENANT, text="t", score=3, acl_groups=["all"])
-        foreign = Hit(chunk_id="b", doc_id="d", tenant="other", text="t", score=2,
-                      acl_groups=["all"])
-        hidden = Hit(chunk_id="c", doc_id="d", tenant=TENANT, text="t", score=1,
-                     acl_groups=["secret"])
-        r = Retriever(_LeakyIndex([foreign, ok, hidden]), get_embedder(), SparseEncoder(),
-                      RetrievalSettings(), TENANT)
+        foreign = Hit(
+            chunk_id="b", doc_id="d", tenant="other", text="t", score=2, acl_groups=["all"]
+        )
+        hidden = Hit(
+            chunk_id="c", doc_id="d", tenant=TENANT, text="t", score=1, acl_groups=["secret"]
+        )
+        r = Retriever(
+            _LeakyIndex([foreign, ok, hidden]),
+            get_embedder(),
+            SparseEncoder(),
+            RetrievalSettings(),
+            TENANT,
+        )
         with caplog.at_level(logging.WARNING, logger="rag_platform.lib.retrieval"):
             result = r.retrieve("anything", 10, ALL)
         assert [h.chunk_id for h in result.hits] == ["a"]
@@ -109,9 +124,7 @@ class TestRetriever:
         with pytest.raises(ValueError, match="tenant"):
             Retriever(retriever.reader, get_embedder(), SparseEncoder(), RetrievalSettings(), "")
 
-    def test_stopword_only_query_still_uses_the_dense_branch(
-        self, retriever: Retriever
-    ) -> None:
+    def test_stopword_only_query_still_uses_the_dense_branch(self, retriever: Retriever) -> None:
         hits = retriever.search("what is it about", 4, ALL)
         assert len(hits) == 4
 

@@ -39,11 +39,13 @@ class _CountingEmbedder:
 
 
 def _chunks(texts: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "content_hash": [f"h{abs(hash(t))}" for t in texts],
-        "embedding_text": texts,
-        "token_count": [len(t.split()) for t in texts],
-    })
+    return pd.DataFrame(
+        {
+            "content_hash": [f"h{abs(hash(t))}" for t in texts],
+            "embedding_text": texts,
+            "token_count": [len(t.split()) for t in texts],
+        }
+    )
 
 
 class TestStageCache:
@@ -72,11 +74,11 @@ class TestEmbedStage:
     def test_embeds_only_new_content_and_prunes(self, tmp_path) -> None:
         path = tmp_path / "emb.npz"
         embedder = _CountingEmbedder()
-        first, stats = embed_stage(_chunks(["alpha beta", "gamma delta"]), path, "m",
-                                   lambda: embedder)
+        first, stats = embed_stage(
+            _chunks(["alpha beta", "gamma delta"]), path, "m", lambda: embedder
+        )
         assert stats.extra["embedded"] == 2 and embedder.calls == [2]
-        second, stats = embed_stage(_chunks(["alpha beta", "epsilon"]), path, "m",
-                                    lambda: embedder)
+        second, stats = embed_stage(_chunks(["alpha beta", "epsilon"]), path, "m", lambda: embedder)
         assert stats.extra["embedded"] == 1 and stats.reused == 1 and embedder.calls == [2, 1]
         np.testing.assert_allclose(second.vectors[0], first.vectors[0])
         assert len(EmbeddingSet.load(path).hashes) == 2  # "gamma delta" pruned
@@ -91,11 +93,18 @@ class TestEmbedStage:
 
 class TestIndexFingerprint:
     def test_acl_change_changes_fingerprint_order_does_not(self) -> None:
-        base = pd.DataFrame({
-            "chunk_id": ["1", "2"], "content_hash": ["a", "b"], "acl_groups": [["all"], ["hr"]],
-            "uri": ["u1", "u2"], "title": ["t", "t"], "updated_at": ["", ""],
-            "source_id": ["s", "s"], "page": [None, None],
-        })
+        base = pd.DataFrame(
+            {
+                "chunk_id": ["1", "2"],
+                "content_hash": ["a", "b"],
+                "acl_groups": [["all"], ["hr"]],
+                "uri": ["u1", "u2"],
+                "title": ["t", "t"],
+                "updated_at": ["", ""],
+                "source_id": ["s", "s"],
+                "page": [None, None],
+            }
+        )
         fp = index_fingerprint(base, "m")
         assert index_fingerprint(base.iloc[::-1], "m") == fp
         changed = base.copy()
@@ -128,13 +137,22 @@ class TestEmbedCheckpoints:
 def _parsed(texts: list[list[str]]) -> pd.DataFrame:
     rows = []
     for i, sections in enumerate(texts):
-        rows.append({
-            "doc_id": f"d{i}", "tenant": "acme", "source_id": "s", "uri": f"file:///d{i}.txt",
-            "title": f"Doc {i}", "mime_type": "text/plain", "content_hash": f"c{i}",
-            "acl_groups": ["all"], "updated_at": None,
-            "sections": json.dumps([{"text": t, "heading_path": [], "page": None}
-                                    for t in sections]),
-        })
+        rows.append(
+            {
+                "doc_id": f"d{i}",
+                "tenant": "acme",
+                "source_id": "s",
+                "uri": f"file:///d{i}.txt",
+                "title": f"Doc {i}",
+                "mime_type": "text/plain",
+                "content_hash": f"c{i}",
+                "acl_groups": ["all"],
+                "updated_at": None,
+                "sections": json.dumps(
+                    [{"text": t, "heading_path": [], "page": None} for t in sections]
+                ),
+            }
+        )
     return pd.DataFrame(rows, columns=DOC_COLUMNS)
 
 
@@ -165,9 +183,11 @@ class TestMaskStage:
     def test_worker_processes_mask_exactly_like_one_process(self, tmp_path: Path) -> None:
         spec = MaskerSpec(self.POLICY, get_settings().spacy_model)
         one, counts1, stats1 = mask_stage(
-            _parsed(DOCS), self.POLICY, StageCache(tmp_path / "one.parquet"), spec, workers=1)
+            _parsed(DOCS), self.POLICY, StageCache(tmp_path / "one.parquet"), spec, workers=1
+        )
         two, counts2, stats2 = mask_stage(
-            _parsed(DOCS), self.POLICY, StageCache(tmp_path / "two.parquet"), spec, workers=2)
+            _parsed(DOCS), self.POLICY, StageCache(tmp_path / "two.parquet"), spec, workers=2
+        )
         assert list(two["masked_hash"]) == list(one["masked_hash"])
         assert counts2 == counts1 and counts1["PERSON"] >= 2 and counts1["PHONE_NUMBER"] == 1
         assert stats1.processed == stats2.processed == 4
@@ -176,16 +196,21 @@ class TestMaskStage:
         assert json.loads(two["sections"][2]) == []
         # the second run reuses every document from the cache
         again, _, stats3 = mask_stage(
-            _parsed(DOCS), self.POLICY, StageCache(tmp_path / "two.parquet"), spec, workers=2)
+            _parsed(DOCS), self.POLICY, StageCache(tmp_path / "two.parquet"), spec, workers=2
+        )
         assert stats3.reused == 4 and stats3.processed == 0
         assert list(again["masked_hash"]) == list(one["masked_hash"])
 
     @pytest.mark.slow
     def test_dead_worker_processes_fall_back_to_this_process(self, tmp_path: Path) -> None:
         spec = MaskerSpec(self.POLICY, get_settings().spacy_model)
-        out, counts, stats = mask_stage(_parsed(DOCS), self.POLICY,
-                                        StageCache(tmp_path / "m.parquet"), DiesInWorkers(spec),
-                                        workers=2)
+        out, counts, stats = mask_stage(
+            _parsed(DOCS),
+            self.POLICY,
+            StageCache(tmp_path / "m.parquet"),
+            DiesInWorkers(spec),
+            workers=2,
+        )
         assert stats.processed == 4 and counts["PHONE_NUMBER"] == 1
         assert "212-555-0199" not in out["sections"][0]
 
@@ -195,6 +220,7 @@ class TestMaskStage:
 
         policy = PIIPolicy(enabled=False)
         out, counts, stats = mask_stage(
-            _parsed(DOCS), policy, StageCache(tmp_path / "m.parquet"), no_masker, workers=2)
+            _parsed(DOCS), policy, StageCache(tmp_path / "m.parquet"), no_masker, workers=2
+        )
         assert json.loads(out["sections"][0])[0]["text"] == DOCS[0][0]
         assert not counts and stats.processed == 4

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from rag_platform.lib.store.store import MetadataStore
+from rag_platform.lib.store import MetadataStore
 from rag_platform.settings import Settings
 from rag_platform_tests.serving.factories import (
     Doc,
@@ -54,8 +54,9 @@ class World:
         return {chunk_ids(tenant, d)[1] for d in self.docs[tenant]}
 
     def add_key(self, name: str, tenant: str, groups: list[str], role: str = "reader") -> str:
-        info, plaintext = self.store.create_api_key(tenant, groups, role=role, name=name,
-                                                    actor="test")
+        info, plaintext = self.store.create_api_key(
+            tenant, groups, role=role, name=name, actor="test"
+        )
         self.keys[name], self.key_ids[name] = plaintext, info.key_id
         return plaintext
 

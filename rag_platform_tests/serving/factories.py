@@ -24,7 +24,7 @@ import numpy as np
 from rag_platform.lib.embedding import SparseVector, get_embedder, get_sparse_encoder
 from rag_platform.lib.index.edge import EdgeIndexWriter, IndexPoint, make_payload
 from rag_platform.lib.models import make_chunk_id, make_doc_id, sha256_hex
-from rag_platform.lib.store.store import IndexVersion, MetadataStore
+from rag_platform.lib.store import IndexVersion, MetadataStore
 from rag_platform.settings import Settings
 
 SCIFACT_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "scifact"
@@ -59,10 +59,14 @@ def _scifact_rows() -> tuple[dict[str, Any], ...]:
 
 def scifact_docs(start: int, count: int, acl_groups: list[str] | None = None) -> list[Doc]:
     """SciFact abstracts ``start .. start+count`` (of the first 400) as documents."""
-    rows = _scifact_rows()[start:start + count]
+    rows = _scifact_rows()[start : start + count]
     return [
-        Doc(native_id=str(r["_id"]), title=r["title"], text=r["text"][:1200],
-            acl_groups=list(acl_groups or ["all"]))
+        Doc(
+            native_id=str(r["_id"]),
+            title=r["title"],
+            text=r["text"][:1200],
+            acl_groups=list(acl_groups or ["all"]),
+        )
         for r in rows
     ]
 
@@ -96,10 +100,19 @@ def build_shard(path: Path, tenant: str, docs: list[Doc]) -> int:
     for d, text, dv, sv in zip(docs, texts, dense, sparse, strict=True):
         doc_id, chunk_id = chunk_ids(tenant, d)
         payload = make_payload(
-            tenant=tenant, doc_id=doc_id, chunk_id=chunk_id, ordinal=0, text=text,
-            title=d.title, uri=f"scifact://{d.native_id}", source_id=d.source_id,
-            mime_type=d.mime_type, heading_path=[d.title], page=None,
-            acl_groups=d.acl_groups, updated_at=d.updated_at,
+            tenant=tenant,
+            doc_id=doc_id,
+            chunk_id=chunk_id,
+            ordinal=0,
+            text=text,
+            title=d.title,
+            uri=f"scifact://{d.native_id}",
+            source_id=d.source_id,
+            mime_type=d.mime_type,
+            heading_path=[d.title],
+            page=None,
+            acl_groups=d.acl_groups,
+            updated_at=d.updated_at,
         )
         points.append(IndexPoint(id=chunk_id, dense=dv, sparse=sv, payload=payload))
     writer = EdgeIndexWriter.create(path, DIM)
@@ -117,8 +130,7 @@ def publish_tenant(
     """Builds, registers and publishes ``version`` of ``tenant`` (under ``settings.index_dir``)."""
     path = settings.index_dir / tenant / version
     n = build_shard(path, tenant, docs)
-    store.register_version(tenant, version, str(path), documents=n, chunks=n,
-                           config_hash="test")
+    store.register_version(tenant, version, str(path), documents=n, chunks=n, config_hash="test")
     return store.publish_version(tenant, version, actor="test")
 
 

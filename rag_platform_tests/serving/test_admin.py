@@ -21,15 +21,19 @@ class TestAdmin:
         assert body["index_version"] == "v1" and body["count"] == 30
         expected = {chunk_ids(TENANT_A, d)[0]: d.title for d in world.docs[TENANT_A]}
         assert {d["doc_id"]: d["title"] for d in body["documents"]} == expected
-        assert all(d["chunks"] == 1 and d["uri"].startswith("scifact://")
-                   for d in body["documents"])
+        assert all(
+            d["chunks"] == 1 and d["uri"].startswith("scifact://") for d in body["documents"]
+        )
 
     def test_every_admin_endpoint_refuses_a_reader(self, client: TestClient, world: World) -> None:
         key = bearer(world.keys["a_reader"])
-        for method, path in [("GET", "/v1/admin/documents"), ("GET", "/v1/admin/index-versions"),
-                             ("POST", "/v1/admin/index-versions/rollback"),
-                             ("GET", "/v1/admin/keys"),
-                             ("POST", f"/v1/admin/keys/{world.key_ids['a_secret']}/revoke")]:
+        for method, path in [
+            ("GET", "/v1/admin/documents"),
+            ("GET", "/v1/admin/index-versions"),
+            ("POST", "/v1/admin/index-versions/rollback"),
+            ("GET", "/v1/admin/keys"),
+            ("POST", f"/v1/admin/keys/{world.key_ids['a_secret']}/revoke"),
+        ]:
             r = client.request(method, path, headers=key, json={} if method == "POST" else None)
             assert_error(r, 403, "forbidden")
         # nothing was revoked by the refused call
@@ -53,8 +57,10 @@ class TestAdmin:
     def test_revoke_other_tenants_key_is_404_and_key_keeps_working(
         self, client: TestClient, world: World
     ) -> None:
-        r = client.post(f"/v1/admin/keys/{world.key_ids['b_reader']}/revoke",
-                        headers=bearer(world.keys["a_admin"]))
+        r = client.post(
+            f"/v1/admin/keys/{world.key_ids['b_reader']}/revoke",
+            headers=bearer(world.keys["a_admin"]),
+        )
         assert_error(r, 404, "key_not_found")
         ok = client.post("/v1/search", json={"query": "x"}, headers=bearer(world.keys["b_reader"]))
         assert ok.status_code == 200
@@ -67,11 +73,16 @@ class TestAdmin:
         r = client.post(f"/v1/admin/keys/{key_id}/revoke", headers=bearer(world.keys["a_admin"]))
         assert r.status_code == 200, r.text
         assert r.json()["key_id"] == key_id and r.json()["revoked_at"] is not None
-        assert_error(client.post("/v1/search", json={"query": "x"}, headers=bearer(key)),
-                     401, "invalid_api_key")
+        assert_error(
+            client.post("/v1/search", json={"query": "x"}, headers=bearer(key)),
+            401,
+            "invalid_api_key",
+        )
         audits = world.store.list_audit(TENANT_A, "key.revoke")
-        assert any(a.details.get("key_id") == key_id
-                   and a.actor == f"key:{world.key_ids['a_admin']}" for a in audits)
+        assert any(
+            a.details.get("key_id") == key_id and a.actor == f"key:{world.key_ids['a_admin']}"
+            for a in audits
+        )
 
     def test_rollback_serves_previous_version_and_is_audited(
         self, client: TestClient, world: World
@@ -82,15 +93,20 @@ class TestAdmin:
         r = client.get("/v1/admin/index-versions", headers=admin)
         assert r.json()["published_version"] == "v2"
         assert [v["version"] for v in r.json()["versions"]] == ["v2", "v1"]
-        assert client.post("/v1/search", json={"query": "genes"},
-                           headers=bearer(world.keys["b_reader"])).json()["index_version"] == "v2"
+        assert (
+            client.post(
+                "/v1/search", json={"query": "genes"}, headers=bearer(world.keys["b_reader"])
+            ).json()["index_version"]
+            == "v2"
+        )
 
         r = client.post("/v1/admin/index-versions/rollback", json={}, headers=admin)
         assert r.status_code == 200, r.text
         assert r.json() == {"previous_version": "v2", "published_version": "v1"}
         # the API switches immediately in this process (its version cache is invalidated)
-        s = client.post("/v1/search", json={"query": "genes"},
-                        headers=bearer(world.keys["b_reader"])).json()
+        s = client.post(
+            "/v1/search", json={"query": "genes"}, headers=bearer(world.keys["b_reader"])
+        ).json()
         assert s["index_version"] == "v1"
         assert {h["chunk_id"] for h in s["hits"]} <= world.chunk_ids_of(TENANT_B)
         audits = world.store.list_audit(TENANT_B, "index.rollback")
@@ -102,7 +118,15 @@ class TestAdmin:
         self, client: TestClient, world: World
     ) -> None:
         admin = bearer(world.keys["a_admin"])
-        assert_error(client.post("/v1/admin/index-versions/rollback", json={"version": "nope"},
-                                 headers=admin), 404, "version_not_found")
-        assert_error(client.post("/v1/admin/index-versions/rollback", json={}, headers=admin),
-                     409, "rollback_not_possible")
+        assert_error(
+            client.post(
+                "/v1/admin/index-versions/rollback", json={"version": "nope"}, headers=admin
+            ),
+            404,
+            "version_not_found",
+        )
+        assert_error(
+            client.post("/v1/admin/index-versions/rollback", json={}, headers=admin),
+            409,
+            "rollback_not_possible",
+        )

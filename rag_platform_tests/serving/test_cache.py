@@ -23,8 +23,12 @@ CLOSED_REDIS = "redis://127.0.0.1:1/0"
 
 def key(**overrides: object) -> str:
     args: dict[str, object] = {
-        "endpoint": "search", "tenant": "acme", "index_version": "v1",
-        "query": "Vitamin D", "filters": SearchFilters(acl_groups=("a", "b")), "top_k": 10,
+        "endpoint": "search",
+        "tenant": "acme",
+        "index_version": "v1",
+        "query": "Vitamin D",
+        "filters": SearchFilters(acl_groups=("a", "b")),
+        "top_k": 10,
         "retrieval": RetrievalSettings().model_dump_json(),
     }
     args.update(overrides)
@@ -43,12 +47,18 @@ class TestCacheKey:
     @pytest.mark.parametrize(
         "change",
         [
-            {"tenant": "globex"}, {"index_version": "v2"}, {"top_k": 5},
-            {"endpoint": "query"}, {"query": "vitamin E"},
+            {"tenant": "globex"},
+            {"index_version": "v2"},
+            {"top_k": 5},
+            {"endpoint": "query"},
+            {"query": "vitamin E"},
             {"retrieval": RetrievalSettings(fusion="rrf").model_dump_json()},
             {"filters": SearchFilters(acl_groups=("a", "b"), doc_ids=("d1",))},
-            {"filters": SearchFilters(acl_groups=("a", "b"),
-                                      updated_after=datetime(2024, 1, 1, tzinfo=UTC))},
+            {
+                "filters": SearchFilters(
+                    acl_groups=("a", "b"), updated_after=datetime(2024, 1, 1, tzinfo=UTC)
+                )
+            },
         ],
     )
     def test_every_input_changes_the_key(self, change: dict[str, object]) -> None:
@@ -115,8 +125,9 @@ class TestCacheInTheApp:
         w = build_world(fast_tmp, redis_url=CLOSED_REDIS)
         with TestClient(create_app(w.settings)) as c:
             for _ in range(3):
-                r = c.post("/v1/search", json={"query": "malaria"},
-                           headers=bearer(w.keys["a_reader"]))
+                r = c.post(
+                    "/v1/search", json={"query": "malaria"}, headers=bearer(w.keys["a_reader"])
+                )
                 assert r.status_code == 200
                 assert r.json()["cached"] is False
             r = c.post("/v1/query", json={"query": "malaria"}, headers=bearer(w.keys["a_reader"]))

@@ -38,8 +38,10 @@ class TestHealth:
         client.post("/v1/search", json={"query": "aspirin"}, headers=bearer(world.keys["a_reader"]))
         client.get("/v1/does-not-exist")
         text = client.get("/metrics").text
-        assert ('rag_http_requests_total{method="POST",route="/v1/search",status="200",'
-                f'tenant="{TENANT_A}"}}') in text
+        assert (
+            'rag_http_requests_total{method="POST",route="/v1/search",status="200",'
+            f'tenant="{TENANT_A}"}}'
+        ) in text
         assert 'route="<unmatched>"' in text  # unknown paths never become label values
         assert "/v1/does-not-exist" not in text
         assert 'rag_cache_requests_total{endpoint="search",result="hit"}' in text
@@ -70,8 +72,11 @@ class TestReadinessFailures:
             assert r.json()["status"] == "unavailable"
             assert r.json()["checks"]["database"]["status"] == "down"
             key = "rag_0123456789ab_" + "A" * 43
-            assert_error(c.post("/v1/search", json={"query": "x"}, headers=bearer(key)),
-                         503, "database_unavailable")
+            assert_error(
+                c.post("/v1/search", json={"query": "x"}, headers=bearer(key)),
+                503,
+                "database_unavailable",
+            )
             assert c.get("/health/live").status_code == 200
 
     def test_redis_down_is_reported(self, fast_tmp: Path) -> None:
@@ -97,8 +102,11 @@ class TestReadinessFailures:
             assert r.json()["checks"]["index"]["status"] == "down"
             assert "initech" not in r.text  # unauthenticated: no tenant names
             _, key = store.create_api_key("initech", ["all"])
-            assert_error(c.post("/v1/search", json={"query": "x"}, headers=bearer(key)),
-                         503, "index_unavailable")
+            assert_error(
+                c.post("/v1/search", json={"query": "x"}, headers=bearer(key)),
+                503,
+                "index_unavailable",
+            )
         store.dispose()
 
 
@@ -113,11 +121,17 @@ class TestPostgresStore:
             w = build_world(fast_tmp, database_url=url)
             with TestClient(create_app(w.settings)) as c:
                 assert c.get("/health/ready").status_code == 200
-                r = c.post("/v1/search", json={"query": w.hidden_doc.title},
-                           headers=bearer(w.keys["a_reader"]))
+                r = c.post(
+                    "/v1/search",
+                    json={"query": w.hidden_doc.title},
+                    headers=bearer(w.keys["a_reader"]),
+                )
                 assert r.status_code == 200
                 assert w.hidden_chunk_id not in {h["chunk_id"] for h in r.json()["hits"]}
-                fb = c.post("/v1/feedback", json={"query_id": r.json()["query_id"], "rating": 5},
-                            headers=bearer(w.keys["a_reader"]))
+                fb = c.post(
+                    "/v1/feedback",
+                    json={"query_id": r.json()["query_id"], "rating": 5},
+                    headers=bearer(w.keys["a_reader"]),
+                )
                 assert fb.status_code == 201
             w.store.dispose()

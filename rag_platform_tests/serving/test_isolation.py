@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rag_platform.lib.store.store import MetadataStore
+from rag_platform.lib.store import MetadataStore
 from rag_platform.settings import Settings
 from rag_platform_tests.serving.factories import (
     Doc,
@@ -67,8 +67,9 @@ tenant_spec = st.tuples(
 )
 question = st.one_of(
     st.sampled_from([d.title for d in POOL]),
-    st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1,
-            max_size=40).filter(lambda q: q.strip()),
+    st.text(
+        st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=40
+    ).filter(lambda q: q.strip()),
 )
 
 
@@ -76,11 +77,18 @@ def _hits_of(resp_json: dict[str, object]) -> list[dict[str, object]]:
     return list(resp_json.get("hits", []))  # type: ignore[call-overload]
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(tenants=st.lists(tenant_spec, min_size=2, max_size=3), q=question,
-       top_k=st.integers(1, 5), asker_index=st.integers(0, 5),
-       stream=st.sampled_from([None, None, False, True]))
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    tenants=st.lists(tenant_spec, min_size=2, max_size=3),
+    q=question,
+    top_k=st.integers(1, 5),
+    asker_index=st.integers(0, 5),
+    stream=st.sampled_from([None, None, False, True]),
+)
 def test_no_response_crosses_tenant_or_acl(
     env: Env,
     tenants: list[tuple[list[tuple[int, list[str]]], list[list[str]]]],
@@ -95,16 +103,19 @@ def test_no_response_crosses_tenant_or_acl(
     all_chunks: dict[str, str] = {}  # chunk id -> tenant
     keys: list[tuple[str, str]] = []
     for name, (doc_specs, principals) in zip(names, tenants, strict=True):
-        docs = [Doc(POOL[i].native_id, POOL[i].title, POOL[i].text, acl_groups=groups)
-                for i, groups in doc_specs]
+        docs = [
+            Doc(POOL[i].native_id, POOL[i].title, POOL[i].text, acl_groups=groups)
+            for i, groups in doc_specs
+        ]
         publish_tenant(env.store, env.settings, name, "v1", docs)
         for d in docs:
             all_chunks[chunk_ids(name, d)[1]] = name
         for groups in principals:
             _, key = env.store.create_api_key(name, groups, actor="test")
             keys.append((name, key))
-            visible[(name, key)] = {chunk_ids(name, d)[1] for d in docs
-                                    if set(d.acl_groups) & set(groups)}
+            visible[(name, key)] = {
+                chunk_ids(name, d)[1] for d in docs if set(d.acl_groups) & set(groups)
+            }
 
     foreign_query_ids: dict[str, str] = {}
     # the extractive answerer costs ~2 s on a busy 2-core machine: at most one principal asks
@@ -117,16 +128,20 @@ def test_no_response_crosses_tenant_or_acl(
             if key == asker and stream is not None:
                 calls.append(("/v1/query", {"stream": stream}))
             for path, extra in calls:  # the second search is served from the cache
-                r = env.client.post(path, json={"query": q, "top_k": top_k, **extra},
-                                    headers=bearer(key))
+                r = env.client.post(
+                    path, json={"query": q, "top_k": top_k, **extra}, headers=bearer(key)
+                )
                 assert r.status_code < 500, r.text
                 text = r.text
                 assert not any(c in text for c in others), "another tenant's chunk leaked"
                 if r.status_code != 200:
                     continue
                 if extra.get("stream"):
-                    events = [json.loads(line[6:]) for line in text.splitlines()
-                              if line.startswith("data: ")]
+                    events = [
+                        json.loads(line[6:])
+                        for line in text.splitlines()
+                        if line.startswith("data: ")
+                    ]
                     hits = events[0]["hits"]
                     cited = {c["chunk_id"] for c in events[-2]["citations"]}
                 else:
@@ -143,8 +158,9 @@ def test_no_response_crosses_tenant_or_acl(
             for other, qid in foreign_query_ids.items():
                 if other == tenant:
                     continue
-                r = env.client.post("/v1/feedback", json={"query_id": qid, "rating": 3},
-                                    headers=bearer(key))
+                r = env.client.post(
+                    "/v1/feedback", json={"query_id": qid, "rating": 3}, headers=bearer(key)
+                )
                 assert r.status_code == 404
                 assert other not in r.text and qid not in r.json()["error"]["message"]
     finally:

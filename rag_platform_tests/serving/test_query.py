@@ -23,8 +23,11 @@ def parse_sse(text: str) -> list[tuple[str, dict[str, object]]]:
 class TestQuery:
     def test_answer_cites_visible_hits(self, client: TestClient, world: World) -> None:
         doc = world.docs[TENANT_A][4]
-        r = client.post("/v1/query", json={"query": doc.title, "top_k": 5},
-                        headers=bearer(world.keys["a_reader"]))
+        r = client.post(
+            "/v1/query",
+            json={"query": doc.title, "top_k": 5},
+            headers=bearer(world.keys["a_reader"]),
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["mode"] == "extractive" and body["answer"]
@@ -46,8 +49,11 @@ class TestQuery:
         self, client: TestClient, world: World
     ) -> None:
         doc = world.docs[TENANT_A][9]
-        r = client.post("/v1/query", json={"query": doc.title, "top_k": 4, "stream": True},
-                        headers=bearer(world.keys["a_reader"]))
+        r = client.post(
+            "/v1/query",
+            json={"query": doc.title, "top_k": 4, "stream": True},
+            headers=bearer(world.keys["a_reader"]),
+        )
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         events = parse_sse(r.text)
@@ -67,9 +73,11 @@ class TestQuery:
         assert row is not None and sorted(row.cited_chunk_ids) == sorted(cited)
 
     def test_accept_header_selects_the_stream(self, client: TestClient, world: World) -> None:
-        r = client.post("/v1/query", json={"query": "cancer risk"},
-                        headers={**bearer(world.keys["a_reader"]),
-                                 "Accept": "text/event-stream"})
+        r = client.post(
+            "/v1/query",
+            json={"query": "cancer risk"},
+            headers={**bearer(world.keys["a_reader"]), "Accept": "text/event-stream"},
+        )
         assert r.headers["content-type"].startswith("text/event-stream")
         assert parse_sse(r.text)[-1][0] == "done"
 
@@ -94,29 +102,42 @@ class TestFeedback:
 
     def test_feedback_is_stored(self, client: TestClient, world: World) -> None:
         qid = self._query_id(client, world.keys["a_reader"])
-        r = client.post("/v1/feedback",
-                        json={"query_id": qid, "rating": 4, "type": "relevance",
-                              "comment": "good"},
-                        headers=bearer(world.keys["a_reader"]))
+        r = client.post(
+            "/v1/feedback",
+            json={"query_id": qid, "rating": 4, "type": "relevance", "comment": "good"},
+            headers=bearer(world.keys["a_reader"]),
+        )
         assert r.status_code == 201, r.text
         rows = world.store.list_feedback(TENANT_A, qid)
         assert [(f.feedback_id, f.rating, f.type) for f in rows] == [
-            (r.json()["feedback_id"], 4, "relevance")]
+            (r.json()["feedback_id"], 4, "relevance")
+        ]
 
     def test_other_tenants_or_unknown_query_is_404(self, client: TestClient, world: World) -> None:
         qid = self._query_id(client, world.keys["b_reader"])
         body = {"query_id": qid, "rating": 1, "type": "other"}
-        assert_error(client.post("/v1/feedback", json=body,
-                                 headers=bearer(world.keys["a_reader"])), 404, "query_not_found")
+        assert_error(
+            client.post("/v1/feedback", json=body, headers=bearer(world.keys["a_reader"])),
+            404,
+            "query_not_found",
+        )
         unknown = {**body, "query_id": "00000000-0000-0000-0000-000000000000"}
-        assert_error(client.post("/v1/feedback", json=unknown,
-                                 headers=bearer(world.keys["a_reader"])), 404, "query_not_found")
+        assert_error(
+            client.post("/v1/feedback", json=unknown, headers=bearer(world.keys["a_reader"])),
+            404,
+            "query_not_found",
+        )
 
     def test_bad_rating_or_long_comment_is_422(self, client: TestClient, world: World) -> None:
         qid = self._query_id(client, world.keys["a_reader"])
-        for body in ({"query_id": qid, "rating": 6}, {"query_id": qid, "rating": 0},
-                     {"query_id": qid, "rating": 3, "comment": "c" * 2001},
-                     {"query_id": qid, "rating": 3, "type": "mood"}):
-            assert_error(client.post("/v1/feedback", json=body,
-                                     headers=bearer(world.keys["a_reader"])),
-                         422, "validation_error")
+        for body in (
+            {"query_id": qid, "rating": 6},
+            {"query_id": qid, "rating": 0},
+            {"query_id": qid, "rating": 3, "comment": "c" * 2001},
+            {"query_id": qid, "rating": 3, "type": "mood"},
+        ):
+            assert_error(
+                client.post("/v1/feedback", json=body, headers=bearer(world.keys["a_reader"])),
+                422,
+                "validation_error",
+            )

@@ -11,13 +11,19 @@ from typing import Any
 
 import pytest
 
-from rag_platform.lib.store.store import MetadataStore, QueryLogEntry
+from rag_platform.lib.store import MetadataStore, QueryLogEntry
 from serving.querylog import QueryLogWriter, QueryRecord
 
 
 def record(tenant: str = "acme", question: str = "q") -> QueryRecord:
-    return QueryRecord(query_id=str(uuid.uuid4()), tenant=tenant, key_id="k",
-                       question=question, top_k=5, filters={"acl_groups": ["all"]})
+    return QueryRecord(
+        query_id=str(uuid.uuid4()),
+        tenant=tenant,
+        key_id="k",
+        question=question,
+        top_k=5,
+        filters={"acl_groups": ["all"]},
+    )
 
 
 def upper_mask(tenant: str, question: str) -> str:
@@ -122,9 +128,7 @@ class TestQueryLogWriter:
         w.submit(late)
         assert db.store.get_query(late.query_id) is not None
 
-    def test_full_queue_applies_back_pressure_without_loss(
-        self, db: Store, fast_tmp: Path
-    ) -> None:
+    def test_full_queue_applies_back_pressure_without_loss(self, db: Store, fast_tmp: Path) -> None:
         w = writer(db, fast_tmp, max_queued=2, max_wait_seconds=0.0)
         records = [record() for _ in range(80)]
 

@@ -54,15 +54,17 @@ class TestRateLimiter:
         a = RateLimiter("3/minute", "100/minute", redis_url=url)
         b = RateLimiter("3/minute", "100/minute", redis_url=url)  # another "process"
         assert a.backend == "redis"
-        assert [a.check(tenant, k).allowed, b.check(tenant, k).allowed,
-                a.check(tenant, k).allowed] == [True, True, True]
+        assert [
+            a.check(tenant, k).allowed,
+            b.check(tenant, k).allowed,
+            a.check(tenant, k).allowed,
+        ] == [True, True, True]
         refused = b.check(tenant, k)
         assert not refused.allowed and refused.backend == "redis"
         assert redis.Redis.from_url(url).keys("rag-limits*")
 
     def test_redis_down_falls_back_to_in_process_limits(self) -> None:
-        limiter = RateLimiter("2/minute", "100/minute", redis_url=CLOSED_REDIS,
-                              cooldown_seconds=30)
+        limiter = RateLimiter("2/minute", "100/minute", redis_url=CLOSED_REDIS, cooldown_seconds=30)
         decisions = [limiter.check("t", "k") for _ in range(3)]
         assert [d.allowed for d in decisions] == [True, True, False]
         assert {d.backend for d in decisions} == {"memory-fallback"}
@@ -74,16 +76,21 @@ class TestRateLimitsInTheApp:
         w = build_world(fast_tmp, rate_limit_per_key="2/minute")
         with TestClient(create_app(w.settings)) as c:
             key = bearer(w.keys["a_reader"])
-            codes = [c.post("/v1/search", json={"query": "q"}, headers=key).status_code
-                     for _ in range(3)]
+            codes = [
+                c.post("/v1/search", json={"query": "q"}, headers=key).status_code for _ in range(3)
+            ]
             assert codes == [200, 200, 429]
             r = c.post("/v1/search", json={"query": "q"}, headers=key)
             err = assert_error(r, 429, "rate_limited")
             assert 1 <= int(r.headers["Retry-After"]) <= 60
             assert err["details"][0]["scope"] == "key"  # type: ignore[index]
             # another key of the same tenant still has budget
-            assert c.post("/v1/search", json={"query": "q"},
-                          headers=bearer(w.keys["a_secret"])).status_code == 200
+            assert (
+                c.post(
+                    "/v1/search", json={"query": "q"}, headers=bearer(w.keys["a_secret"])
+                ).status_code
+                == 200
+            )
             metrics = c.get("/metrics").text
             assert f'rag_rate_limited_total{{scope="key",tenant="{TENANT_A}"}} 2.0' in metrics
         w.store.dispose()
@@ -101,8 +108,10 @@ class TestRateLimitsInTheApp:
                 assert c.post("/v1/search", json={"query": "q"}, headers=key).status_code == 200
                 assert state.limiter.backend == "redis"
                 proxy.stop()  # Redis is gone for this app: resets, then refused connections
-                codes = [c.post("/v1/search", json={"query": "q"}, headers=key).status_code
-                         for _ in range(4)]
+                codes = [
+                    c.post("/v1/search", json={"query": "q"}, headers=key).status_code
+                    for _ in range(4)
+                ]
                 assert 500 not in codes and 503 not in codes
                 # the in-process window starts afresh and still enforces 3/minute
                 assert codes == [200, 200, 200, 429]

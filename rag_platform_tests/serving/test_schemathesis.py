@@ -33,8 +33,9 @@ schema = schemathesis.openapi.from_dict(create_app(Settings(environment="test"))
 @pytest.fixture(scope="module")
 def server_url(world: World) -> Iterator[str]:
     port = free_port()
-    config = uvicorn.Config(create_app(world.settings), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        create_app(world.settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -49,10 +50,8 @@ def server_url(world: World) -> Iterator[str]:
 
 
 @schema.parametrize()
-@settings(max_examples=12, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
-def test_api_conforms_to_its_schema(case: schemathesis.Case, server_url: str,
-                                    world: World) -> None:
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+def test_api_conforms_to_its_schema(case: schemathesis.Case, server_url: str, world: World) -> None:
     # The admin key reaches every operation's handler (admin endpoints too).
     case.call_and_validate(
         base_url=server_url,

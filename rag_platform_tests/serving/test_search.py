@@ -26,8 +26,11 @@ from serving.state import QueryRecord, ServingState
 class TestSearch:
     def test_returns_ranked_hits_of_own_tenant(self, client: TestClient, world: World) -> None:
         doc = world.docs[TENANT_A][5]
-        r = client.post("/v1/search", json={"query": doc.title, "top_k": 5},
-                        headers=bearer(world.keys["a_reader"]))
+        r = client.post(
+            "/v1/search",
+            json={"query": doc.title, "top_k": 5},
+            headers=bearer(world.keys["a_reader"]),
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["index_version"] == "v1"
@@ -47,22 +50,31 @@ class TestSearch:
         self, client: TestClient, world: World
     ) -> None:
         hidden = world.hidden_doc
-        r = client.post("/v1/search", json={"query": hidden.title, "top_k": 10},
-                        headers=bearer(world.keys["a_reader"]))
+        r = client.post(
+            "/v1/search",
+            json={"query": hidden.title, "top_k": 10},
+            headers=bearer(world.keys["a_reader"]),
+        )
         assert r.status_code == 200
         ids = [h["chunk_id"] for h in r.json()["hits"]]
         assert world.hidden_chunk_id not in ids
         assert len(ids) == 10  # filtered inside the index, so top_k visible hits come back
-        r2 = client.post("/v1/search", json={"query": hidden.title, "top_k": 10},
-                         headers=bearer(world.keys["a_secret"]))
+        r2 = client.post(
+            "/v1/search",
+            json={"query": hidden.title, "top_k": 10},
+            headers=bearer(world.keys["a_secret"]),
+        )
         assert r2.json()["hits"][0]["chunk_id"] == world.hidden_chunk_id
 
     def test_user_filters_restrict_hits(self, client: TestClient, world: World) -> None:
         wanted = [chunk_ids(TENANT_A, d) for d in world.docs[TENANT_A][3:6]]
         r = client.post(
             "/v1/search",
-            json={"query": "cells", "top_k": 10,
-                  "filters": {"doc_ids": [doc_id for doc_id, _ in wanted]}},
+            json={
+                "query": "cells",
+                "top_k": 10,
+                "filters": {"doc_ids": [doc_id for doc_id, _ in wanted]},
+            },
             headers=bearer(world.keys["a_reader"]),
         )
         assert r.status_code == 200, r.text
@@ -70,8 +82,11 @@ class TestSearch:
 
     def test_other_tenant_sees_only_its_documents(self, client: TestClient, world: World) -> None:
         doc = world.docs[TENANT_A][7]
-        r = client.post("/v1/search", json={"query": doc.title, "top_k": 20},
-                        headers=bearer(world.keys["b_reader"]))
+        r = client.post(
+            "/v1/search",
+            json={"query": doc.title, "top_k": 20},
+            headers=bearer(world.keys["b_reader"]),
+        )
         assert r.status_code == 200
         ids = {h["chunk_id"] for h in r.json()["hits"]}
         assert ids and ids <= world.chunk_ids_of(TENANT_B)
@@ -79,9 +94,11 @@ class TestSearch:
     def test_query_is_logged_with_masked_question_and_hits(
         self, client: TestClient, world: World
     ) -> None:
-        r = client.post("/v1/search",
-                        json={"query": "vitamin D and bones, mail me at jane.doe@example.com"},
-                        headers=bearer(world.keys["a_reader"]))
+        r = client.post(
+            "/v1/search",
+            json={"query": "vitamin D and bones, mail me at jane.doe@example.com"},
+            headers=bearer(world.keys["a_reader"]),
+        )
         assert r.status_code == 200
         body = r.json()
         assert client.app.state.serving.flush_query_log()  # type: ignore[attr-defined]
@@ -122,10 +139,17 @@ class TestVersionSwitch:
 class TestQueryLogSpool:
     def test_rows_survive_a_database_outage(self, fast_tmp: Path) -> None:
         down = make_settings(
-            fast_tmp, database_url="postgresql+psycopg://postgres@127.0.0.1:1/test")
+            fast_tmp, database_url="postgresql+psycopg://postgres@127.0.0.1:1/test"
+        )
         state = ServingState(down)
-        record = QueryRecord(query_id=str(uuid.uuid4()), tenant=TENANT_A, key_id="k",
-                             question="call 212-555-0199 about aspirin", top_k=3, filters={})
+        record = QueryRecord(
+            query_id=str(uuid.uuid4()),
+            tenant=TENANT_A,
+            key_id="k",
+            question="call 212-555-0199 about aspirin",
+            top_k=3,
+            filters={},
+        )
         state.log_query(record)  # connection refused: kept for retry, not raised
         assert state.flush_query_log(timeout=10) is False
         assert state.query_log.pending == 1 and state.query_log.backlog == 1
@@ -141,10 +165,19 @@ class TestQueryLogSpool:
 
     def test_spool_is_written_to_disk_at_shutdown_if_still_down(self, fast_tmp: Path) -> None:
         down = make_settings(
-            fast_tmp, database_url="postgresql+psycopg://postgres@127.0.0.1:1/test")
+            fast_tmp, database_url="postgresql+psycopg://postgres@127.0.0.1:1/test"
+        )
         state = ServingState(down)
-        state.log_query(QueryRecord(query_id=str(uuid.uuid4()), tenant=TENANT_A, key_id="k",
-                                    question="q", top_k=1, filters={}))
+        state.log_query(
+            QueryRecord(
+                query_id=str(uuid.uuid4()),
+                tenant=TENANT_A,
+                key_id="k",
+                question="q",
+                top_k=1,
+                filters={},
+            )
+        )
         state.close()
         lines = (fast_tmp / "spool" / "query_log.jsonl").read_text().splitlines()
         assert len(lines) == 1 and '"tenant": "acme"' in lines[0]
@@ -186,7 +219,8 @@ class TestRegistryReload:
         def write(fusion: str, entities: str) -> None:
             registry.write_text(
                 f"tenants:\n  - id: {TENANT_A}\n    retrieval: {{fusion: {fusion}}}\n"
-                f"    pii: {{entities: [{entities}]}}\n")
+                f"    pii: {{entities: [{entities}]}}\n"
+            )
 
         write("dense", "EMAIL_ADDRESS")
         settings = make_settings(fast_tmp, tenants_file=registry)

@@ -64,10 +64,27 @@ def llama_server(startup_timeout: float = 180.0) -> Iterator[str]:
     port = free_port()
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path()),
-             "--model_alias", MODEL_ALIAS, "--host", "127.0.0.1", "--port", str(port),
-             "--n_ctx", "4096", "--n_threads", "2", "--verbose", "False"],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(model_path()),
+                "--model_alias",
+                MODEL_ALIAS,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--n_ctx",
+                "4096",
+                "--n_threads",
+                "2",
+                "--verbose",
+                "False",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         base = f"http://127.0.0.1:{port}/v1"
         try:

@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 
 from rag_platform.lib.models import Principal
 from rag_platform.lib.retrieval import Retriever
-from rag_platform.lib.store.store import IndexVersion
+from rag_platform.lib.store import IndexVersion
 from rag_platform.settings import Settings
 from serving.errors import ApiError
 from serving.state import ServingState
@@ -92,8 +92,9 @@ def authenticate(
     try:
         principal = state.store.authenticate(token)
     except Exception as exc:
-        logger.error("authentication failed: store unavailable",
-                     extra={"error": type(exc).__name__})
+        logger.error(
+            "authentication failed: store unavailable", extra={"error": type(exc).__name__}
+        )
         raise ApiError(503, "database_unavailable", "the metadata store is unavailable") from exc
     if principal is None:
         raise _unauthorized("invalid_api_key", "the API key is unknown, revoked or expired")
@@ -119,7 +120,8 @@ def get_current_principal(
     if not decision.allowed:
         state.metrics.rate_limited.labels(decision.scope, principal.tenant).inc()
         raise ApiError(
-            429, "rate_limited",
+            429,
+            "rate_limited",
             f"rate limit of this {'API key' if decision.scope == 'key' else 'tenant'} exceeded; "
             f"retry in {decision.retry_after} s",
             details=[{"scope": decision.scope, "retry_after": decision.retry_after}],
@@ -162,10 +164,12 @@ async def get_published_version(principal: PrincipalDep, state: StateDep) -> Ind
         except Exception as exc:
             logger.error("published version look-up failed", extra={"error": type(exc).__name__})
             raise ApiError(
-                503, "database_unavailable", "the metadata store is unavailable") from exc
+                503, "database_unavailable", "the metadata store is unavailable"
+            ) from exc
     if version is None:
         raise ApiError(
-            503, "index_not_ready",
+            503,
+            "index_not_ready",
             "no index version is published for this tenant yet; run the indexing pipeline",
             headers={"Retry-After": "30"},
         )
@@ -187,8 +191,14 @@ def open_retriever(state: ServingState, version: IndexVersion) -> Iterator[Retri
         cm = state.open_retriever(version)
         retriever = cm.__enter__()
     except Exception as exc:
-        logger.error("cannot open the published index", extra={
-            "error": type(exc).__name__, "tenant": version.tenant, "version": version.version})
+        logger.error(
+            "cannot open the published index",
+            extra={
+                "error": type(exc).__name__,
+                "tenant": version.tenant,
+                "version": version.version,
+            },
+        )
         raise ApiError(503, "index_unavailable", "the published index cannot be opened") from exc
     try:
         yield retriever

@@ -1,6 +1,5 @@
 """Cost rollups per tenant per day."""
 
-
 from datetime import date
 from typing import Any
 
@@ -27,6 +26,8 @@ def tenant_daily_costs(
     rollup = tenant_day_rollup(platform.store(), keys["tenant"], date.fromisoformat(keys["day"]))
     return dg.Output(
         rollup,
-        metadata={"total_usd": float(rollup["total_usd"]),
-                  "usage": dg.MetadataValue.json(rollup["usage"])},
+        metadata={
+            "total_usd": float(rollup["total_usd"]),
+            "usage": dg.MetadataValue.json(rollup["usage"]),
+        },
     )

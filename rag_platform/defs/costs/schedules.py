@@ -1,6 +1,5 @@
 """Schedules: yesterday's cost rollup for every tenant, shortly after midnight UTC."""
 
-
 from datetime import timedelta
 
 import dagster as dg

@@ -1,7 +1,6 @@
 """Golden-set evaluation of each new index version, through the same retrieval and answer code
 the API uses; its blocking check gates publishing."""
 
-
 import time
 from dataclasses import asdict
 from typing import Any
@@ -30,8 +29,9 @@ def golden_set(
     tenant = platform.tenant(context.partition_key)
     golden = evaluation_runner.load_tenant_golden_set(tenant, source_documents)
     if golden is None:
-        return dg.Output({"name": None, "questions": []}, metadata={"questions": 0,
-                                                                     "configured": False})
+        return dg.Output(
+            {"name": None, "questions": []}, metadata={"questions": 0, "configured": False}
+        )
     with_relevance = sum(1 for q in golden.questions if q.relevant_doc_ids)
     return dg.Output(
         {"name": golden.name, "questions": [asdict(q) for q in golden.questions]},
@@ -70,7 +70,8 @@ def index_evaluation(
         "version": search_index["version"],
         "questions": result.get("queries", 0),
         "reused": bool(result.get("reused")),
-        "report": dg.MetadataValue.path(result["report_html"]) if result.get("report_html")
+        "report": dg.MetadataValue.path(result["report_html"])
+        if result.get("report_html")
         else "none",
         "report_md": dg.MetadataValue.md(md[:60000]),
         "seconds": round(time.perf_counter() - start, 3),

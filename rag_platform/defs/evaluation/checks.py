@@ -1,6 +1,5 @@
 """The blocking evaluation gate: thresholds and regression against the published version."""
 
-
 from typing import Any
 
 import dagster as dg

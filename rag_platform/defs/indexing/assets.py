@@ -1,6 +1,5 @@
 """Indexing: chunk embeddings → a new Qdrant Edge index version → atomic publish."""
 
-
 import shutil
 import time
 from typing import Any
@@ -29,16 +28,19 @@ def chunk_embeddings(
     never embedded again: its vector comes from the tenant's embedding cache."""
     tenant = context.partition_key
     settings = platform.settings
-    cache_path = (platform.tenant_cache_dir(tenant)
-                  / f"embeddings-{stages.model_slug(settings.embedding_model)}.npz")
+    cache_path = (
+        platform.tenant_cache_dir(tenant)
+        / f"embeddings-{stages.model_slug(settings.embedding_model)}.npz"
+    )
 
     def embedder_factory() -> Any:
         from rag_platform.lib.embedding import get_embedder
 
         return get_embedder()
 
-    result, stats = stages.embed_stage(chunks, cache_path, settings.embedding_model,
-                                       embedder_factory)
+    result, stats = stages.embed_stage(
+        chunks, cache_path, settings.embedding_model, embedder_factory
+    )
     if stats.processed:
         store = platform.store()
         run_id = context.run.run_id
@@ -79,9 +81,14 @@ def search_index(
     documents = int(chunks["doc_id"].nunique()) if len(chunks) else 0
     if published is not None and published.config_hash == fingerprint:
         context.log.info(f"index unchanged: reusing published version {published.version}")
-        value = {"version": published.version, "path": published.path,
-                 "fingerprint": fingerprint, "reused": True, "documents": documents,
-                 "chunks": len(chunks)}
+        value = {
+            "version": published.version,
+            "path": published.path,
+            "fingerprint": fingerprint,
+            "reused": True,
+            "documents": documents,
+            "chunks": len(chunks),
+        }
         return dg.Output(value, metadata={**value, "seconds": 0.0})
 
     from rag_platform.lib.embedding import SparseEncoder
@@ -96,16 +103,31 @@ def search_index(
         raise
     size = stages.directory_bytes(path)
     store.register_version(
-        tenant, version, str(path), documents=documents, chunks=len(chunks),
-        config_hash=fingerprint, details={"bytes": size, "run_id": context.run.run_id},
+        tenant,
+        version,
+        str(path),
+        documents=documents,
+        chunks=len(chunks),
+        config_hash=fingerprint,
+        details={"bytes": size, "run_id": context.run.run_id},
     )
-    value = {"version": version, "path": str(path), "fingerprint": fingerprint,
-             "reused": False, "documents": documents, "chunks": len(chunks)}
+    value = {
+        "version": version,
+        "path": str(path),
+        "fingerprint": fingerprint,
+        "reused": False,
+        "documents": documents,
+        "chunks": len(chunks),
+    }
     return dg.Output(
         value,
-        metadata={**value, "bytes": size, "seconds": round(time.perf_counter() - start, 3),
-                  "points_per_s": round(stats.processed / max(stats.seconds, 1e-9), 1),
-                  "previous_published": published.version if published else "none"},
+        metadata={
+            **value,
+            "bytes": size,
+            "seconds": round(time.perf_counter() - start, 3),
+            "points_per_s": round(stats.processed / max(stats.seconds, 1e-9), 1),
+            "previous_published": published.version if published else "none",
+        },
     )
 
 
@@ -143,10 +165,16 @@ def published_index(
     deleted = gc_versions(platform.tenant_index_dir(tenant), keep)
     for name in deleted:
         store.set_version_status(tenant, name, "deleted")
-    value = {"version": version, "published_now": published_now,
-             "previous": current.version if current else None}
+    value = {
+        "version": version,
+        "published_now": published_now,
+        "previous": current.version if current else None,
+    }
     return dg.Output(
         value,
-        metadata={**{k: str(v) for k, v in value.items()}, "garbage_collected": len(deleted),
-                  "kept_versions": dg.MetadataValue.json(sorted(keep))},
+        metadata={
+            **{k: str(v) for k, v in value.items()},
+            "garbage_collected": len(deleted),
+            "kept_versions": dg.MetadataValue.json(sorted(keep)),
+        },
     )

@@ -1,6 +1,5 @@
 """Ingestion: connector sync → text extraction → PII masking → chunks, one partition per tenant."""
 
-
 import json
 from collections.abc import Sequence
 
@@ -24,8 +23,9 @@ def _md_table(rows: Sequence[Sequence[object]], header: Sequence[str], limit: in
     return "\n".join(lines)
 
 
-def write_quarantine(platform: PlatformResource, tenant: str, stage: str,
-                     items: list[Quarantined]) -> None:
+def write_quarantine(
+    platform: PlatformResource, tenant: str, stage: str, items: list[Quarantined]
+) -> None:
     """Persists the stage's quarantined documents (read by the CLI summary and the admin API)."""
     path = platform.tenant_cache_dir(tenant) / f"quarantine_{stage}.json"
     path.write_text(json.dumps([i.__dict__ for i in items], indent=1))
@@ -67,11 +67,14 @@ def source_documents(
             "problems": len(result.problems),
             "problems_table": dg.MetadataValue.md(
                 _md_table(result.problems, ["source", "item", "reason"])
-                if result.problems else "none"
+                if result.problems
+                else "none"
             ),
             "deleted_doc_ids": dg.MetadataValue.json(result.deleted[:100]),
-            "bytes": int(result.frame["content"].map(lambda c: len(c) if c else 0).sum()
-                         + result.frame["text"].map(lambda t: len(t) if t else 0).sum()),
+            "bytes": int(
+                result.frame["content"].map(lambda c: len(c) if c else 0).sum()
+                + result.frame["text"].map(lambda t: len(t) if t else 0).sum()
+            ),
             "seconds": round(result.seconds, 3),
         },
     )
@@ -102,10 +105,12 @@ def parsed_documents(
             "quarantined": len(quarantined),
             "quarantine": dg.MetadataValue.md(
                 _md_table([(q.uri, q.reason) for q in quarantined], ["uri", "reason"])
-                if quarantined else "none"
+                if quarantined
+                else "none"
             ),
             "sections": int(frame["sections"].map(lambda s: len(json.loads(s))).sum())
-            if len(frame) else 0,
+            if len(frame)
+            else 0,
         },
     )
 
@@ -126,7 +131,9 @@ def masked_documents(
     cache = StageCache(platform.tenant_cache_dir(tenant.id) / "masked.parquet")
 
     frame, counts, stats = stages.mask_stage(
-        parsed_documents, tenant.pii, cache,
+        parsed_documents,
+        tenant.pii,
+        cache,
         stages.MaskerSpec(tenant.pii, platform.settings.spacy_model),
         workers=platform.settings.mask_workers,
     )

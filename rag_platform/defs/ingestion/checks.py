@@ -4,7 +4,6 @@ A failing check stops the run before embedding, so the previously published inde
 serving (DESIGN.md: "Asset checks ... block bad output").
 """
 
-
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -91,8 +90,13 @@ def validate_chunks(frame: pd.DataFrame, tenant: str, max_tokens: int) -> dict[s
 
 @dg.multi_asset_check(
     specs=[
-        dg.AssetCheckSpec(name, asset="chunks", blocking=True, description=description,
-                          partitions_def=tenants_partitions)
+        dg.AssetCheckSpec(
+            name,
+            asset="chunks",
+            blocking=True,
+            description=description,
+            partitions_def=tenants_partitions,
+        )
         for name, description in CHECKS.items()
     ],
 )
@@ -108,6 +112,8 @@ def chunk_checks(
             asset_key="chunks",
             passed=r["success"],
             severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"unexpected_count": r["unexpected_count"],
-                      "examples": dg.MetadataValue.json(r["examples"])},
+            metadata={
+                "unexpected_count": r["unexpected_count"],
+                "examples": dg.MetadataValue.json(r["examples"]),
+            },
         )

@@ -1,6 +1,5 @@
 """Schedules: a nightly re-sync (and so re-evaluation) of every tenant."""
 
-
 import dagster as dg
 
 from rag_platform.defs.jobs import tenant_pipeline

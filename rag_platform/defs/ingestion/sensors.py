@@ -1,7 +1,6 @@
 """Sensors: keep tenant partitions in step with the registry; re-sync a tenant whose sources
 changed."""
 
-
 import hashlib
 import json
 from pathlib import Path

@@ -13,8 +13,14 @@ import pyarrow as pa
 from rag_platform.lib.models import SourceDocument
 from rag_platform.lib.tenants import DatasetSource
 
-_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
-            ".parquet": "parquet", ".pq": "parquet"}
+_FORMATS = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 
 
 def _read_jsonl_leniently(
@@ -48,8 +54,10 @@ def _read_jsonl_leniently(
                 data[c] = values
             continue
         if len(kinds) > 1 or kinds & {dict}:
-            values = [v if v is None else json.dumps(v) if isinstance(v, dict | list) else str(v)
-                      for v in values]
+            values = [
+                v if v is None else json.dumps(v) if isinstance(v, dict | list) else str(v)
+                for v in values
+            ]
         data[c] = values
     return pa.table(data) if data else pa.table({}), numbers, problems
 
@@ -164,15 +172,27 @@ class DatasetConnector:
             raise ValueError(
                 f"source {self.source_id!r}: dataset file {str(self.path)!r} not found"
             )
-        wanted = [c for c in (src.id_column, src.title_column, src.text_column, src.acl_column,
-                              src.updated_at_column) if c]
+        wanted = [
+            c
+            for c in (
+                src.id_column,
+                src.title_column,
+                src.text_column,
+                src.acl_column,
+                src.updated_at_column,
+            )
+            if c
+        ]
         table, numbers, read_problems = _read_table(
             self.path, wanted, [c for c in wanted if c != src.updated_at_column]
         )
         self.problems.extend(read_problems)
         missing = [c for c in (src.id_column, src.text_column) if c not in table.column_names]
-        missing += [c for c in (src.title_column, src.acl_column, src.updated_at_column)
-                    if c and c not in table.column_names]
+        missing += [
+            c
+            for c in (src.title_column, src.acl_column, src.updated_at_column)
+            if c and c not in table.column_names
+        ]
         if missing:
             raise ValueError(
                 f"source {self.source_id!r}: columns {missing} not in {str(self.path)!r} "
@@ -185,8 +205,9 @@ class DatasetConnector:
         texts = table.column(src.text_column).to_pylist()
         titles = table.column(src.title_column).to_pylist() if src.title_column else [None] * n
         acls = table.column(src.acl_column).to_pylist() if src.acl_column else [None] * n
-        times = (table.column(src.updated_at_column).to_pylist() if src.updated_at_column
-                 else [None] * n)
+        times = (
+            table.column(src.updated_at_column).to_pylist() if src.updated_at_column else [None] * n
+        )
         seen: set[str] = set()
         for i in range(n):
             row_number = numbers[i] if numbers is not None else i + 1

@@ -151,10 +151,19 @@ def evaluate_answers(
     latencies: list[float] = []
     for q in sample:
         row: dict[str, Any] = {
-            "qid": q.qid, "question": q.question, "type": q.question_type, "answer": None,
-            "mode": None, "context_precision": None, "context_recall": None,
-            "answer_similarity": None, "faithfulness": None, "answer_relevancy": None,
-            "reference_context_source": None, "latency_ms": None, "error": None,
+            "qid": q.qid,
+            "question": q.question,
+            "type": q.question_type,
+            "answer": None,
+            "mode": None,
+            "context_precision": None,
+            "context_recall": None,
+            "answer_similarity": None,
+            "faithfulness": None,
+            "answer_relevancy": None,
+            "reference_context_source": None,
+            "latency_ms": None,
+            "error": None,
         }
         per_question.append(row)
         started = time.perf_counter()
@@ -180,8 +189,15 @@ def evaluate_answers(
             if row["error"] is not None:
                 continue
             try:
-                await _score_question(ragas, q, row, contexts_of[q.qid], precision_metric,
-                                      recall_metric, similarity_metric)
+                await _score_question(
+                    ragas,
+                    q,
+                    row,
+                    contexts_of[q.qid],
+                    precision_metric,
+                    recall_metric,
+                    similarity_metric,
+                )
             except Exception as exc:
                 logger.warning("ragas scoring of golden question %s failed: %s", q.qid, exc)
                 row["error"] = f"{type(exc).__name__}: {exc}"
@@ -225,7 +241,8 @@ def evaluate_answers(
         "llm_model": llm.model if llm is not None else None,
         "embedding_model": (
             f"caller-provided ({getattr(embedder_fn, '__qualname__', type(embedder_fn).__name__)})"
-            if embedder_fn is not None else DEFAULT_EMBEDDING_MODEL
+            if embedder_fn is not None
+            else DEFAULT_EMBEDDING_MODEL
         ),
         "notes": notes,
         "tokens": {"prompt": prompt_tokens, "completion": completion_tokens},
@@ -332,8 +349,10 @@ def _make_llm_metrics(ragas: _Ragas, llm: LLMConfig, embeddings: Any) -> tuple[A
     from ragas.metrics.collections import AnswerRelevancy, Faithfulness
 
     client = AsyncOpenAI(
-        base_url=llm.base_url, api_key=llm.api_key or "not-needed",
-        timeout=LLM_TIMEOUT_SECONDS, max_retries=1,
+        base_url=llm.base_url,
+        api_key=llm.api_key or "not-needed",
+        timeout=LLM_TIMEOUT_SECONDS,
+        max_retries=1,
     )
     judge = llm_factory(llm.model, client=client)
     return Faithfulness(llm=judge), AnswerRelevancy(llm=judge, embeddings=embeddings)
@@ -394,8 +413,12 @@ def _endpoint_unusable(exc: BaseException) -> bool:
     model (OpenAI client exceptions, possibly wrapped by instructor / ragas)."""
     import openai
 
-    fatal = (openai.APIConnectionError, openai.AuthenticationError, openai.NotFoundError,
-             openai.PermissionDeniedError)
+    fatal = (
+        openai.APIConnectionError,
+        openai.AuthenticationError,
+        openai.NotFoundError,
+        openai.PermissionDeniedError,
+    )
     seen: BaseException | None = exc
     for _ in range(5):
         if seen is None:

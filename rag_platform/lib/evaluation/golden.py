@@ -252,7 +252,10 @@ def resolve_relevance(
     doc_titles = dict(golden.doc_titles)
     doc_titles.update(titles)
     return GoldenSet(
-        questions=resolved, name=golden.name, format=golden.format, doc_titles=doc_titles,
+        questions=resolved,
+        name=golden.name,
+        format=golden.format,
+        doc_titles=doc_titles,
         resolved=True,
     )
 

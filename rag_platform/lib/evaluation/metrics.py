@@ -192,14 +192,22 @@ def evaluate_retrieval(
                 "latency_ms": round(d["latency_ms"], 3),
                 "error": d["error"],
                 "retrieved": [
-                    {"doc_id": doc_id, "title": title or golden.doc_titles.get(doc_id, ""),
-                     "score": score, "relevant": doc_id in rel}
+                    {
+                        "doc_id": doc_id,
+                        "title": title or golden.doc_titles.get(doc_id, ""),
+                        "score": score,
+                        "relevant": doc_id in rel,
+                    }
                     for doc_id, score, title in ranked[:5]
                 ],
                 "expected": sorted(
                     (
-                        {"doc_id": doc_id, "relevance": grade, "rank": rank_of.get(doc_id),
-                         "title": golden.doc_titles.get(doc_id) or title_of.get(doc_id, "")}
+                        {
+                            "doc_id": doc_id,
+                            "relevance": grade,
+                            "rank": rank_of.get(doc_id),
+                            "title": golden.doc_titles.get(doc_id) or title_of.get(doc_id, ""),
+                        }
                         for doc_id, grade in rel.items()
                     ),
                     key=lambda e: (e["rank"] is None, e["rank"] or 0, -e["relevance"]),

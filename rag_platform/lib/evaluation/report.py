@@ -29,14 +29,24 @@ logger = logging.getLogger(__name__)
 
 #: Metrics of the headline table, in order (those present in the summary are shown).
 HEADLINE = (
-    "ndcg@10", "recall@10", "recall@100", "mrr", "precision@10", "map@100",
-    "latency_p50_ms", "latency_p95_ms",
+    "ndcg@10",
+    "recall@10",
+    "recall@100",
+    "mrr",
+    "precision@10",
+    "map@100",
+    "latency_p50_ms",
+    "latency_p95_ms",
 )
 #: Metrics drawn run over run.
 TREND_METRICS = ("ndcg@10", "recall@100", "mrr")
 #: Answer metrics shown when the evaluation has them.
 ANSWER_METRICS = (
-    "context_precision", "context_recall", "answer_similarity", "faithfulness", "answer_relevancy",
+    "context_precision",
+    "context_recall",
+    "answer_similarity",
+    "faithfulness",
+    "answer_relevancy",
 )
 REPORT_JSON = "report.json"
 WORST_N = 10
@@ -105,8 +115,11 @@ def write_report(
     gate = evaluation.get("gate") or None
     published_version = published_version or evaluation.get("published_version")
     earlier = sorted(
-        (h for h in history
-         if h.get("version") != version and isinstance(h.get("summary"), Mapping)),
+        (
+            h
+            for h in history
+            if h.get("version") != version and isinstance(h.get("summary"), Mapping)
+        ),
         key=lambda h: str(h.get("time") or ""),
     )
     baseline = _pick_baseline(earlier, published_version or (gate or {}).get("compared_to"))
@@ -141,8 +154,11 @@ def write_report(
         "plots": [
             {"title": title, "name": p.name, "b64": base64.b64encode(p.read_bytes()).decode()}
             for title, p in zip(
-                ("Metrics per version", "Metrics per question type",
-                 "Distribution of per-question nDCG@10"),
+                (
+                    "Metrics per version",
+                    "Metrics per question type",
+                    "Distribution of per-question nDCG@10",
+                ),
                 plots,
                 strict=True,
             )
@@ -237,38 +253,59 @@ def render_markdown(context: Mapping[str, Any]) -> str:
     gate = context.get("gate")
     if gate:
         verdict = "PASSED" if gate.get("passed") else "FAILED"
-        lines += ["", f"**Gate: {verdict}**" + (f" (compared with `{gate['compared_to']}`)"
-                                                if gate.get("compared_to") else "")]
+        lines += [
+            "",
+            f"**Gate: {verdict}**"
+            + (f" (compared with `{gate['compared_to']}`)" if gate.get("compared_to") else ""),
+        ]
         lines += [f"- {_md(r)}" for r in gate.get("reasons") or []]
     baseline = context.get("baseline")
     base_label = f"{baseline['label']} `{baseline['version']}`" if baseline else "baseline"
-    lines += ["", "## Headline", "", f"| metric | this version | {base_label} | change |",
-              "|---|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Headline",
+        "",
+        f"| metric | this version | {base_label} | change |",
+        "|---|---:|---:|---:|",
+    ]
     for row in list(context["headline"]) + list(context["answer_rows"]):
         lines.append(f"| {row['metric']} | {row['value']} | {row['baseline']} | {row['delta']} |")
     answers = context.get("answers")
     if answers:
-        lines += ["", f"Answer metrics on a sample of {answers.get('sample_size')} of "
-                      f"{answers.get('population')} questions (ragas; LLM-judged: "
-                      f"{'yes' if answers.get('llm_judged') else 'no'})."]
+        lines += [
+            "",
+            f"Answer metrics on a sample of {answers.get('sample_size')} of "
+            f"{answers.get('population')} questions (ragas; LLM-judged: "
+            f"{'yes' if answers.get('llm_judged') else 'no'}).",
+        ]
         lines += [f"- {_md(n)}" for n in answers.get("notes") or []]
     if context["by_type"]:
         metrics = context["type_metrics"]
-        lines += ["", "## By question type", "",
-                  "| type | questions | " + " | ".join(metrics) + " |",
-                  "|---|---:|" + "---:|" * len(metrics)]
+        lines += [
+            "",
+            "## By question type",
+            "",
+            "| type | questions | " + " | ".join(metrics) + " |",
+            "|---|---:|" + "---:|" * len(metrics),
+        ]
         for qtype, values in context["by_type"].items():
             cells = " | ".join(_fmt(values.get(m)) for m in metrics)
             lines.append(f"| {_md(qtype)} | {int(values.get('questions', 0))} | {cells} |")
-    lines += ["", f"## Worst {len(context['worst'])} questions (by nDCG@10)", "",
-              "| # | question | nDCG@10 | recall@100 | first relevant "
-              "| retrieved (top 3) | expected |",
-              "|---:|---|---:|---:|---:|---|---|"]
+    lines += [
+        "",
+        f"## Worst {len(context['worst'])} questions (by nDCG@10)",
+        "",
+        "| # | question | nDCG@10 | recall@100 | first relevant | retrieved (top 3) | expected |",
+        "|---:|---|---:|---:|---:|---|---|",
+    ]
     for i, q in enumerate(context["worst"], start=1):
-        retrieved = "; ".join(
-            ("✔ " if r.get("relevant") else "") + _short(r.get("title") or r["doc_id"], 40)
-            for r in q.get("retrieved", [])[:3]
-        ) or "(nothing)"
+        retrieved = (
+            "; ".join(
+                ("✔ " if r.get("relevant") else "") + _short(r.get("title") or r["doc_id"], 40)
+                for r in q.get("retrieved", [])[:3]
+            )
+            or "(nothing)"
+        )
         expected = "; ".join(
             _short(e.get("title") or e["doc_id"], 40) + (f" @{e['rank']}" if e.get("rank") else "")
             for e in q.get("expected", [])[:3]
@@ -403,10 +440,15 @@ def _plot_by_type(
     for i, metric in enumerate(metrics):
         ys = [float(v.get(metric, math.nan)) for v in groups.values()]
         ax.bar([x + i * width for x in range(len(groups))], ys, width=width, label=metric)
-    names = [f"{g} (n={int(v['questions'])})" if "questions" in v and by_type else g
-             for g, v in groups.items()]
-    ax.set_xticks([x + width * (len(metrics) - 1) / 2 for x in range(len(groups))],
-                  [_short(n, 34) for n in names], fontsize=8)
+    names = [
+        f"{g} (n={int(v['questions'])})" if "questions" in v and by_type else g
+        for g, v in groups.items()
+    ]
+    ax.set_xticks(
+        [x + width * (len(metrics) - 1) / 2 for x in range(len(groups))],
+        [_short(n, 34) for n in names],
+        fontsize=8,
+    )
     ax.set_ylim(0.0, 1.15)  # headroom for the legend above the bars
     ax.set_title("Metrics per question type", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
@@ -419,8 +461,11 @@ def _plot_by_type(
 
 def _plot_distribution(per_question: Sequence[Mapping[str, Any]], path: Path) -> Path:
     plt = _pyplot()
-    values = [float(q["metrics"]["ndcg@10"]) for q in per_question
-              if _finite(q.get("metrics", {}).get("ndcg@10"))]
+    values = [
+        float(q["metrics"]["ndcg@10"])
+        for q in per_question
+        if _finite(q.get("metrics", {}).get("ndcg@10"))
+    ]
     fig, ax = plt.subplots(figsize=(7.5, 3.2), dpi=100)
     ax.hist(values, bins=[i / 10 for i in range(11)], color="#4C72B0", edgecolor="white")
     ax.set_xlim(0.0, 1.0)

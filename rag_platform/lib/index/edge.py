@@ -598,7 +598,8 @@ def _record_to_point(record: Any, payload: dict[str, Any]) -> IndexPoint:
     dense = np.asarray(vectors.get(DENSE_VECTOR, []), dtype=np.float32)
     sp = vectors.get(SPARSE_VECTOR)
     sparse = (
-        SparseVector(list(sp.indices), [float(v) for v in sp.values]) if sp is not None
+        SparseVector(list(sp.indices), [float(v) for v in sp.values])
+        if sp is not None
         else SparseVector()
     )
     return IndexPoint(id=str(record.id), dense=dense, sparse=sparse, payload=payload)

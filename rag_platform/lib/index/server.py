@@ -90,9 +90,7 @@ class ServerIndexWriter:
         self.dim = dim
 
     @classmethod
-    def create(
-        cls, client: QdrantClient, tenant: str, version: str, dim: int
-    ) -> ServerIndexWriter:
+    def create(cls, client: QdrantClient, tenant: str, version: str, dim: int) -> ServerIndexWriter:
         """Creates ``kb_<tenant>_<version>`` with dense + BM25 (IDF) vectors and payload indexes.
 
         Raises:
@@ -253,18 +251,29 @@ class ServerIndexReader:
             if not sparse.indices:
                 return []
             res = self.client.query_points(
-                self.collection, query=_sparse(sparse), using=SPARSE_VECTOR, query_filter=flt,
+                self.collection,
+                query=_sparse(sparse),
+                using=SPARSE_VECTOR,
+                query_filter=flt,
                 **common,
             )
         else:
             prefetch = [
-                models.Prefetch(query=dense_q, using=DENSE_VECTOR, filter=flt,
-                                limit=max(settings.dense_prefetch, limit))
+                models.Prefetch(
+                    query=dense_q,
+                    using=DENSE_VECTOR,
+                    filter=flt,
+                    limit=max(settings.dense_prefetch, limit),
+                )
             ]
             if sparse.indices:
                 prefetch.append(
-                    models.Prefetch(query=_sparse(sparse), using=SPARSE_VECTOR, filter=flt,
-                                    limit=max(settings.sparse_prefetch, limit))
+                    models.Prefetch(
+                        query=_sparse(sparse),
+                        using=SPARSE_VECTOR,
+                        filter=flt,
+                        limit=max(settings.sparse_prefetch, limit),
+                    )
                 )
             query: Any
             if fusion == "rrf":

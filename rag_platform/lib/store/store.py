@@ -539,9 +539,7 @@ class MetadataStore:
         _check_tenant(tenant)
         if role not in ROLES:
             raise ValueError(f"invalid role {role!r}: expected one of {', '.join(ROLES)}")
-        if isinstance(groups, str) or not all(
-            isinstance(g, str) and g.strip() for g in groups
-        ):
+        if isinstance(groups, str) or not all(isinstance(g, str) and g.strip() for g in groups):
             raise ValueError(f"groups must be a list of non-empty strings, got {groups!r}")
         _check_text(name, "key name", 200, allow_empty=True)
         now = utcnow()
@@ -653,9 +651,7 @@ class MetadataStore:
 
     def _version_row(self, conn: Connection, tenant: str, version: str) -> Row[Any] | None:
         return conn.execute(
-            select(_t_version).where(
-                _t_version.c.tenant == tenant, _t_version.c.version == version
-            )
+            select(_t_version).where(_t_version.c.tenant == tenant, _t_version.c.version == version)
         ).first()
 
     def _require_version(self, conn: Connection, tenant: str, version: str) -> Row[Any]:

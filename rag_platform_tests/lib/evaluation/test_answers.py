@@ -19,14 +19,23 @@ HAMLET = "Hamlet is a tragedy written by William Shakespeare around 1600."
 GOLDEN = GoldenSet(
     [
         # retrieval finds the reference passage; the answer equals the reference answer
-        GoldenQuestion("paris", "What is the capital of France?", reference_contexts=[PARIS],
-                       reference_answer="The capital of France is Paris."),
+        GoldenQuestion(
+            "paris",
+            "What is the capital of France?",
+            reference_contexts=[PARIS],
+            reference_answer="The capital of France is Paris.",
+        ),
         # no reference contexts: the reference answer stands in for one
-        GoldenQuestion("banana", "What colour are ripe bananas?",
-                       reference_answer="Ripe bananas are yellow."),
+        GoldenQuestion(
+            "banana", "What colour are ripe bananas?", reference_answer="Ripe bananas are yellow."
+        ),
         # retrieval misses, and the answer is off topic
-        GoldenQuestion("hamlet", "Who wrote Hamlet?", reference_contexts=[HAMLET],
-                       reference_answer="William Shakespeare wrote Hamlet."),
+        GoldenQuestion(
+            "hamlet",
+            "Who wrote Hamlet?",
+            reference_contexts=[HAMLET],
+            reference_answer="William Shakespeare wrote Hamlet.",
+        ),
     ],
     "hand",
 )
@@ -43,18 +52,26 @@ ANSWERS = {
 
 
 def retrieve(question: str, k: int) -> list[Hit]:
-    return [Hit(chunk_id=f"c{i}", doc_id=f"d{i}", tenant="t", text=t, score=1 / (i + 1))
-            for i, t in enumerate(CONTEXTS[question][:k])]
+    return [
+        Hit(chunk_id=f"c{i}", doc_id=f"d{i}", tenant="t", text=t, score=1 / (i + 1))
+        for i, t in enumerate(CONTEXTS[question][:k])
+    ]
 
 
 def answer(question: str, hits: list[Hit]) -> Answer:
-    return Answer(text=ANSWERS[question], citations=[], mode="extractive", prompt_tokens=7,
-                  completion_tokens=3)
+    return Answer(
+        text=ANSWERS[question],
+        citations=[],
+        mode="extractive",
+        prompt_tokens=7,
+        completion_tokens=3,
+    )
 
 
 @pytest.fixture(scope="module")
 def result() -> dict[str, Any]:
     with pytest.MonkeyPatch.context() as mp:
+
         def refuse(*args: Any, **kwargs: Any) -> None:
             raise OSError("network access during answer evaluation")
 
@@ -109,8 +126,13 @@ class TestEvaluateAnswers:
 class TestLLMJudge:
     def test_unreachable_endpoint_is_tried_once_and_reported(self) -> None:
         # nothing listens on port 9 of this machine: the connection is refused
-        out = evaluate_answers(GOLDEN, retrieve, answer, embedder_fn=_bag_of_letters,
-                               llm=LLMConfig("http://127.0.0.1:9/v1", "judge-model"))
+        out = evaluate_answers(
+            GOLDEN,
+            retrieve,
+            answer,
+            embedder_fn=_bag_of_letters,
+            llm=LLMConfig("http://127.0.0.1:9/v1", "judge-model"),
+        )
         assert out["llm_judged"] is True and out["llm_model"] == "judge-model"
         errors = [r["error"] for r in out["per_question"]]
         assert errors[0].startswith("LLM judge: APIConnectionError")

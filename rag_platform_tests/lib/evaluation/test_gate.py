@@ -21,8 +21,9 @@ class TestCheckGate:
         assert result.deltas["mrr"] == pytest.approx(-0.01)
 
     def test_fails_below_threshold_naming_metric_value_and_limit(self) -> None:
-        result = check_gate({"ndcg@10": 0.55, "recall@100": 0.9, "mrr": 0.5},
-                            {"ndcg@10": 0.6}, 0.02, None, None)
+        result = check_gate(
+            {"ndcg@10": 0.55, "recall@100": 0.9, "mrr": 0.5}, {"ndcg@10": 0.6}, 0.02, None, None
+        )
         assert not result.passed
         assert result.reasons == ["ndcg@10 = 0.5500 is below the threshold 0.6000"]
         assert result.compared_to is None and result.deltas == {}
@@ -39,16 +40,22 @@ class TestCheckGate:
         assert result.deltas["mrr"] == pytest.approx(-0.02)
 
     def test_missing_or_nan_metrics_fail_closed(self) -> None:
-        result = check_gate({"ndcg@10": math.nan, "mrr": 0.7}, {"ndcg@10": 0.5, "recal@10": 0.5},
-                            0.02, PUBLISHED, "v7")
+        result = check_gate(
+            {"ndcg@10": math.nan, "mrr": 0.7},
+            {"ndcg@10": 0.5, "recal@10": 0.5},
+            0.02,
+            PUBLISHED,
+            "v7",
+        )
         assert not result.passed
         assert "ndcg@10: missing from the evaluation (threshold 0.5000)" in result.reasons
         assert "recal@10: missing from the evaluation (threshold 0.5000)" in result.reasons
         assert any(r.startswith("recall@100: missing") for r in result.reasons)
 
     def test_published_summary_without_a_metric_is_not_compared(self) -> None:
-        result = check_gate({"ndcg@10": 0.7, "recall@100": 0.5, "mrr": 0.7}, {}, 0.02,
-                            {"ndcg@10": 0.7}, "v1")
+        result = check_gate(
+            {"ndcg@10": 0.7, "recall@100": 0.5, "mrr": 0.7}, {}, 0.02, {"ndcg@10": 0.7}, "v1"
+        )
         assert result.passed and set(result.deltas) == {"ndcg@10"}
 
     def test_negative_max_regression_is_refused(self) -> None:

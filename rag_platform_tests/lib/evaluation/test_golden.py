@@ -74,10 +74,18 @@ class TestLoadGoldenSet:
     def test_jsonl_accepts_lists_grades_and_separated_strings(self, tmp_path: Path) -> None:
         path = tmp_path / "golden.jsonl"
         rows = [
-            {"id": "a", "question": "Q one?", "relevant_doc_ids": ["d1", "d2"],
-             "reference_answer": "A one.", "question_type": "lookup"},
-            {"question": "Q two?", "relevant_doc_ids": {"d3": 2, "d4": 0},
-             "reference_contexts": ["ctx"]},
+            {
+                "id": "a",
+                "question": "Q one?",
+                "relevant_doc_ids": ["d1", "d2"],
+                "reference_answer": "A one.",
+                "question_type": "lookup",
+            },
+            {
+                "question": "Q two?",
+                "relevant_doc_ids": {"d3": 2, "d4": 0},
+                "reference_contexts": ["ctx"],
+            },
             {"question": "Q three?", "relevant_doc_ids": "d5; d6", "relevant_patterns": "*X*"},
         ]
         path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
@@ -151,16 +159,25 @@ class TestResolveRelevance:
             assert "unresolved" not in q.metadata
         by_pattern = {tuple(q.relevant_patterns): q for q in golden.questions}
         aapl = by_pattern[("*AAPL*",)].relevant_doc_ids
-        assert set(aapl) == {id_of[n] for n in ("2022 Q3 AAPL.pdf", "2023 Q1 AAPL.pdf",
-                                                 "2023 Q2 AAPL.pdf", "2023 Q3 AAPL.pdf")}
+        assert set(aapl) == {
+            id_of[n]
+            for n in (
+                "2022 Q3 AAPL.pdf",
+                "2023 Q1 AAPL.pdf",
+                "2023 Q2 AAPL.pdf",
+                "2023 Q3 AAPL.pdf",
+            )
+        }
         assert by_pattern[("*2023 Q3 NVDA*",)].relevant_doc_ids == {id_of["2023 Q3 NVDA.pdf"]: 1}
         assert golden.doc_titles[id_of["2023 Q3 NVDA.pdf"]] == "2023 Q3 NVDA"
 
     def test_patterns_match_file_names_of_uris_case_insensitively(self) -> None:
         question = GoldenQuestion("q", "?", relevant_patterns=["*2023 q3 nvda*", "*TSLA*"])
         golden = GoldenSet([question], "g")
-        docs = [("d1", "file:///data/10q/2023%20Q3%20NVDA.pdf", "t1"),
-                ("d2", "/data/10q/2023 Q3 AAPL.pdf", "t2")]
+        docs = [
+            ("d1", "file:///data/10q/2023%20Q3%20NVDA.pdf", "t1"),
+            ("d2", "/data/10q/2023 Q3 AAPL.pdf", "t2"),
+        ]
         (q,) = resolve_relevance(golden, docs).questions
         assert q.relevant_doc_ids == {"d1": 1}
         assert q.metadata["unresolved"] == ["*TSLA*"]

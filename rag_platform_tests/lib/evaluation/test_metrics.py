@@ -15,8 +15,14 @@ A, B, C, D, E, F = (make_doc_id("t", "src", n) for n in "ABCDEF")
 
 
 def hit(doc_id: str, score: float, n: int = 0) -> Hit:
-    return Hit(chunk_id=f"{doc_id}-{n}", doc_id=doc_id, tenant="t", text="...", score=score,
-               title=f"title of {doc_id[:4]}")
+    return Hit(
+        chunk_id=f"{doc_id}-{n}",
+        doc_id=doc_id,
+        tenant="t",
+        text="...",
+        score=score,
+        title=f"title of {doc_id[:4]}",
+    )
 
 
 def hand_made() -> tuple[GoldenSet, dict[str, list[Hit]]]:
@@ -94,7 +100,8 @@ class TestEvaluateRetrieval:
         assert [r["doc_id"] for r in q1["retrieved"]] == [B, C, A]
         assert [r["relevant"] for r in q1["retrieved"]] == [True, False, True]
         assert [(e["doc_id"], e["rank"], e["title"]) for e in q1["expected"]] == [
-            (B, 1, "Doc B"), (A, 3, "Doc A")
+            (B, 1, "Doc B"),
+            (A, 3, "Doc A"),
         ]
         assert set(result.by_question_type) == {"x", "y"}
         assert result.by_question_type["y"]["ndcg@10"] == pytest.approx(0.5)

@@ -37,25 +37,58 @@ def evaluation() -> dict[str, Any]:
     }
 
     def retrieve(question: str, k: int) -> list[Hit]:
-        return [Hit(chunk_id=f"{n}-0", doc_id=DOCS[n], tenant="t", text=n, score=1 - i / 10,
-                    title=f"{n.title()} 10-Q") for i, n in enumerate(order[question])]
+        return [
+            Hit(
+                chunk_id=f"{n}-0",
+                doc_id=DOCS[n],
+                tenant="t",
+                text=n,
+                score=1 - i / 10,
+                title=f"{n.title()} 10-Q",
+            )
+            for i, n in enumerate(order[question])
+        ]
 
     result = evaluate_retrieval(golden, retrieve)
-    answers = {"summary": {"answer_similarity": 0.71, "context_recall": 0.5}, "per_question": [
-        {"qid": "good", "question": "What is alpha?", "answer": "Alpha is <b>first</b> [1].",
-         "context_precision": 1.0, "context_recall": 1.0, "answer_similarity": 0.9,
-         "faithfulness": None, "answer_relevancy": None, "error": None},
-    ], "sample_size": 1, "population": 3, "llm_judged": False, "llm_model": None,
-        "embedding_model": "all-MiniLM-L6-v2", "notes": ["reference answer used as context"]}
+    answers = {
+        "summary": {"answer_similarity": 0.71, "context_recall": 0.5},
+        "per_question": [
+            {
+                "qid": "good",
+                "question": "What is alpha?",
+                "answer": "Alpha is <b>first</b> [1].",
+                "context_precision": 1.0,
+                "context_recall": 1.0,
+                "answer_similarity": 0.9,
+                "faithfulness": None,
+                "answer_relevancy": None,
+                "error": None,
+            },
+        ],
+        "sample_size": 1,
+        "population": 3,
+        "llm_judged": False,
+        "llm_model": None,
+        "embedding_model": "all-MiniLM-L6-v2",
+        "notes": ["reference answer used as context"],
+    }
     return {**result.to_dict(), "answers": answers, "golden_set": golden.name}
 
 
 HISTORY: list[dict[str, Any]] = [
-    {"version": "v1", "time": "2026-11-01T00:00:00+00:00", "published": False,
-     "summary": {"ndcg@10": 0.55, "recall@100": 0.60, "mrr": 0.50}},
-    {"version": "v2", "time": "2026-11-02T00:00:00+00:00", "published": True,
-     "summary": {"ndcg@10": 0.80, "recall@100": 0.90, "mrr": 0.75},
-     "answers_summary": {"answer_similarity": 0.70}},
+    {
+        "version": "v1",
+        "time": "2026-11-01T00:00:00+00:00",
+        "published": False,
+        "summary": {"ndcg@10": 0.55, "recall@100": 0.60, "mrr": 0.50},
+    },
+    {
+        "version": "v2",
+        "time": "2026-11-02T00:00:00+00:00",
+        "published": True,
+        "summary": {"ndcg@10": 0.80, "recall@100": 0.90, "mrr": 0.75},
+        "answers_summary": {"answer_similarity": 0.70},
+    },
 ]
 
 
@@ -95,8 +128,10 @@ class TestWriteReport:
 
     def test_first_report_without_history_and_nested_shape(self, tmp_path: Path) -> None:
         ev = evaluation()
-        nested = {"summary": ev["summary"], "retrieval": {k: v for k, v in ev.items()
-                                                          if k != "answers"}}
+        nested = {
+            "summary": ev["summary"],
+            "retrieval": {k: v for k, v in ev.items() if k != "answers"},
+        }
         paths = write_report("acme", "v1", nested, [], tmp_path / "v1")
         md = paths.markdown.read_text()
         assert "| baseline |" in md and WORST_QUESTION in md
@@ -112,10 +147,12 @@ class TestLoadHistory:
     def test_reads_earlier_reports_oldest_first(self, tmp_path: Path) -> None:
         tenant_dir = tmp_path / "acme"
         ev = evaluation()
-        write_report("acme", "v2", ev, [], tenant_dir / "v2",
-                     created_at=datetime(2026, 11, 2, tzinfo=UTC))
-        write_report("acme", "v1", ev, [], tenant_dir / "v1",
-                     created_at=datetime(2026, 11, 1, tzinfo=UTC))
+        write_report(
+            "acme", "v2", ev, [], tenant_dir / "v2", created_at=datetime(2026, 11, 2, tzinfo=UTC)
+        )
+        write_report(
+            "acme", "v1", ev, [], tenant_dir / "v1", created_at=datetime(2026, 11, 1, tzinfo=UTC)
+        )
         mark_published(tenant_dir / "v1")
         (tenant_dir / "broken").mkdir()
         (tenant_dir / "broken" / "report.json").write_text("{not json")

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from rag_platform.lib.store.store import NotFoundError
+from rag_platform.lib.store import NotFoundError
 from serving.api.deps import AdminDep, StateDep
 from serving.api.routes.search import COMMON_ERRORS
 from serving.errors import ApiError
@@ -63,17 +63,18 @@ def list_documents(admin: AdminDep, state: StateDep) -> DocumentsPublic:
                 doc = docs.get(doc_id)
                 if doc is None:
                     docs[doc_id] = DocumentPublic(
-                        doc_id=doc_id, title=str(payload.get("title") or ""),
+                        doc_id=doc_id,
+                        title=str(payload.get("title") or ""),
                         uri=str(payload.get("uri") or ""),
-                        source_id=str(payload.get("source_id") or ""), chunks=1,
+                        source_id=str(payload.get("source_id") or ""),
+                        chunks=1,
                     )
                 else:
                     doc.chunks += 1
     except (FileNotFoundError, OSError, RuntimeError) as exc:
         raise ApiError(503, "index_unavailable", "the published index cannot be opened") from exc
     documents = sorted(docs.values(), key=lambda d: (d.title, d.doc_id))
-    return DocumentsPublic(index_version=version.version, count=len(documents),
-                           documents=documents)
+    return DocumentsPublic(index_version=version.version, count=len(documents), documents=documents)
 
 
 @router.get("/index-versions", response_model=IndexVersionsPublic, summary="Index versions")
@@ -89,8 +90,12 @@ def list_index_versions(admin: AdminDep, state: StateDep) -> IndexVersionsPublic
         published_version=published_name,
         versions=[
             IndexVersionPublic(
-                version=v.version, status=str(v.status), documents=v.documents,
-                chunks=v.chunks, created_at=v.created_at, published_at=v.published_at,
+                version=v.version,
+                status=str(v.status),
+                documents=v.documents,
+                chunks=v.chunks,
+                created_at=v.created_at,
+                published_at=v.published_at,
                 is_published=v.version == published_name,
             )
             for v in versions
@@ -116,13 +121,15 @@ def rollback_index_version(
     except Exception as exc:
         raise _unavailable(exc) from exc
     try:
-        after = state.store.rollback(admin.tenant, to_version=body.version,
-                                     actor=f"key:{admin.key_id}")
+        after = state.store.rollback(
+            admin.tenant, to_version=body.version, actor=f"key:{admin.key_id}"
+        )
     except NotFoundError as exc:
         raise ApiError(404, "version_not_found", "no such index version") from exc
     except ValueError as exc:
         raise ApiError(
-            409, "rollback_not_possible",
+            409,
+            "rollback_not_possible",
             "no earlier index version to roll back to, or the target cannot be published",
         ) from exc
     except Exception as exc:
@@ -135,9 +142,13 @@ def rollback_index_version(
 
 def _key_public(info: Any) -> ApiKeyPublic:
     return ApiKeyPublic(
-        key_id=info.key_id, tenant=info.tenant, name=getattr(info, "name", "") or "",
-        groups=list(getattr(info, "groups", []) or []), role=getattr(info, "role", "reader"),
-        created_at=getattr(info, "created_at", None), expires_at=getattr(info, "expires_at", None),
+        key_id=info.key_id,
+        tenant=info.tenant,
+        name=getattr(info, "name", "") or "",
+        groups=list(getattr(info, "groups", []) or []),
+        role=getattr(info, "role", "reader"),
+        created_at=getattr(info, "created_at", None),
+        expires_at=getattr(info, "expires_at", None),
         revoked_at=getattr(info, "revoked_at", None),
         last_used_at=getattr(info, "last_used_at", None),
     )

@@ -6,7 +6,7 @@ import logging
 
 from fastapi import APIRouter, status
 
-from rag_platform.lib.store.store import NotFoundError
+from rag_platform.lib.store import NotFoundError
 from serving.api.deps import PrincipalDep, StateDep
 from serving.api.routes.search import COMMON_ERRORS
 from serving.errors import ApiError
@@ -32,11 +32,18 @@ def create_feedback(
     A query id of another tenant answers 404 exactly like an unknown one, so ids of other
     tenants cannot be probed.
     """
+
     def add() -> str:
-        return str(state.store.add_feedback(
-            body.query_id, principal.tenant, principal.key_id, body.rating, body.type,
-            body.comment,
-        ))
+        return str(
+            state.store.add_feedback(
+                body.query_id,
+                principal.tenant,
+                principal.key_id,
+                body.rating,
+                body.type,
+                body.comment,
+            )
+        )
 
     try:
         try:

@@ -64,7 +64,9 @@ def _answer_to_dict(answer: Answer) -> dict[str, Any]:
 
 def _answer_from_dict(d: dict[str, Any]) -> Answer:
     return Answer(
-        text=d["text"], citations=[Citation(**c) for c in d["citations"]], mode=d["mode"],
+        text=d["text"],
+        citations=[Citation(**c) for c in d["citations"]],
+        mode=d["mode"],
         prompt_tokens=int(d.get("prompt_tokens", 0)),
         completion_tokens=int(d.get("completion_tokens", 0)),
     )
@@ -104,7 +106,11 @@ def answer_query(
 ) -> Any:
     """Retrieves the caller's visible chunks and answers from them with ``[n]`` citations."""
     record, got, started = retrieve_logged(
-        state=state, principal=principal, version=version, endpoint="query", body=body,
+        state=state,
+        principal=principal,
+        version=version,
+        endpoint="query",
+        body=body,
     )
     query_id = record.query_id
     cached_answer: Answer | None = None
@@ -116,11 +122,20 @@ def answer_query(
     wants_stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
     headers = {"X-Query-Id": query_id}
     if wants_stream:
-        stream = _stream(state, body.query, got.hits, cached_answer, record, version.version,
-                         got.cache_key, started)
+        stream = _stream(
+            state,
+            body.query,
+            got.hits,
+            cached_answer,
+            record,
+            version.version,
+            got.cache_key,
+            started,
+        )
         background_tasks.add_task(state.log_query, record)
         return StreamingResponse(
-            stream, media_type="text/event-stream",
+            stream,
+            media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             background=background_tasks,
         )
@@ -140,8 +155,10 @@ def answer_query(
         state.metrics.answer_latency.labels(principal.tenant, answer.mode).observe(answer_ms / 1000)
     citations = _safe_citations(answer, got.hits)
     if not got.cached or cached_answer is None:
-        state.cache.set(got.cache_key, {
-            "hits": [asdict(h) for h in got.hits], "answer": _answer_to_dict(answer)})
+        state.cache.set(
+            got.cache_key,
+            {"hits": [asdict(h) for h in got.hits], "answer": _answer_to_dict(answer)},
+        )
     total_ms = (time.perf_counter() - started) * 1000
     record.cited_chunk_ids = list(dict.fromkeys(c.chunk_id for c in citations))
     record.prompt_tokens, record.completion_tokens = answer.prompt_tokens, answer.completion_tokens
@@ -156,10 +173,12 @@ def answer_query(
         mode=answer.mode,
         citations=[CitationPublic.from_citation(c) for c in citations],
         hits=[HitPublic.from_hit(h) for h in got.hits],
-        usage=UsagePublic(prompt_tokens=answer.prompt_tokens,
-                          completion_tokens=answer.completion_tokens),
-        timings=TimingsPublic(embed_ms=got.embed_ms, search_ms=got.search_ms,
-                              answer_ms=answer_ms, total_ms=total_ms),
+        usage=UsagePublic(
+            prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens
+        ),
+        timings=TimingsPublic(
+            embed_ms=got.embed_ms, search_ms=got.search_ms, answer_ms=answer_ms, total_ms=total_ms
+        ),
     )
 
 
@@ -203,19 +222,32 @@ def _stream(
     answer_ms = (time.perf_counter() - t0) * 1000 if cached_answer is None else 0.0
     citations = _safe_citations(answer, hits)
     if cached_answer is None:
-        state.cache.set(key, {"hits": [asdict(h) for h in hits],
-                              "answer": _answer_to_dict(answer)})
-    yield _sse("citations", {"citations": [
-        CitationPublic.from_citation(c).model_dump() for c in citations]})
+        state.cache.set(key, {"hits": [asdict(h) for h in hits], "answer": _answer_to_dict(answer)})
+    yield _sse(
+        "citations",
+        {"citations": [CitationPublic.from_citation(c).model_dump() for c in citations]},
+    )
     total_ms = (time.perf_counter() - started) * 1000
     record.cited_chunk_ids = list(dict.fromkeys(c.chunk_id for c in citations))
     record.prompt_tokens, record.completion_tokens = answer.prompt_tokens, answer.completion_tokens
     record.latency_ms = total_ms
-    yield _sse("done", {
-        "query_id": record.query_id, "index_version": index_version, "mode": answer.mode,
-        "cached": cached_answer is not None, "answer": answer.text,
-        "usage": {"prompt_tokens": answer.prompt_tokens,
-                  "completion_tokens": answer.completion_tokens},
-        "timings": {"embed_ms": record.embed_ms, "search_ms": record.search_ms,
-                    "answer_ms": answer_ms, "total_ms": total_ms},
-    })
+    yield _sse(
+        "done",
+        {
+            "query_id": record.query_id,
+            "index_version": index_version,
+            "mode": answer.mode,
+            "cached": cached_answer is not None,
+            "answer": answer.text,
+            "usage": {
+                "prompt_tokens": answer.prompt_tokens,
+                "completion_tokens": answer.completion_tokens,
+            },
+            "timings": {
+                "embed_ms": record.embed_ms,
+                "search_ms": record.search_ms,
+                "answer_ms": answer_ms,
+                "total_ms": total_ms,
+            },
+        },
+    )

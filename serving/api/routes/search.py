@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from rag_platform.lib.models import Hit, Principal, SearchFilters
-from rag_platform.lib.store.store import IndexVersion
+from rag_platform.lib.store import IndexVersion
 from serving.api.deps import PrincipalDep, PublishedVersionDep, StateDep, open_retriever
 from serving.cache import cache_key
 from serving.errors import ApiError
@@ -67,8 +67,10 @@ def recheck_hits(state: ServingState, hits: list[Hit], principal: Principal) -> 
     kept = [h for h in hits if h.tenant == principal.tenant and groups.intersection(h.acl_groups)]
     if len(kept) != len(hits):
         state.metrics.isolation_violations.labels(principal.tenant).inc(len(hits) - len(kept))
-        logger.error("dropped hits failing the tenant/ACL re-check",
-                     extra={"tenant": principal.tenant, "dropped": len(hits) - len(kept)})
+        logger.error(
+            "dropped hits failing the tenant/ACL re-check",
+            extra={"tenant": principal.tenant, "dropped": len(hits) - len(kept)},
+        )
     return kept
 
 
@@ -89,9 +91,15 @@ def retrieve_hits(
         ApiError: 422 ``invalid_filters`` when the index refuses the filters,
             503 ``index_unavailable`` when the shard cannot be opened.
     """
-    key = cache_key(endpoint=endpoint, tenant=principal.tenant, index_version=version.version,
-                    query=query, filters=filters, top_k=top_k,
-                    retrieval=state.retrieval_settings(principal.tenant).model_dump_json())
+    key = cache_key(
+        endpoint=endpoint,
+        tenant=principal.tenant,
+        index_version=version.version,
+        query=query,
+        filters=filters,
+        top_k=top_k,
+        retrieval=state.retrieval_settings(principal.tenant).model_dump_json(),
+    )
     cached = state.cache.get(key)
     if cached is not None:
         try:
@@ -133,14 +141,23 @@ def retrieve_logged(
     started = time.perf_counter()
     filters = body.filters.to_filters(principal)
     record = QueryRecord(
-        query_id=new_query_id(), tenant=principal.tenant, key_id=principal.key_id,
-        question=body.query, top_k=body.top_k, filters=filters_for_log(filters),
+        query_id=new_query_id(),
+        tenant=principal.tenant,
+        key_id=principal.key_id,
+        question=body.query,
+        top_k=body.top_k,
+        filters=filters_for_log(filters),
         index_version=version.version,
     )
     try:
         got = retrieve_hits(
-            state=state, principal=principal, version=version,
-            endpoint=endpoint, query=body.query, top_k=body.top_k, filters=filters,
+            state=state,
+            principal=principal,
+            version=version,
+            endpoint=endpoint,
+            query=body.query,
+            top_k=body.top_k,
+            filters=filters,
         )
     except Exception as exc:
         record.status_code = exc.status_code if isinstance(exc, ApiError) else 500
@@ -180,7 +197,11 @@ def search_chunks(
     The query id (also in ``X-Query-Id``) identifies the query-log row that feedback refers to.
     """
     record, got, started = retrieve_logged(
-        state=state, principal=principal, version=version, endpoint="search", body=body,
+        state=state,
+        principal=principal,
+        version=version,
+        endpoint="search",
+        body=body,
     )
     if not got.cached:
         state.cache.set(got.cache_key, {"hits": [asdict(h) for h in got.hits]})
