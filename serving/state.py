@@ -283,7 +283,7 @@ class ServingState:
     # -- query log -----------------------------------------------------------------------------
     def masker(self, tenant: str) -> Any:
         """The tenant's ``PIIMasker`` (built once per tenant; Presidio loads on first use)."""
-        from rag_platform.lib.pii import PIIMasker
+        from rag_platform.lib.ingestion.mask import PIIMasker
 
         with self._maskers_lock:
             masker = self._maskers.get(tenant)

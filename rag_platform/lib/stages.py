@@ -336,8 +336,8 @@ def parse_stage(
     Returns:
         (parsed frame with ``DOC_COLUMNS``, quarantined documents, stats).
     """
+    from rag_platform.lib.ingestion.parse import ParseError, parse_document
     from rag_platform.lib.models import SourceDocument
-    from rag_platform.lib.parsing import ParseError, parse_document
 
     start = time.perf_counter()
     stats = StageStats()
@@ -391,7 +391,7 @@ class MaskerSpec:
     spacy_model: str
 
     def __call__(self) -> Any:
-        from rag_platform.lib.pii import PIIMasker
+        from rag_platform.lib.ingestion.mask import PIIMasker
 
         return PIIMasker(self.policy, spacy_model=self.spacy_model)
 
@@ -518,7 +518,7 @@ def chunk_stage(
     of permissions at the source reaches the next index without re-chunking or re-embedding.
     A document that yields no chunk is quarantined.
     """
-    from rag_platform.lib.chunking import embedding_text
+    from rag_platform.lib.ingestion.chunk import embedding_text
 
     start = time.perf_counter()
     stats = StageStats()

@@ -164,7 +164,7 @@ def chunks(
     cache = StageCache(platform.tenant_cache_dir(tenant.id) / "chunks.parquet")
 
     def chunker_factory():  # type: ignore[no-untyped-def]
-        from rag_platform.lib.chunking import Chunker, load_tokenizer
+        from rag_platform.lib.ingestion.chunk import Chunker, load_tokenizer
 
         cfg = tenant.chunking
         return Chunker(load_tokenizer(), cfg.max_tokens, cfg.overlap_tokens, cfg.min_tokens)

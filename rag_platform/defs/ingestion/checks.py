@@ -53,7 +53,7 @@ def validate_chunks(frame: pd.DataFrame, tenant: str, max_tokens: int) -> dict[s
     """
     import great_expectations as gx
 
-    from rag_platform.lib.pii import find_residual_pii
+    from rag_platform.lib.ingestion.mask import find_residual_pii
 
     checked = frame[["chunk_id", "text", "token_count", "tenant"]].copy()
     checked["residual_pii"] = frame["text"].map(lambda t: ",".join(find_residual_pii(t)))

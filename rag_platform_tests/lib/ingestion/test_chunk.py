@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from rag_platform.lib.chunking import Chunker, embedding_text, load_tokenizer, split_units
+from rag_platform.lib.ingestion.chunk import Chunker, embedding_text, load_tokenizer, split_units
+from rag_platform.lib.ingestion.parse import parse_document
 from rag_platform.lib.models import (
     Chunk,
     ParsedDocument,
@@ -19,7 +20,6 @@ from rag_platform.lib.models import (
     make_doc_id,
     sha256_hex,
 )
-from rag_platform.lib.parsing import parse_document
 
 SCIFACT = Path("/work/shared/data/scifact/corpus.jsonl")
 PDF_PATH = Path("/work/shared/data/sec10q/docs/2023 Q3 AAPL.pdf")

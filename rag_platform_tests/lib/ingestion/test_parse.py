@@ -8,8 +8,7 @@ from pathlib import Path
 import docx
 import pytest
 
-from rag_platform.lib.models import ParsedDocument, SourceDocument
-from rag_platform.lib.parsing import (
+from rag_platform.lib.ingestion.parse import (
     DOCX,
     HTML,
     MARKDOWN,
@@ -19,6 +18,7 @@ from rag_platform.lib.parsing import (
     normalize_text,
     parse_document,
 )
+from rag_platform.lib.models import ParsedDocument, SourceDocument
 
 SEC_DOCS = Path("/work/shared/data/sec10q/docs")
 AAPL = SEC_DOCS / "2023 Q3 AAPL.pdf"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from rag_platform.lib import pii
+from rag_platform.lib.ingestion import mask as pii
+from rag_platform.lib.ingestion.mask import HASH_SALT, MaskResult, PIIMasker, find_residual_pii
+from rag_platform.lib.ingestion.parse import parse_document
 from rag_platform.lib.models import SourceDocument
-from rag_platform.lib.parsing import parse_document
-from rag_platform.lib.pii import HASH_SALT, MaskResult, PIIMasker, find_residual_pii
 from rag_platform.lib.tenants import PIIPolicy
 
 PATTERN_ENTITIES = ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE"]

@@ -1,0 +1,1 @@
+"""Ingestion components: connector sync, parsing, PII masking, chunking (one module a stage)."""
