@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
-# Creates .venv and installs rag-platform with its test tools. Idempotent: a second run only
-# checks. torch is installed first and pinned: a CPU build of 2.13.0 lies on this machine's disk,
-# while any other torch request would pull a multi-GB CUDA build.
+# Creates .venv and installs rag-platform from the lock file (constraints.txt). Idempotent: a
+# second run only checks. `--dev` adds the test tools (pytest, ruff, mypy, pre-commit and the
+# local LLM used by the tests, whose llama.cpp build takes ~7 min on a new machine); the demo
+# needs none of them. torch is installed first and pinned: a CPU build of 2.13.0 lies on this
+# machine's disk, while any other torch request would pull a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 VENV="${RAG_VENV:-.venv}"
+extras=""
+if [ "${1:-}" = "--dev" ]; then
+  extras="[dev]"
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
+locked="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
 stamp="$VENV/.rag-platform-installed"
-want="$(sha256sum pyproject.toml | cut -c1-16)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  exit 0
+# The stamp names what was installed: "<hash>" or "<hash>[dev]"; a dev install also serves a
+# plain one.
+if [ -f "$stamp" ]; then
+  have="$(cat "$stamp")"
+  if [ "$have" = "${locked}${extras}" ] || [ "$have" = "${locked}[dev]" ]; then
+    exit 0
+  fi
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
-"$VENV/bin/python" -m pip install --quiet -e ".[dev]"
-echo "$want" > "$stamp"
-echo "rag-platform installed in $VENV" >&2
+"$VENV/bin/python" -m pip install --quiet -c constraints.txt "torch==2.13.0"
+"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".${extras}"
+echo "${locked}${extras}" > "$stamp"
+echo "rag-platform${extras} installed in $VENV" >&2
