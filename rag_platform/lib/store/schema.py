@@ -9,14 +9,15 @@ Tables: ``tenants``, ``api_keys``, ``index_versions``, ``query_log``, ``feedback
 (:class:`UTCDateTime`). JSON columns use the portable ``sqlalchemy.JSON`` type (``JSON`` on
 PostgreSQL, text on SQLite).
 
-The models are used for their tables only: the store runs Core statements and returns plain
-dataclasses, so no ORM object (and no session) ever leaves it.
+The models are used for their tables only: the repositories run Core statements and return
+plain dataclasses (mapped by :func:`rag_platform.lib.store.rows.from_row`), so no ORM object
+(and no session) ever leaves the store.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 from sqlalchemy import (
     JSON,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     text,
@@ -37,26 +39,30 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-#: Roles an API key may have.
-ROLES: tuple[str, ...] = ("reader", "admin")
-#: Lifecycle of an index version. ``published`` is set only by publish/rollback.
-VERSION_STATUSES: tuple[str, ...] = (
-    "building",
-    "built",
-    "failed_checks",
-    "published",
-    "retired",
-    "deleted",
-)
-#: Kinds of usage event (the inputs of the daily cost rollup).
-USAGE_KINDS: tuple[str, ...] = (
+#: A JSON object as stored in a JSON column (``details``, ``filters``). Its values are whatever
+#: ``json.loads`` produces, which a static type can only call ``Any``.
+JSONObject = dict[str, Any]
+#: Role of an API key.
+Role = Literal["reader", "admin"]
+#: Status of an index version: ``building → built → published → retired``, or
+#: ``building → rejected`` (a blocking check failed); ``deleted`` once garbage collection removed
+#: its shard. ``published`` and ``retired`` are set only by publish and rollback.
+VersionStatus = Literal["building", "built", "published", "retired", "rejected", "deleted"]
+#: Kind of usage event (an input of the daily cost rollup).
+UsageKind = Literal[
     "embedding_tokens",
     "compute_seconds",
     "storage_bytes",
     "llm_prompt_tokens",
     "llm_completion_tokens",
     "queries",
-)
+]
+#: Roles an API key may have.
+ROLES: tuple[Role, ...] = get_args(Role)
+#: Every index-version status, in lifecycle order.
+VERSION_STATUSES: tuple[VersionStatus, ...] = get_args(VersionStatus)
+#: Kinds of usage event.
+USAGE_KINDS: tuple[UsageKind, ...] = get_args(UsageKind)
 
 #: Deterministic constraint names, so migrations can refer to them on every backend.
 NAMING_CONVENTION = {
@@ -88,15 +94,13 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        value = as_utc(value)
         if dialect.name == "sqlite":
             return value.replace(tzinfo=None)
         return value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return None if value is None else as_utc(value)
 
 
 def utcnow() -> datetime:
@@ -104,9 +108,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC ``datetime``; a naive value is taken to be UTC already."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[str]: JSON()}
+    type_annotation_map = {datetime: UTCDateTime(), JSONObject: JSON(), list[str]: JSON()}
 
 
 class Tenant(Base):
@@ -167,7 +176,7 @@ class IndexVersionRow(Base):
     documents: Mapped[int] = mapped_column(Integer, default=0)
     chunks: Mapped[int] = mapped_column(Integer, default=0)
     config_hash: Mapped[str] = mapped_column(String(128), default="")
-    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    details: Mapped[JSONObject] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column()
 
@@ -183,7 +192,7 @@ class QueryLogRow(Base):
     key_id: Mapped[str] = mapped_column(String(12), default="")
     question_masked: Mapped[str] = mapped_column(Text, default="")
     top_k: Mapped[int] = mapped_column(Integer, default=0)
-    filters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    filters: Mapped[JSONObject] = mapped_column(default=dict)
     cited_chunk_ids: Mapped[list[str]] = mapped_column(default=list)
     hit_chunk_ids: Mapped[list[str]] = mapped_column(default=list)
     index_version: Mapped[str] = mapped_column(String(100), default="")
@@ -225,7 +234,7 @@ class AuditLogRow(Base):
     action: Mapped[str] = mapped_column(String(64))
     tenant: Mapped[str | None] = mapped_column(String(63))
     actor: Mapped[str] = mapped_column(String(200), default="")
-    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    details: Mapped[JSONObject] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -244,3 +253,13 @@ class UsageEventRow(Base):
     quantity: Mapped[float] = mapped_column(Float)
     run_id: Mapped[str] = mapped_column(String(200), default="")
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+#: The Core tables the repositories query (``Model.__table__``, typed).
+tenants_table = cast(Table, Tenant.__table__)
+api_keys_table = cast(Table, ApiKey.__table__)
+index_versions_table = cast(Table, IndexVersionRow.__table__)
+query_log_table = cast(Table, QueryLogRow.__table__)
+feedback_table = cast(Table, FeedbackRow.__table__)
+audit_log_table = cast(Table, AuditLogRow.__table__)
+usage_events_table = cast(Table, UsageEventRow.__table__)

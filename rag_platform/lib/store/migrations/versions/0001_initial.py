@@ -5,7 +5,7 @@ Revises:
 Create Date: 2026-11-23
 
 Frozen copy of ``rag_platform/lib/store/schema.py`` at this revision (a migration never imports
-the live models); ``rag_platform_tests/lib/test_store.py`` checks that upgrading to head yields
+the live models); ``rag_platform_tests/lib/store/test_db.py`` checks that upgrading to head yields
 exactly ``Base.metadata``.
 """
 

@@ -1,0 +1,109 @@
+"""The query log: one row per answered (or refused) search or query (``query_log`` table).
+
+The serving layer's writer thread masks each question and appends rows in batches
+(:meth:`QueryLogRepository.append`); feedback refers to a row by its ``query_id``, and the daily
+cost rollup sums its token columns (:mod:`rag_platform.lib.store.usage`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+
+from rag_platform.lib.store.db import Database, dialect_insert
+from rag_platform.lib.store.rows import check_text, from_row, to_values
+from rag_platform.lib.store.schema import JSONObject, as_utc, query_log_table, utcnow
+from rag_platform.lib.store.tenants import check_tenant
+
+
+@dataclass(kw_only=True)
+class QueryLogEntry:
+    """One row of the query log (keyword-only construction).
+
+    Times are milliseconds; ``question_masked`` must already be PII-masked by the caller.
+    """
+
+    query_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    tenant: str
+    key_id: str = ""
+    question_masked: str = ""
+    top_k: int = 0
+    filters: JSONObject = field(default_factory=dict)
+    cited_chunk_ids: list[str] = field(default_factory=list)
+    hit_chunk_ids: list[str] = field(default_factory=list)
+    index_version: str = ""
+    latency_ms: float = 0.0
+    embed_ms: float = 0.0
+    search_ms: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cache_hit: bool = False
+    status_code: int = 200
+    created_at: datetime = field(default_factory=utcnow)
+
+
+class QueryLogRepository:
+    """The ``query_log`` table.
+
+    Args:
+        db: The database handle.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def append(self, entries: list[QueryLogEntry]) -> int:
+        """Append query-log rows in one transaction (one multi-row INSERT).
+
+        Rows whose ``query_id`` is already logged are skipped (``ON CONFLICT DO NOTHING``), so
+        a batch retried after a lost commit acknowledgement writes each row once.
+
+        Returns:
+            How many rows were new.
+
+        Raises:
+            ValueError: A bad tenant id or query id (nothing is written).
+            sqlalchemy.exc.OperationalError: The database cannot be reached.
+        """
+        for entry in entries:
+            check_tenant(entry.tenant)
+            check_text(entry.query_id, "query_id", 36)
+        if not entries:
+            return 0
+        with self._db.transaction() as conn:
+            stmt = (
+                dialect_insert(conn, query_log_table)
+                .on_conflict_do_nothing(index_elements=["query_id"])
+                .returning(query_log_table.c.query_id)
+            )
+            written = conn.execute(stmt, [to_values(e) for e in entries]).all()
+        return len(written)
+
+    def get(self, query_id: str) -> QueryLogEntry | None:
+        """One query-log row, or None."""
+        stmt = select(query_log_table).where(query_log_table.c.query_id == query_id)
+        with self._db.transaction(write=False) as conn:
+            row = conn.execute(stmt).mappings().first()
+        return from_row(QueryLogEntry, row) if row is not None else None
+
+    def find(
+        self, tenant: str, since: datetime | None = None, until: datetime | None = None
+    ) -> list[QueryLogEntry]:
+        """The tenant's queries with ``since <= created_at < until``, oldest first.
+
+        Args:
+            tenant: Tenant id.
+            since: Inclusive lower bound (naive = UTC); None: no bound.
+            until: Exclusive upper bound (naive = UTC); None: no bound.
+        """
+        stmt = select(query_log_table).where(query_log_table.c.tenant == tenant)
+        if since is not None:
+            stmt = stmt.where(query_log_table.c.created_at >= as_utc(since))
+        if until is not None:
+            stmt = stmt.where(query_log_table.c.created_at < as_utc(until))
+        stmt = stmt.order_by(query_log_table.c.created_at, query_log_table.c.query_id)
+        with self._db.transaction(write=False) as conn:
+            return [from_row(QueryLogEntry, r) for r in conn.execute(stmt).mappings()]
