@@ -10,9 +10,10 @@ mean cosine 0.995 to its vectors):
 2. onnxruntime's BERT optimizer (``onnxruntime.transformers.optimizer.optimize_model``) fuses the
    embedding layer, attention, GELU and skip-layer-norm sub-graphs into single kernels;
 3. dynamic int8 quantization with per-channel weight scales
-   (``onnxruntime.quantization.quantize_dynamic``); activations are quantized per batch at run
-   time, so a text's vector varies with its batch at the level of int8 rounding (cosine to its
-   own vector in another batch > 0.999).
+   (``onnxruntime.quantization.quantize_dynamic``). Activations are quantized at run time with
+   one scale per tensor, that is per batch, so a text's vector depends a little on its
+   batch-mates (measured on SciFact: cosine 0.988 to 0.996 to the same text embedded alone);
+   the mean cosine to PyTorch's vectors stays about 0.994 either way.
 
 The artefact is built once per set of inputs, under ``<models_dir>/<key>/model.int8.onnx``, where
 ``key`` hashes the model folder's bytes, the versions of torch, transformers, onnx and onnxruntime
