@@ -2,6 +2,11 @@
 
 Commands whose output a script reads (``materialize``, ``eval``, ``keys create``) print one JSON
 object (or the key) as their last line.
+
+Every command starts by configuring the runtime (``configure_runtime_env``): offline model
+libraries, and SIGINT/SIGTERM back to their defaults when the shell that started the command
+ignored them, so ``kill`` stops the command and every process it starts (``dagster dev`` and its
+servers, masking workers, the API).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rag_platform.settings import PROJECT_ROOT, Settings, get_settings
+from rag_platform.settings import PROJECT_ROOT, Settings, configure_runtime_env, get_settings
 
 app = typer.Typer(
     help="rag-platform: multi-tenant RAG data platform.",
@@ -29,6 +34,12 @@ index_app = typer.Typer(help="Index versions: list and roll back.", no_args_is_h
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
 app.add_typer(index_app, name="index")
+
+
+@app.callback()
+def configure() -> None:
+    """rag-platform: multi-tenant RAG data platform."""
+    configure_runtime_env()
 
 
 def _echo_json(obj: Any) -> None:
@@ -310,18 +321,34 @@ def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
 ) -> None:
-    """Runs the query API (one process; its thread pool shares the opened index shards)."""
+    """Runs the query API (one process; its thread pool shares the opened index shards).
+
+    On SIGTERM or SIGINT the server stops accepting connections, lets in-flight requests finish
+    for up to ``RAG_SHUTDOWN_GRACE_SECONDS``, then runs the app's shutdown, which writes the
+    queued query-log rows (to the database, or the spool file when it is down).
+    """
     import uvicorn
 
-    _store().dispose()
+    settings = get_settings()
+    _store(settings).dispose()
     uvicorn.run(
-        "serving.main:create_app", factory=True, host=host, port=port, workers=1, log_config=None
+        "serving.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=1,
+        log_config=None,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
 
 
 @app.command()
 def ui(port: Annotated[int, typer.Option()] = 3000) -> None:
-    """Starts the Dagster UI and daemon (`dagster dev`) on this project's RAG_HOME."""
+    """Starts the Dagster UI and daemon (`dagster dev`) on this project's RAG_HOME.
+
+    ``dagster dev`` replaces this process (same pid), so SIGTERM or SIGINT to it shuts down the
+    webserver, the daemon and the code servers.
+    """
     from rag_platform.runner import dagster_instance
 
     dagster_instance()  # writes RAG_HOME/dagster/dagster.yaml, sets DAGSTER_HOME

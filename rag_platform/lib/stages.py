@@ -473,9 +473,19 @@ def mask_stage(
                     initializer=_init_mask_worker,
                     initargs=(masker_factory,),
                 ) as pool:
-                    masked_docs = pool.map(_mask_texts, [[s.text for s in d[2]] for d in pending])
-                    for (i, key, sections), masked in zip(pending, masked_docs, strict=True):
-                        store(i, key, sections, masked)
+                    try:
+                        masked_docs = pool.map(
+                            _mask_texts, [[s.text for s in d[2]] for d in pending]
+                        )
+                        for (i, key, sections), masked in zip(pending, masked_docs, strict=True):
+                            store(i, key, sections, masked)
+                    except BaseException as exc:
+                        if not isinstance(exc, BrokenProcessPool):
+                            # Interrupted (SIGTERM/SIGINT reach a Dagster step as an exception):
+                            # drop the queued documents, so the workers stop after the one they
+                            # are masking instead of masking every remaining document first.
+                            pool.shutdown(wait=False, cancel_futures=True)
+                        raise
             except BrokenProcessPool as exc:  # a worker died (killed, out of memory...)
                 log.warning(
                     "masking worker process died (%s); masking the remaining "
