@@ -466,6 +466,7 @@ def mask_stage(
             else:
                 store(i, key, sections, [(s.text, {}) for s in sections])
         if pending and workers > 1 and policy.ner and len(pending) > 1:
+            children_before = set(mp.active_children())
             try:
                 with ProcessPoolExecutor(
                     max_workers=min(workers, len(pending)),
@@ -482,9 +483,11 @@ def mask_stage(
                     except BaseException as exc:
                         if not isinstance(exc, BrokenProcessPool):
                             # Interrupted (SIGTERM/SIGINT reach a Dagster step as an exception):
-                            # drop the queued documents, so the workers stop after the one they
-                            # are masking instead of masking every remaining document first.
+                            # drop the queued documents and stop this pool's workers now, instead
+                            # of leaving the pool's exit to mask every remaining document first.
                             pool.shutdown(wait=False, cancel_futures=True)
+                            for worker in set(mp.active_children()) - children_before:
+                                worker.terminate()
                         raise
             except BrokenProcessPool as exc:  # a worker died (killed, out of memory...)
                 log.warning(
