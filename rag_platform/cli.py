@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -148,6 +153,42 @@ def tenants_remove(tenant_id: str) -> None:
 # ------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def _interrupts_not_lost(resend_seconds: float = 5.0) -> Iterator[None]:
+    """After a SIGTERM or SIGINT, delivers SIGINT again every ``resend_seconds`` until the block
+    ends.
+
+    Dagster turns the signal into an exception raised from its signal handler. When the handler
+    happens to run inside a garbage-collector callback (SQLAlchemy registers weakref callbacks),
+    CPython prints "Exception ignored" and drops the exception, and the run would carry on to
+    its end. A watcher thread reads the signals off ``signal.set_wakeup_fd`` and re-delivers.
+    """
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    done = threading.Event()
+    stop_signals = {int(signal.SIGTERM), int(signal.SIGINT)}
+
+    def watch() -> None:
+        while not done.is_set():
+            ready, _, _ = select.select([read_fd], [], [], 0.5)
+            if ready and stop_signals & set(os.read(read_fd, 512)):
+                break
+        while not done.wait(resend_seconds):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = threading.Thread(target=watch, name="interrupt-watcher", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        signal.set_wakeup_fd(previous)
+        os.close(read_fd)
+        os.close(write_fd)
+
+
 @app.command()
 def materialize(
     tenant: Annotated[list[str], typer.Option(help="Tenant id (repeatable).")] = [],  # noqa: B006
@@ -155,7 +196,8 @@ def materialize(
 ) -> None:
     """Materializes each tenant's whole graph in-process (same Definitions as the Dagster UI).
 
-    The last line is a JSON summary (one object; a list when several tenants ran).
+    The last line is a JSON summary (one object; a list when several tenants ran). SIGTERM or
+    SIGINT interrupts the run: the masking workers stop, nothing is published.
     """
     from rag_platform.lib.tenants import load_registry
     from rag_platform.runner import materialize_tenant
@@ -170,7 +212,8 @@ def materialize(
         _fail(f"unknown tenant(s): {', '.join(unknown)}")
     summaries = []
     for t in ids:
-        summary = materialize_tenant(t, settings)
+        with _interrupts_not_lost():
+            summary = materialize_tenant(t, settings)
         summaries.append(summary.as_json())
         if len(ids) > 1:
             _echo_json(summary.as_json())

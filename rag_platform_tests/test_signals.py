@@ -226,12 +226,6 @@ def test_ui_stops_dagster_dev_and_its_servers(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="Dagster raises the interrupt from its signal handler; when the signal lands while "
-    "the garbage collector runs a weakref callback (SQLAlchemy's, often), CPython prints "
-    "'Exception ignored' and the interrupt is lost, so the run masks on (seen in 3 of 5 runs)",
-)
 def test_materialize_stops_its_masking_workers_and_keeps_the_published_version(
     tmp_path: Path,
 ) -> None:
