@@ -62,7 +62,7 @@ class TenantLabelled(Generic[M]):
         self, build: Callable[[list[str]], M], labelnames: Sequence[str], tenant_labels: bool
     ) -> None:
         self._tenant_at = None if tenant_labels else list(labelnames).index("tenant")
-        self.metric = build([n for n in labelnames if tenant_labels or n != "tenant"])
+        self.metric: M = build([n for n in labelnames if tenant_labels or n != "tenant"])
 
     def labels(self, *values: str) -> M:
         """The child metric of these label values (the metric itself when none remain)."""
