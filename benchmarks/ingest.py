@@ -29,6 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:
+    from rag_platform.settings import configure_runtime_env
+
+    configure_runtime_env()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenant", default="scifact")
     parser.add_argument("--limit", type=int, default=None, help="first N documents only")

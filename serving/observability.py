@@ -8,7 +8,10 @@
   duration and tenant.
 - ``RequestContextMiddleware`` (pure ASGI, so streaming responses and context variables work)
   reads ``X-Request-Id`` (or makes one), echoes it on the response, and records the request
-  counter and latency histogram labelled by route template, method, status and tenant.
+  counter and latency histogram labelled by route template, method, status and (when enabled)
+  tenant.
+- Tenant ids label the per-tenant metrics only with ``RAG_METRICS_TENANT_LABELS=true``: they
+  name customers, and every tenant multiplies the series a metrics backend stores.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pythonjsonlogger.json import JsonFormatter
@@ -38,47 +42,85 @@ def current_request_id() -> str:
     return _request_id.get()
 
 
+M = TypeVar("M", Counter, Histogram)
+
+
+class TenantLabelled(Generic[M]):
+    """A metric declared with a ``tenant`` label that is left out unless tenant labels are on.
+
+    Callers always pass every label value, the tenant in its declared position
+    (``metric.labels(route, method, status, tenant)``); without tenant labels the metric is
+    built without that label and the value is dropped here, so no tenant id is exported.
+
+    Args:
+        build: makes the metric from its label names.
+        labelnames: the label names, ``tenant`` among them.
+        tenant_labels: keep the ``tenant`` label.
+    """
+
+    def __init__(
+        self, build: Callable[[list[str]], M], labelnames: Sequence[str], tenant_labels: bool
+    ) -> None:
+        self._tenant_at = None if tenant_labels else list(labelnames).index("tenant")
+        self.metric: M = build([n for n in labelnames if tenant_labels or n != "tenant"])
+
+    def labels(self, *values: str) -> M:
+        """The child metric of these label values (the metric itself when none remain)."""
+        if self._tenant_at is not None:
+            values = values[: self._tenant_at] + values[self._tenant_at + 1 :]
+        return self.metric.labels(*values) if values else self.metric
+
+
 class Metrics:
     """The service's Prometheus metrics, in a registry of their own.
 
     Metric names follow Prometheus conventions (base units, ``_total`` counters, ``_seconds``).
+
+    Args:
+        registry: where the metrics are registered; a new registry by default.
+        tenant_labels: label the request, latency, rate-limit and isolation metrics with the
+            tenant id (``Settings.metrics_tenant_labels``); off, those metrics have no
+            ``tenant`` label.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, tenant_labels: bool = False
+    ) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "rag_http_requests_total",
-            "HTTP requests served.",
+        reg = self.registry
+
+        def counter(name: str, doc: str) -> Callable[[list[str]], Counter]:
+            return lambda labels: Counter(name, doc, labels, registry=reg)
+
+        def histogram(name: str, doc: str) -> Callable[[list[str]], Histogram]:
+            return lambda labels: Histogram(
+                name, doc, labels, buckets=LATENCY_BUCKETS, registry=reg
+            )
+
+        self.requests = TenantLabelled(
+            counter("rag_http_requests_total", "HTTP requests served."),
             ["route", "method", "status", "tenant"],
-            registry=self.registry,
+            tenant_labels,
         )
-        self.request_latency = Histogram(
-            "rag_http_request_duration_seconds",
-            "HTTP request latency (seconds).",
+        self.request_latency = TenantLabelled(
+            histogram("rag_http_request_duration_seconds", "HTTP request latency (seconds)."),
             ["route", "method", "status", "tenant"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            tenant_labels,
         )
-        self.retrieval_latency = Histogram(
-            "rag_retrieval_search_seconds",
-            "Index search latency per query (seconds).",
+        self.retrieval_latency = TenantLabelled(
+            histogram("rag_retrieval_search_seconds", "Index search latency per query (seconds)."),
             ["tenant"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            tenant_labels,
         )
-        self.embedding_latency = Histogram(
-            "rag_query_embedding_seconds",
-            "Query embedding latency (seconds).",
+        self.embedding_latency = TenantLabelled(
+            histogram("rag_query_embedding_seconds", "Query embedding latency (seconds)."),
             ["tenant"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            tenant_labels,
         )
-        self.answer_latency = Histogram(
-            "rag_answer_seconds",
-            "Answer generation latency (seconds).",
+        self.answer_latency = TenantLabelled(
+            histogram("rag_answer_seconds", "Answer generation latency (seconds)."),
             ["tenant", "mode"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            tenant_labels,
         )
         self.cache = Counter(
             "rag_cache_requests_total",
@@ -86,17 +128,18 @@ class Metrics:
             ["endpoint", "result"],
             registry=self.registry,
         )
-        self.rate_limited = Counter(
-            "rag_rate_limited_total",
-            "Requests refused by a rate limit.",
+        self.rate_limited = TenantLabelled(
+            counter("rag_rate_limited_total", "Requests refused by a rate limit."),
             ["scope", "tenant"],
-            registry=self.registry,
+            tenant_labels,
         )
-        self.isolation_violations = Counter(
-            "rag_isolation_violations_total",
-            "Hits dropped by the per-hit tenant/ACL re-check (should stay 0).",
+        self.isolation_violations = TenantLabelled(
+            counter(
+                "rag_isolation_violations_total",
+                "Hits dropped by the per-hit tenant/ACL re-check (should stay 0).",
+            ),
             ["tenant"],
-            registry=self.registry,
+            tenant_labels,
         )
         self.query_log_failures = Counter(
             "rag_query_log_failures_total",

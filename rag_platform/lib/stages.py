@@ -466,6 +466,7 @@ def mask_stage(
             else:
                 store(i, key, sections, [(s.text, {}) for s in sections])
         if pending and workers > 1 and policy.ner and len(pending) > 1:
+            children_before = set(mp.active_children())
             try:
                 with ProcessPoolExecutor(
                     max_workers=min(workers, len(pending)),
@@ -473,9 +474,21 @@ def mask_stage(
                     initializer=_init_mask_worker,
                     initargs=(masker_factory,),
                 ) as pool:
-                    masked_docs = pool.map(_mask_texts, [[s.text for s in d[2]] for d in pending])
-                    for (i, key, sections), masked in zip(pending, masked_docs, strict=True):
-                        store(i, key, sections, masked)
+                    try:
+                        masked_docs = pool.map(
+                            _mask_texts, [[s.text for s in d[2]] for d in pending]
+                        )
+                        for (i, key, sections), masked in zip(pending, masked_docs, strict=True):
+                            store(i, key, sections, masked)
+                    except BaseException as exc:
+                        if not isinstance(exc, BrokenProcessPool):
+                            # Interrupted (SIGTERM/SIGINT reach a Dagster step as an exception):
+                            # drop the queued documents and stop this pool's workers now, instead
+                            # of leaving the pool's exit to mask every remaining document first.
+                            pool.shutdown(wait=False, cancel_futures=True)
+                            for worker in set(mp.active_children()) - children_before:
+                                worker.terminate()
+                        raise
             except BrokenProcessPool as exc:  # a worker died (killed, out of memory...)
                 log.warning(
                     "masking worker process died (%s); masking the remaining "

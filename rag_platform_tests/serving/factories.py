@@ -145,6 +145,7 @@ def make_settings(home: Path, **overrides: Any) -> Settings:
         "rate_limit_per_key": "10000/minute",
         "rate_limit_per_tenant": "10000/minute",
         "environment": "test",
+        "metrics_tenant_labels": True,  # the serving tests assert per-tenant series
     }
     values.update(overrides)
     settings = Settings(**values)

@@ -27,7 +27,9 @@ from rag_platform_tests.serving.conftest import World
 from rag_platform_tests.serving.factories import bearer
 from serving.main import create_app
 
-schema = schemathesis.openapi.from_dict(create_app(Settings(environment="test")).openapi())
+schema = schemathesis.openapi.from_dict(
+    create_app(Settings(environment="test", key_pepper="test-pepper")).openapi()
+)
 
 
 @pytest.fixture(scope="module")

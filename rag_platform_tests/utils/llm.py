@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rag_platform.lib.net import free_port, wait_for_http
+from rag_platform.settings import restore_default_signals
 
 MODEL_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 MODEL_ALIAS = "qwen2.5-coder-0.5b-instruct"
@@ -62,6 +63,7 @@ def llama_server(startup_timeout: float = 180.0) -> Iterator[str]:
         RuntimeError: the server exits or does not answer ``/v1/models`` in time.
     """
     port = free_port()
+    restore_default_signals()  # an ignored SIGINT/SIGTERM would survive exec: terminate() must work
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
             [

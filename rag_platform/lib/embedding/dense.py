@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-import rag_platform.settings  # noqa: F401  (sets HF_HUB_OFFLINE before transformers loads)
-
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 

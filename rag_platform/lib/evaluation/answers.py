@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-import rag_platform.settings  # noqa: F401  (sets HF_HUB_OFFLINE before any model import)
 from rag_platform.lib.evaluation.golden import GoldenQuestion, GoldenSet
 from rag_platform.lib.models import Answer, Hit
 

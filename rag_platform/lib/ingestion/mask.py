@@ -22,7 +22,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import rag_platform.settings  # noqa: F401  (sets HF_HUB_OFFLINE before Presidio/spaCy load)
 from rag_platform.lib.tenants import PIIPolicy
 
 #: Fixed salt for the ``hash`` operator. Presidio salts each value randomly unless given one;

@@ -1,14 +1,17 @@
-"""Liveness, readiness and Prometheus metrics (no API key needed)."""
+"""Liveness, readiness and Prometheus metrics (no API key needed; ``/metrics`` may require
+``RAG_METRICS_TOKEN``)."""
 
 from __future__ import annotations
 
+import hmac
 import logging
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving.api.deps import StateDep
+from serving.errors import ApiError
 from serving.schemas import DependencyStatusPublic, LivePublic, ReadyPublic
 
 logger = logging.getLogger("serving.health")
@@ -86,6 +89,23 @@ def _path_exists(path: object) -> bool:
 
 
 @metrics_router.get("/metrics", include_in_schema=False)
-def get_metrics(state: StateDep) -> Response:
-    """Prometheus text exposition of this app's registry."""
+def get_metrics(request: Request, state: StateDep) -> Response:
+    """Prometheus text exposition of this app's registry.
+
+    Raises:
+        ApiError: 401 ``unauthorized`` when ``RAG_METRICS_TOKEN`` is set and the request does
+            not carry ``Authorization: Bearer <that token>`` (compared in constant time).
+    """
+    token = state.settings.metrics_token
+    if token:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "a valid metrics token is required",
+                headers={"WWW-Authenticate": 'Bearer realm="rag-platform-metrics"'},
+            )
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
