@@ -45,8 +45,8 @@ JSONObject = dict[str, Any]
 #: Role of an API key.
 Role = Literal["reader", "admin"]
 #: Status of an index version: ``building → built → published → retired``, or
-#: ``building → rejected`` (a blocking check failed); ``deleted`` once garbage collection removed
-#: its shard. ``published`` and ``retired`` are set only by publish and rollback.
+#: ``building|built → rejected`` (a blocking check failed); ``deleted`` once garbage collection
+#: removed its shard. The allowed transitions: :data:`rag_platform.lib.store.lifecycle.TRANSITIONS`.
 VersionStatus = Literal["building", "built", "published", "retired", "rejected", "deleted"]
 #: Kind of usage event (an input of the daily cost rollup).
 UsageKind = Literal[
@@ -152,7 +152,8 @@ class IndexVersionRow(Base):
 
     The partial unique index ``uq_index_versions_one_published`` guarantees, in the database,
     at most one ``published`` row per tenant (SQLite >= 3.8 and PostgreSQL both support partial
-    indexes).
+    indexes). ``published_at`` is the latest publish, ``first_published_at`` the first one (set
+    once, never cleared: the version was published before and can be rolled back to).
     """
 
     __tablename__ = "index_versions"
@@ -179,6 +180,7 @@ class IndexVersionRow(Base):
     details: Mapped[JSONObject] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column()
+    first_published_at: Mapped[datetime | None] = mapped_column()
 
 
 class QueryLogRow(Base):

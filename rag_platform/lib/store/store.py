@@ -18,8 +18,14 @@ from sqlalchemy import Engine
 from rag_platform.lib.models import Principal
 from rag_platform.lib.store.api_keys import ApiKeyInfo, ApiKeyRepository
 from rag_platform.lib.store.audit import AuditEntry, AuditRepository
-from rag_platform.lib.store.db import Database, create_sqlite_folder, normalize_database_url
+from rag_platform.lib.store.db import (
+    Database,
+    NotFoundError,
+    create_sqlite_folder,
+    normalize_database_url,
+)
 from rag_platform.lib.store.feedback import FeedbackEntry, FeedbackRepository
+from rag_platform.lib.store.lifecycle import FailedCheck
 from rag_platform.lib.store.query_log import QueryLogEntry, QueryLogRepository
 from rag_platform.lib.store.schema import JSONObject
 from rag_platform.lib.store.tenants import TenantRepository
@@ -27,6 +33,7 @@ from rag_platform.lib.store.usage import UsageRepository
 from rag_platform.lib.store.versions import IndexVersion, VersionRepository
 
 if TYPE_CHECKING:
+    from rag_platform.lib.index.receipt import Receipt
     from rag_platform.settings import Settings
 
 
@@ -154,31 +161,69 @@ class MetadataStore:
         chunks: int,
         config_hash: str,
         details: JSONObject | None = None,
+        actor: str = "pipeline",
     ) -> IndexVersion:
-        """Record a built version; see :meth:`VersionRepository.register`."""
+        """Record a new version as ``building``; see :meth:`VersionRepository.register`."""
         return self.versions.register(
-            tenant, version, path, documents, chunks, config_hash, details
+            tenant, version, path, documents, chunks, config_hash, details, actor
         )
 
-    def set_version_status(
-        self, tenant: str, version: str, status: str, details: JSONObject | None = None
+    def mark_version_built(
+        self, tenant: str, version: str, details: JSONObject | None = None, actor: str = "pipeline"
     ) -> IndexVersion:
-        """Set an unpublished version's status; see :meth:`VersionRepository.set_status`."""
-        return self.versions.set_status(tenant, version, status, details)
+        """``building → built``; see :meth:`VersionRepository.mark_built`."""
+        return self.versions.mark_built(tenant, version, details, actor)
+
+    def reject_version(
+        self, tenant: str, version: str, failed_checks: list[FailedCheck], actor: str = "pipeline"
+    ) -> IndexVersion:
+        """``building|built → rejected`` with the failed checks; see
+        :meth:`VersionRepository.reject`."""
+        return self.versions.reject(tenant, version, failed_checks, actor)
+
+    def delete_version(self, tenant: str, version: str, actor: str = "pipeline") -> IndexVersion:
+        """``built|retired|rejected → deleted``; see :meth:`VersionRepository.delete`."""
+        return self.versions.delete(tenant, version, actor)
 
     def set_version_details(self, tenant: str, version: str, details: JSONObject) -> IndexVersion:
         """Merge into a version's details; see :meth:`VersionRepository.set_details`."""
         return self.versions.set_details(tenant, version, details)
 
     def publish_version(self, tenant: str, version: str, actor: str = "pipeline") -> IndexVersion:
-        """Serve ``version``, atomically; see :meth:`VersionRepository.publish`."""
+        """Serve a ``built`` version, atomically; see :meth:`VersionRepository.publish`."""
         return self.versions.publish(tenant, version, actor)
 
     def rollback(
         self, tenant: str, to_version: str | None = None, actor: str = "cli"
     ) -> IndexVersion:
-        """Serve an earlier version again; see :meth:`VersionRepository.rollback`."""
+        """Serve a previously published version again; see :meth:`VersionRepository.rollback`."""
         return self.versions.rollback(tenant, to_version, actor)
+
+    def get_receipt(self, tenant: str, version: str | None = None) -> Receipt | None:
+        """The reconciliation receipt stored in a version's details (``details["receipt"]``).
+
+        Args:
+            tenant: Tenant id.
+            version: The version; default: the published one.
+
+        Returns:
+            The receipt, or None when the version has none.
+
+        Raises:
+            NotFoundError: The version does not exist, or none is published.
+        """
+        from rag_platform.lib.index.receipt import Receipt
+
+        found = (
+            self.versions.get_published(tenant)
+            if version is None
+            else self.versions.get(tenant, version)
+        )
+        if found is None:
+            what = "published index version" if version is None else f"index version {version!r}"
+            raise NotFoundError(f"no {what} for tenant {tenant!r}")
+        stored = found.details.get("receipt")
+        return Receipt.from_dict(stored) if isinstance(stored, dict) else None
 
     def get_published_version(self, tenant: str) -> IndexVersion | None:
         """The version the API serves for ``tenant``, or None."""

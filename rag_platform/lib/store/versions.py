@@ -1,10 +1,14 @@
-"""Index versions: register, status and details, atomic publish and rollback (``index_versions``).
+"""Index versions: register, the lifecycle's status changes, atomic publish and rollback.
 
-A build registers its version as ``built``; publishing makes it the one the API serves and
-retires the one before, in one transaction serialised per tenant, and the partial unique index
-``uq_index_versions_one_published`` holds at most one ``published`` row per tenant even against
-other writers. Only ``built`` and ``retired`` versions can be published or rolled back to, so a
-``rejected`` or ``deleted`` version never serves.
+A build registers its version as ``building`` (:meth:`VersionRepository.register`), marks it
+``built`` once its shard is complete (:meth:`~VersionRepository.mark_built`) or ``rejected``
+when a blocking check fails (:meth:`~VersionRepository.reject`, which records the failed checks).
+Publishing makes a ``built`` version the one the API serves and retires the one before, in one
+transaction serialised per tenant; rollback serves a ``retired`` version that was published
+before. Every status change goes through the lifecycle's one transition path
+(:mod:`rag_platform.lib.store.lifecycle`) and is audited in its transaction; the partial unique
+index ``uq_index_versions_one_published`` holds at most one ``published`` row per tenant even
+against other writers.
 """
 
 from __future__ import annotations
@@ -15,10 +19,19 @@ from datetime import datetime
 from sqlalchemy import Connection, RowMapping, select, update
 
 from rag_platform.lib.store.audit import write_audit
-from rag_platform.lib.store.db import Database, NotFoundError, lock_tenant
+from rag_platform.lib.store.db import Database, NotFoundError
+from rag_platform.lib.store.lifecycle import (
+    FailedCheck,
+    TransitionAction,
+    TransitionErrorCode,
+    VersionTransitionError,
+    apply_transition,
+    check_transition,
+    failed_checks_of,
+    lock_versions,
+)
 from rag_platform.lib.store.rows import check_text, from_row, to_values
 from rag_platform.lib.store.schema import (
-    VERSION_STATUSES,
     JSONObject,
     VersionStatus,
     index_versions_table,
@@ -26,15 +39,17 @@ from rag_platform.lib.store.schema import (
 )
 from rag_platform.lib.store.tenants import check_tenant, ensure_tenant
 
-#: Statuses from which a version can be published or rolled back to.
-_SERVABLE: tuple[VersionStatus, ...] = ("built", "retired")
-
 _t = index_versions_table
 
 
 @dataclass
 class IndexVersion:
-    """One index version of a tenant. ``details`` holds e.g. the evaluation metrics."""
+    """One index version of a tenant.
+
+    ``details`` holds e.g. the evaluation metrics, ``receipt`` (the reconciliation receipt) and,
+    once rejected, ``failed_checks``. ``published_at`` is the latest publish,
+    ``first_published_at`` the first one (None: never published, so no rollback target).
+    """
 
     tenant: str
     version: str
@@ -46,6 +61,12 @@ class IndexVersion:
     details: JSONObject
     created_at: datetime
     published_at: datetime | None
+    first_published_at: datetime | None
+
+    @property
+    def failed_checks(self) -> list[FailedCheck]:
+        """The blocking checks that rejected this version (empty unless ``rejected``)."""
+        return failed_checks_of(self.details)
 
 
 def _row(conn: Connection, tenant: str, version: str) -> RowMapping | None:
@@ -65,24 +86,28 @@ def _published(conn: Connection, tenant: str) -> RowMapping | None:
     return conn.execute(stmt).mappings().first()
 
 
-def _swap_published(conn: Connection, target: RowMapping, action: str, actor: str) -> IndexVersion:
-    """Retire the tenant's published row and publish ``target``; the caller holds the lock."""
+def _swap_published(
+    conn: Connection, target: RowMapping, action: TransitionAction, actor: str
+) -> IndexVersion:
+    """Retire the tenant's published row and publish ``target``; the caller holds the lock.
+
+    ``target`` is checked first, so a refused publish changes nothing.
+    """
+    check_transition(target, "published")
     tenant = target["tenant"]
     previous = _published(conn, tenant)
+    previous_name = previous["version"] if previous is not None else None
     if previous is not None:
-        conn.execute(update(_t).where(_t.c.id == previous["id"]).values(status="retired"))
-    conn.execute(
-        update(_t).where(_t.c.id == target["id"]).values(status="published", published_at=utcnow())
-    )
-    write_audit(
-        conn,
-        action=action,
-        tenant=tenant,
-        actor=actor,
-        details={
-            "version": target["version"],
-            "previous": previous["version"] if previous is not None else None,
-        },
+        apply_transition(
+            conn,
+            previous,
+            "retired",
+            actor=actor,
+            reasons=[f"superseded by {target['version']!r} ({action})"],
+            audit={"superseded_by": target["version"]},
+        )
+    apply_transition(
+        conn, target, "published", actor=actor, action=action, audit={"previous": previous_name}
     )
     return from_row(IndexVersion, _require(conn, tenant, target["version"]))
 
@@ -106,11 +131,13 @@ class VersionRepository:
         chunks: int,
         config_hash: str,
         details: JSONObject | None = None,
+        actor: str = "pipeline",
     ) -> IndexVersion:
-        """Record a newly built index version with status ``built``.
+        """Record a new index version with status ``building`` (audit ``index.transition``).
 
-        Registering an existing, unpublished version again (a retried run) overwrites its
-        path, counts, config hash and details and resets it to ``built``.
+        Call :meth:`mark_built` once its shard is complete, or :meth:`reject`. Registering a
+        version that is still ``building`` again (a retried run) overwrites its path, counts,
+        config hash and details.
 
         Args:
             tenant: Tenant id.
@@ -120,83 +147,139 @@ class VersionRepository:
             chunks: Chunks (points) in the index (>= 0).
             config_hash: Hash of the configuration that built it.
             details: Free JSON-serialisable metadata.
+            actor: Who registers it.
 
         Returns:
             The version as stored.
 
         Raises:
-            ValueError: Bad arguments, or the version is currently published.
+            ValueError: Bad arguments.
+            VersionTransitionError: The version exists and is no longer ``building``
+                (``version_rejected`` if it was rejected, ``invalid_transition`` otherwise).
         """
         check_tenant(tenant)
         check_text(version, "version", 100)
         if documents < 0 or chunks < 0:
             raise ValueError(f"counts must be >= 0, got documents={documents}, chunks={chunks}")
-        built = IndexVersion(
+        building = IndexVersion(
             tenant=tenant,
             version=version,
             path=str(path),
-            status="built",
+            status="building",
             documents=int(documents),
             chunks=int(chunks),
             config_hash=config_hash,
             details=dict(details or {}),
             created_at=utcnow(),
             published_at=None,
+            first_published_at=None,
         )
         with self._db.transaction() as conn:
             ensure_tenant(conn, tenant_id=tenant)
+            lock_versions(conn, tenant)
             existing = _row(conn, tenant, version)
             if existing is None:
-                conn.execute(_t.insert().values(**to_values(built)))
-            elif existing["status"] == "published":
-                raise ValueError(
-                    f"version {version!r} of tenant {tenant!r} is published; "
-                    "register a new version instead"
-                )
-            else:
-                values = to_values(built)
+                conn.execute(_t.insert().values(**to_values(building)))
+            elif existing["status"] == "building":
+                values = to_values(building)
                 del values["created_at"]  # a re-registered version keeps its place in history
                 conn.execute(update(_t).where(_t.c.id == existing["id"]).values(**values))
+            else:
+                code: TransitionErrorCode = (
+                    "version_rejected" if existing["status"] == "rejected" else "invalid_transition"
+                )
+                raise VersionTransitionError(
+                    code,
+                    f"version {version!r} of tenant {tenant!r} is {existing['status']!r}, not "
+                    "building: register a new version instead",
+                )
+            write_audit(
+                conn,
+                action="index.transition",
+                tenant=tenant,
+                actor=actor,
+                details={"version": version, "from": None, "to": "building", "reasons": []},
+            )
             return from_row(IndexVersion, _require(conn, tenant, version))
 
-    def set_status(
+    def _transition(
         self,
         tenant: str,
         version: str,
-        status: str,
+        to: VersionStatus,
+        actor: str,
+        reasons: list[str] | list[FailedCheck] | None = None,
         details: JSONObject | None = None,
     ) -> IndexVersion:
-        """Set the status of an unpublished version, merging ``details`` into its details.
+        with self._db.transaction() as conn:
+            lock_versions(conn, tenant)
+            row = _require(conn, tenant, version)
+            apply_transition(conn, row, to, actor=actor, reasons=reasons, details=details)
+            return from_row(IndexVersion, _require(conn, tenant, version))
+
+    def mark_built(
+        self, tenant: str, version: str, details: JSONObject | None = None, actor: str = "pipeline"
+    ) -> IndexVersion:
+        """``building → built``: the shard is complete; merges ``details`` into its details.
 
         Returns:
             The version as stored.
 
         Raises:
-            ValueError: Unknown status; ``published`` (use :meth:`publish`); or the version is
-                the published one (publish or roll back to another first).
             NotFoundError: The version does not exist.
+            VersionTransitionError: It is not ``building``.
         """
-        if status not in VERSION_STATUSES:
-            raise ValueError(
-                f"invalid status {status!r}: expected one of {', '.join(VERSION_STATUSES)}"
+        return self._transition(tenant, version, "built", actor, details=details)
+
+    def reject(
+        self, tenant: str, version: str, failed_checks: list[FailedCheck], actor: str = "pipeline"
+    ) -> IndexVersion:
+        """``building|built → rejected``: a blocking check failed; it can never be published.
+
+        The failed checks are stored as ``details["failed_checks"]`` and in the audit row; every
+        later refusal to publish the version quotes them.
+
+        Args:
+            tenant: Tenant id.
+            version: The version.
+            failed_checks: At least one ``{"name": check name, "reasons": [reason, ...]}``.
+            actor: Who rejects it.
+
+        Returns:
+            The version as stored.
+
+        Raises:
+            ValueError: No failed checks, or one without a name.
+            NotFoundError: The version does not exist.
+            VersionTransitionError: It is not ``building`` or ``built``.
+        """
+        if not failed_checks:
+            raise ValueError("a rejection needs at least one failed check")
+        checks = [
+            FailedCheck(
+                name=check_text(c["name"], "check name", 200),
+                reasons=[str(r) for r in c["reasons"]],
             )
-        if status == "published":
-            raise ValueError("use publish_version() to publish a version")
-        with self._db.transaction() as conn:
-            row = _require(conn, tenant, version)
-            if row["status"] == "published":
-                raise ValueError(
-                    f"version {version!r} of tenant {tenant!r} is published; publish or roll "
-                    "back to another version before changing its status"
-                )
-            merged = {**row["details"], **(details or {})}
-            conn.execute(
-                update(_t).where(_t.c.id == row["id"]).values(status=status, details=merged)
-            )
-            return from_row(IndexVersion, _require(conn, tenant, version))
+            for c in failed_checks
+        ]
+        return self._transition(
+            tenant, version, "rejected", actor, reasons=checks, details={"failed_checks": checks}
+        )
+
+    def delete(self, tenant: str, version: str, actor: str = "pipeline") -> IndexVersion:
+        """``built|retired|rejected → deleted``: garbage collection removed its shard.
+
+        Returns:
+            The version as stored.
+
+        Raises:
+            NotFoundError: The version does not exist.
+            VersionTransitionError: It is ``building``, ``published`` or already ``deleted``.
+        """
+        return self._transition(tenant, version, "deleted", actor)
 
     def set_details(self, tenant: str, version: str, details: JSONObject) -> IndexVersion:
-        """Merge ``details`` (top-level keys) into the version's details.
+        """Merge ``details`` (top-level keys) into the version's details (status unchanged).
 
         Returns:
             The version as stored.
@@ -214,75 +297,77 @@ class VersionRepository:
         """Make ``version`` the tenant's served index, atomically (audit ``index.publish``).
 
         In one transaction, serialised per tenant, the published row (if any) becomes
-        ``retired`` and this one ``published`` with ``published_at``. Publishing the already
-        published version returns it unchanged.
+        ``retired`` and this one ``published``. Publishing the already published version
+        returns it unchanged.
 
         Returns:
             The published version.
 
         Raises:
             NotFoundError: The version does not exist.
-            ValueError: Its status is not ``built`` or ``retired``.
+            VersionTransitionError: It is not ``built`` (or ``retired`` and published before):
+                ``version_rejected`` with the failed checks, ``receipt_failed``,
+                ``never_published`` or ``invalid_transition``.
         """
         with self._db.transaction() as conn:
-            lock_tenant(conn, "publish", tenant)
+            lock_versions(conn, tenant)
             row = _require(conn, tenant, version)
             if row["status"] == "published":
                 return from_row(IndexVersion, row)
-            if row["status"] not in _SERVABLE:
-                raise ValueError(
-                    f"cannot publish version {version!r} of tenant {tenant!r}: its status is "
-                    f"{row['status']!r} (only built or retired versions can be published)"
-                )
             return _swap_published(conn, row, "index.publish", actor)
 
     def rollback(
         self, tenant: str, to_version: str | None = None, actor: str = "cli"
     ) -> IndexVersion:
-        """Serve an earlier version again (audit ``index.rollback``), atomically like publish.
+        """Serve a previously published version again (audit ``index.rollback``), atomically.
 
         Args:
             tenant: Tenant id.
-            to_version: The version to serve; default: the most recently created ``retired``
-                version older than the published one (or the newest retired one if none is
-                published).
+            to_version: The version to serve; default: the newest ``retired`` version that was
+                published before and is older than the published one (or the newest such one
+                if none is published). ``built`` versions are never rollback targets.
             actor: Who rolls back.
 
         Returns:
             The version now published.
 
         Raises:
-            ValueError: No retired version to roll back to; the target is deleted, already
-                published, or has a status other than ``retired``/``built``.
             NotFoundError: ``to_version`` does not exist.
+            VersionTransitionError: ``no_rollback_target`` (nothing to roll back to);
+                ``already_published``; ``version_rejected`` (with the failed checks);
+                ``never_published`` (e.g. a ``built`` target); ``invalid_transition`` (e.g.
+                a ``deleted`` target).
         """
         with self._db.transaction() as conn:
-            lock_tenant(conn, "publish", tenant)
+            lock_versions(conn, tenant)
             current = _published(conn, tenant)
             if to_version is None:
-                stmt = select(_t).where(_t.c.tenant == tenant, _t.c.status == "retired")
+                stmt = select(_t).where(
+                    _t.c.tenant == tenant,
+                    _t.c.status == "retired",
+                    _t.c.first_published_at.is_not(None),
+                )
                 if current is not None:
                     stmt = stmt.where(_t.c.id < current["id"])
                 target = conn.execute(stmt.order_by(_t.c.id.desc()).limit(1)).mappings().first()
                 if target is None:
                     where = f" older than {current['version']!r}" if current is not None else ""
-                    raise ValueError(
-                        f"tenant {tenant!r} has no retired index version{where} to roll back to"
+                    raise VersionTransitionError(
+                        "no_rollback_target",
+                        f"tenant {tenant!r} has no retired index version{where} to roll back to",
                     )
             else:
                 target = _require(conn, tenant, to_version)
+                if target["status"] == "built":
+                    raise VersionTransitionError(
+                        "never_published",
+                        f"cannot roll back tenant {tenant!r} to {to_version!r}: it was never "
+                        "published (publish it instead)",
+                    )
                 if target["status"] == "deleted":
-                    raise ValueError(
-                        f"cannot roll back tenant {tenant!r} to {to_version!r}: it was deleted"
-                    )
-                if target["status"] == "published":
-                    raise ValueError(
-                        f"version {to_version!r} of tenant {tenant!r} is already published"
-                    )
-                if target["status"] not in _SERVABLE:
-                    raise ValueError(
-                        f"cannot roll back tenant {tenant!r} to {to_version!r}: its status is "
-                        f"{target['status']!r}"
+                    raise VersionTransitionError(
+                        "invalid_transition",
+                        f"cannot roll back tenant {tenant!r} to {to_version!r}: it was deleted",
                     )
             return _swap_published(conn, target, "index.rollback", actor)
 

@@ -27,7 +27,7 @@ from rag_platform_tests.utils.services import (
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 #: The newest migration.
-HEAD = "0002"
+HEAD = "0003"
 
 
 def _alembic(conn: Connection, action: str, revision: str) -> None:
@@ -147,6 +147,59 @@ class TestMigrations:
             with store.engine.begin() as conn:
                 _alembic(conn, "downgrade", "0001")
                 assert _statuses(conn) == old
+        finally:
+            store.dispose()
+
+    def test_0003_records_first_publishes_of_existing_rows(self, empty_db_url: str) -> None:
+        store = MetadataStore(empty_db_url)
+        insert = text(
+            "INSERT INTO index_versions (tenant, version, path, status, documents, chunks, "
+            "config_hash, details, created_at, published_at) "
+            "VALUES ('acme', :v, '', :s, 0, 0, '', '{}', :c, :p)"
+        )
+        rows = {  # version: (status, created_at, published_at)
+            "v1": ("retired", "2026-01-01 00:00:00", "2026-01-02 00:00:00"),
+            "v2": ("retired", "2026-01-03 00:00:00", None),  # retired: published before
+            "v3": ("published", "2026-01-04 00:00:00", "2026-01-05 00:00:00"),
+            "v4": ("built", "2026-01-06 00:00:00", None),
+            "v5": ("rejected", "2026-01-07 00:00:00", None),
+            "v6": ("deleted", "2026-01-08 00:00:00", "2026-01-09 00:00:00"),
+            "v7": ("deleted", "2026-01-10 00:00:00", None),
+        }
+        try:
+            with store.engine.begin() as conn:
+                _alembic(conn, "upgrade", "0002")
+                conn.execute(text("INSERT INTO tenants VALUES ('acme', '', '2026-01-01')"))
+                for version, (status, created, published) in rows.items():
+                    conn.execute(insert, {"v": version, "s": status, "c": created, "p": published})
+            store.migrate()
+            first = {
+                v.version: v.first_published_at.isoformat()[:10] if v.first_published_at else None
+                for v in store.list_versions("acme")
+            }
+            assert first == {
+                "v1": "2026-01-02",
+                "v2": "2026-01-03",
+                "v3": "2026-01-05",
+                "v4": None,
+                "v5": None,
+                "v6": "2026-01-09",
+                "v7": None,
+            }
+            # The migrated rows follow the lifecycle: rollback picks the newest retired one.
+            assert store.rollback("acme").version == "v2"
+            with pytest.raises(ValueError, match="never published"):
+                store.rollback("acme", "v4")
+            with pytest.raises(ValueError, match="rejected"):
+                store.publish_version("acme", "v5")
+            with store.engine.begin() as conn:
+                _alembic(conn, "downgrade", "0002")
+                columns = {c["name"] for c in inspect(conn).get_columns("index_versions")}
+                assert "first_published_at" not in columns
+                assert _statuses(conn)["v2"] == "published"
+                # The partial unique index survived the table copy.
+                with pytest.raises(IntegrityError), conn.begin_nested():
+                    conn.execute(text("UPDATE index_versions SET status = 'published'"))
         finally:
             store.dispose()
 

@@ -27,10 +27,16 @@ class TestMetadataStore:
     def test_facade_and_repositories_share_one_database(self, store: MetadataStore) -> None:
         store.api_keys.create("acme", ["all"], actor="alice")
         store.versions.register("acme", "v1", "/idx/acme/v1", 3, 10, "cfg")
+        store.versions.mark_built("acme", "v1")
         published = store.versions.publish("acme", "v1")
         assert store.get_published_version("acme") == published
         assert store.list_api_keys("acme") == store.api_keys.find("acme")
         assert store.list_tenants() == store.tenants.find() == ["acme"]
-        assert [e.action for e in store.audit_log.find("acme")] == ["key.create", "index.publish"]
+        assert [e.action for e in store.audit_log.find("acme")] == [
+            "key.create",
+            "index.transition",  # registered: building
+            "index.transition",  # built
+            "index.publish",
+        ]
         assert store.url == store.db.url and store.engine is store.db.engine
         assert store.dialect == store.db.dialect in ("sqlite", "postgresql")

@@ -11,10 +11,16 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from rag_platform.lib.store import MetadataStore, NotFoundError
+from rag_platform.lib.store import (
+    FailedCheck,
+    MetadataStore,
+    NotFoundError,
+    VersionTransitionError,
+)
 
 
 def _register(store: MetadataStore, tenant: str, version: str, **kw: Any) -> None:
+    """Register ``version`` and mark it built (a complete shard)."""
     store.register_version(
         tenant,
         version,
@@ -24,18 +30,22 @@ def _register(store: MetadataStore, tenant: str, version: str, **kw: Any) -> Non
         config_hash="cfg",
         **kw,
     )
+    store.mark_version_built(tenant, version)
 
 
 class TestIndexVersions:
     def test_register_get_and_list_newest_first(self, store: MetadataStore) -> None:
         v1 = store.register_version("acme", "v1", "/idx/acme/v1", 3, 10, "h1", {"ndcg@10": 0.7})
         assert (v1.status, v1.documents, v1.chunks, v1.details) == (
-            "built",
+            "building",
             3,
             10,
             {"ndcg@10": 0.7},
         )
-        assert v1.published_at is None and v1.created_at.utcoffset() == timedelta(0)
+        v1 = store.mark_version_built("acme", "v1", {"bytes": 42})
+        assert (v1.status, v1.details) == ("built", {"ndcg@10": 0.7, "bytes": 42})
+        assert v1.published_at is None and v1.first_published_at is None
+        assert v1.created_at.utcoffset() == timedelta(0)
         _register(store, "acme", "v2")
         _register(store, "beta", "v1")
         assert [v.version for v in store.list_versions("acme")] == ["v2", "v1"]
@@ -72,9 +82,13 @@ class TestIndexVersions:
     ) -> None:
         _register(store, "acme", "v1")
         store.publish_version("acme", "v1")
-        _register(store, "acme", "v2")
-        store.set_version_status("acme", "v2", status)
-        with pytest.raises(ValueError, match=status):
+        store.register_version("acme", "v2", "/idx/acme/v2", 3, 10, "cfg")
+        if status == "rejected":
+            store.reject_version("acme", "v2", [{"name": "eval_gate", "reasons": ["too low"]}])
+        elif status == "deleted":
+            store.mark_version_built("acme", "v2")
+            store.delete_version("acme", "v2")
+        with pytest.raises(VersionTransitionError, match=status):
             store.publish_version("acme", "v2")
         assert store.get_published_version("acme").version == "v1"  # type: ignore[union-attr]
         with pytest.raises(NotFoundError):
@@ -143,7 +157,7 @@ class TestIndexVersions:
             store.publish_version("acme", v)
         assert store.rollback("acme", to_version="v1").version == "v1"
         assert store.get_published_version("acme").version == "v1"  # type: ignore[union-attr]
-        store.set_version_status("acme", "v2", "deleted")
+        store.delete_version("acme", "v2")
         with pytest.raises(ValueError, match="deleted"):
             store.rollback("acme", to_version="v2")
         with pytest.raises(ValueError, match="already published"):
@@ -156,36 +170,48 @@ class TestIndexVersions:
         with pytest.raises(ValueError, match="no retired index version"):
             store.rollback("acme")
 
-    def test_status_and_details_updates(self, store: MetadataStore) -> None:
+    def test_details_updates_and_rejection(self, store: MetadataStore) -> None:
         _register(store, "acme", "v1", details={"a": 1})
         store.set_version_details("acme", "v1", {"metrics": {"recall@10": 0.9}})
-        v = store.set_version_status("acme", "v1", "rejected", {"reason": "ndcg@10 dropped"})
-        assert v.status == "rejected"
-        assert v.details == {"a": 1, "metrics": {"recall@10": 0.9}, "reason": "ndcg@10 dropped"}
+        checks: list[FailedCheck] = [{"name": "eval_gate", "reasons": ["ndcg@10 dropped"]}]
+        v = store.reject_version("acme", "v1", checks)
+        assert v.status == "rejected" and v.failed_checks == checks
+        assert v.details == {"a": 1, "metrics": {"recall@10": 0.9}, "failed_checks": checks}
         assert store.get_version("acme", "v1") == v
-        with pytest.raises(ValueError, match="invalid status"):
-            store.set_version_status("acme", "v1", "bogus")
-        with pytest.raises(ValueError, match="publish_version"):
-            store.set_version_status("acme", "v1", "published")
+        with pytest.raises(ValueError, match="at least one failed check"):
+            store.reject_version("acme", "v1", [])
         with pytest.raises(NotFoundError):
             store.set_version_details("acme", "v9", {})
+        with pytest.raises(NotFoundError):
+            store.mark_version_built("acme", "v9")
 
     def test_published_version_status_cannot_be_changed_directly(
         self, store: MetadataStore
     ) -> None:
         _register(store, "acme", "v1")
         store.publish_version("acme", "v1")
-        with pytest.raises(ValueError, match="is published"):
-            store.set_version_status("acme", "v1", "deleted")
-        with pytest.raises(ValueError, match="is published"):
-            _register(store, "acme", "v1")
+        with pytest.raises(VersionTransitionError, match="publish or roll back to another"):
+            store.delete_version("acme", "v1")
+        with pytest.raises(VersionTransitionError, match="is 'published'"):
+            store.register_version("acme", "v1", "/x", 1, 1, "cfg")
         assert store.get_published_version("acme").version == "v1"  # type: ignore[union-attr]
 
-    def test_re_registering_an_unpublished_version_overwrites_it(
-        self, store: MetadataStore
-    ) -> None:
-        _register(store, "acme", "v1")
-        store.set_version_status("acme", "v1", "rejected")
+    def test_re_registering_a_building_version_overwrites_it(self, store: MetadataStore) -> None:
+        store.register_version("acme", "v1", "/old", 1, 2, "h1", {"run_id": "r1"})
         again = store.register_version("acme", "v1", "/new", 5, 20, "h2")
-        assert (again.status, again.path, again.documents, again.chunks) == ("built", "/new", 5, 20)
+        assert (again.status, again.path, again.documents, again.chunks, again.details) == (
+            "building",
+            "/new",
+            5,
+            20,
+            {},
+        )
         assert len(store.list_versions("acme")) == 1
+
+    def test_re_registering_a_rejected_version_is_refused(self, store: MetadataStore) -> None:
+        store.register_version("acme", "v1", "/old", 1, 2, "h1")
+        store.reject_version("acme", "v1", [{"name": "receipt", "reasons": ["2 orphans"]}])
+        with pytest.raises(VersionTransitionError) as err:
+            store.register_version("acme", "v1", "/new", 5, 20, "h2")
+        assert err.value.code == "version_rejected"
+        assert store.get_version("acme", "v1").status == "rejected"  # type: ignore[union-attr]
