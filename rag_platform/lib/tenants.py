@@ -27,6 +27,44 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+#: Longest ACL group name (characters).
+MAX_ACL_GROUP_CHARS = 64
+_ACL_GROUP = re.compile(r"[A-Za-z0-9_.:@-]+")
+
+
+def validate_acl_group(name: str) -> str:
+    """Checks one ACL group name and returns it unchanged.
+
+    A group name is 1 to :data:`MAX_ACL_GROUP_CHARS` characters of ``A-Z a-z 0-9 _ . : @ -``:
+    no whitespace and no comma, so a list of groups joined with commas (cache keys, manifests,
+    ``--groups a,b``) splits back into the same groups.
+
+    Args:
+        name: the group name as written in the source (not stripped).
+
+    Returns:
+        ``name``.
+
+    Raises:
+        ValueError: the name is empty, too long or has a character outside the set above.
+    """
+    if not name:
+        raise ValueError("empty ACL group name")
+    if len(name) > MAX_ACL_GROUP_CHARS:
+        raise ValueError(
+            f"ACL group name {name[:80]!r} is longer than {MAX_ACL_GROUP_CHARS} characters"
+        )
+    if _ACL_GROUP.fullmatch(name) is None:
+        raise ValueError(
+            f"invalid ACL group name {name!r}: only letters, digits and _ . : @ - are allowed"
+        )
+    return name
+
+
+def _valid_groups(groups: list[str]) -> list[str]:
+    for group in groups:
+        validate_acl_group(group)
+    return groups
 
 
 class _Strict(BaseModel):
@@ -34,10 +72,16 @@ class _Strict(BaseModel):
 
 
 class AclRule(_Strict):
-    """Files whose path (relative to the source root) matches ``glob`` get ``groups``."""
+    """Files whose path (relative to the source root) matches ``glob`` get ``groups``.
+
+    An empty ``groups`` list is allowed and means no reader group sees the files (admins still
+    list them).
+    """
 
     glob: str
     groups: list[str]
+
+    _check_groups = field_validator("groups")(_valid_groups)
 
 
 class FilesystemSource(_Strict):
@@ -151,17 +195,52 @@ class EvaluationConfig(_Strict):
     k: int = Field(10, ge=1)
 
 
+class InputBudgets(_Strict):
+    """Per-document input limits: a source item over one is quarantined with the budget's name,
+    never read or parsed further. The defaults fit the largest filings and reports seen in
+    practice with a wide margin; they exist to stop pathological and hostile inputs.
+
+    Attributes:
+        max_file_bytes: largest file a connector reads (bytes; checked with ``stat`` before
+            opening). Default 100 MiB.
+        max_pdf_pages: most pages of a PDF (checked before any page is extracted). Default 2,000.
+        max_docx_uncompressed_bytes: largest sum of a DOCX's zip members' uncompressed sizes
+            (bytes, read from the zip directory before python-docx opens it: a zip-bomb guard).
+            Default 200 MiB.
+        max_document_chars: most characters of text per document after parsing (and of a
+            dataset row's text). Default 5,000,000.
+        parse_seconds: wall-clock time allowed to parse one document (seconds). Default 120.
+        mask_seconds: wall-clock time allowed to PII-mask one document (seconds). Default 300.
+    """
+
+    max_file_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    max_pdf_pages: int = Field(2_000, ge=1)
+    max_docx_uncompressed_bytes: int = Field(200 * 1024 * 1024, ge=1)
+    max_document_chars: int = Field(5_000_000, ge=1)
+    parse_seconds: float = Field(120.0, gt=0.0)
+    mask_seconds: float = Field(300.0, gt=0.0)
+
+
 class TenantConfig(_Strict):
+    """One tenant of the registry.
+
+    ``default_acl_groups`` go to documents whose source carries no ACL information at all (no
+    matching rule, no ``.acl`` file, no ACL column value); an explicitly empty ACL stays empty.
+    """
+
     id: Annotated[str, Field(pattern=TENANT_ID_PATTERN)]
     name: str = ""
     sources: list[SourceConfig] = Field(default_factory=list)
     default_acl_groups: list[str] = Field(default_factory=lambda: ["all"])
+    budgets: InputBudgets = Field(default_factory=InputBudgets)
     pii: PIIPolicy = Field(default_factory=PIIPolicy)
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     golden_set: GoldenSetConfig | None = None
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     sample_questions: list[str] = Field(default_factory=list)
+
+    _check_default_groups = field_validator("default_acl_groups")(_valid_groups)
 
 
 class TenantRegistry(_Strict):

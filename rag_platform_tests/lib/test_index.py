@@ -140,7 +140,7 @@ class TestEdgeIndexWriter:
             with pytest.raises(ValueError, match="dimension"):
                 w.upsert([IndexPoint(p.id, p.dense[:10], p.sparse, p.payload)])
             with pytest.raises(ValueError, match="acl_groups"):
-                w.upsert([IndexPoint(p.id, p.dense, p.sparse, {**p.payload, "acl_groups": []})])
+                w.upsert([IndexPoint(p.id, p.dense, p.sparse, {**p.payload, "acl_groups": "all"})])
             with pytest.raises(ValueError, match="lacks"):
                 w.upsert([IndexPoint(p.id, p.dense, p.sparse, {"text": "x"})])
             with pytest.raises(ValueError, match="UUID"):

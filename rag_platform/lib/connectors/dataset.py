@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import stat
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -11,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from rag_platform.lib.models import SourceDocument
-from rag_platform.lib.tenants import DatasetSource
+from rag_platform.lib.tenants import DatasetSource, validate_acl_group
 
 _FORMATS = {
     ".jsonl": "jsonl",
@@ -92,9 +95,16 @@ def _read_table(
         if fmt == "csv":
             import pyarrow.csv as pa_csv
 
-            # Ids such as "007" must stay strings, not become the integer 7.
+            # Ids such as "007" must stay strings, not become the integer 7. An empty unquoted
+            # cell is null (no value); a quoted "" is the empty string (e.g. an explicitly
+            # empty ACL). No other spelling ("NA", "null") is taken for null.
             types = {c: pa.string() for c in string_columns}
-            options = pa_csv.ConvertOptions(column_types=types)
+            options = pa_csv.ConvertOptions(
+                column_types=types,
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            )
             return pa_csv.read_csv(path, convert_options=options), None, []
         import pyarrow.parquet as pq
 
@@ -123,7 +133,18 @@ def _to_datetime(value: Any) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
-def _acl_list(value: Any) -> list[str]:
+def _acl_groups(value: Any) -> list[str]:
+    """ACL groups of a present (non-null) ACL column value: a list, a comma-separated string or
+    a JSON list in a string (what the lenient JSONL reader makes of lists in a mixed column).
+    Blank items are dropped, so ``[]``, ``""`` and ``" , "`` are an explicitly empty ACL: ``[]``.
+
+    Raises:
+        ValueError: an item is not a valid group name (see
+            :func:`~rag_platform.lib.tenants.validate_acl_group`).
+    """
+    if isinstance(value, str) and value.strip().startswith("["):
+        with contextlib.suppress(json.JSONDecodeError):
+            value = json.loads(value)
     if isinstance(value, str):
         items = value.split(",")
     elif isinstance(value, list | tuple):
@@ -133,13 +154,19 @@ def _acl_list(value: Any) -> list[str]:
     groups: list[str] = []
     for item in items:
         g = item.strip()
-        if g and g not in groups:
+        if g and validate_acl_group(g) not in groups:
             groups.append(g)
     return groups
 
 
+def _blank_value(value: Any) -> bool:
+    """Null: None, or NaN / NaT (a value unequal to itself)."""
+    return value is None or (not isinstance(value, list | tuple) and value != value)
+
+
 def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip()) or value != value
+    """Null, or a string of whitespace only."""
+    return _blank_value(value) or (isinstance(value, str) and not value.strip())
 
 
 class DatasetConnector:
@@ -149,7 +176,12 @@ class DatasetConnector:
     (a list or a comma-separated string) and ``updated_at_column`` (ISO string, timestamp or
     epoch seconds). Documents are text rows: ``text`` set, ``content`` None, mime type
     ``text/plain``, ``uri = f"{path}#{id}"``. A row without an id or text, with an id seen
-    before, or with an unreadable time becomes a problem ``("row N", reason)`` (N 1-based).
+    before, with an unreadable time or with an invalid ACL group name becomes a problem
+    ``("row N", reason)`` (N 1-based) or ``(id, reason)``.
+
+    ACL: a row whose ACL value is missing (no column, null, an empty unquoted CSV cell) gets
+    ``default_acl_groups``; an explicitly empty value (``[]``, ``""``) gets no group at all, so no
+    reader sees the row (fail closed).
     """
 
     def __init__(self, source: DatasetSource, default_acl_groups: list[str]) -> None:
@@ -163,14 +195,21 @@ class DatasetConnector:
         """Yields the rows as documents, in file order (at most ``limit``).
 
         Raises:
-            ValueError: the file is missing, has an unsupported extension or lacks the id or
-                text column.
+            ValueError: the file is missing or not a regular file, has an unsupported extension
+                or lacks the id or text column.
         """
         self.problems = []
         src = self.source
-        if not self.path.is_file():
+        try:
+            mode = os.stat(self.path).st_mode
+        except OSError as exc:
             raise ValueError(
                 f"source {self.source_id!r}: dataset file {str(self.path)!r} not found"
+            ) from exc
+        if not stat.S_ISREG(mode):
+            # A FIFO would block the reader forever; a device or socket is no dataset either.
+            raise ValueError(
+                f"source {self.source_id!r}: dataset path {str(self.path)!r} is not a regular file"
             )
         wanted = [
             c
@@ -233,7 +272,14 @@ class DatasetConnector:
                 except (ValueError, TypeError, OverflowError) as exc:
                     self.problems.append((native_id, f"unreadable updated_at {times[i]!r}: {exc}"))
                     continue
-            groups = [] if _blank(acls[i]) else _acl_list(acls[i])
+            if src.acl_column is None or _blank_value(acls[i]):
+                groups = list(self.default_acl_groups)
+            else:
+                try:
+                    groups = _acl_groups(acls[i])
+                except ValueError as exc:
+                    self.problems.append((native_id, f"invalid ACL in {src.acl_column!r}: {exc}"))
+                    continue
             seen.add(native_id)
             title = "" if _blank(titles[i]) else str(titles[i]).strip()
             yield SourceDocument(
@@ -244,7 +290,7 @@ class DatasetConnector:
                 mime_type="text/plain",
                 content=None,
                 text=str(text),
-                acl_groups=groups or list(self.default_acl_groups),
+                acl_groups=groups,
                 updated_at=updated_at,
                 metadata={"row": row_number},
             )

@@ -324,9 +324,9 @@ class EdgeIndexWriter:
             The number of points written.
 
         Raises:
-            ValueError: a point lacks a required payload key, has no ACL group, an id that is
-                not a UUID, or a dense vector of the wrong shape / non-finite values. Nothing of
-                the offending batch is written.
+            ValueError: a point lacks a required payload key, has acl_groups not a list, an id
+                that is not a UUID, or a dense vector of the wrong shape / non-finite values.
+                Nothing of the offending batch is written.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -342,8 +342,8 @@ class EdgeIndexWriter:
         if missing:
             raise ValueError(f"point {p.id}: payload lacks {missing}")
         groups = p.payload["acl_groups"]
-        if not isinstance(groups, list) or not groups:
-            raise ValueError(f"point {p.id}: acl_groups must be a non-empty list")
+        if not isinstance(groups, list):  # [] is valid: no reader group sees the point
+            raise ValueError(f"point {p.id}: acl_groups must be a list")
         try:
             uuid.UUID(str(p.id))
         except ValueError as exc:

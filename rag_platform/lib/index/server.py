@@ -120,7 +120,7 @@ class ServerIndexWriter:
         """Inserts or replaces points; same validation as the Edge writer.
 
         Raises:
-            ValueError: missing payload keys, no ACL group, non-UUID id, bad dense vector.
+            ValueError: missing payload keys, acl_groups not a list, non-UUID id, bad dense vector.
         """
         written = 0
         for start in range(0, len(points), batch_size):
@@ -129,8 +129,8 @@ class ServerIndexWriter:
                 missing = [k for k in REQUIRED_PAYLOAD_KEYS if k not in p.payload]
                 if missing:
                     raise ValueError(f"point {p.id}: payload lacks {missing}")
-                if not p.payload["acl_groups"]:
-                    raise ValueError(f"point {p.id}: acl_groups must be a non-empty list")
+                if not isinstance(p.payload["acl_groups"], list):  # [] is valid: no reader
+                    raise ValueError(f"point {p.id}: acl_groups must be a list")
                 try:
                     uuid.UUID(str(p.id))
                 except ValueError as exc:

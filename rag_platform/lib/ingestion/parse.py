@@ -4,7 +4,8 @@ Each parser returns :class:`~rag_platform.lib.models.ParsedDocument` whose secti
 heading path (outermost first) and, for PDFs, the 1-based page number. Tables become text, one
 row per line with cells joined by ``" | "`` (DOCX, HTML, Markdown) or as the PDF's text lines.
 
-Every failure — unknown mime type, empty, corrupt or encrypted file, no text — raises
+Every failure — unknown mime type, empty, corrupt or encrypted file, no text, a document over
+one of the tenant's :class:`~rag_platform.lib.tenants.InputBudgets` — raises
 :class:`ParseError` with a reason; the pipeline quarantines the document with that reason.
 """
 
@@ -13,10 +14,12 @@ from __future__ import annotations
 import io
 import re
 import unicodedata
+import zipfile
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from rag_platform.lib.models import ParsedDocument, Section, SourceDocument
+from rag_platform.lib.tenants import InputBudgets
 
 PDF = "application/pdf"
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
@@ -273,7 +276,7 @@ def _footer_sections(pages: list[list[str]]) -> list[Section] | None:
     return out
 
 
-def _parse_pdf(content: bytes) -> ParsedDocument:
+def _parse_pdf(content: bytes, budgets: InputBudgets) -> ParsedDocument:
     import pypdfium2 as pdfium
 
     try:
@@ -286,6 +289,8 @@ def _parse_pdf(content: bytes) -> ParsedDocument:
     pages: list[list[str]] = []
     try:
         n_pages = len(pdf)
+        if n_pages > budgets.max_pdf_pages:
+            raise ParseError(f"PDF over max_pdf_pages ({n_pages} > {budgets.max_pdf_pages})")
         for index in range(n_pages):
             page = pdf[index]
             try:
@@ -331,7 +336,29 @@ def _table_rows(rows: Iterable[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _parse_docx(content: bytes) -> ParsedDocument:
+def _docx_uncompressed_bytes(content: bytes) -> int:
+    """Sum of the declared uncompressed sizes of a DOCX's zip members (bytes), read from the
+    zip's central directory without inflating anything. :mod:`zipfile`, which python-docx
+    reads through, never returns more than a member's declared size, so this bounds what
+    opening the document can inflate.
+
+    Raises:
+        ParseError: the content is not a zip archive.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            return sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
+        raise ParseError(f"unreadable DOCX: {type(exc).__name__}: {exc}") from exc
+
+
+def _parse_docx(content: bytes, budgets: InputBudgets) -> ParsedDocument:
+    inflated = _docx_uncompressed_bytes(content)
+    if inflated > budgets.max_docx_uncompressed_bytes:
+        raise ParseError(
+            "DOCX over max_docx_uncompressed_bytes "
+            f"({inflated} > {budgets.max_docx_uncompressed_bytes})"
+        )
     try:
         import docx
         from docx.table import Table
@@ -516,21 +543,29 @@ def _parse_plain(text: str) -> ParsedDocument:
     return ParsedDocument(sections=[Section(p.strip()) for p in paragraphs if p.strip()])
 
 
-_PARSERS: dict[str, Callable[[bytes], ParsedDocument]] = {
+#: Parser per MIME type: ``(content, budgets) -> ParsedDocument``.
+_PARSERS: dict[str, Callable[[bytes, InputBudgets], ParsedDocument]] = {
     PDF: _parse_pdf,
     DOCX: _parse_docx,
-    HTML: _parse_html,
-    XHTML: _parse_html,
-    MARKDOWN: lambda b: _parse_markdown(_decode(b)),
-    "text/x-markdown": lambda b: _parse_markdown(_decode(b)),
-    PLAIN: lambda b: _parse_plain(_decode(b)),
+    HTML: lambda b, _: _parse_html(b),
+    XHTML: lambda b, _: _parse_html(b),
+    MARKDOWN: lambda b, _: _parse_markdown(_decode(b)),
+    "text/x-markdown": lambda b, _: _parse_markdown(_decode(b)),
+    PLAIN: lambda b, _: _parse_plain(_decode(b)),
 }
 
 #: MIME types :func:`parse_document` accepts for byte content.
 SUPPORTED_MIME_TYPES = frozenset(_PARSERS)
 
 
-def parse_document(doc: SourceDocument) -> ParsedDocument:
+def _check_chars(chars: int, budgets: InputBudgets) -> None:
+    if chars > budgets.max_document_chars:
+        raise ParseError(
+            f"document over max_document_chars ({chars} > {budgets.max_document_chars})"
+        )
+
+
+def parse_document(doc: SourceDocument, *, budgets: InputBudgets | None = None) -> ParsedDocument:
     """Extracts text with structure from a source document.
 
     Text rows (``doc.text`` set, e.g. a dataset row) become one section. Byte content is parsed by
@@ -540,19 +575,30 @@ def parse_document(doc: SourceDocument) -> ParsedDocument:
     style, nav, header and footer dropped), Markdown (markdown-it-py) and plain text (one
     section per blank-line separated paragraph).
 
+    Budgets are checked before the expensive step they guard: content bytes against
+    ``max_file_bytes`` before any parser runs, a PDF's page count against ``max_pdf_pages``
+    before any page is extracted, a DOCX's declared uncompressed size against
+    ``max_docx_uncompressed_bytes`` before python-docx inflates it (zip-bomb guard), a text
+    row's length and the parsed text's total length against ``max_document_chars``.
+
     Args:
         doc: the document as the connector produced it.
+        budgets: the tenant's input budgets (``TenantConfig.budgets``); defaults when None.
 
     Returns:
         The sections in reading order; empty sections are omitted. ``metadata`` may hold
         ``pages`` (PDF) and ``title`` (DOCX, HTML).
 
     Raises:
-        ParseError: unknown mime type, empty file, corrupt or encrypted file, or no text.
+        ParseError: unknown mime type, empty file, corrupt or encrypted file, no text, or a
+            budget exceeded (the reason names the budget, e.g. ``PDF over max_pdf_pages
+            (2400 > 2000)``).
     """
+    budgets = budgets or InputBudgets()
     if doc.content is None:
         if doc.text is None:
             raise ParseError("document has neither content nor text")
+        _check_chars(len(doc.text), budgets)
         text = normalize_text(doc.text)
         if not text:
             raise ParseError("empty text")
@@ -563,8 +609,12 @@ def parse_document(doc: SourceDocument) -> ParsedDocument:
         raise ParseError(f"unsupported mime type {doc.mime_type!r}")
     if not doc.content:
         raise ParseError("empty file (0 bytes)")
+    if len(doc.content) > budgets.max_file_bytes:
+        raise ParseError(
+            f"file over max_file_bytes ({len(doc.content)} > {budgets.max_file_bytes})"
+        )
     try:
-        parsed = parser(doc.content)
+        parsed = parser(doc.content, budgets)
     except ParseError:
         raise
     except Exception as exc:  # a parser bug or odd file must quarantine, not crash the run
@@ -572,4 +622,5 @@ def parse_document(doc: SourceDocument) -> ParsedDocument:
     parsed.sections = [s for s in parsed.sections if s.text.strip()]
     if not parsed.sections:
         raise ParseError(f"no text extracted from {mime} (scanned or empty document?)")
+    _check_chars(sum(len(s.text) for s in parsed.sections), budgets)
     return parsed

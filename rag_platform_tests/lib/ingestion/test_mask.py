@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,43 @@ class TestFindResidualPii:
         assert {p: h for p, h in hits.items() if h} == {1: ["PHONE_NUMBER"]}
         cover = next(s.text for s in parsed.sections if s.page == 1)
         assert re.search(r"\(408\) 996-1010", cover)
+
+
+class TestPathologicalInput:
+    """Issue 9: one 400 KB token holding an "@" took 518 s to mask (Presidio's e-mail pattern
+    scans from every word boundary to the token's end)."""
+
+    @staticmethod
+    def _seconds(masker: PIIMasker, text: str) -> float:
+        started = time.perf_counter()
+        result = masker.run(text)
+        elapsed = time.perf_counter() - started
+        assert find_residual_pii(result.text) == []
+        return elapsed
+
+    @pytest.mark.parametrize("unit", ["a", "a.b-"])
+    def test_single_token_with_an_at_sign_masks_in_linear_time(self, unit: str) -> None:
+        masker = PIIMasker(_policy())
+        masker.run(TEXT)  # engines loaded before timing
+
+        def token(chars: int) -> str:
+            half = unit * (chars // (2 * len(unit)))
+            return half + "@" + half
+
+        small = self._seconds(masker, token(100_000))
+        large = self._seconds(masker, token(400_000))
+        assert large / max(small, 1e-3) < 8, (small, large)  # 4x the input: not 16x
+
+    def test_e_mail_addresses_in_a_long_run_are_still_masked(self) -> None:
+        row = ",".join(f'{{"mail":"user{i}@example.com","n":{i}}}' for i in range(300))
+        assert len(row) > 10 * pii.MAX_RUN_CHARS and " " not in row
+        result = PIIMasker(_policy()).run(row)
+        assert result.entity_counts == {"EMAIL_ADDRESS": 300}
+        assert "@" not in result.text
+
+    def test_bounded_runs_keep_offsets_and_leave_ordinary_text_alone(self) -> None:
+        assert pii._bounded_runs(TEXT) is TEXT
+        long = "x" * 1000 + " tail"
+        view = pii._bounded_runs(long)
+        assert len(view) == len(long)
+        assert max(len(run) for run in view.split()) <= pii.MAX_RUN_CHARS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 
 import docx
@@ -19,6 +20,7 @@ from rag_platform.lib.ingestion.parse import (
     parse_document,
 )
 from rag_platform.lib.models import ParsedDocument, SourceDocument
+from rag_platform.lib.tenants import InputBudgets
 
 SEC_DOCS = Path("/work/shared/data/sec10q/docs")
 AAPL = SEC_DOCS / "2023 Q3 AAPL.pdf"
@@ -249,3 +251,42 @@ class TestNormalizeText:
     def test_whitespace_and_controls(self) -> None:
         assert normalize_text(" a\u00a0\u00a0b\u200b c \n\n\n\nd\x1f ") == "a b c\n\nd"
         assert normalize_text("e\u0301 ﬁnancial\r\nx") == "\u00e9 financial\nx"
+
+
+class TestBudgets:
+    def test_pdf_over_the_page_budget_is_refused_before_extraction(
+        self, aapl: ParsedDocument
+    ) -> None:
+        assert aapl.metadata["pages"] > 5  # the default budget lets it through
+        content = AAPL.read_bytes()
+        with pytest.raises(ParseError, match=r"PDF over max_pdf_pages \(\d+ > 5\)"):
+            parse_document(_doc(content, PDF), budgets=InputBudgets(max_pdf_pages=5))
+
+    def test_docx_zip_bomb_is_refused_before_python_docx_inflates_it(self) -> None:
+        buf = io.BytesIO()
+        docx.Document().save(buf)
+        bomb = io.BytesIO()
+        with (
+            zipfile.ZipFile(io.BytesIO(buf.getvalue())) as src,
+            zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as out,
+        ):
+            for info in src.infolist():
+                if info.filename != "word/document.xml":
+                    out.writestr(info, src.read(info))
+            with out.open("word/document.xml", "w") as member:
+                chunk = b" " * (1024 * 1024)
+                for _ in range(300):  # 300 MB of spaces, a few hundred KB compressed
+                    member.write(chunk)
+        content = bomb.getvalue()
+        assert len(content) < 2 * 1024 * 1024
+        with pytest.raises(ParseError, match=r"DOCX over max_docx_uncompressed_bytes \(3\d{8} > "):
+            parse_document(_doc(content, DOCX))
+
+    def test_characters_and_bytes_budgets_name_the_budget(self) -> None:
+        small = InputBudgets(max_document_chars=10, max_file_bytes=100)
+        with pytest.raises(ParseError, match=r"document over max_document_chars \(11 > 10\)"):
+            parse_document(_doc(None, PLAIN, text="eleven char"), budgets=small)
+        with pytest.raises(ParseError, match=r"document over max_document_chars \(\d+ > 10\)"):
+            parse_document(_doc(b"# Title\n\nsome words here", MARKDOWN), budgets=small)
+        with pytest.raises(ParseError, match=r"file over max_file_bytes \(101 > 100\)"):
+            parse_document(_doc(b"x" * 101, PLAIN), budgets=small)
