@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import pandas as pd
 
@@ -163,7 +163,7 @@ class SourceSync:
                 changed.append(doc_id)
             else:
                 row["change"] = "unchanged"
-                if prev[1] != acl_key(row["acl_groups"]):  # type: ignore[arg-type]
+                if prev[1] != acl_key(cast("list[str]", row["acl_groups"])):
                     acl_changed.append(doc_id)
         deleted = [d for d in known if d not in seen]
         frame = pd.DataFrame(rows, columns=SOURCE_COLUMNS)
