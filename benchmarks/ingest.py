@@ -76,7 +76,7 @@ def main() -> None:
 
     chunks = pd.read_parquet(settings.storage_dir / "chunks" / args.tenant)
     texts = chunks.drop_duplicates("content_hash")["embedding_text"].tolist()
-    embedder = get_embedder()
+    embedder = get_embedder(settings.embedding_model, settings.embedding_batch_size)
     t0 = time.perf_counter()
     embedder.model.encode(
         texts,

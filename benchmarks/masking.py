@@ -23,7 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from rag_platform.lib import stages
+from rag_platform.lib.ingestion.mask import DocumentMasker
+from rag_platform.lib.ingestion.parse import DocumentParser
+from rag_platform.lib.ingestion.sync import SourceSync
+from rag_platform.lib.models import sections_from_json
 from rag_platform.lib.tenants import load_registry
 from rag_platform.settings import configure_runtime_env, get_settings
 
@@ -39,22 +42,18 @@ def main() -> None:
     settings = get_settings()
     tenant = load_registry(settings.tenants_file, settings.data_dir).get(args.tenant)
     work = Path(tempfile.mkdtemp(prefix="rag-mask-bench-"))
-    synced = stages.sync_sources(tenant, work / "manifest.json")
-    parsed, _, _ = stages.parse_stage(synced.frame, stages.StageCache(work / "parsed.parquet"))
-    parsed = parsed.head(args.docs)
+    synced = SourceSync(work).run(tenant)
+    parsed = DocumentParser(work).run(synced.frame).frame.head(args.docs)
     characters = int(
-        sum(len(s.text) for raw in parsed["sections"] for s in stages.sections_from_json(raw))
+        sum(len(s.text) for raw in parsed["sections"] for s in sections_from_json(raw))
     )
     runs = []
     for workers in args.workers:
         started = time.perf_counter()
-        frame, counts, _ = stages.mask_stage(
-            parsed,
-            tenant.pii,
-            stages.StageCache(work / f"masked-{workers}.parquet"),
-            stages.MaskerSpec(tenant.pii, settings.spacy_model),
-            workers=workers,
-        )
+        masked = DocumentMasker(
+            work / f"masked-{workers}", tenant.pii, settings.spacy_model, workers=workers
+        ).run(parsed)
+        frame, counts = masked.frame, masked.entity_counts
         seconds = time.perf_counter() - started
         runs.append(
             {

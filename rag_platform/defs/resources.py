@@ -1,21 +1,22 @@
-"""Resources: the platform (settings, tenant registry, metadata store, models) and the Parquet
-IO manager that stores intermediate assets under ``RAG_HOME/storage``."""
-
-from __future__ import annotations
+"""Resources: the platform (settings, tenant registry, metadata store) and the Parquet IO
+manager that stores intermediate assets under the platform's ``RAG_HOME/storage``."""
 
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field, PrivateAttr
 from upath import UPath
 
-from rag_platform.lib.stages import EmbeddingSet
+from rag_platform.lib.embedding.stage import EmbeddingSet
 from rag_platform.lib.tenants import TenantConfig, TenantRegistry, load_registry
 from rag_platform.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from rag_platform.lib.store import MetadataStore
 
 
 class PlatformResource(dg.ConfigurableResource):
@@ -67,7 +68,7 @@ class PlatformResource(dg.ConfigurableResource):
         """Raises ``KeyError`` when the tenant is not in the registry."""
         return self.registry().get(tenant_id)
 
-    def store(self) -> Any:
+    def store(self) -> "MetadataStore":
         """The metadata store (created once per run, migrated)."""
         if self._store is None:
             from rag_platform.lib.store import MetadataStore
@@ -77,14 +78,8 @@ class PlatformResource(dg.ConfigurableResource):
         return self._store
 
     def tenant_cache_dir(self, tenant_id: str) -> Path:
-        path = self.settings.cache_dir / tenant_id
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def tenant_index_dir(self, tenant_id: str) -> Path:
-        path = self.settings.index_dir / tenant_id
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        """The tenant's state folder ``RAG_HOME/cache/<tenant>`` (components create it)."""
+        return self.settings.cache_dir / tenant_id
 
 
 class _FrameIOManager(dg.UPathIOManager):
@@ -113,21 +108,30 @@ class _FrameIOManager(dg.UPathIOManager):
 
 
 class AssetStorageIOManager(dg.ConfigurableIOManagerFactory):
-    """Stores each asset partition under ``RAG_HOME/storage/<asset>/<partition>``."""
+    """Stores each asset partition under ``<RAG_HOME>/storage/<asset>/<partition>``.
 
-    base_path: str | None = Field(None, description="Overrides RAG_HOME/storage.")
+    ``RAG_HOME`` is the one of ``platform``, a resource dependency: wired to the top-level
+    ``platform`` resource (see :func:`resources`), a ``rag_home`` override of that resource, in
+    code or in a run's config, moves the asset storage with the rest of the state.
+    """
+
+    platform: PlatformResource
+    base_path: str | None = Field(None, description="Overrides <RAG_HOME>/storage.")
 
     def create_io_manager(self, context: dg.InitResourceContext) -> _FrameIOManager:
-        base = Path(self.base_path) if self.base_path else get_settings().storage_dir
+        base = Path(self.base_path) if self.base_path else self.platform.settings.storage_dir
         base.mkdir(parents=True, exist_ok=True)
         return _FrameIOManager(base_path=UPath(base))
 
 
 @dg.definitions
 def resources() -> dg.Definitions:
+    # configured at launch, so run config (e.g. rag_home) reaches both the assets and the
+    # IO manager, which resolves this same top-level resource
+    platform = PlatformResource.configure_at_launch()
     return dg.Definitions(
         resources={
-            "platform": PlatformResource(rag_home=None, tenants_file=None, database_url=None),
-            "io_manager": AssetStorageIOManager(base_path=None),
+            "platform": platform,
+            "io_manager": AssetStorageIOManager(platform=platform, base_path=None),
         }
     )

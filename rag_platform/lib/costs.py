@@ -163,7 +163,7 @@ def tenant_day_rollup(
     Returns:
         ``{"tenant", "day", "usage", "lines", "total_usd", "currency"}``.
     """
-    from rag_platform.lib.stages import directory_bytes
+    from rag_platform.lib.index.versions import directory_bytes
 
     usage = dict(store.usage_by_day(tenant, day))
     published = store.get_published_version(tenant)

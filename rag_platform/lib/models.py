@@ -3,18 +3,85 @@
 Plain dataclasses with no orchestrator import. Identity follows DESIGN.md:
 ``doc_id = uuid5(uuid5(NAMESPACE, tenant), source_id + ":" + native_id)`` and
 ``chunk_id = uuid5(doc_id, f"{ordinal}:{content_hash}")``; the Qdrant point id is the chunk id.
+
+The pipeline stages pass pandas frames (one row per document unless noted):
+
+- sources (:data:`SOURCE_COLUMNS`): doc_id, tenant, source_id, native_id, uri, title, mime_type,
+  content (bytes|None), text (str|None), content_hash, acl_groups (list[str]), updated_at (ISO
+  str, "" when the source has no date), metadata (JSON str), change ("added" | "changed" |
+  "unchanged").
+- parsed / masked (:data:`DOC_COLUMNS`; masked adds ``masked_hash``): doc_id, tenant,
+  source_id, uri, title, mime_type, content_hash, acl_groups, updated_at, sections (JSON list of
+  ``{text, heading_path, page}``, see :func:`sections_to_json`).
+- chunks (:data:`CHUNK_COLUMNS`, one row per chunk): chunk_id, doc_id, tenant, ordinal, text,
+  embedding_text, token_count, content_hash, heading_path, page, title, uri, source_id,
+  mime_type, acl_groups, updated_at.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 #: Root namespace of every id this platform derives (uuid5 of the project URL).
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/rag-platform/rag-platform")
+
+
+SOURCE_COLUMNS = [
+    "doc_id",
+    "tenant",
+    "source_id",
+    "native_id",
+    "uri",
+    "title",
+    "mime_type",
+    "content",
+    "text",
+    "content_hash",
+    "acl_groups",
+    "updated_at",
+    "metadata",
+    "change",
+]
+DOC_COLUMNS = [
+    "doc_id",
+    "tenant",
+    "source_id",
+    "uri",
+    "title",
+    "mime_type",
+    "content_hash",
+    "acl_groups",
+    "updated_at",
+    "sections",
+]
+MASKED_COLUMNS = [*DOC_COLUMNS, "masked_hash"]
+CHUNK_COLUMNS = [
+    "chunk_id",
+    "doc_id",
+    "tenant",
+    "ordinal",
+    "text",
+    "embedding_text",
+    "token_count",
+    "content_hash",
+    "heading_path",
+    "page",
+    "title",
+    "uri",
+    "source_id",
+    "mime_type",
+    "acl_groups",
+    "updated_at",
+]
+
+#: A value of a stage's statistics (counts, seconds, rates, names).
+StatValue = int | float | str | None
 
 
 def tenant_namespace(tenant: str) -> uuid.UUID:
@@ -85,6 +152,68 @@ class ParsedDocument:
     @property
     def text(self) -> str:
         return "\n\n".join(s.text for s in self.sections if s.text)
+
+
+class SectionRecord(TypedDict):
+    """One section as the frames and caches store it (JSON)."""
+
+    text: str
+    heading_path: list[str]
+    page: int | None
+
+
+def section_records(sections: Iterable[Section]) -> list[SectionRecord]:
+    """Sections as JSON-ready records; ``json.dumps`` of the list is a frame's ``sections``."""
+    return [
+        {"text": s.text, "heading_path": list(s.heading_path), "page": s.page} for s in sections
+    ]
+
+
+def sections_from_json(raw: str | list[SectionRecord]) -> list[Section]:
+    """Sections back from a frame's ``sections`` JSON text or from cached records."""
+    items: list[SectionRecord] = json.loads(raw) if isinstance(raw, str) else raw
+    return [
+        Section(text=i["text"], heading_path=list(i.get("heading_path") or []), page=i.get("page"))
+        for i in items
+    ]
+
+
+def acl_key(groups: Iterable[str]) -> str:
+    """Canonical string of a set of ACL groups (sorted, comma-joined), for diffs and hashes."""
+    return ",".join(sorted(set(groups)))
+
+
+@dataclass
+class StageStats:
+    """Counts and wall time of one stage run.
+
+    Attributes:
+        processed: items computed in this run.
+        reused: items taken from the stage's content cache.
+        failed: items quarantined.
+        seconds: wall time of the run (seconds).
+        extra: stage-specific figures (e.g. ``embedded``, ``tokens``, ``chunks_per_s``).
+    """
+
+    processed: int = 0
+    reused: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    extra: dict[str, StatValue] = field(default_factory=dict)
+
+    def as_metadata(self) -> dict[str, StatValue]:
+        """The counts, the seconds and ``extra`` as one flat mapping (asset metadata)."""
+        return {**{k: v for k, v in asdict(self).items() if k != "extra"}, **self.extra}
+
+
+@dataclass
+class Quarantined:
+    """A document the pipeline could not process, with the stage and the reason."""
+
+    doc_id: str
+    uri: str
+    stage: Literal["parse", "chunk"]
+    reason: str
 
 
 @dataclass

@@ -6,10 +6,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import dagster as dg
+
 from rag_platform.lib.index.edge import EdgeIndexReader
 from rag_platform.lib.models import make_doc_id
 from rag_platform.lib.store import MetadataStore
-from rag_platform.runner import materialize_tenant
+from rag_platform.runner import dagster_instance, load_definitions, materialize_tenant
 from rag_platform.settings import Settings
 from rag_platform_tests.conftest import SEC_DOCS, SMALL_PDFS, files_tenant, scifact_tenant
 
@@ -121,3 +123,68 @@ class TestBlockingChecks:
         version, payloads = _published_payloads(rag_home, "pii")
         assert version == first.index_version
         assert all("jane.doe" not in p["text"] for p in payloads)
+
+
+class TestFailingSource:
+    def test_a_moved_folder_keeps_its_documents_in_the_next_version(
+        self, rag_home, write_tenants, tmp_path
+    ) -> None:
+        handbook, policies = tmp_path / "handbook", tmp_path / "policies"
+        handbook.mkdir()
+        policies.mkdir()
+        (handbook / "leave.md").write_text("# Leave\n\nEmployees get 25 days of paid leave.\n")
+        (policies / "travel.md").write_text("# Travel\n\nTrains are preferred under 500 km.\n")
+        tenant = files_tenant("two", handbook)
+        tenant["sources"].append({"id": "policies", "type": "filesystem", "path": str(policies)})
+        write_tenants(tenant)
+        first = materialize_tenant("two", rag_home)
+        assert first.success and first.published and first.documents == 2
+        assert first.metadata["source_documents"]["failed_sources"] == {}
+
+        policies.rename(tmp_path / "moved-away")
+        (handbook / "remote.md").write_text("# Remote work\n\nTwo days a week from home.\n")
+        second = materialize_tenant("two", rag_home)
+        assert second.success and second.published, second.failed_checks
+        assert second.failed_checks == ["sources_reachable"]  # a warning, not a blocker
+        meta = second.metadata["source_documents"]
+        assert set(meta["failed_sources"]) == {"policies"}
+        assert "policies" in meta["problems_table"] and meta["deleted"] == 0
+        version, payloads = _published_payloads(rag_home, "two")
+        assert version == second.index_version != first.index_version
+        travel = make_doc_id("two", "policies", "travel.md")
+        assert travel in {p["doc_id"] for p in payloads}
+        assert any("Trains are preferred" in p["text"] for p in payloads)
+
+        instance = dagster_instance(rag_home)
+        record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(dg.AssetKey("source_documents"), "sources_reachable")]
+        )
+        evaluation = next(iter(record.values())).event.dagster_event.event_specific_data
+        assert not evaluation.passed
+        assert evaluation.severity == dg.AssetCheckSeverity.WARN
+        failed = evaluation.metadata["failed_sources"].value
+        assert set(failed) == {"policies"} and "policies" in failed["policies"]
+
+
+class TestAssetStorage:
+    def test_the_platform_rag_home_moves_the_asset_storage(
+        self, rag_home, write_tenants, tmp_path
+    ) -> None:
+        folder = tmp_path / "docs"
+        folder.mkdir()
+        (folder / "a.md").write_text("# A\n\nfirst\n")
+        write_tenants(files_tenant("docs", folder))
+        other_home = tmp_path / "other_home"
+        instance = dagster_instance(rag_home)
+        instance.add_dynamic_partitions("tenants", ["docs"])
+        job = load_definitions().resolve_job_def("tenant_pipeline")
+        result = job.execute_in_process(
+            partition_key="docs",
+            instance=instance,
+            asset_selection=[dg.AssetKey("source_documents")],
+            run_config={"resources": {"platform": {"config": {"rag_home": str(other_home)}}}},
+        )
+        assert result.success
+        assert (other_home / "storage" / "source_documents" / "docs").is_file()
+        assert (other_home / "cache" / "docs" / "sources.parquet").is_file()
+        assert not (rag_home.storage_dir / "source_documents").exists()

@@ -1,4 +1,5 @@
-"""Qdrant Edge index versions and the shard pool, on real shards of 40 SciFact abstracts."""
+"""Qdrant Edge shards and the shard pool, on real shards of 40 SciFact abstracts (the version
+lifecycle is tested in lib/index/test_versions.py)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,9 @@ from rag_platform.lib.index.edge import (
     IndexPoint,
     IndexUnavailableError,
     make_payload,
-    shard_lock_path,
 )
-from rag_platform.lib.index.pool import ShardPool, versions_to_keep
+from rag_platform.lib.index.pool import ShardPool
 from rag_platform.lib.models import SearchFilters, make_chunk_id, make_doc_id, sha256_hex
-from rag_platform.lib.store import MetadataStore
 from rag_platform.lib.tenants import RetrievalSettings
 from rag_platform.settings import get_settings
 
@@ -392,56 +391,6 @@ class TestShardPool:
         assert old.closed
         assert pool.open_versions(TENANT) == {"v2": 0}
         pool.close_all()
-
-    def test_gc_skips_a_held_version(self, versions: Path, points: list[IndexPoint]) -> None:
-        build_shard(versions / "v0", points[:5])
-        pool = ShardPool()
-        other = ShardPool()  # stands for another process holding v1 open
-        with other.acquire(TENANT, "v1", versions / "v1"):
-            with pool.acquire(TENANT, "v2", versions / "v2"):
-                deleted = pool.gc_versions(versions, keep={"v2"})
-            assert deleted == ["v0"]
-            assert (versions / "v1").is_dir() and not (versions / "v0").exists()
-            assert not shard_lock_path(versions / "v0").exists()
-        other.close_all()
-        assert pool.gc_versions(versions, keep={"v2"}) == ["v1"]
-        assert sorted(p.name for p in versions.iterdir() if p.is_dir()) == ["v2"]
-        with pool.acquire(TENANT, "v2", versions / "v2") as r:  # the kept version still serves
-            assert r.count() == 40
-        pool.close_all()
-
-
-class TestVersionsToKeep:
-    """Which shards survive a publish, from a real store's version history."""
-
-    def history(self, tmp_path: Path, steps: list[tuple[str, bool]]) -> MetadataStore:
-        store = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
-        store.migrate()
-        for name, publish in steps:
-            store.register_version(TENANT, name, str(tmp_path / name), 1, 1, "cfg")
-            if publish:
-                store.publish_version(TENANT, name)
-        return store
-
-    def test_failed_builds_do_not_push_out_rollback_targets(self, tmp_path: Path) -> None:
-        # v1, v2 published; v3 and v4 stopped by the evaluation gate; v5 published
-        store = self.history(
-            tmp_path, [("v1", True), ("v2", True), ("v3", False), ("v4", False), ("v5", True)]
-        )
-        keep = versions_to_keep(store.list_versions(TENANT), "v5", kept=3)
-        assert keep == {"v5", "v2", "v1"}
-        assert versions_to_keep(store.list_versions(TENANT), "v5", kept=2) == {"v5", "v2"}
-        assert versions_to_keep(store.list_versions(TENANT), "v5", kept=1) == {"v5"}
-        store.dispose()
-
-    def test_a_newer_build_still_under_evaluation_is_kept(self, tmp_path: Path) -> None:
-        # another run built v3 while this one published v2
-        store = self.history(tmp_path, [("v1", True), ("v2", False), ("v3", False)])
-        store.publish_version(TENANT, "v2")
-        assert versions_to_keep(store.list_versions(TENANT), "v2", kept=2) == {"v2", "v1", "v3"}
-        with pytest.raises(ValueError):
-            versions_to_keep([], "v2", kept=0)
-        store.dispose()
 
 
 class TestServerIndex:

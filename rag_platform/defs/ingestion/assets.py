@@ -1,20 +1,28 @@
-"""Ingestion: connector sync → text extraction → PII masking → chunks, one partition per tenant."""
+"""Ingestion: connector sync → text extraction → PII masking → chunks, one partition per tenant.
+
+Each asset calls one component of ``rag_platform.lib.ingestion`` and reports its result as
+metadata.
+"""
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import dagster as dg
 import pandas as pd
 
 from rag_platform.defs.partitions import tenants_partitions
 from rag_platform.defs.resources import PlatformResource
-from rag_platform.lib import stages
-from rag_platform.lib.stages import Quarantined, StageCache
+from rag_platform.lib.ingestion.chunk import DocumentChunker
+from rag_platform.lib.ingestion.mask import DocumentMasker
+from rag_platform.lib.ingestion.parse import DocumentParser
+from rag_platform.lib.ingestion.sync import SourceSync
 
 GROUP = "ingestion"
 
 
 def _md_table(rows: Sequence[Sequence[object]], header: Sequence[str], limit: int = 20) -> str:
+    if not rows:
+        return "none"
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in list(rows)[:limit]:
         lines.append("| " + " | ".join(str(c).replace("|", "\\|")[:160] for c in row) + " |")
@@ -23,59 +31,64 @@ def _md_table(rows: Sequence[Sequence[object]], header: Sequence[str], limit: in
     return "\n".join(lines)
 
 
-def write_quarantine(
-    platform: PlatformResource, tenant: str, stage: str, items: list[Quarantined]
-) -> None:
-    """Persists the stage's quarantined documents (read by the CLI summary and the admin API)."""
-    path = platform.tenant_cache_dir(tenant) / f"quarantine_{stage}.json"
-    path.write_text(json.dumps([i.__dict__ for i in items], indent=1))
-
-
-def read_quarantine(platform: PlatformResource, tenant: str) -> list[dict[str, str]]:
-    out: list[dict[str, str]] = []
-    for path in sorted(platform.tenant_cache_dir(tenant).glob("quarantine_*.json")):
-        out.extend(json.loads(path.read_text()))
-    return out
-
-
 @dg.asset(
     group_name=GROUP,
     kinds={"python", "pandas"},
     partitions_def=tenants_partitions,
+    check_specs=[
+        dg.AssetCheckSpec(
+            "sources_reachable",
+            asset="source_documents",
+            blocking=False,
+            description="Every source of the tenant could be listed; a failed source keeps its "
+            "previous documents (warning only).",
+            partitions_def=tenants_partitions,
+        )
+    ],
 )
 def source_documents(
     context: dg.AssetExecutionContext, platform: PlatformResource
-) -> dg.Output[pd.DataFrame]:
+) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
     """Every document of the tenant's sources, synced through their connectors (filesystem
     folders, JSONL/CSV/Parquet datasets), with content hashes, ACL groups and the change set
     against the previous sync: added, changed, deleted, and documents whose permissions changed.
-    Deletions at the source reach the next index version because it is built from this set."""
+    Deletions at the source reach the next index version because it is built from this set; a
+    source that fails as a whole keeps its previous documents (``failed_sources``)."""
     tenant = platform.tenant(context.partition_key)
-    manifest = platform.tenant_cache_dir(tenant.id) / "manifest.parquet"
-    result = stages.sync_sources(tenant, manifest)
+    result = SourceSync(platform.tenant_cache_dir(tenant.id)).run(tenant)
+    frame = result.frame
     if result.problems:
         context.log.warning(f"{len(result.problems)} source problem(s): {result.problems[:5]}")
-    return dg.Output(
-        result.frame,
+    yield dg.Output(
+        frame,
         metadata={
-            "documents": len(result.frame),
+            "documents": len(frame),
             "added": len(result.added),
             "changed": len(result.changed),
             "deleted": len(result.deleted),
             "acl_changed": len(result.acl_changed),
-            "unchanged": int((result.frame["change"] == "unchanged").sum()),
+            "unchanged": int((frame["change"] == "unchanged").sum()),
             "problems": len(result.problems),
             "problems_table": dg.MetadataValue.md(
                 _md_table(result.problems, ["source", "item", "reason"])
-                if result.problems
-                else "none"
             ),
+            "failed_sources": dg.MetadataValue.json(result.failed_sources),
             "deleted_doc_ids": dg.MetadataValue.json(result.deleted[:100]),
             "bytes": int(
-                result.frame["content"].map(lambda c: len(c) if c else 0).sum()
-                + result.frame["text"].map(lambda t: len(t) if t else 0).sum()
+                frame["content"].map(lambda c: len(c) if c else 0).sum()
+                + frame["text"].map(lambda t: len(t) if t else 0).sum()
             ),
             "seconds": round(result.seconds, 3),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="sources_reachable",
+        asset_key="source_documents",
+        passed=not result.failed_sources,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "failed_sources": dg.MetadataValue.json(result.failed_sources),
+            "failed": len(result.failed_sources),
         },
     )
 
@@ -91,26 +104,20 @@ def parsed_documents(
     """Text with structure (pages, headings, tables as text) extracted from each document with
     pypdfium2, python-docx, BeautifulSoup and markdown-it-py. A file that cannot be parsed is
     quarantined with its reason; the run goes on. Parses are cached by content hash."""
-    tenant = context.partition_key
-    cache = StageCache(platform.tenant_cache_dir(tenant) / "parsed.parquet")
-    frame, quarantined, stats = stages.parse_stage(source_documents, cache)
-    write_quarantine(platform, tenant, "parse", quarantined)
-    for q in quarantined:
+    result = DocumentParser(platform.tenant_cache_dir(context.partition_key)).run(source_documents)
+    for q in result.quarantined:
         context.log.warning(f"quarantined {q.uri}: {q.reason}")
+    frame = result.frame
     return dg.Output(
         frame,
         metadata={
             "documents": len(frame),
-            **stats.as_metadata(),
-            "quarantined": len(quarantined),
+            **result.stats.as_metadata(),
+            "quarantined": len(result.quarantined),
             "quarantine": dg.MetadataValue.md(
-                _md_table([(q.uri, q.reason) for q in quarantined], ["uri", "reason"])
-                if quarantined
-                else "none"
+                _md_table([(q.uri, q.reason) for q in result.quarantined], ["uri", "reason"])
             ),
-            "sections": int(frame["sections"].map(lambda s: len(json.loads(s))).sum())
-            if len(frame)
-            else 0,
+            "sections": int(frame["sections"].map(lambda s: len(json.loads(s))).sum()),
         },
     )
 
@@ -128,22 +135,21 @@ def masked_documents(
     With NER, documents are masked in ``RAG_MASK_WORKERS`` processes. Metadata: entity counts by
     type. Cached by content hash and policy."""
     tenant = platform.tenant(context.partition_key)
-    cache = StageCache(platform.tenant_cache_dir(tenant.id) / "masked.parquet")
-
-    frame, counts, stats = stages.mask_stage(
-        parsed_documents,
+    settings = platform.settings
+    masker = DocumentMasker(
+        platform.tenant_cache_dir(tenant.id),
         tenant.pii,
-        cache,
-        stages.MaskerSpec(tenant.pii, platform.settings.spacy_model),
-        workers=platform.settings.mask_workers,
+        spacy_model=settings.spacy_model,
+        workers=settings.mask_workers,
     )
+    result = masker.run(parsed_documents)
     return dg.Output(
-        frame,
+        result.frame,
         metadata={
-            "documents": len(frame),
-            **stats.as_metadata(),
-            "entities_masked": sum(counts.values()),
-            "entity_counts": dg.MetadataValue.json(dict(counts)),
+            "documents": len(result.frame),
+            **result.stats.as_metadata(),
+            "entities_masked": sum(result.entity_counts.values()),
+            "entity_counts": dg.MetadataValue.json(dict(result.entity_counts)),
             "policy": dg.MetadataValue.json(tenant.pii.model_dump(mode="json")),
         },
     )
@@ -161,26 +167,18 @@ def chunks(
     model's tokenizer), keeping each chunk's heading path and page. Ids are content-derived:
     ``uuid5(doc_id, ordinal:content_hash)``. Blocking checks (great-expectations) guard them."""
     tenant = platform.tenant(context.partition_key)
-    cache = StageCache(platform.tenant_cache_dir(tenant.id) / "chunks.parquet")
-
-    def chunker_factory():  # type: ignore[no-untyped-def]
-        from rag_platform.lib.ingestion.chunk import Chunker, load_tokenizer
-
-        cfg = tenant.chunking
-        return Chunker(load_tokenizer(), cfg.max_tokens, cfg.overlap_tokens, cfg.min_tokens)
-
-    frame, quarantined, stats = stages.chunk_stage(
-        masked_documents, tenant.chunking, cache, chunker_factory
+    result = DocumentChunker(platform.tenant_cache_dir(tenant.id), tenant.chunking).run(
+        masked_documents
     )
-    write_quarantine(platform, tenant.id, "chunk", quarantined)
+    frame = result.frame
     tokens = frame["token_count"] if len(frame) else pd.Series([0])
     return dg.Output(
         frame,
         metadata={
             "chunks": len(frame),
-            "documents": int(frame["doc_id"].nunique()) if len(frame) else 0,
-            **stats.as_metadata(),
-            "quarantined": len(quarantined),
+            "documents": int(frame["doc_id"].nunique()),
+            **result.stats.as_metadata(),
+            "quarantined": len(result.quarantined),
             "tokens_total": int(tokens.sum()),
             "tokens_mean": round(float(tokens.mean()), 1),
             "tokens_max": int(tokens.max()),

@@ -1,37 +1,15 @@
 """Sensors: keep tenant partitions in step with the registry; re-sync a tenant whose sources
 changed."""
 
-import hashlib
 import json
-from pathlib import Path
 
 import dagster as dg
 
 from rag_platform.defs.jobs import tenant_pipeline
 from rag_platform.defs.partitions import TENANTS, tenants_partitions
-from rag_platform.lib.tenants import DatasetSource, FilesystemSource, TenantConfig, load_registry
+from rag_platform.lib.ingestion.sync import source_fingerprint
+from rag_platform.lib.tenants import load_registry
 from rag_platform.settings import get_settings
-
-
-def source_fingerprint(tenant: TenantConfig) -> str:
-    """Cheap fingerprint of a tenant's sources: file paths, sizes and mtimes (no content read).
-
-    A change here triggers a sync; the sync itself decides by content hash what really changed.
-    """
-    h = hashlib.sha256()
-    for source in tenant.sources:
-        h.update(f"{source.id}|{source.type}\n".encode())
-        root = Path(source.path)
-        if isinstance(source, DatasetSource):
-            files = [root] if root.exists() else []
-        elif isinstance(source, FilesystemSource) and root.is_dir():
-            files = sorted(p for p in root.rglob("*") if p.is_file())
-        else:
-            files = []
-        for f in files:
-            st = f.stat()
-            h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
 
 
 @dg.sensor(

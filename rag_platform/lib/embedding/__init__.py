@@ -1,4 +1,5 @@
-"""Embeddings: dense sentence embeddings (`.dense`) and BM25 sparse vectors (`.sparse`)."""
+"""Embeddings: dense sentence embeddings (`.dense`), BM25 sparse vectors (`.sparse`) and the
+pipeline's embedding stage with its cache (`.stage`)."""
 
 from rag_platform.lib.embedding.dense import (
     DEFAULT_MODEL_NAME,

@@ -273,10 +273,15 @@ class BatchingQueryEmbedder:
         self._thread.join(timeout=30)
 
 
-@lru_cache(maxsize=1)
-def get_embedder() -> Embedder:
-    """The process-wide embedder (model name and batch size from the settings)."""
-    from rag_platform.settings import get_settings
+@lru_cache(maxsize=4)
+def get_embedder(model_name: str = DEFAULT_MODEL_NAME, batch_size: int = 64) -> Embedder:
+    """The process-wide embedder of a model name and batch size (one instance per pair).
 
-    settings = get_settings()
-    return Embedder(batch_size=settings.embedding_batch_size, model_name=settings.embedding_model)
+    Args:
+        model_name: the name recorded with embeddings (``RAG_EMBEDDING_MODEL``).
+        batch_size: texts per forward pass (``RAG_EMBEDDING_BATCH_SIZE``).
+
+    Raises:
+        ValueError: ``batch_size`` < 1.
+    """
+    return Embedder(batch_size=batch_size, model_name=model_name)

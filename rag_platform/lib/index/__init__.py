@@ -1,4 +1,5 @@
-"""Vector index: Qdrant Edge shards per version (embedded default) and the reader pool."""
+"""Vector index: Qdrant Edge shards per version (embedded default), the reader pool, and the
+version lifecycle (`.versions`: build-or-reuse, publish, garbage collection)."""
 
 from rag_platform.lib.index.edge import (
     DENSE_VECTOR,
@@ -11,7 +12,7 @@ from rag_platform.lib.index.edge import (
     make_payload,
     shard_lock_path,
 )
-from rag_platform.lib.index.pool import ShardPool, gc_versions, get_pool
+from rag_platform.lib.index.pool import ShardPool, get_pool
 
 __all__ = [
     "DENSE_VECTOR",
@@ -22,7 +23,6 @@ __all__ = [
     "IndexUnavailableError",
     "ShardPool",
     "build_filter",
-    "gc_versions",
     "get_pool",
     "make_payload",
     "shard_lock_path",

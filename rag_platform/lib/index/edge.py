@@ -8,8 +8,8 @@ Only one process may open a shard directory (the engine locks its write-ahead lo
 is no read-only open: the writer (a pipeline run) builds a *new* version directory, and readers
 (the API process) open published versions only. While a writer or reader has a version open it
 holds a shared ``fcntl.flock`` on ``<version>.readers.lock`` beside the directory, so garbage
-collection (:meth:`rag_platform.lib.index.pool.ShardPool.gc_versions`) never deletes a version
-in use.
+collection (:func:`rag_platform.lib.index.versions.gc_versions`) never deletes a version in
+use.
 
 Filters run *inside* every prefetch of the Qdrant query (tenant, ACL groups, user filters), so
 the ``limit`` hits returned are all visible to the principal.

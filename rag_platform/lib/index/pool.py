@@ -6,29 +6,24 @@ tenant is acquired (a publish or a rollback), it becomes the tenant's current ve
 previous one is *retired*: it closes as soon as its last in-flight query releases it. A query
 therefore runs on exactly one version, old or new, never a mix.
 
-Every open reader holds a shared ``flock`` on ``<version>.readers.lock``; :meth:`gc_versions`
-deletes a version directory only when it can take that lock exclusively without blocking, so it
-never pulls a shard from under a reader in this or another process.
+Every open reader holds a shared ``flock`` on ``<version>.readers.lock``;
+:func:`rag_platform.lib.index.versions.gc_versions` deletes a version directory only when it can
+take that lock exclusively without blocking, so it never pulls a shard from under a reader in
+this or another process.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-from rag_platform.lib.index.edge import EdgeIndexReader, shard_lock_path
+from rag_platform.lib.index.edge import EdgeIndexReader
 
 logger = logging.getLogger(__name__)
-
-LOCK_SUFFIX = ".readers.lock"
 
 
 @dataclass
@@ -124,99 +119,6 @@ class ShardPool:
             tenants = {t for t, _ in self._entries}
         for tenant in tenants:
             self.release_tenant(tenant)
-
-    def gc_versions(self, tenant_dir: Path, keep: set[str]) -> list[str]:
-        """Deletes version directories of one tenant that are not in ``keep`` and not in use.
-
-        Idle readers of this pool on such versions are closed first. A version is in use when
-        its lock file cannot be locked exclusively without blocking (a reader or writer, in any
-        process, holds it shared); it is then skipped and left for a later run.
-
-        Args:
-            tenant_dir: ``index_dir / <tenant>``, holding one directory per version.
-            keep: version names never deleted (published, rollback candidates, in progress).
-
-        Returns:
-            The names of the deleted versions, sorted.
-        """
-        tenant_dir = Path(tenant_dir)
-        if not tenant_dir.is_dir():
-            return []
-        with self._lock:
-            for (t, v), entry in list(self._entries.items()):
-                if (
-                    v not in keep
-                    and entry.refcount == 0
-                    and entry.reader.path.parent.resolve() == tenant_dir.resolve()
-                ):
-                    del self._entries[(t, v)]
-                    if self._current.get(t) == v:
-                        del self._current[t]
-                    self._close(entry.reader)
-            return gc_versions(tenant_dir, keep)
-
-
-class VersionRow(Protocol):
-    """What :func:`versions_to_keep` reads of a store's index-version row."""
-
-    version: str
-    status: str
-
-
-def versions_to_keep(versions: Sequence[VersionRow], published: str, kept: int) -> set[str]:
-    """The index versions of one tenant whose shards must stay on disk after ``published`` is
-    published.
-
-    Kept: ``published``; the newest ``kept - 1`` versions that were published before
-    (status ``retired``: the rollback targets); and builds newer than ``published`` that are
-    not published yet (a concurrent run still evaluating them). Builds older than
-    ``published`` that never got published (e.g. stopped by the evaluation gate) do not take a
-    rollback slot; they and older retired versions may go.
-
-    Args:
-        versions: the tenant's versions, newest first (``MetadataStore.list_versions``).
-        published: the version just published.
-        kept: ``RAG_VERSIONS_KEPT`` (>= 1), counting ``published``.
-
-    Raises:
-        ValueError: ``kept`` < 1.
-    """
-    if kept < 1:
-        raise ValueError(f"kept must be >= 1, got {kept}")
-    keep = {published}
-    names = [v.version for v in versions]
-    newer = names[: names.index(published)] if published in names else []
-    keep.update(v.version for v in versions if v.version in newer and v.status == "built")
-    retired = [v.version for v in versions if v.status == "retired" and v.version != published]
-    keep.update(retired[: kept - 1])
-    return keep
-
-
-def gc_versions(tenant_dir: Path, keep: set[str]) -> list[str]:
-    """File-level version garbage collection (see :meth:`ShardPool.gc_versions`)."""
-    deleted: list[str] = []
-    for child in sorted(Path(tenant_dir).iterdir()):
-        if not child.is_dir() or child.name in keep:
-            continue
-        lock_path = shard_lock_path(child)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                logger.info("version %s is in use; not deleted", child)
-                continue
-            shutil.rmtree(child)
-            lock_path.unlink(missing_ok=True)
-            deleted.append(child.name)
-        finally:
-            os.close(fd)
-    # Lock files whose version directory is gone.
-    for lock_file in Path(tenant_dir).glob(f"*{LOCK_SUFFIX}"):
-        name = lock_file.name[: -len(LOCK_SUFFIX)]
-        if name not in keep and not (Path(tenant_dir) / name).exists():
-            lock_file.unlink(missing_ok=True)
-    return deleted
 
 
 _pool: ShardPool | None = None

@@ -5,20 +5,39 @@ all-MiniLM-L6-v2 via the Hugging Face ``tokenizers`` library; no torch), without
 *including* the context prefix (title and heading path) that :func:`embedding_text` puts in front
 of the chunk body. So ``Chunk.token_count <= max_tokens`` bounds exactly what gets embedded and
 BM25-indexed (the model's window is 256 word pieces plus ``[CLS]``/``[SEP]``).
+
+:class:`Chunker` cuts one parsed document; :class:`DocumentChunker` is the pipeline's chunking
+stage over the masked frame, with its content cache.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import time
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TypedDict, cast
 
+import pandas as pd
 from tokenizers import Encoding, Tokenizer
 
-from rag_platform.lib.models import Chunk, ParsedDocument, make_chunk_id, sha256_hex
+from rag_platform.lib.cache import StageCache, config_hash
+from rag_platform.lib.ingestion.quarantine import save_quarantine
+from rag_platform.lib.models import (
+    CHUNK_COLUMNS,
+    Chunk,
+    ParsedDocument,
+    Quarantined,
+    StageStats,
+    make_chunk_id,
+    sections_from_json,
+    sha256_hex,
+)
+from rag_platform.lib.tenants import ChunkingConfig
 
 #: Longest title (characters) that goes into :func:`embedding_text`; longer ones are cut at a
 #: word boundary and end with "…", so a long title cannot crowd out the chunk body.
@@ -416,3 +435,131 @@ def _split_tokens(
         out.append((offsets[a][0], offsets[b - 1][1], b - a, exact))
         a = b
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# The chunking stage
+
+
+class _ChunkEntry(TypedDict):
+    """A cached chunk (the document's current ACL, URI and dates are added per run)."""
+
+    chunk_id: str
+    ordinal: int
+    text: str
+    token_count: int
+    content_hash: str
+    heading_path: list[str]
+    page: int | None
+
+
+@dataclass
+class ChunkResult:
+    """Output of :class:`DocumentChunker`.
+
+    Attributes:
+        frame: one row per chunk (``CHUNK_COLUMNS``).
+        quarantined: documents that yielded no chunk, with the reason.
+        stats: ``processed`` (documents chunked now), ``reused`` (from the cache), ``failed``,
+            seconds.
+    """
+
+    frame: pd.DataFrame
+    quarantined: list[Quarantined]
+    stats: StageStats
+
+
+class DocumentChunker:
+    """The chunking stage: every masked document cut into token-bounded chunks by a
+    :class:`Chunker` (built on first need, with the embedding model's tokenizer).
+
+    Chunks are cached per document, masked text, chunking configuration and title. The ACL
+    groups, URI and dates come from the current document row, not the cache, so a change of
+    permissions at the source reaches the next index without re-chunking or re-embedding. A
+    document that yields no chunk is quarantined.
+
+    Args:
+        state_dir: the tenant's state folder; holds the cache ``chunks.parquet`` and the
+            quarantine records ``quarantine_chunk.json``.
+        chunking: the tenant's chunking configuration (``max_tokens``, ``overlap_tokens``,
+            ``min_tokens``).
+    """
+
+    def __init__(self, state_dir: Path, chunking: ChunkingConfig) -> None:
+        self.state_dir = state_dir
+        self.chunking = chunking
+        self._chunker: Chunker | None = None
+
+    @property
+    def chunker(self) -> Chunker:
+        """The :class:`Chunker` of the configuration (tokenizer loaded on first use)."""
+        if self._chunker is None:
+            cfg = self.chunking
+            self._chunker = Chunker(
+                load_tokenizer(), cfg.max_tokens, cfg.overlap_tokens, cfg.min_tokens
+            )
+        return self._chunker
+
+    def run(self, masked: pd.DataFrame) -> ChunkResult:
+        """Chunks every document of the masked frame (``MASKED_COLUMNS``).
+
+        Returns:
+            The chunks frame, the quarantined documents (also written to the quarantine file)
+            and stats.
+        """
+        start = time.perf_counter()
+        cache = StageCache(self.state_dir / "chunks.parquet")
+        stats = StageStats()
+        cfg_key = config_hash(self.chunking)
+        rows: list[dict[str, object]] = []
+        quarantined: list[Quarantined] = []
+        for doc in masked.itertuples(index=False):
+            title_key = hashlib.sha256(doc.title.encode()).hexdigest()[:16]
+            key = f"{doc.doc_id}:{doc.masked_hash}:{cfg_key}:{title_key}"
+            cached = cast("list[_ChunkEntry] | None", cache.get(key))
+            if cached is None:
+                parsed = ParsedDocument(sections=sections_from_json(doc.sections))
+                try:
+                    chunks = self.chunker.run(doc.doc_id, parsed, doc.title)
+                except ValueError as exc:  # e.g. a title longer than the token budget
+                    stats.failed += 1
+                    quarantined.append(Quarantined(doc.doc_id, doc.uri, "chunk", str(exc)))
+                    continue  # not cached: a new chunking config may fit it
+                cached = [
+                    {
+                        "chunk_id": c.chunk_id,
+                        "ordinal": c.ordinal,
+                        "text": c.text,
+                        "token_count": c.token_count,
+                        "content_hash": c.content_hash,
+                        "heading_path": list(c.heading_path),
+                        "page": c.page,
+                    }
+                    for c in chunks
+                ]
+                cache.put(key, cached)
+                stats.processed += 1
+            else:
+                stats.reused += 1
+            if not cached:
+                stats.failed += 1
+                quarantined.append(Quarantined(doc.doc_id, doc.uri, "chunk", "no text to chunk"))
+            for c in cached:
+                rows.append(
+                    {
+                        **c,
+                        "doc_id": doc.doc_id,
+                        "tenant": doc.tenant,
+                        "embedding_text": embedding_text(doc.title, c["heading_path"], c["text"]),
+                        "title": doc.title,
+                        "uri": doc.uri,
+                        "source_id": doc.source_id,
+                        "mime_type": doc.mime_type,
+                        "acl_groups": list(doc.acl_groups),
+                        "updated_at": doc.updated_at,
+                    }
+                )
+        cache.save()
+        save_quarantine(self.state_dir, "chunk", quarantined)
+        stats.seconds = time.perf_counter() - start
+        return ChunkResult(pd.DataFrame(rows, columns=CHUNK_COLUMNS), quarantined, stats)

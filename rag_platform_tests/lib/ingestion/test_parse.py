@@ -1,12 +1,15 @@
-"""Tests of parse_document: real SEC 10-Q PDFs, DOCX/HTML/Markdown built here, bad files."""
+"""Tests of parse_document (real SEC 10-Q PDFs, DOCX/HTML/Markdown built here, bad files) and
+of the parse stage, DocumentParser."""
 
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from pathlib import Path
 
 import docx
+import pandas as pd
 import pytest
 
 from rag_platform.lib.ingestion.parse import (
@@ -15,11 +18,18 @@ from rag_platform.lib.ingestion.parse import (
     MARKDOWN,
     PDF,
     PLAIN,
+    DocumentParser,
     ParseError,
     normalize_text,
     parse_document,
 )
-from rag_platform.lib.models import ParsedDocument, SourceDocument
+from rag_platform.lib.models import (
+    DOC_COLUMNS,
+    SOURCE_COLUMNS,
+    ParsedDocument,
+    SourceDocument,
+    make_doc_id,
+)
 from rag_platform.lib.tenants import InputBudgets
 
 SEC_DOCS = Path("/work/shared/data/sec10q/docs")
@@ -290,3 +300,57 @@ class TestBudgets:
             parse_document(_doc(b"# Title\n\nsome words here", MARKDOWN), budgets=small)
         with pytest.raises(ParseError, match=r"file over max_file_bytes \(101 > 100\)"):
             parse_document(_doc(b"x" * 101, PLAIN), budgets=small)
+
+
+# --------------------------------------------------------------------------------------------
+# The parse stage
+
+
+def _sources(rows: list[tuple[str, bytes | None, str | None, str]]) -> pd.DataFrame:
+    """A sources frame of ``(native id, content, text, mime type)`` rows."""
+    out = []
+    for native_id, content, text, mime in rows:
+        doc = SourceDocument("s", native_id, f"file:///{native_id}", native_id, mime, content, text)
+        out.append(
+            {
+                "doc_id": make_doc_id("t", "s", native_id),
+                "tenant": "t",
+                "source_id": "s",
+                "native_id": native_id,
+                "uri": doc.uri,
+                "title": doc.title,
+                "mime_type": mime,
+                "content": content,
+                "text": text,
+                "content_hash": doc.content_hash,
+                "acl_groups": ["all"],
+                "updated_at": "",
+                "metadata": "{}",
+                "change": "added",
+            }
+        )
+    return pd.DataFrame(out, columns=SOURCE_COLUMNS)
+
+
+class TestDocumentParser:
+    def test_quarantines_bad_files_and_caches_by_content(self, tmp_path: Path) -> None:
+        pdf = AAPL.read_bytes()
+        sources = _sources(
+            [
+                ("aapl.pdf", pdf, None, PDF),
+                ("corrupt.pdf", pdf[:20000], None, PDF),
+                ("empty.pdf", b"", None, PDF),
+                ("row", None, "A dataset row.", PLAIN),
+            ]
+        )
+        first = DocumentParser(tmp_path).run(sources)
+        assert list(first.frame["doc_id"]) == [sources["doc_id"][0], sources["doc_id"][3]]
+        assert list(first.frame.columns) == DOC_COLUMNS
+        assert {q.uri for q in first.quarantined} == {"file:///corrupt.pdf", "file:///empty.pdf"}
+        assert first.stats.processed == 4 and first.stats.failed == 2
+        records = json.loads((tmp_path / "quarantine_parse.json").read_text())
+        assert {r["uri"] for r in records} == {"file:///corrupt.pdf", "file:///empty.pdf"}
+        again = DocumentParser(tmp_path).run(sources)
+        assert again.stats.processed == 0 and again.stats.reused == 4
+        assert list(again.frame["sections"]) == list(first.frame["sections"])
+        assert len(again.quarantined) == 2  # failures are cached too

@@ -1,0 +1,212 @@
+"""The embedding stage: dense vectors of every chunk, with a per-tenant cache keyed by content
+hash and model, so a chunk is never embedded twice (DESIGN.md: "a chunk whose content hash was
+embedded before with the same model is never embedded again").
+
+:class:`EmbeddingSet` is both the stage's output and the cache's format (an ``.npz`` archive).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from rag_platform.lib.cache import atomic_write
+from rag_platform.lib.embedding.dense import DEFAULT_MODEL_NAME, get_embedder
+from rag_platform.lib.models import StageStats
+
+log = logging.getLogger(__name__)
+
+
+class DocumentEncoder(Protocol):
+    """What the stage needs of an embedder (:class:`~rag_platform.lib.embedding.Embedder`)."""
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        """``(len(texts), d)`` float32, rows L2-normalised."""
+        ...
+
+
+@dataclass
+class EmbeddingSet:
+    """Dense embeddings keyed by chunk content hash.
+
+    Attributes:
+        model: the embedding model's name.
+        hashes: (n,) content hashes.
+        vectors: (n, d) float32, L2-normalised.
+    """
+
+    model: str
+    hashes: list[str]
+    vectors: np.ndarray
+
+    def lookup(self) -> dict[str, int]:
+        """Content hash → row of ``vectors``."""
+        return {h: i for i, h in enumerate(self.hashes)}
+
+    def to_bytes(self) -> bytes:
+        """The set as an ``.npz`` archive (model, hashes, float32 vectors)."""
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            model=np.array(self.model),
+            hashes=np.array(self.hashes, dtype=str),
+            vectors=self.vectors.astype(np.float32),
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> EmbeddingSet:
+        """The set back from :meth:`to_bytes` (no pickles are loaded)."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return cls(
+                str(z["model"]),
+                [str(h) for h in z["hashes"]],
+                np.asarray(z["vectors"], dtype=np.float32),
+            )
+
+    def save(self, path: Path) -> None:
+        """Writes the set to ``path`` atomically."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = self.to_bytes()
+        atomic_write(path, lambda p: p.write_bytes(data))
+
+    @classmethod
+    def load(cls, path: Path) -> EmbeddingSet:
+        """Reads a set written by :meth:`save`."""
+        return cls.from_bytes(path.read_bytes())
+
+
+def model_slug(model: str) -> str:
+    """A model name as a file-name part (``org/name`` → ``org__name``)."""
+    return model.replace("/", "__")
+
+
+@dataclass
+class EmbeddedChunks:
+    """Output of :class:`ChunkEmbedder`.
+
+    Attributes:
+        embeddings: one vector per distinct content hash of the current chunks.
+        stats: ``processed`` = ``embedded`` (chunks embedded now), ``reused``, seconds, and in
+            ``extra``: ``embedded``, ``tokens`` embedded, ``encode_seconds``, ``chunks_per_s``,
+            ``model``.
+    """
+
+    embeddings: EmbeddingSet
+    stats: StageStats
+
+
+class ChunkEmbedder:
+    """Embeds every chunk whose content hash was never embedded with this model.
+
+    Args:
+        state_dir: the tenant's state folder; the cache is ``embeddings-<model slug>.npz``,
+            pruned to the current chunks and rewritten by every run.
+        model_name: recorded with the cache; a different model never reuses it.
+        batch_size: texts per forward pass of the default embedder.
+        embedder_factory: returns the embedder; called only when something needs embedding.
+            Default: the process-wide :func:`get_embedder` of ``model_name`` and ``batch_size``.
+        checkpoint_every: texts embedded between cache saves, so an interrupted run resumes
+            where it stopped instead of starting over.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        model_name: str = DEFAULT_MODEL_NAME,
+        batch_size: int = 64,
+        embedder_factory: Callable[[], DocumentEncoder] | None = None,
+        checkpoint_every: int = 4096,
+    ) -> None:
+        self.cache_path = state_dir / f"embeddings-{model_slug(model_name)}.npz"
+        self.model_name = model_name
+        self.embedder_factory: Callable[[], DocumentEncoder] = embedder_factory or (
+            lambda: get_embedder(model_name, batch_size)
+        )
+        self.checkpoint_every = checkpoint_every
+
+    def _cached(self) -> EmbeddingSet | None:
+        if not self.cache_path.exists():
+            return None
+        try:
+            cached = EmbeddingSet.load(self.cache_path)
+        except Exception as exc:  # a corrupt cache is rebuilt, never fatal
+            log.warning("discarding unreadable embedding cache %s: %s", self.cache_path, exc)
+            return None
+        return cached if cached.model == self.model_name else None
+
+    def run(self, chunks: pd.DataFrame) -> EmbeddedChunks:
+        """Embeds the chunks frame's missing contents (``content_hash``, ``embedding_text``,
+        ``token_count`` columns are read).
+
+        Returns:
+            The embeddings of the current chunks' distinct content hashes, and stats.
+        """
+        start = time.perf_counter()
+        cached = self._cached()
+        unique = chunks.drop_duplicates("content_hash")
+        wanted = unique["content_hash"].tolist()
+        have = cached.lookup() if cached is not None else {}
+        missing = unique[~unique["content_hash"].isin(have.keys())]
+        vectors_new = None
+        encode_seconds = 0.0
+        if len(missing):
+            embedder = self.embedder_factory()
+            texts = missing["embedding_text"].tolist()
+            hashes = missing["content_hash"].tolist()
+            step = self.checkpoint_every
+            parts: list[np.ndarray] = []
+            for start_at in range(0, len(texts), step):
+                t0 = time.perf_counter()
+                parts.append(embedder.embed_documents(texts[start_at : start_at + step]))
+                encode_seconds += time.perf_counter() - t0
+                if start_at + step < len(texts):  # checkpoint all but the last slice
+                    done = start_at + len(parts[-1])
+                    old_h = cached.hashes if cached is not None else []
+                    old_v = (
+                        cached.vectors
+                        if cached is not None
+                        else np.zeros((0, parts[0].shape[1]), np.float32)
+                    )
+                    EmbeddingSet(
+                        self.model_name, [*old_h, *hashes[:done]], np.vstack([old_v, *parts])
+                    ).save(self.cache_path)
+            vectors_new = np.vstack(parts)
+        if vectors_new is not None:
+            dim = vectors_new.shape[1]
+        elif cached is not None and len(cached.hashes):
+            dim = cached.vectors.shape[1]
+        else:
+            dim = 0
+        out = np.zeros((len(wanted), dim), dtype=np.float32)
+        new_lookup = {h: i for i, h in enumerate(missing["content_hash"].tolist())}
+        for j, h in enumerate(wanted):
+            if h in new_lookup:
+                assert vectors_new is not None
+                out[j] = vectors_new[new_lookup[h]]
+            else:
+                assert cached is not None
+                out[j] = cached.vectors[have[h]]
+        result = EmbeddingSet(self.model_name, wanted, out)
+        result.save(self.cache_path)
+        stats = StageStats(
+            processed=len(missing),
+            reused=len(wanted) - len(missing),
+            seconds=time.perf_counter() - start,
+            extra={
+                "embedded": int(len(missing)),
+                "tokens": int(missing["token_count"].sum()) if len(missing) else 0,
+                "encode_seconds": round(encode_seconds, 3),
+                "chunks_per_s": round(len(missing) / encode_seconds, 1) if encode_seconds else None,
+                "model": self.model_name,
+            },
+        )
+        return EmbeddedChunks(result, stats)

@@ -1,0 +1,397 @@
+"""Index versions of a tenant: build-or-reuse, publish, and garbage collection of old shards.
+
+A build writes a new Qdrant Edge shard directory ``<index_dir>/<tenant>/<version>`` holding
+every current chunk (dense vector from the embedding cache, BM25 sparse vector, payload) and
+registers it in the metadata store with status ``built``. When the chunks, payloads and model
+are those of the published version (same :func:`index_fingerprint`), that version is reused and
+nothing is written. Publishing is one store transaction; afterwards the published version and
+the ``versions_kept - 1`` versions published before it stay on disk for rollback, and older
+shards no reader holds are deleted (see :func:`gc_versions`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import pandas as pd
+
+from rag_platform.lib.embedding import SparseEncoder
+from rag_platform.lib.embedding.stage import EmbeddingSet
+from rag_platform.lib.index.edge import EdgeIndexWriter, IndexPoint, make_payload, shard_lock_path
+from rag_platform.lib.models import acl_key
+
+if TYPE_CHECKING:
+    from rag_platform.lib.store import MetadataStore
+
+log = logging.getLogger(__name__)
+
+#: Bump when the index payload or point layout changes.
+INDEX_SCHEMA_VERSION = "1"
+#: Suffix of a version's reader lock file beside its directory.
+LOCK_SUFFIX = ".readers.lock"
+#: Dimension of an empty shard (no chunk gave a vector to measure): all-MiniLM-L6-v2's.
+DEFAULT_DIMENSION = 384
+
+
+def index_fingerprint(chunks: pd.DataFrame, model_name: str, extra: str = "") -> str:
+    """SHA-256 over everything an index version holds: chunk ids, content, ACL, payload, model.
+
+    Two builds with the same fingerprint would produce the same index, so the second is skipped.
+    Row order does not matter.
+    """
+    h = hashlib.sha256()
+    h.update(f"{INDEX_SCHEMA_VERSION}|{model_name}|{extra}\n".encode())
+    for r in chunks.sort_values("chunk_id").itertuples(index=False):
+        h.update(
+            f"{r.chunk_id}|{r.content_hash}|{acl_key(r.acl_groups)}|{r.uri}|{r.title}|"
+            f"{r.updated_at}|{r.source_id}|{r.page}\n".encode()
+        )
+    return h.hexdigest()
+
+
+def new_version_id() -> str:
+    """Sortable, unique index version id (UTC timestamp with microseconds)."""
+    return "v" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def directory_bytes(path: Path) -> int:
+    """Total size of the files under ``path`` (bytes)."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class VersionRow(Protocol):
+    """What :func:`versions_to_keep` reads of a store's index-version row."""
+
+    version: str
+    status: str
+
+
+def versions_to_keep(versions: Sequence[VersionRow], published: str, kept: int) -> set[str]:
+    """The index versions of one tenant whose shards must stay on disk after ``published`` is
+    published.
+
+    Kept: ``published``; the newest ``kept - 1`` versions that were published before
+    (status ``retired``: the rollback targets); and builds newer than ``published`` that are
+    not published yet (``building`` or ``built``: a concurrent run still writing or evaluating
+    them). Builds older than
+    ``published`` that never got published (e.g. stopped by the evaluation gate) do not take a
+    rollback slot; they and older retired versions may go.
+
+    Args:
+        versions: the tenant's versions, newest first (``MetadataStore.list_versions``).
+        published: the version just published.
+        kept: ``RAG_VERSIONS_KEPT`` (>= 1), counting ``published``.
+
+    Raises:
+        ValueError: ``kept`` < 1.
+    """
+    if kept < 1:
+        raise ValueError(f"kept must be >= 1, got {kept}")
+    keep = {published}
+    names = [v.version for v in versions]
+    newer = names[: names.index(published)] if published in names else []
+    keep.update(
+        v.version for v in versions if v.version in newer and v.status in ("building", "built")
+    )
+    retired = [v.version for v in versions if v.status == "retired" and v.version != published]
+    keep.update(retired[: kept - 1])
+    return keep
+
+
+def gc_versions(tenant_dir: Path, keep: set[str]) -> list[str]:
+    """Deletes the version directories of one tenant that are not in ``keep`` and not in use.
+
+    A version is in use when its lock file cannot be locked exclusively without blocking (a
+    reader or writer, in this or any other process, holds it shared); it is then skipped and
+    left for a later run. Lock files whose directory is gone are removed.
+
+    Args:
+        tenant_dir: ``index_dir / <tenant>``, holding one directory per version.
+        keep: version names never deleted (published, rollback targets, in progress).
+
+    Returns:
+        The names of the deleted versions, sorted.
+    """
+    tenant_dir = Path(tenant_dir)
+    if not tenant_dir.is_dir():
+        return []
+    deleted: list[str] = []
+    for child in sorted(tenant_dir.iterdir()):
+        if not child.is_dir() or child.name in keep:
+            continue
+        lock_path = shard_lock_path(child)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("version %s is in use; not deleted", child)
+                continue
+            shutil.rmtree(child)
+            lock_path.unlink(missing_ok=True)
+            deleted.append(child.name)
+        finally:
+            os.close(fd)
+    for lock_file in tenant_dir.glob(f"*{LOCK_SUFFIX}"):
+        name = lock_file.name[: -len(LOCK_SUFFIX)]
+        if name not in keep and not (tenant_dir / name).exists():
+            lock_file.unlink(missing_ok=True)
+    return deleted
+
+
+@dataclass
+class IndexBuild:
+    """The version :meth:`IndexVersions.build_or_reuse` produced or reused.
+
+    Attributes:
+        version, path: the version name and its shard directory.
+        fingerprint: :func:`index_fingerprint` of the chunks.
+        reused: True when the published version already held exactly these chunks.
+        documents, chunks: distinct documents and chunks (points) in the version.
+        seconds: build time (0 when reused).
+        bytes: shard size on disk (None when reused).
+        points_per_s: build throughput (None when reused).
+        previous_published: the version published before the build, if any.
+    """
+
+    version: str
+    path: str
+    fingerprint: str
+    reused: bool
+    documents: int
+    chunks: int
+    seconds: float = 0.0
+    bytes: int | None = None
+    points_per_s: float | None = None
+    previous_published: str | None = None
+
+    def summary(self) -> dict[str, str | int | bool]:
+        """What downstream assets read of the build (the ``search_index`` value)."""
+        return {
+            "version": self.version,
+            "path": self.path,
+            "fingerprint": self.fingerprint,
+            "reused": self.reused,
+            "documents": self.documents,
+            "chunks": self.chunks,
+        }
+
+
+@dataclass
+class PublishResult:
+    """What :meth:`IndexVersions.publish` did.
+
+    Attributes:
+        version: the version now served.
+        published_now: False when it was already the published version.
+        previous: the version served before, if any.
+        kept: versions whose shards stay on disk.
+        deleted: versions whose shards were garbage-collected now.
+    """
+
+    version: str
+    published_now: bool
+    previous: str | None
+    kept: set[str]
+    deleted: list[str]
+
+
+class IndexVersions:
+    """Build-or-reuse, publish and garbage collection of a platform's index versions.
+
+    Args:
+        store: the metadata store (versions table, audit log).
+        index_dir: ``RAG_HOME/indexes``; a tenant's versions live in ``index_dir/<tenant>``.
+        reports_dir: ``RAG_HOME/reports``; a version's evaluation report is marked published.
+        versions_kept: ``RAG_VERSIONS_KEPT`` (>= 1), the published version included.
+        batch_size: points written per upsert.
+    """
+
+    def __init__(
+        self,
+        store: MetadataStore,
+        index_dir: Path,
+        reports_dir: Path,
+        versions_kept: int,
+        batch_size: int = 512,
+    ) -> None:
+        self.store = store
+        self.index_dir = index_dir
+        self.reports_dir = reports_dir
+        self.versions_kept = versions_kept
+        self.batch_size = batch_size
+
+    def tenant_dir(self, tenant: str) -> Path:
+        """The folder of the tenant's version directories."""
+        return self.index_dir / tenant
+
+    def build_or_reuse(
+        self,
+        tenant: str,
+        chunks: pd.DataFrame,
+        embeddings: EmbeddingSet,
+        run_id: str = "",
+        actor: str = "pipeline",
+    ) -> IndexBuild:
+        """A version holding every chunk: the published one when its fingerprint matches,
+        else a new shard: registered ``building`` before it is written, ``built`` once it is
+        complete, ``rejected`` (reason ``build``) when writing fails.
+
+        Args:
+            tenant: tenant id.
+            chunks: the chunks frame (``CHUNK_COLUMNS``).
+            embeddings: a vector for every chunk's content hash; ``embeddings.model`` is part
+                of the fingerprint.
+            run_id: recorded in the version's details.
+            actor: recorded in the audit log with each transition.
+
+        Raises:
+            KeyError: a chunk's content hash has no embedding. A failed build leaves no shard
+                directory behind.
+        """
+        self.store.upsert_tenant(tenant)
+        fingerprint = index_fingerprint(chunks, embeddings.model)
+        published = self.store.get_published_version(tenant)
+        documents = int(chunks["doc_id"].nunique()) if len(chunks) else 0
+        if published is not None and published.config_hash == fingerprint:
+            log.info("index of %s unchanged: reusing version %s", tenant, published.version)
+            return IndexBuild(
+                published.version, published.path, fingerprint, True, documents, len(chunks)
+            )
+        version = new_version_id()
+        path = self.tenant_dir(tenant) / version
+        # Registered before the first point is written: a run killed mid-build leaves a
+        # ``building`` row that garbage collection later rejects and deletes, never a shard the
+        # store does not know.
+        self.store.register_version(
+            tenant,
+            version,
+            str(path),
+            documents=documents,
+            chunks=len(chunks),
+            config_hash=fingerprint,
+            details={"run_id": run_id},
+            actor=actor,
+        )
+        start = time.perf_counter()
+        try:
+            self._write_shard(path, chunks, embeddings)
+        except BaseException as exc:
+            shutil.rmtree(path, ignore_errors=True)
+            reason = f"{type(exc).__name__}: {exc}"
+            self.store.reject_version(tenant, version, [{"name": "build", "reasons": [reason]}])
+            raise
+        seconds = time.perf_counter() - start
+        size = directory_bytes(path)
+        self.store.mark_version_built(tenant, version, {"bytes": size}, actor=actor)
+        return IndexBuild(
+            version,
+            str(path),
+            fingerprint,
+            False,
+            documents,
+            len(chunks),
+            seconds=seconds,
+            bytes=size,
+            points_per_s=round(len(chunks) / max(seconds, 1e-9), 1),
+            previous_published=published.version if published else None,
+        )
+
+    def _write_shard(self, path: Path, chunks: pd.DataFrame, embeddings: EmbeddingSet) -> None:
+        """Writes a new Edge shard at ``path``: id = chunk id, the dense vector from the
+        embedding set (never recomputed), the BM25 vector of the embedding text, the payload."""
+        lookup = embeddings.lookup()
+        dim = embeddings.vectors.shape[1] if len(embeddings.hashes) else DEFAULT_DIMENSION
+        sparse_encoder = SparseEncoder()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = EdgeIndexWriter.create(path, dim)
+        try:
+            records = list(chunks.itertuples(index=False))
+            for b in range(0, len(records), self.batch_size):
+                batch = records[b : b + self.batch_size]
+                sparse = sparse_encoder.encode_documents([r.embedding_text for r in batch])
+                writer.upsert(
+                    [
+                        IndexPoint(
+                            id=r.chunk_id,
+                            dense=embeddings.vectors[lookup[r.content_hash]],
+                            sparse=sv,
+                            payload=make_payload(
+                                tenant=r.tenant,
+                                doc_id=r.doc_id,
+                                chunk_id=r.chunk_id,
+                                ordinal=int(r.ordinal),
+                                text=r.text,
+                                title=r.title,
+                                uri=r.uri,
+                                source_id=r.source_id,
+                                mime_type=r.mime_type,
+                                heading_path=list(r.heading_path),
+                                page=None if pd.isna(r.page) else int(r.page),
+                                acl_groups=list(r.acl_groups),
+                                updated_at=r.updated_at or None,
+                            ),
+                        )
+                        for r, sv in zip(batch, sparse, strict=True)
+                    ]
+                )
+        finally:
+            writer.close()
+
+    def publish(self, tenant: str, version: str, actor: str = "pipeline") -> PublishResult:
+        """Makes ``version`` the one the API serves (one store transaction; a no-op when it is
+        already published), marks its evaluation report published, and collects garbage.
+
+        Raises:
+            NotFoundError, ValueError: from the store, for an unknown or unpublishable version.
+        """
+        current = self.store.get_published_version(tenant)
+        published_now = current is None or current.version != version
+        if published_now:
+            self.store.publish_version(tenant, version, actor=actor)
+            report_dir = self.reports_dir / tenant / version
+            if (report_dir / "report.json").exists():
+                from rag_platform.lib.evaluation.report import mark_published
+
+                mark_published(report_dir)
+        kept, deleted = self.collect_garbage(tenant, version, actor=actor)
+        return PublishResult(
+            version, published_now, current.version if current else None, kept, deleted
+        )
+
+    def collect_garbage(
+        self, tenant: str, published: str, actor: str = "pipeline"
+    ) -> tuple[set[str], list[str]]:
+        """Deletes the tenant's shards :func:`versions_to_keep` does not keep and no reader
+        holds; their store rows get status ``deleted``. A ``building`` row older than the
+        published version is a build whose run died: it is rejected (reason ``build
+        interrupted``) first. A directory the store never registered is removed silently.
+
+        Returns:
+            (kept version names, deleted version names).
+        """
+        versions = self.store.list_versions(tenant)
+        keep = versions_to_keep(versions, published, self.versions_kept)
+        deleted = gc_versions(self.tenant_dir(tenant), keep)
+        rows = {v.version: v for v in versions}
+        for name in deleted:
+            row = rows.get(name)
+            if row is None or row.status == "deleted":
+                continue
+            if row.status == "building":
+                reason = "build interrupted: its run ended before the shard was complete"
+                self.store.reject_version(
+                    tenant, name, [{"name": "build", "reasons": [reason]}], actor=actor
+                )
+            self.store.delete_version(tenant, name, actor=actor)
+        return keep, deleted
