@@ -22,7 +22,6 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from rag_platform.lib.answer import ExtractiveAnswerer, LLMAnswerer
 from rag_platform.lib.embedding import (
     BatchingQueryEmbedder,
     Embedder,
@@ -31,6 +30,7 @@ from rag_platform.lib.embedding import (
     get_sparse_encoder,
 )
 from rag_platform.lib.index.pool import ShardPool
+from rag_platform.lib.rag import build_answerer, build_retriever
 from rag_platform.lib.retrieval import Retriever
 from rag_platform.lib.store import IndexVersion, MetadataStore
 from rag_platform.lib.tenants import PIIPolicy, RetrievalSettings, TenantRegistry, load_registry
@@ -143,9 +143,7 @@ class ServingState:
         if self._answerer is None:
             with self._answerer_lock:
                 if self._answerer is None:
-                    self._answerer = LLMAnswerer.from_settings(self.settings) or ExtractiveAnswerer(
-                        self.embedder
-                    )
+                    self._answerer = build_answerer(self.settings, self.embedder)
         return self._answerer
 
     def warm_up(self) -> None:
@@ -259,12 +257,12 @@ class ServingState:
             with self._retrievers_lock:
                 entry = self._retrievers.get(key)
                 if entry is None or entry[0] is not reader:
-                    retriever = Retriever(
+                    retriever = build_retriever(
                         reader,
+                        version.tenant,
+                        self.retrieval_settings(version.tenant),
                         self.query_embedder,
                         self.sparse_encoder,
-                        self.retrieval_settings(version.tenant),
-                        version.tenant,
                     )
                     # drop retrievers of this tenant's older versions
                     for k in [k for k in self._retrievers if k[0] == version.tenant]:
