@@ -20,7 +20,8 @@ from rag_platform_tests.serving.factories import (
     scifact_docs,
 )
 from serving.main import create_app
-from serving.state import QueryRecord, ServingState
+from serving.querylog import QueryRecord
+from serving.state import ServingState
 
 
 class TestSearch:
