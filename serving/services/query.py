@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass
@@ -133,21 +134,33 @@ def answer(state: ServingState, search: Search, question: str) -> Answered:
 
 class QueryLogOnce:
     """Logs a streamed request's record exactly once: when its stream ends or is closed, or from
-    the response's background task if the stream never ran."""
+    the response's background task (which Starlette runs after cancelling the stream of a client
+    that went away). A stream not marked :meth:`finished` is logged with status 499."""
 
     def __init__(self, state: ServingState, search: Search) -> None:
         self._state = state
         self._search = search
-        self._done = False
+        self._lock = threading.Lock()
+        self._finished = False
+        self._logged = False
+
+    def finished(self) -> None:
+        """Marks the stream as sent to its end (or to its ``error`` event)."""
+        self._finished = True
 
     def __call__(self) -> None:
         """Submits the record unless it was submitted before."""
-        if self._done:
-            return
-        self._done = True
-        if not self._search.record.latency_ms:
-            self._search.record.latency_ms = self._search.elapsed_ms()
-        self._state.log_query(self._search.record)
+        with self._lock:
+            if self._logged:
+                return
+            self._logged = True
+        record = self._search.record
+        if not self._finished:
+            record.status_code = CLIENT_CLOSED_REQUEST
+            record.latency_ms = self._search.elapsed_ms()
+        elif not record.latency_ms:
+            record.latency_ms = self._search.elapsed_ms()
+        self._state.log_query(record)
 
 
 def stream(state: ServingState, search: Search, question: str, log: QueryLogOnce) -> Iterator[str]:
@@ -157,7 +170,6 @@ def stream(state: ServingState, search: Search, question: str, log: QueryLogOnce
     hits = search.retrieved.hits
     record = search.record
     cached = _cached_answer(search)
-    finished = False
     pieces: Generator[str, None, Answer] | None = None
     try:
         yield _sse("hits", {"hits": [HitPublic.from_hit(h).model_dump() for h in hits]})
@@ -180,7 +192,7 @@ def stream(state: ServingState, search: Search, question: str, log: QueryLogOnce
         except Exception:
             logger.exception("answer stream failed")
             record.status_code = _failure_status(state)
-            finished = True
+            log.finished()
             yield _sse("error", error_body("answer_failed", "the answer could not be completed"))
             return
         answer_ms = 0.0
@@ -196,7 +208,7 @@ def stream(state: ServingState, search: Search, question: str, log: QueryLogOnce
             {"citations": [CitationPublic.from_citation(c).model_dump() for c in citations]},
         )
         _finish_record(search, result, citations)
-        finished = True
+        log.finished()
         yield _sse(
             "done",
             {
@@ -220,7 +232,4 @@ def stream(state: ServingState, search: Search, question: str, log: QueryLogOnce
     finally:
         if pieces is not None:
             pieces.close()  # an LLM stream cut short releases its connection
-        if not finished:
-            record.status_code = CLIENT_CLOSED_REQUEST
-            record.latency_ms = search.elapsed_ms()
         log()

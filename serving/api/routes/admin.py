@@ -56,6 +56,8 @@ def list_documents(admin: AdminDep, state: StateDep) -> DocumentsPublic:
     try:
         with state.retrievers.open_reader(version) as reader:
             for item in reader.scroll():
+                if not isinstance(item, tuple):  # vectors are never asked for here
+                    continue
                 _, payload = item
                 if payload.get("tenant") != admin.tenant:
                     continue
