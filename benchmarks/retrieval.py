@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     from rag_platform.lib.embedding import Embedder, SparseEncoder
     from rag_platform.lib.index.edge import EdgeIndexReader
     from rag_platform.lib.models import SearchFilters
-    from rag_platform.lib.retrieval import Retriever
+    from rag_platform.lib.rag import build_retriever
     from rag_platform.lib.tenants import RetrievalSettings
 
     docs, queries, qrels = load_scifact(args.data, args.split)
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, settings in configs.items():
             if args.sweep_only:
                 break
-            retriever = Retriever(reader, embedder, sparse_encoder, settings, TENANT)
+            retriever = build_retriever(reader, TENANT, settings, embedder, sparse_encoder)
             run, median_ms = run_config(retriever, queries, filters, args.top_k)
             out[name] = {**evaluate_run(run, qrels), "median_ms": median_ms}
         if args.sweep:
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             for overrides in sweep_grid(args.sweep):
                 settings = RetrievalSettings(**overrides)
-                retriever = Retriever(reader, embedder, sparse_encoder, settings, TENANT)
+                retriever = build_retriever(reader, TENANT, settings, embedder, sparse_encoder)
                 run, ms = run_config(retriever, queries, filters, args.top_k, encoded)
                 print(
                     json.dumps({**overrides, **evaluate_run(run, qrels), "search_ms": ms}),

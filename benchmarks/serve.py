@@ -188,13 +188,13 @@ def bare_retrieval(
 
     from rag_platform.lib.embedding import get_embedder, get_sparse_encoder
     from rag_platform.lib.index.edge import EdgeIndexReader
-    from rag_platform.lib.retrieval import Retriever
+    from rag_platform.lib.rag import build_retriever
     from rag_platform.lib.tenants import RetrievalSettings
 
     filters = SearchFilters(acl_groups=("all",))
     with EdgeIndexReader(Path(version.path)) as reader:
-        retriever = Retriever(
-            reader, get_embedder(), get_sparse_encoder(), RetrievalSettings(), TENANT
+        retriever = build_retriever(
+            reader, TENANT, RetrievalSettings(), get_embedder(), get_sparse_encoder()
         )
         retriever.retrieve("warm up", 10, filters)
         deadline = time.monotonic() + seconds

@@ -323,7 +323,7 @@ def eval_command(
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N questions.")] = None,
 ) -> None:
     """Evaluates the published version on the tenant's (or any) golden set; last line is JSON."""
-    from rag_platform.lib.evaluation_runner import evaluate_published
+    from rag_platform.lib.evaluation.runner import evaluate_published
 
     settings = get_settings()
     try:

@@ -1,7 +1,9 @@
 """The query cache: Redis when configured, else an in-process TTL cache.
 
-Keys are a SHA-256 over (endpoint, tenant, published index version, normalised query, filters
-including the principal's sorted ACL groups, top_k), so
+Keys are a SHA-256 over the canonical JSON of (endpoint, tenant, published index version,
+normalised query, filters including the principal's sorted ACL groups, top_k, the tenant's
+retrieval settings): every part and every list item is its own JSON string, so no separator
+inside a value (a group named ``"a,b"``) can make two requests share a key, and
 
 - two principals with different groups never share an entry (the groups are in the key);
 - publishing a new index version invalidates every entry of that tenant by construction.
@@ -18,7 +20,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from cachetools import TTLCache
 
@@ -30,6 +32,18 @@ logger = logging.getLogger("serving.cache")
 def normalise_query(query: str) -> str:
     """Case-folded, whitespace-collapsed query text (the cache's notion of "same question")."""
     return " ".join(query.casefold().split())
+
+
+def _filters_key(filters: SearchFilters) -> dict[str, Any]:
+    """The filters as a JSON-ready mapping: lists sorted, dates ISO 8601, unset ones ``None``."""
+    return {
+        "acl_groups": sorted(filters.acl_groups),
+        "source_ids": sorted(filters.source_ids or ()),
+        "mime_types": sorted(filters.mime_types or ()),
+        "doc_ids": sorted(filters.doc_ids or ()),
+        "updated_after": filters.updated_after.isoformat() if filters.updated_after else None,
+        "updated_before": filters.updated_before.isoformat() if filters.updated_before else None,
+    }
 
 
 def cache_key(
@@ -49,7 +63,8 @@ def cache_key(
             prefetch depth in ``tenants.yaml`` does not serve results ranked the old way.
 
     Returns:
-        ``"rag:q:" + sha256 hex`` of the canonical JSON of the inputs above.
+        ``"rag:q:" + sha256 hex`` of the canonical JSON (sorted keys, no whitespace) of the
+        inputs above.
     """
     canonical = json.dumps(
         [
@@ -57,26 +72,15 @@ def cache_key(
             tenant,
             index_version,
             normalise_query(query),
-            filters.cache_key(),
+            _filters_key(filters),
             top_k,
             retrieval,
         ],
         separators=(",", ":"),
+        sort_keys=True,
         ensure_ascii=False,
     )
     return "rag:q:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-class QueryCache(Protocol):
-    """A JSON value cache with a default TTL."""
-
-    backend: str
-
-    def get(self, key: str) -> dict[str, Any] | None: ...
-
-    def set(self, key: str, value: dict[str, Any]) -> None: ...
-
-    def ping(self) -> bool: ...
 
 
 class MemoryQueryCache:

@@ -139,11 +139,6 @@ class QueryLogWriter:
             in_flight = self._submitted - self._processed
         return in_flight + len(self._backlog)
 
-    @property
-    def backlog(self) -> int:
-        """Rows whose write failed and wait for the database."""
-        return len(self._backlog)
-
     def flush(self, timeout: float = 5.0) -> bool:
         """Waits until every record submitted before the call is processed, then retries the
         backlog once.

@@ -198,12 +198,6 @@ class FeedbackPublic(BaseModel):
     query_id: str
 
 
-class ErrorDetailPublic(BaseModel):
-    loc: list[str] = Field(default_factory=list)
-    type: str = ""
-    msg: str = ""
-
-
 class ErrorBodyPublic(BaseModel):
     code: str
     message: str
@@ -215,6 +209,17 @@ class ErrorPublic(BaseModel):
     """The one error shape of every 4xx and 5xx response."""
 
     error: ErrorBodyPublic
+
+
+#: Error responses documented on every authenticated endpoint.
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorPublic, "description": "Body is not valid JSON (or not UTF-8)."},
+    401: {"model": ErrorPublic, "description": "Missing, unknown, revoked or expired API key."},
+    413: {"model": ErrorPublic, "description": "Request body too large."},
+    422: {"model": ErrorPublic, "description": "Invalid request."},
+    429: {"model": ErrorPublic, "description": "Rate limit exceeded (see Retry-After)."},
+    503: {"model": ErrorPublic, "description": "No published index, or a store is down."},
+}
 
 
 class LivePublic(BaseModel):

@@ -1,7 +1,8 @@
 """Answers with citations: extractive (no LLM needed) or from an OpenAI-compatible chat endpoint.
 
-Both return :class:`~rag_platform.lib.models.Answer`, whose ``text`` carries ``[n]`` markers and
-whose ``citations[n-1]`` names the chunk each marker refers to.
+Both satisfy :class:`Answerer` and return :class:`~rag_platform.lib.models.Answer`, whose
+``text`` carries ``[n]`` markers and whose ``citations[n-1]`` names the chunk each marker refers
+to. Which one answers is decided in one place, :func:`rag_platform.lib.rag.build_answerer`.
 """
 
 from __future__ import annotations
@@ -9,17 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Generator
+from typing import Any, Literal, Protocol
 
 import httpx
 import numpy as np
 
 from rag_platform.lib.embedding import Embedder
 from rag_platform.lib.models import Answer, Citation, Hit
-
-if TYPE_CHECKING:
-    from rag_platform.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +93,33 @@ _STOPWORDS = frozenset(
 )
 
 
+#: Counts the tokens of a text with a model's tokenizer.
+TokenCounter = Callable[[str], int]
+
+#: Splits an answer text into the pieces a stream sends (sentence ends kept with their piece).
+_STREAM_PIECE = re.compile(r"(?<=[.!?\]])\s+")
+
+
+class Answerer(Protocol):
+    """What the API and the evaluation need from an answerer."""
+
+    #: ``"extractive"`` or ``"llm"``, the ``Answer.mode`` this answerer produces.
+    mode: Literal["extractive", "llm"]
+
+    def answer(self, question: str, hits: list[Hit], max_sentences: int = 3) -> Answer:
+        """The answer to ``question`` from ``hits`` (best first), with ``[n]`` citations."""
+        ...
+
+    def stream(self, question: str, hits: list[Hit]) -> Generator[str, None, Answer]:
+        """Yields the answer's text pieces in order; returns the whole :class:`Answer` (its
+        citations and token counts) when exhausted."""
+        ...
+
+    def close(self) -> None:
+        """Releases the answerer's clients."""
+        ...
+
+
 def split_sentences(text: str, min_chars: int = 20, max_chars: int = 600) -> list[str]:
     """Splits text into sentences (punctuation followed by a capital, blank lines, bullets).
 
@@ -131,6 +156,8 @@ class ExtractiveAnswerer:
         lexical_weight: weight of the lexical-overlap term.
         duplicate_threshold: cosine above which two sentences count as the same.
     """
+
+    mode: Literal["extractive", "llm"] = "extractive"
 
     def __init__(
         self,
@@ -206,6 +233,23 @@ class ExtractiveAnswerer:
             )
         return Answer(text=" ".join(parts), citations=citations, mode="extractive")
 
+    def stream(
+        self, question: str, hits: list[Hit], max_sentences: int = 3
+    ) -> Generator[str, None, Answer]:
+        """:meth:`answer`, sent sentence by sentence (each piece ends with a space).
+
+        Returns:
+            The answer (no LLM tokens).
+        """
+        answer = self.answer(question, hits, max_sentences)
+        for piece in _STREAM_PIECE.split(answer.text):
+            if piece:
+                yield piece + " "
+        return answer
+
+    def close(self) -> None:
+        """Nothing to release (the embedder is shared)."""
+
 
 class LLMError(RuntimeError):
     """The LLM endpoint failed (HTTP error, timeout, or a response without an answer)."""
@@ -223,16 +267,25 @@ class LLMAnswerer:
 
     Works with OpenAI, vLLM, Ollama and LiteLLM. ``base_url`` may end with ``/v1`` or not.
 
+    Token counts come from the response's ``usage``; a stream asks for it with
+    ``stream_options: {"include_usage": true}`` (OpenAI's final usage chunk). An endpoint that
+    sends no usage in a stream (llama.cpp's ``llama_cpp.server``, older vLLM) has its tokens
+    counted with ``count_tokens`` over the prompt messages and the streamed text.
+
     Args:
         base_url: e.g. ``http://localhost:11434/v1``.
-        api_key: sent as ``Authorization: Bearer``; None for servers without auth.
         model: model name.
+        api_key: sent as ``Authorization: Bearer``; None for servers without auth.
         timeout: seconds for connect + read.
         max_context_chunks: hits put in the prompt, best first.
         max_tokens: completion length limit.
         temperature: sampling temperature (0 for reproducible answers).
-        client: an ``httpx.Client`` to reuse (tests, connection pooling).
+        client: an ``httpx.Client`` to reuse (connection pooling).
+        count_tokens: the model's tokenizer as a token counter, for streams without ``usage``;
+            None leaves such a stream's token counts at 0.
     """
+
+    mode: Literal["extractive", "llm"] = "llm"
 
     def __init__(
         self,
@@ -244,6 +297,7 @@ class LLMAnswerer:
         max_tokens: int = 512,
         temperature: float = 0.0,
         client: httpx.Client | None = None,
+        count_tokens: TokenCounter | None = None,
     ) -> None:
         if not base_url:
             raise ValueError("base_url is required")
@@ -256,21 +310,8 @@ class LLMAnswerer:
         self.max_context_chunks = max_context_chunks
         self.max_tokens = max_tokens
         self.temperature = temperature
+        self.count_tokens = count_tokens
         self._client = client or httpx.Client(timeout=timeout)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> LLMAnswerer | None:
-        """The answerer of ``RAG_LLM_BASE_URL`` / ``RAG_LLM_MODEL`` (with the key, timeout and
-        answer length settings), or None when no endpoint is configured."""
-        if not settings.llm_base_url or not settings.llm_model:
-            return None
-        return cls(
-            settings.llm_base_url,
-            settings.llm_model,
-            api_key=settings.llm_api_key,
-            timeout=settings.llm_timeout_seconds,
-            max_tokens=settings.llm_max_tokens,
-        )
 
     def build_messages(self, question: str, hits: list[Hit]) -> list[dict[str, str]]:
         """The chat messages: system instructions, then numbered context and the question."""
@@ -287,14 +328,17 @@ class LLMAnswerer:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
 
-    def _body(self, question: str, hits: list[Hit], stream: bool) -> dict[str, Any]:
-        return {
+    def _body(self, messages: list[dict[str, str]], stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
             "model": self.model,
-            "messages": self.build_messages(question, hits),
+            "messages": messages,
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "stream": stream,
         }
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        return body
 
     @staticmethod
     def _check_question(question: str) -> None:
@@ -317,9 +361,10 @@ class LLMAnswerer:
         if not hits:
             return Answer(text=NO_ANSWER_TEXT, citations=[], mode="llm")
         context = hits[: self.max_context_chunks]
+        messages = self.build_messages(question, context)
         try:
             response = self._client.post(
-                self.url, headers=self._headers(), json=self._body(question, context, False)
+                self.url, headers=self._headers(), json=self._body(messages, False)
             )
             response.raise_for_status()
             data = response.json()
@@ -375,11 +420,17 @@ class LLMAnswerer:
             )
         return cleaned, citations
 
-    def stream(self, question: str, hits: list[Hit]) -> Iterator[str]:
+    def stream(self, question: str, hits: list[Hit]) -> Generator[str, None, Answer]:
         """Streams the answer as text deltas (the server's Server-Sent Events).
 
         Yields:
-            Non-empty content deltas in order. With no hits, yields :data:`NO_ANSWER_TEXT`.
+            Non-empty content deltas in order. With no hits, yields :data:`NO_ANSWER_TEXT`
+            (the LLM is not called).
+
+        Returns:
+            The whole answer: citations as in :meth:`answer`; tokens from the stream's ``usage``
+            chunk, else counted with ``count_tokens`` (prompt: the messages' contents joined
+            by newlines; completion: the streamed text).
 
         Raises:
             ValueError: empty question.
@@ -388,11 +439,14 @@ class LLMAnswerer:
         self._check_question(question)
         if not hits:
             yield NO_ANSWER_TEXT
-            return
+            return Answer(text=NO_ANSWER_TEXT, citations=[], mode="llm")
         context = hits[: self.max_context_chunks]
+        messages = self.build_messages(question, context)
+        parts: list[str] = []
+        usage: dict[str, Any] | None = None
         try:
             with self._client.stream(
-                "POST", self.url, headers=self._headers(), json=self._body(question, context, True)
+                "POST", self.url, headers=self._headers(), json=self._body(messages, True)
             ) as response:
                 if response.status_code >= 400:
                     response.read()
@@ -404,17 +458,37 @@ class LLMAnswerer:
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
-                        return
+                        break
                     try:
                         event = json.loads(data)
-                        delta = event["choices"][0].get("delta", {}).get("content")
+                        usage = event.get("usage") or usage
+                        choices = event.get("choices") or []
+                        delta = choices[0].get("delta", {}).get("content") if choices else None
                     except (ValueError, KeyError, IndexError, AttributeError):
                         logger.warning("skipping malformed stream event: %s", data[:200])
                         continue
                     if delta:
+                        parts.append(delta)
                         yield delta
         except httpx.HTTPError as exc:
             raise LLMError(f"LLM endpoint unreachable or timed out: {exc}") from exc
+        streamed = "".join(parts)
+        text, citations = self.cite(streamed, context)
+        if usage is not None:
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            completion_tokens = int(usage.get("completion_tokens") or 0)
+        elif self.count_tokens is not None:
+            prompt_tokens = self.count_tokens("\n".join(m["content"] for m in messages))
+            completion_tokens = self.count_tokens(streamed)
+        else:
+            prompt_tokens = completion_tokens = 0
+        return Answer(
+            text=text,
+            citations=citations,
+            mode="llm",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
 
     def close(self) -> None:
         """Closes the HTTP client."""

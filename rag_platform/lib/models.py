@@ -245,18 +245,6 @@ class SearchFilters:
     updated_after: datetime | None = None
     updated_before: datetime | None = None
 
-    def cache_key(self) -> str:
-        """A canonical string of the filters, for cache keys (groups sorted)."""
-        parts = [
-            "g=" + ",".join(sorted(self.acl_groups)),
-            "s=" + ",".join(sorted(self.source_ids or ())),
-            "m=" + ",".join(sorted(self.mime_types or ())),
-            "d=" + ",".join(sorted(self.doc_ids or ())),
-            "a=" + (self.updated_after.isoformat() if self.updated_after else ""),
-            "b=" + (self.updated_before.isoformat() if self.updated_before else ""),
-        ]
-        return "|".join(parts)
-
 
 @dataclass
 class Hit:

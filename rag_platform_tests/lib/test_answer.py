@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,8 +24,7 @@ from rag_platform.lib.answer import (
     split_sentences,
 )
 from rag_platform.lib.embedding import get_embedder
-from rag_platform.lib.models import Hit
-from rag_platform.settings import Settings
+from rag_platform.lib.models import Answer, Hit
 
 
 def hit(i: int, text: str, title: str = "") -> Hit:
@@ -74,6 +73,13 @@ class TestExtractiveAnswerer:
         assert all(c.text in ans.text for c in ans.citations)
         assert "Eiffel" not in ans.text
 
+    def test_stream_sends_the_answer_sentence_by_sentence(self) -> None:
+        a = ExtractiveAnswerer(get_embedder())
+        deltas, ans = drain(a.stream("What does vitamin D deficiency cause?", HITS, 2))
+        assert ans == a.answer("What does vitamin D deficiency cause?", HITS, 2)
+        assert len(deltas) > 1 and "".join(deltas).strip() == ans.text
+        assert (ans.prompt_tokens, ans.completion_tokens) == (0, 0)
+
     def test_no_hits_no_citations(self) -> None:
         ans = ExtractiveAnswerer(get_embedder()).answer("anything?", [])
         assert ans.text == NO_ANSWER_TEXT and ans.citations == []
@@ -108,6 +114,16 @@ class TestExtractiveAnswerer:
         ]
 
 
+def drain(stream: Generator[str, None, Answer]) -> tuple[list[str], Answer]:
+    """The deltas of an answer stream and the answer it returns."""
+    deltas: list[str] = []
+    while True:
+        try:
+            deltas.append(next(stream))
+        except StopIteration as stop:
+            return deltas, stop.value
+
+
 class _FakeChat(BaseHTTPRequestHandler):
     """OpenAI-compatible /v1/chat/completions: JSON, SSE, or an error on request."""
 
@@ -134,7 +150,14 @@ class _FakeChat(BaseHTTPRequestHandler):
             for piece in ("Rickets", " [1]", "."):
                 event = {"choices": [{"delta": {"content": piece}}]}
                 self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-            self.wfile.write(b'data: {"choices": [{"delta": {}}]}\n\ndata: [DONE]\n\n')
+            self.wfile.write(b'data: {"choices": [{"delta": {}}]}\n\n')
+            wants_usage = (body.get("stream_options") or {}).get("include_usage")
+            if wants_usage and body["model"] != "no-usage":  # OpenAI's final usage chunk
+                usage = {"prompt_tokens": 40, "completion_tokens": 3, "total_tokens": 43}
+                self.wfile.write(
+                    f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode()
+                )
+            self.wfile.write(b"data: [DONE]\n\n")
             return
         payload = {
             "choices": [{"message": {"role": "assistant", "content": self.reply}}],
@@ -181,26 +204,24 @@ class TestLLMAnswerer:
         assert _FakeChat.requests[-1]["body"]["stream"] is True
         assert _FakeChat.requests[-1]["path"] == "/v1/chat/completions"
 
-    def test_from_settings(self) -> None:
-        assert LLMAnswerer.from_settings(Settings(llm_base_url=None, llm_model="m")) is None
-        llm = LLMAnswerer.from_settings(
-            Settings(
-                llm_base_url="http://127.0.0.1:9/v1",
-                llm_model="m",
-                llm_api_key="sk",
-                llm_timeout_seconds=7,
-                llm_max_tokens=64,
-            )
-        )
-        assert llm is not None
-        assert (llm.url, llm.model, llm.api_key, llm.max_tokens) == (
-            "http://127.0.0.1:9/v1/chat/completions",
-            "m",
-            "sk",
-            64,
-        )
-        assert llm._client.timeout.read == 7
-        llm.close()
+    def test_stream_returns_the_answer_with_the_usage_chunk_tokens(self, llm_url: str) -> None:
+        llm = LLMAnswerer(base_url=llm_url, model="m", timeout=5, count_tokens=lambda t: 10**6)
+        deltas, ans = drain(llm.stream("What causes rickets?", HITS))
+        assert deltas == ["Rickets", " [1]", "."]
+        body = _FakeChat.requests[-1]["body"]
+        assert body["stream_options"] == {"include_usage": True}
+        assert (ans.text, [c.chunk_id for c in ans.citations]) == ("Rickets [1].", ["c0"])
+        assert (ans.prompt_tokens, ans.completion_tokens) == (40, 3)  # the endpoint's count
+
+    def test_stream_without_usage_counts_with_the_tokenizer(self, llm_url: str) -> None:
+        def words(text: str) -> int:
+            return len(text.split())
+
+        llm = LLMAnswerer(base_url=llm_url, model="no-usage", timeout=5, count_tokens=words)
+        _, ans = drain(llm.stream("What causes rickets?", HITS))
+        messages = llm.build_messages("What causes rickets?", HITS[: llm.max_context_chunks])
+        assert ans.prompt_tokens == words("\n".join(m["content"] for m in messages)) > 20
+        assert ans.completion_tokens == words("Rickets [1].") == 2
 
     def test_no_hits_does_not_call_the_model(self, llm_url: str) -> None:
         _FakeChat.requests.clear()

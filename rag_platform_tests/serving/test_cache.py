@@ -44,6 +44,18 @@ class TestCacheKey:
         assert key(filters=SearchFilters(acl_groups=("b", "a"))) == key()
         assert key(filters=SearchFilters(acl_groups=("a",))) != key()
 
+    def test_a_comma_inside_a_group_name_is_not_a_separator(self) -> None:
+        one_group = key(filters=SearchFilters(acl_groups=("a,b",)))
+        assert one_group != key(filters=SearchFilters(acl_groups=("a", "b")))
+        ids = SearchFilters(acl_groups=("a",), doc_ids=("d1,d2",))
+        assert key(filters=ids) != key(
+            filters=SearchFilters(acl_groups=("a",), doc_ids=("d1", "d2"))
+        )
+        # nor a separator of the filters' old string form ("|g=")
+        assert key(filters=SearchFilters(acl_groups=("a|s=x",))) != key(
+            filters=SearchFilters(acl_groups=("a",), source_ids=("x",))
+        )
+
     @pytest.mark.parametrize(
         "change",
         [

@@ -1,14 +1,10 @@
 """FastAPI dependencies and their ``Annotated`` aliases.
 
-- ``SettingsDep``: the app's ``Settings``.
 - ``StateDep``: the per-process ``ServingState``.
 - ``PrincipalDep``: the ``Principal`` of the ``Authorization: Bearer`` API key (401 otherwise),
   after the per-key and per-tenant rate limits (429 otherwise).
 - ``AdminDep``: a rate-limited principal with role ``admin`` (403 otherwise).
 - ``PublishedVersionDep``: the caller's tenant's published index version (503 otherwise).
-
-:func:`open_retriever` gives a ``Retriever`` over that version inside a handler, only when the
-request is not answered from the cache.
 
 The tenant comes only from the API key: no request field, header or path names it.
 
@@ -19,8 +15,6 @@ those that may touch the database, Redis or the disk are plain ``def`` (Starlett
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -28,9 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from rag_platform.lib.models import Principal
-from rag_platform.lib.retrieval import Retriever
 from rag_platform.lib.store import IndexVersion
-from rag_platform.settings import Settings
 from serving.errors import ApiError
 from serving.state import ServingState
 
@@ -55,13 +47,6 @@ async def get_state(request: Request) -> ServingState:
 
 
 StateDep = Annotated[ServingState, Depends(get_state)]
-
-
-async def get_settings_dep(state: StateDep) -> Settings:
-    return state.settings
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
 def _unauthorized(code: str, message: str) -> ApiError:
@@ -157,10 +142,10 @@ async def get_published_version(principal: PrincipalDep, state: StateDep) -> Ind
         ApiError: 503 ``index_not_ready`` (nothing published yet),
             503 ``database_unavailable``.
     """
-    found, version = state.memoized_published_version(principal.tenant)
+    found, version = state.versions.memoized(principal.tenant)
     if not found:
         try:
-            version = await run_in_threadpool(state.published_version, principal.tenant)
+            version = await run_in_threadpool(state.versions.get, principal.tenant)
         except Exception as exc:
             logger.error("published version look-up failed", extra={"error": type(exc).__name__})
             raise ApiError(
@@ -177,33 +162,3 @@ async def get_published_version(principal: PrincipalDep, state: StateDep) -> Ind
 
 
 PublishedVersionDep = Annotated[IndexVersion, Depends(get_published_version)]
-
-
-@contextmanager
-def open_retriever(state: ServingState, version: IndexVersion) -> Iterator[Retriever]:
-    """A retriever over ``version``, its shard held open for the ``with`` block (call it from
-    the thread pool: opening a shard reads the disk).
-
-    Raises:
-        ApiError: 503 ``index_unavailable`` when the version's shard cannot be opened.
-    """
-    try:
-        cm = state.open_retriever(version)
-        retriever = cm.__enter__()
-    except Exception as exc:
-        logger.error(
-            "cannot open the published index",
-            extra={
-                "error": type(exc).__name__,
-                "tenant": version.tenant,
-                "version": version.version,
-            },
-        )
-        raise ApiError(503, "index_unavailable", "the published index cannot be opened") from exc
-    try:
-        yield retriever
-    except BaseException as exc:
-        if not cm.__exit__(type(exc), exc, exc.__traceback__):
-            raise
-    else:
-        cm.__exit__(None, None, None)

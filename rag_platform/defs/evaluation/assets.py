@@ -10,7 +10,7 @@ import pandas as pd
 
 from rag_platform.defs.partitions import tenants_partitions
 from rag_platform.defs.resources import PlatformResource
-from rag_platform.lib import evaluation_runner
+from rag_platform.lib.evaluation import runner
 
 GROUP = "evaluation"
 
@@ -27,7 +27,7 @@ def golden_set(
     reference contexts and answers), read from the JSONL, CSV or BEIR folder named in the tenant
     registry, with relevance resolved to this tenant's document ids."""
     tenant = platform.tenant(context.partition_key)
-    golden = evaluation_runner.load_tenant_golden_set(tenant, source_documents)
+    golden = runner.load_tenant_golden_set(tenant, source_documents)
     if golden is None:
         return dg.Output(
             {"name": None, "questions": []}, metadata={"questions": 0, "configured": False}
@@ -61,7 +61,7 @@ def index_evaluation(
     with the published version; the blocking ``evaluation_gate`` check decides publishing."""
     tenant = platform.tenant(context.partition_key)
     start = time.perf_counter()
-    result = evaluation_runner.evaluate_version(
+    result = runner.evaluate_version(
         platform.settings, platform.store(), tenant, search_index, golden_set
     )
     summary = result.get("summary", {})

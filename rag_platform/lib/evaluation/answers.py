@@ -19,7 +19,8 @@ reference answer as the single reference context; the output says so in ``notes`
 question in ``reference_context_source``. Questions with neither get no context metrics.
 
 Nothing here reaches the network unless an LLM endpoint is configured: ragas telemetry is
-switched off (``RAGAS_DO_NOT_TRACK=true``) before ragas is imported, and embeddings are local.
+switched off (``RAGAS_DO_NOT_TRACK=true``) by :func:`prepare_ragas_import`, called right before
+ragas is imported, and embeddings are local.
 """
 
 from __future__ import annotations
@@ -46,9 +47,6 @@ from rag_platform.lib.models import Answer, Hit
 
 if TYPE_CHECKING:
     from rag_platform.settings import Settings
-
-# ragas sends usage telemetry unless told not to; this must precede any ragas import.
-os.environ["RAGAS_DO_NOT_TRACK"] = "true"
 
 logger = logging.getLogger(__name__)
 
@@ -282,16 +280,18 @@ class _Ragas(types.SimpleNamespace):
     make_embeddings: Callable[[EmbedFn], Any]
 
 
-@lru_cache(maxsize=1)
-def _import_ragas() -> _Ragas:
-    """Import the ragas pieces used here, once.
+def prepare_ragas_import() -> None:
+    """Makes ``import ragas`` work offline and silent; call it right before importing ragas.
 
-    ragas 0.4.3 imports ``langchain_community.chat_models.vertexai.ChatVertexAI`` at the top of
-    ``ragas.llms.base``; current langchain-community no longer has that module, so ``import
-    ragas`` fails (vibrantlabsai/ragas#2745, #2995). When the module is missing, a stand-in with a
-    placeholder class is registered; ragas uses the class only in an ``isinstance`` list of
-    LangChain LLMs that support several completions, which this module never passes.
+    - Sets ``RAGAS_DO_NOT_TRACK=true``: ragas sends usage telemetry unless told not to.
+    - ragas 0.4.3 imports ``langchain_community.chat_models.vertexai.ChatVertexAI`` at the top of
+      ``ragas.llms.base``; current langchain-community no longer has that module, so ``import
+      ragas`` fails (vibrantlabsai/ragas#2745, #2995). When the module is missing, a stand-in
+      with a placeholder class is registered in ``sys.modules``; ragas uses the class only in an
+      ``isinstance`` list of LangChain LLMs that support several completions, which this module
+      never passes.
     """
+    os.environ["RAGAS_DO_NOT_TRACK"] = "true"
     try:
         import langchain_community.chat_models.vertexai  # noqa: F401
     except ImportError:
@@ -302,6 +302,12 @@ def _import_ragas() -> _Ragas:
 
         stub.ChatVertexAI = ChatVertexAI  # type: ignore[attr-defined]
         sys.modules["langchain_community.chat_models.vertexai"] = stub
+
+
+@lru_cache(maxsize=1)
+def _import_ragas() -> _Ragas:
+    """Import the ragas pieces used here, once (after :func:`prepare_ragas_import`)."""
+    prepare_ragas_import()
     with warnings.catch_warnings():
         # ragas 0.4.3 marks these imports deprecated in favour of ragas.metrics.collections,
         # which has no non-LLM context precision / recall yet.

@@ -14,9 +14,9 @@ from fastapi import APIRouter
 
 from rag_platform.lib.store import NotFoundError
 from serving.api.deps import AdminDep, StateDep
-from serving.api.routes.search import COMMON_ERRORS
 from serving.errors import ApiError
 from serving.schemas import (
+    COMMON_ERRORS,
     ApiKeyPublic,
     ApiKeysPublic,
     DocumentPublic,
@@ -54,8 +54,10 @@ def list_documents(admin: AdminDep, state: StateDep) -> DocumentsPublic:
         raise ApiError(503, "index_not_ready", "no index version is published for this tenant")
     docs: OrderedDict[str, DocumentPublic] = OrderedDict()
     try:
-        with state.open_reader(version) as reader:
+        with state.retrievers.open_reader(version) as reader:
             for item in reader.scroll():
+                if not isinstance(item, tuple):  # vectors are never asked for here
+                    continue
                 _, payload = item
                 if payload.get("tenant") != admin.tenant:
                     continue
@@ -134,7 +136,7 @@ def rollback_index_version(
         ) from exc
     except Exception as exc:
         raise _unavailable(exc) from exc
-    state.invalidate_version(admin.tenant)
+    state.versions.invalidate(admin.tenant)
     # the store writes the audit row ``index.rollback`` in the same transaction
     previous = before.version if before is not None else None
     return RollbackPublic(previous_version=previous, published_version=after.version)

@@ -8,9 +8,8 @@ from fastapi import APIRouter, status
 
 from rag_platform.lib.store import NotFoundError
 from serving.api.deps import PrincipalDep, StateDep
-from serving.api.routes.search import COMMON_ERRORS
 from serving.errors import ApiError
-from serving.schemas import ErrorPublic, FeedbackPublic, FeedbackRequest
+from serving.schemas import COMMON_ERRORS, ErrorPublic, FeedbackPublic, FeedbackRequest
 
 logger = logging.getLogger("serving.feedback")
 

@@ -67,7 +67,7 @@ def _index_status(state: StateDep, db_ok: bool) -> DependencyStatusPublic:
     if not db_ok:
         return DependencyStatusPublic(status="ok", detail="published versions not checked")
     missing: list[str] = []
-    tenants = set(state.registry.ids)
+    tenants = set(state.tenants.registry.ids)
     for tenant in sorted(tenants):
         try:
             version = state.published_version(tenant)

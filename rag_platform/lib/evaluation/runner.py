@@ -6,6 +6,7 @@ Used by the ``index_evaluation`` asset (on the version just built, before publis
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,9 @@ from rag_platform.lib.evaluation.golden import (
     load_golden_set,
     resolve_relevance,
 )
+from rag_platform.lib.index.edge import EdgeIndexReader
 from rag_platform.lib.models import Answer, Hit, SearchFilters, make_doc_id
+from rag_platform.lib.store import MetadataStore
 from rag_platform.lib.tenants import TenantConfig, load_registry
 from rag_platform.settings import Settings
 
@@ -71,14 +74,14 @@ def _golden_from_dict(data: dict[str, Any]) -> GoldenSet:
     )
 
 
-def _payloads(reader: Any) -> Iterable[dict[str, Any]]:
+def _payloads(reader: EdgeIndexReader) -> Iterable[dict[str, Any]]:
     """Every point payload of an open index version."""
     for item in reader.scroll():
         if isinstance(item, tuple):
             yield item[1]
 
 
-def _acl_groups_of_index(reader: Any) -> tuple[str, ...]:
+def _acl_groups_of_index(reader: EdgeIndexReader) -> tuple[str, ...]:
     groups: set[str] = set()
     for payload in _payloads(reader):
         groups.update(payload.get("acl_groups") or [])
@@ -103,23 +106,23 @@ def run_evaluation(
     Returns:
         ``{"summary", "retrieval", "answers", "queries"}`` (JSON-ready).
     """
-    from rag_platform.lib.answer import ExtractiveAnswerer, LLMAnswerer
     from rag_platform.lib.embedding import get_embedder, get_sparse_encoder
     from rag_platform.lib.evaluation.answers import LLMConfig, evaluate_answers
     from rag_platform.lib.evaluation.metrics import evaluate_retrieval
-    from rag_platform.lib.index.edge import EdgeIndexReader
-    from rag_platform.lib.retrieval import Retriever
+    from rag_platform.lib.rag import build_answerer, build_retriever
 
     embedder = get_embedder()
-    with EdgeIndexReader(index_path) as reader:
-        retriever = Retriever(reader, embedder, get_sparse_encoder(), tenant.retrieval, tenant.id)
+    answerer = build_answerer(settings, embedder)
+    with EdgeIndexReader(index_path) as reader, contextlib.closing(answerer):
+        retriever = build_retriever(
+            reader, tenant.id, tenant.retrieval, embedder, get_sparse_encoder()
+        )
         filters = SearchFilters(acl_groups=_acl_groups_of_index(reader))
 
         def retrieve(question: str, top: int) -> list[Hit]:
             return retriever.search(question, top, filters)
 
         retrieval = evaluate_retrieval(golden, retrieve, k_values=(1, 3, 5, k, 100))
-        answerer: Any = LLMAnswerer.from_settings(settings) or ExtractiveAnswerer(embedder)
 
         def answer(question: str, hits: list[Hit]) -> Answer:
             return answerer.answer(question, hits)
@@ -143,7 +146,7 @@ def run_evaluation(
 
 def evaluate_version(
     settings: Settings,
-    store: Any,
+    store: MetadataStore,
     tenant: TenantConfig,
     search_index: dict[str, Any],
     golden_data: dict[str, Any],
@@ -223,7 +226,7 @@ def evaluate_version(
 
 def evaluate_published(
     settings: Settings,
-    store: Any,
+    store: MetadataStore,
     tenant_id: str,
     golden: Path | None = None,
     golden_format: str = "auto",
@@ -236,8 +239,6 @@ def evaluate_published(
     Raises:
         KeyError: unknown tenant. ValueError: no published version or no golden set.
     """
-    from rag_platform.lib.index.edge import EdgeIndexReader
-
     tenant = load_registry(settings.tenants_file, settings.data_dir).get(tenant_id)
     published = store.get_published_version(tenant_id)
     if published is None:

@@ -1,0 +1,235 @@
+"""The answer flow of ``/v1/query``: retrieve (see :mod:`serving.services.search`), answer with
+``[n]`` citations, cache, log, as one JSON result or as Server-Sent Events.
+
+Usage accounting: a request's query-log row carries the LLM tokens that request spent: from the
+endpoint's ``usage`` (streams ask for it with ``include_usage``, or count with the model's
+tokenizer), and 0 for an answer served from the cache (``cache_hit`` is set on its row). A
+client that disconnects mid-stream still gets its row, with status 499.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rag_platform.lib.models import Answer, Citation, Hit
+from serving.errors import ApiError, error_body
+from serving.schemas import CitationPublic, HitPublic
+from serving.services.search import Search
+from serving.state import ServingState
+
+logger = logging.getLogger("serving.query")
+
+#: Sentences the extractive answerer cites.
+MAX_SENTENCES = 3
+#: The status logged for a stream whose client went away before its end (nginx's convention).
+CLIENT_CLOSED_REQUEST = 499
+_SENTENCE_END = re.compile(r"(?<=[.!?\]])\s+")
+
+
+@dataclass
+class Answered:
+    """The outcome of one non-streamed ``/v1/query``.
+
+    Attributes:
+        search: the retrieval and its (logged) record.
+        answer: the answer; its token counts are the ones this request spent (0 when cached).
+        citations: the answer's citations of re-checked hits only.
+        cached: whether the answer came from the query cache.
+        answer_ms: time spent answering, milliseconds (0 when cached).
+        total_ms: the whole request, milliseconds.
+    """
+
+    search: Search
+    answer: Answer
+    citations: list[Citation]
+    cached: bool
+    answer_ms: float
+    total_ms: float
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _cached_answer(search: Search) -> Answer | None:
+    """The cached answer of a cache hit, with 0 tokens: serving it costs no LLM call."""
+    value = search.retrieved.cached_value
+    if value is None or "answer" not in value:
+        return None
+    try:
+        d = value["answer"]
+        return Answer(
+            text=d["text"],
+            citations=[Citation(**c) for c in d["citations"]],
+            mode=d["mode"],
+        )
+    except (KeyError, TypeError):
+        return None
+
+
+def _cache_answer(state: ServingState, search: Search, answer: Answer) -> None:
+    state.cache.set(
+        search.retrieved.cache_key,
+        {"hits": [asdict(h) for h in search.retrieved.hits], "answer": asdict(answer)},
+    )
+
+
+def _safe_citations(answer: Answer, hits: list[Hit]) -> list[Citation]:
+    """Keeps only citations of chunks among the (re-checked) hits."""
+    allowed = {h.chunk_id for h in hits}
+    return [c for c in answer.citations if c.chunk_id in allowed]
+
+
+def _finish_record(search: Search, answer: Answer, citations: list[Citation]) -> None:
+    record = search.record
+    record.cited_chunk_ids = list(dict.fromkeys(c.chunk_id for c in citations))
+    record.prompt_tokens, record.completion_tokens = answer.prompt_tokens, answer.completion_tokens
+    record.latency_ms = search.elapsed_ms()
+
+
+def _failure_status(state: ServingState) -> int:
+    return 502 if state.models.uses_llm else 500
+
+
+def answer(state: ServingState, search: Search, question: str) -> Answered:
+    """Answers from the hits of ``search`` (or the cache), caches and logs the request.
+
+    Raises:
+        ApiError: 502 ``answer_failed`` when the LLM endpoint fails (the failure is logged).
+        Exception: whatever the extractive answerer raises (logged as a 500).
+    """
+    hits = search.retrieved.hits
+    cached = _cached_answer(search)
+    t0 = time.perf_counter()
+    try:
+        result = cached or state.models.answerer.answer(question, hits, MAX_SENTENCES)
+    except Exception as exc:
+        search.record.status_code = _failure_status(state)
+        search.record.latency_ms = search.elapsed_ms()
+        state.log_query(search.record)
+        if state.models.uses_llm:
+            raise ApiError(502, "answer_failed", "the answer service failed") from exc
+        raise
+    answer_ms = 0.0
+    if cached is None:
+        answer_ms = (time.perf_counter() - t0) * 1000
+        state.metrics.answer_latency.labels(search.record.tenant, result.mode).observe(
+            answer_ms / 1000
+        )
+        _cache_answer(state, search, result)
+    citations = _safe_citations(result, hits)
+    _finish_record(search, result, citations)
+    state.log_query(search.record)  # queued for the query-log writer thread
+    return Answered(
+        search, result, citations, cached is not None, answer_ms, search.record.latency_ms
+    )
+
+
+class QueryLogOnce:
+    """Logs a streamed request's record exactly once: when its stream ends or is closed, or from
+    the response's background task (which Starlette runs after cancelling the stream of a client
+    that went away). A stream not marked :meth:`finished` is logged with status 499."""
+
+    def __init__(self, state: ServingState, search: Search) -> None:
+        self._state = state
+        self._search = search
+        self._lock = threading.Lock()
+        self._finished = False
+        self._logged = False
+
+    def finished(self) -> None:
+        """Marks the stream as sent to its end (or to its ``error`` event)."""
+        self._finished = True
+
+    def __call__(self) -> None:
+        """Submits the record unless it was submitted before."""
+        with self._lock:
+            if self._logged:
+                return
+            self._logged = True
+        record = self._search.record
+        if not self._finished:
+            record.status_code = CLIENT_CLOSED_REQUEST
+            record.latency_ms = self._search.elapsed_ms()
+        elif not record.latency_ms:
+            record.latency_ms = self._search.elapsed_ms()
+        self._state.log_query(record)
+
+
+def stream(state: ServingState, search: Search, question: str, log: QueryLogOnce) -> Iterator[str]:
+    """The Server-Sent Events of one answer: ``hits``, ``delta`` pieces, ``citations``,
+    ``done`` (or ``error`` once the stream has started). Fills and logs the record through
+    ``log`` when the stream ends, fails, or is closed early (client gone: status 499)."""
+    hits = search.retrieved.hits
+    record = search.record
+    cached = _cached_answer(search)
+    pieces: Generator[str, None, Answer] | None = None
+    try:
+        yield _sse("hits", {"hits": [HitPublic.from_hit(h).model_dump() for h in hits]})
+        t0 = time.perf_counter()
+        try:
+            if cached is not None:
+                result = cached
+                for piece in _SENTENCE_END.split(cached.text):
+                    if piece:
+                        yield _sse("delta", {"text": piece + " "})
+            else:
+                pieces = state.models.answerer.stream(question, hits)
+                while True:
+                    try:
+                        delta = next(pieces)
+                    except StopIteration as stop:
+                        result = stop.value
+                        break
+                    yield _sse("delta", {"text": delta})
+        except Exception:
+            logger.exception("answer stream failed")
+            record.status_code = _failure_status(state)
+            log.finished()
+            yield _sse("error", error_body("answer_failed", "the answer could not be completed"))
+            return
+        answer_ms = 0.0
+        if cached is None:
+            answer_ms = (time.perf_counter() - t0) * 1000
+            state.metrics.answer_latency.labels(record.tenant, result.mode).observe(
+                answer_ms / 1000
+            )
+            _cache_answer(state, search, result)
+        citations = _safe_citations(result, hits)
+        yield _sse(
+            "citations",
+            {"citations": [CitationPublic.from_citation(c).model_dump() for c in citations]},
+        )
+        _finish_record(search, result, citations)
+        log.finished()
+        yield _sse(
+            "done",
+            {
+                "query_id": record.query_id,
+                "index_version": record.index_version,
+                "mode": result.mode,
+                "cached": cached is not None,
+                "answer": result.text,
+                "usage": {
+                    "prompt_tokens": result.prompt_tokens,
+                    "completion_tokens": result.completion_tokens,
+                },
+                "timings": {
+                    "embed_ms": record.embed_ms,
+                    "search_ms": record.search_ms,
+                    "answer_ms": answer_ms,
+                    "total_ms": record.latency_ms,
+                },
+            },
+        )
+    finally:
+        if pieces is not None:
+            pieces.close()  # an LLM stream cut short releases its connection
+        log()

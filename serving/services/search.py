@@ -1,0 +1,229 @@
+"""The retrieve-and-log flow of ``/v1/search`` and ``/v1/query``.
+
+Cache look-up keyed by endpoint, tenant, published version, normalised query, filters (with the
+principal's groups), top_k and the tenant's retrieval settings; otherwise retrieval through the
+pooled shard (opened only on a cache miss); then a per-hit re-check of tenant and ACL groups (on
+cache hits too), so nothing outside the principal's tenant and groups is ever returned. Every
+request leaves one query-log record, failures included.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from rag_platform.lib.models import Hit, Principal, SearchFilters
+from rag_platform.lib.retrieval import Retriever
+from rag_platform.lib.store import IndexVersion
+from serving.cache import cache_key
+from serving.errors import ApiError
+from serving.observability import Metrics
+from serving.querylog import QueryRecord
+from serving.schemas import SearchRequest
+from serving.state import ServingState
+
+logger = logging.getLogger("serving.search")
+
+#: The endpoints that share this flow (part of the cache key).
+Endpoint = Literal["search", "query"]
+
+
+@dataclass
+class Retrieved:
+    """Hits of one request and how they were obtained.
+
+    Attributes:
+        hits: re-checked hits, best first.
+        cached: whether they came from the query cache.
+        embed_ms: query encoding, milliseconds (0 on a cache hit).
+        search_ms: the index query, milliseconds (0 on a cache hit).
+        cache_key: the request's cache key.
+        cached_value: the whole cache entry on a hit (``/v1/query`` keeps its answer there).
+    """
+
+    hits: list[Hit]
+    cached: bool
+    embed_ms: float
+    search_ms: float
+    cache_key: str
+    cached_value: dict[str, Any] | None = None
+
+
+@dataclass
+class Search:
+    """A retrieval in progress: its query-log record, its hits and its start time.
+
+    Attributes:
+        record: the query-log record, filled with the hits and timings so far.
+        retrieved: the hits.
+        started: ``time.perf_counter()`` at the start of the request, seconds.
+    """
+
+    record: QueryRecord
+    retrieved: Retrieved
+    started: float
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since the request started."""
+        return (time.perf_counter() - self.started) * 1000
+
+
+def recheck_hits(metrics: Metrics, hits: list[Hit], principal: Principal) -> list[Hit]:
+    """Drops any hit not of the principal's tenant or outside its ACL groups (and counts it)."""
+    groups = set(principal.groups)
+    kept = [h for h in hits if h.tenant == principal.tenant and groups.intersection(h.acl_groups)]
+    if len(kept) != len(hits):
+        metrics.isolation_violations.labels(principal.tenant).inc(len(hits) - len(kept))
+        logger.error(
+            "dropped hits failing the tenant/ACL re-check",
+            extra={"tenant": principal.tenant, "dropped": len(hits) - len(kept)},
+        )
+    return kept
+
+
+@contextmanager
+def open_retriever(state: ServingState, version: IndexVersion) -> Iterator[Retriever]:
+    """A retriever over ``version``, its shard held open for the ``with`` block (call it from
+    the thread pool: opening a shard reads the disk).
+
+    Raises:
+        ApiError: 503 ``index_unavailable`` when the version's shard cannot be opened.
+    """
+    cm = state.retrievers.open_retriever(version)
+    try:
+        retriever = cm.__enter__()
+    except Exception as exc:
+        logger.error(
+            "cannot open the published index",
+            extra={
+                "error": type(exc).__name__,
+                "tenant": version.tenant,
+                "version": version.version,
+            },
+        )
+        raise ApiError(503, "index_unavailable", "the published index cannot be opened") from exc
+    try:
+        yield retriever
+    except BaseException as exc:
+        if not cm.__exit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        cm.__exit__(None, None, None)
+
+
+def retrieve_hits(
+    state: ServingState,
+    principal: Principal,
+    version: IndexVersion,
+    endpoint: Endpoint,
+    query: str,
+    top_k: int,
+    filters: SearchFilters,
+) -> Retrieved:
+    """Cache look-up, else retrieval on the version's shard (opened only on a cache miss);
+    hits re-checked either way.
+
+    Raises:
+        ApiError: 422 ``invalid_filters`` when the index refuses the filters,
+            503 ``index_unavailable`` when the shard cannot be opened.
+    """
+    key = cache_key(
+        endpoint=endpoint,
+        tenant=principal.tenant,
+        index_version=version.version,
+        query=query,
+        filters=filters,
+        top_k=top_k,
+        retrieval=state.tenants.retrieval_settings(principal.tenant).model_dump_json(),
+    )
+    cached = state.cache.get(key)
+    if cached is not None:
+        try:
+            hits = [Hit(**h) for h in cached["hits"]]
+        except (KeyError, TypeError):
+            cached = None
+        else:
+            state.metrics.cache.labels(endpoint, "hit").inc()
+            kept = recheck_hits(state.metrics, hits, principal)
+            return Retrieved(kept, True, 0.0, 0.0, key, cached)
+    state.metrics.cache.labels(endpoint, "miss").inc()
+    if not principal.groups:
+        return Retrieved([], False, 0.0, 0.0, key)
+    with open_retriever(state, version) as retriever:
+        try:
+            result = retriever.retrieve(query, top_k, filters)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_filters", "the filters cannot be applied") from exc
+    state.metrics.embedding_latency.labels(principal.tenant).observe(result.embed_ms / 1000)
+    state.metrics.retrieval_latency.labels(principal.tenant).observe(result.search_ms / 1000)
+    hits = recheck_hits(state.metrics, list(result.hits), principal)
+    return Retrieved(hits, False, result.embed_ms, result.search_ms, key)
+
+
+def filters_for_log(filters: SearchFilters) -> dict[str, Any]:
+    """The filters as JSON for the query log (dates as ISO strings, empty ones left out)."""
+    out: dict[str, Any] = {}
+    for k, v in asdict(filters).items():
+        if v is None:
+            continue
+        out[k] = v.isoformat() if isinstance(v, datetime) else list(v)
+    return out
+
+
+def start_search(
+    state: ServingState,
+    principal: Principal,
+    version: IndexVersion,
+    endpoint: Endpoint,
+    body: SearchRequest,
+) -> Search:
+    """Starts the request's query-log record and retrieves its hits (see :func:`retrieve_hits`).
+
+    On failure the record is logged (status and latency filled) and the error re-raised.
+
+    Raises:
+        ApiError: as :func:`retrieve_hits`.
+    """
+    started = time.perf_counter()
+    filters = body.filters.to_filters(principal)
+    record = QueryRecord(
+        query_id=str(uuid.uuid4()),
+        tenant=principal.tenant,
+        key_id=principal.key_id,
+        question=body.query,
+        top_k=body.top_k,
+        filters=filters_for_log(filters),
+        index_version=version.version,
+    )
+    try:
+        got = retrieve_hits(state, principal, version, endpoint, body.query, body.top_k, filters)
+    except Exception as exc:
+        record.status_code = exc.status_code if isinstance(exc, ApiError) else 500
+        record.latency_ms = (time.perf_counter() - started) * 1000
+        state.log_query(record)
+        raise
+    record.hit_chunk_ids = [h.chunk_id for h in got.hits]
+    record.embed_ms, record.search_ms, record.cache_hit = got.embed_ms, got.search_ms, got.cached
+    return Search(record, got, started)
+
+
+def search(
+    state: ServingState, principal: Principal, version: IndexVersion, body: SearchRequest
+) -> Search:
+    """``/v1/search``: the hits (cached on a miss) and the logged record (latency filled).
+
+    Raises:
+        ApiError: as :func:`retrieve_hits`.
+    """
+    s = start_search(state, principal, version, "search", body)
+    if not s.retrieved.cached:
+        state.cache.set(s.retrieved.cache_key, {"hits": [asdict(h) for h in s.retrieved.hits]})
+    s.record.latency_ms = s.elapsed_ms()
+    state.log_query(s.record)  # queued for the query-log writer thread
+    return s
