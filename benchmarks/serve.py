@@ -111,6 +111,7 @@ def bootstrap(store: MetadataStore, settings: Settings, n: int) -> IndexVersion:
     writer.upsert(points)
     writer.close()
     store.register_version(TENANT, version, str(path), len(rows), len(rows), "bootstrap")
+    store.mark_version_built(TENANT, version)
     return store.publish_version(TENANT, version, actor="benchmark")
 
 
@@ -315,6 +316,7 @@ def main() -> None:
                 published.config_hash,
                 {"benchmark_copy_of": published.version},
             )
+            store.mark_version_built(TENANT, new_version)
             store.publish_version(TENANT, new_version, actor="benchmark")
         result = parent.recv()
         client.join()

@@ -29,6 +29,7 @@ class TestDefinitions:
             "chunks:chunk_text_non_empty",
             "chunks:chunk_token_counts_in_bounds",
             "index_evaluation:evaluation_gate",
+            "search_index:reconciliation",
             "source_documents:sources_reachable",
         ]
         for key in graph.asset_check_keys:

@@ -131,6 +131,7 @@ def publish_tenant(
     path = settings.index_dir / tenant / version
     n = build_shard(path, tenant, docs)
     store.register_version(tenant, version, str(path), documents=n, chunks=n, config_hash="test")
+    store.mark_version_built(tenant, version)
     return store.publish_version(tenant, version, actor="test")
 
 

@@ -95,6 +95,7 @@ class TestReadinessFailures:
 
         store = new_store(settings)
         store.register_version("initech", "v1", str(fast_tmp / "gone"), 1, 1, "x")
+        store.mark_version_built("initech", "v1")
         store.publish_version("initech", "v1")
         with TestClient(create_app(settings)) as c:
             r = c.get("/health/ready")

@@ -17,7 +17,7 @@ from rag_platform.lib.index.versions import IndexVersions
 GROUP = "indexing"
 
 
-def _index_versions(platform: PlatformResource) -> IndexVersions:
+def index_versions(platform: PlatformResource) -> IndexVersions:
     settings = platform.settings
     return IndexVersions(
         platform.store(), settings.index_dir, settings.reports_dir, settings.versions_kept
@@ -76,7 +76,7 @@ def search_index(
     groups, updated_at). Vectors come from the embedding cache, never recomputed. When the chunk
     set, payloads and model are identical to the published version, that version is reused and no
     shard is written."""
-    build = _index_versions(platform).build_or_reuse(
+    build = index_versions(platform).build_or_reuse(
         context.partition_key, chunks, chunk_embeddings, run_id=context.run.run_id
     )
     value = build.summary()
@@ -108,8 +108,9 @@ def published_index(
     metadata store; API workers pick it up without restart). Runs only when every blocking check
     upstream passed, so a failed check leaves the previous version serving. The published version
     and the ``RAG_VERSIONS_KEPT - 1`` versions published before it stay on disk for rollback
-    (builds that were never published do not count); older unused shards are deleted."""
-    result = _index_versions(platform).publish(
+    (builds that were never published do not count); older unused shards are deleted. Its
+    metadata records the version's reconciliation receipt."""
+    result = index_versions(platform).publish(
         context.partition_key, search_index["version"], actor=f"dagster:{context.run.run_id}"
     )
     value = {
@@ -123,5 +124,6 @@ def published_index(
             **{k: str(v) for k, v in value.items()},
             "garbage_collected": len(result.deleted),
             "kept_versions": dg.MetadataValue.json(sorted(result.kept)),
+            "receipt": dg.MetadataValue.json(result.receipt.to_dict() if result.receipt else {}),
         },
     )

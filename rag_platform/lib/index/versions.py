@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +27,14 @@ import pandas as pd
 
 from rag_platform.lib.embedding import SparseEncoder
 from rag_platform.lib.embedding.stage import EmbeddingSet
-from rag_platform.lib.index.edge import EdgeIndexWriter, IndexPoint, make_payload, shard_lock_path
+from rag_platform.lib.index.edge import (
+    EdgeIndexReader,
+    EdgeIndexWriter,
+    IndexPoint,
+    make_payload,
+    shard_lock_path,
+)
+from rag_platform.lib.index.receipt import InventoryDocument, Payload, Receipt, reconcile
 from rag_platform.lib.models import acl_key
 
 if TYPE_CHECKING:
@@ -197,6 +204,8 @@ class PublishResult:
         previous: the version served before, if any.
         kept: versions whose shards stay on disk.
         deleted: versions whose shards were garbage-collected now.
+        receipt: the version's reconciliation receipt (None for a version built before
+            receipts existed).
     """
 
     version: str
@@ -204,6 +213,7 @@ class PublishResult:
     previous: str | None
     kept: set[str]
     deleted: list[str]
+    receipt: Receipt | None = None
 
 
 class IndexVersions:
@@ -348,6 +358,66 @@ class IndexVersions:
         finally:
             writer.close()
 
+    def reconcile(
+        self,
+        tenant: str,
+        build: IndexBuild,
+        sources: pd.DataFrame,
+        chunks: pd.DataFrame,
+        quarantined: set[str],
+        actor: str = "pipeline",
+    ) -> Receipt:
+        """The reconciliation receipt of ``build``: the source inventory against its points.
+
+        Every document of ``sources`` (``SOURCE_COLUMNS``: ``doc_id``, ``acl_groups``) that is
+        not ``quarantined`` must be in the version with the ACL groups the source gave it and
+        the number of chunks the chunking stage produced; a document in the version that is not
+        in ``sources`` (deleted at the source) is an orphan. A new build's shard is read point by
+        point; a reused version (the published one, which the API holds open and which this run
+        may not open) is reconciled against ``chunks``, which its fingerprint proves it holds
+        exactly. The receipt is stored in the version's details (``details["receipt"]``); a
+        failed one rejects a version that is not published (reason ``reconciliation``), and the
+        store refuses to publish it by any path.
+
+        Args:
+            tenant: tenant id.
+            build: the ``search_index`` result.
+            sources: this run's source documents.
+            chunks: this run's chunks (``CHUNK_COLUMNS``).
+            quarantined: ids of documents a stage quarantined in this run.
+            actor: recorded with the rejection.
+
+        Returns:
+            The receipt (``receipt.passed`` is the publish condition).
+        """
+        expected = chunks["doc_id"].value_counts().to_dict() if len(chunks) else {}
+        inventory = (
+            InventoryDocument(str(r.doc_id), list(r.acl_groups), int(expected.get(r.doc_id, 0)))
+            for r in sources[["doc_id", "acl_groups"]].itertuples(index=False)
+        )
+        if build.reused:
+            receipt = reconcile(inventory, quarantined, _chunk_points(chunks))
+        else:
+            with EdgeIndexReader(Path(build.path)) as reader:
+                receipt = reconcile(inventory, quarantined, _shard_points(reader))
+        self.store.set_version_details(tenant, build.version, {"receipt": receipt.to_dict()})
+        if not receipt.passed and not build.reused:
+            counts = receipt.to_dict()
+            reasons = [
+                f"{kind}: {counts[kind]} (e.g. {', '.join(receipt.samples.get(kind, [])[:3])})"
+                for kind in (
+                    "documents_missing",
+                    "orphans",
+                    "acl_mismatches",
+                    "chunk_count_mismatches",
+                )
+                if counts[kind]
+            ]
+            self.store.reject_version(
+                tenant, build.version, [{"name": "reconciliation", "reasons": reasons}], actor=actor
+            )
+        return receipt
+
     def publish(self, tenant: str, version: str, actor: str = "pipeline") -> PublishResult:
         """Makes ``version`` the one the API serves (one store transaction; a no-op when it is
         already published), marks its evaluation report published, and collects garbage.
@@ -366,7 +436,12 @@ class IndexVersions:
                 mark_published(report_dir)
         kept, deleted = self.collect_garbage(tenant, version, actor=actor)
         return PublishResult(
-            version, published_now, current.version if current else None, kept, deleted
+            version,
+            published_now,
+            current.version if current else None,
+            kept,
+            deleted,
+            self.store.get_receipt(tenant, version),
         )
 
     def collect_garbage(
@@ -395,3 +470,16 @@ class IndexVersions:
                 )
             self.store.delete_version(tenant, name, actor=actor)
         return keep, deleted
+
+
+def _shard_points(reader: EdgeIndexReader) -> Iterator[tuple[str, Payload]]:
+    """``(chunk id, payload)`` of every point of an open shard, streamed."""
+    for item in reader.scroll():
+        if isinstance(item, tuple):
+            yield item
+
+
+def _chunk_points(chunks: pd.DataFrame) -> Iterator[tuple[str, Payload]]:
+    """``(chunk id, payload)`` as a shard built from ``chunks`` holds them."""
+    for r in chunks[["chunk_id", "doc_id", "acl_groups"]].itertuples(index=False):
+        yield str(r.chunk_id), {"doc_id": str(r.doc_id), "acl_groups": list(r.acl_groups)}

@@ -31,3 +31,22 @@ def save_quarantine(state_dir: Path, stage: str, items: Sequence[Quarantined]) -
     text = json.dumps([asdict(i) for i in items], indent=1)
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
     return path
+
+
+def quarantined_doc_ids(state_dir: Path) -> set[str]:
+    """Ids of the documents every stage's last run quarantined (all ``quarantine_*.json``).
+
+    Args:
+        state_dir: the tenant's state folder.
+
+    Returns:
+        The document ids; empty when no stage quarantined anything. An unreadable file counts
+        as empty (it is rewritten by its stage's next run).
+    """
+    ids: set[str] = set()
+    for path in sorted(state_dir.glob("quarantine_*.json")):
+        try:
+            ids.update(str(item["doc_id"]) for item in json.loads(path.read_text("utf-8")))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return ids

@@ -120,7 +120,7 @@ class TestBuildOrReuse:
         moved = versions.build_or_reuse(TENANT, _chunks(TEXTS, acl=["hr"]), embeddings)
         assert not moved.reused and moved.previous_published == first.version
 
-    def test_a_failed_build_leaves_no_shard_and_no_version(
+    def test_a_failed_build_leaves_no_shard_and_a_rejected_version(
         self, versions: IndexVersions, store: MetadataStore
     ) -> None:
         chunks = _chunks(TEXTS)
@@ -129,7 +129,12 @@ class TestBuildOrReuse:
             versions.build_or_reuse(TENANT, chunks, partial)
         tenant_dir = versions.tenant_dir(TENANT)
         assert not [p for p in tenant_dir.iterdir() if p.is_dir()]
-        assert store.list_versions(TENANT) == []
+        [row] = store.list_versions(TENANT)
+        assert row.status == "rejected"
+        assert [c["name"] for c in row.failed_checks] == ["build"]
+        assert "KeyError" in row.failed_checks[0]["reasons"][0]
+        with pytest.raises(ValueError, match="rejected"):
+            store.publish_version(TENANT, row.version)
 
 
 class TestPublish:
@@ -195,6 +200,7 @@ class TestVersionsToKeep:
     def history(self, store: MetadataStore, tmp_path: Path, steps: list[tuple[str, bool]]) -> None:
         for name, publish in steps:
             store.register_version(TENANT, name, str(tmp_path / name), 1, 1, "cfg")
+            store.mark_version_built(TENANT, name)
             if publish:
                 store.publish_version(TENANT, name)
 
@@ -205,8 +211,11 @@ class TestVersionsToKeep:
         self.history(
             store,
             tmp_path,
-            [("v1", True), ("v2", True), ("v3", False), ("v4", False), ("v5", True)],
+            [("v1", True), ("v2", True), ("v3", False), ("v4", False)],
         )
+        for name in ("v3", "v4"):
+            store.reject_version(TENANT, name, [{"name": "evaluation_gate", "reasons": ["worse"]}])
+        self.history(store, tmp_path, [("v5", True)])
         keep = versions_to_keep(store.list_versions(TENANT), "v5", kept=3)
         assert keep == {"v5", "v2", "v1"}
         assert versions_to_keep(store.list_versions(TENANT), "v5", kept=2) == {"v5", "v2"}
