@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -51,7 +51,7 @@ def _echo_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, default=str))
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -281,7 +281,9 @@ def keys_revoke(key_id: str) -> None:
 
 @index_app.command("list")
 def index_list(tenant: Annotated[str, typer.Option()]) -> None:
-    """Lists the tenant's index versions, newest first."""
+    """Lists the tenant's index versions, newest first: one JSON line each, with its status
+    (building, built, published, retired, rejected, deleted) and, for a rejected version, the
+    blocking checks that rejected it."""
     for v in _store().list_versions(tenant):
         _echo_json(
             {
@@ -291,6 +293,7 @@ def index_list(tenant: Annotated[str, typer.Option()]) -> None:
                 "chunks": v.chunks,
                 "created_at": v.created_at,
                 "published_at": v.published_at,
+                "failed_checks": v.failed_checks,
             }
         )
 
@@ -298,14 +301,51 @@ def index_list(tenant: Annotated[str, typer.Option()]) -> None:
 @index_app.command("rollback")
 def index_rollback(
     tenant: Annotated[str, typer.Option()],
-    version: Annotated[str | None, typer.Option(help="Default: the previous version.")] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Default: the version published before the current one.")
+    ] = None,
 ) -> None:
-    """Publishes an earlier version again (atomic; the API switches without restart)."""
+    """Publishes an earlier version again (atomic; the API switches without restart). Only a
+    version that was published before qualifies: a rejected or never-published build is refused
+    with the reason (exit 2)."""
+    from rag_platform.lib.store import NotFoundError, VersionTransitionError
+
     try:
         v = _store().rollback(tenant, version, actor="cli")
-    except ValueError as exc:
+    except VersionTransitionError as exc:
+        _fail(f"{exc.code}: {exc.reason}")
+    except (NotFoundError, ValueError) as exc:
         _fail(str(exc))
     _echo_json({"tenant": tenant, "published": v.version})
+
+
+@index_app.command("receipt")
+def index_receipt(
+    tenant: Annotated[str, typer.Option()],
+    version: Annotated[str | None, typer.Option(help="Default: the published version.")] = None,
+) -> None:
+    """Prints a version's reconciliation receipt: source documents missing from it, orphans
+    (documents deleted at the source but still indexed), ACL and chunk-count mismatches, with
+    sample ids. The last line is JSON; exit 1 when the receipt did not pass, 2 when there is
+    none."""
+    from rag_platform.lib.store import NotFoundError
+
+    store = _store()
+    try:
+        receipt = store.get_receipt(tenant, version)
+        if version is None:
+            published = store.get_published_version(tenant)
+            version = published.version if published is not None else None
+    except NotFoundError as exc:
+        _fail(str(exc))
+    if receipt is None:
+        _fail(f"tenant {tenant!r}: version {version!r} has no reconciliation receipt")
+    for kind, ids in sorted(receipt.samples.items()):
+        if ids:
+            typer.echo(f"{kind}: {', '.join(ids)}")
+    _echo_json({"tenant": tenant, "version": version, **receipt.to_dict()})
+    if not receipt.passed:
+        raise typer.Exit(1)
 
 
 # ------------------------------------------------------------------------------------------

@@ -74,6 +74,22 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+#: Seconds a client should wait before retrying while the metadata store is down (the pool's
+#: connect timeout is a few seconds, so an earlier retry would mostly wait on the same outage).
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+def database_unavailable() -> ApiError:
+    """The 503 every route answers while the metadata store cannot be reached, with
+    ``Retry-After`` (the service comes back by itself when the database does)."""
+    return ApiError(
+        503,
+        "database_unavailable",
+        "the metadata store is unavailable",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
 def error_body(
     code: str, message: str, details: Sequence[dict[str, Any]] | None = None
 ) -> dict[str, Any]:

@@ -250,14 +250,42 @@ class DocumentsPublic(BaseModel):
     documents: list[DocumentPublic]
 
 
+class FailedCheckPublic(BaseModel):
+    """A blocking check that rejected an index version, with its reasons."""
+
+    name: str
+    reasons: list[str]
+
+
 class IndexVersionPublic(BaseModel):
     version: str
-    status: str
+    status: str = Field(
+        description="building, built, published, retired, rejected (a blocking check failed: "
+        "never publishable) or deleted."
+    )
     documents: int | None = None
     chunks: int | None = None
     created_at: datetime | None = None
     published_at: datetime | None = None
     is_published: bool = False
+    failed_checks: list[FailedCheckPublic] = Field(
+        default_factory=list, description="Why a rejected version was rejected."
+    )
+
+
+class ReceiptPublic(BaseModel):
+    """An index version's reconciliation receipt: the source inventory against its points."""
+
+    version: str
+    passed: bool = Field(description="All four mismatch counts are 0 (the publish condition).")
+    documents: int = Field(description="Source documents expected in the index.")
+    chunks: int = Field(description="Points read from the index.")
+    documents_missing: int
+    orphans: int = Field(description="Documents in the index that the sources no longer hold.")
+    acl_mismatches: int
+    chunk_count_mismatches: int
+    quarantined: int = Field(description="Source documents held back by quarantine.")
+    samples: dict[str, list[str]] = Field(description="Up to 10 example ids per kind.")
 
 
 class IndexVersionsPublic(BaseModel):

@@ -48,7 +48,14 @@ class TestEvaluationGate:
 
         store = MetadataStore.from_settings(rag_home)
         assert store.get_published_version("gated").version == good.index_version
-        assert store.get_version("gated", bad.index_version).status != "published"
+        rejected = store.get_version("gated", bad.index_version)
+        assert rejected is not None and rejected.status == "rejected"
+        [failed] = rejected.failed_checks
+        assert failed["name"] == "evaluation_gate" and "ndcg@10" in " ".join(failed["reasons"])
+        # the good version's receipt: every source document indexed, nothing else
+        receipt = store.get_receipt("gated")
+        assert receipt is not None and receipt.passed
+        assert (receipt.documents, receipt.documents_missing, receipt.orphans) == (200, 0, 0)
         _, key = store.create_api_key("gated", ["all"])
         store.dispose()
         with TestClient(create_app(rag_home)) as client:
@@ -59,6 +66,32 @@ class TestEvaluationGate:
             )
             assert r.status_code == 200
             assert r.json()["index_version"] == good.index_version
+
+        # The rejected build cannot be rolled back to from the CLI either; the versions list
+        # and the receipt are one JSON line each.
+        cli = CliRunner()
+        refused = cli.invoke(
+            cli_app, ["index", "rollback", "--tenant", "gated", "--version", bad.index_version]
+        )
+        assert refused.exit_code == 2 and "version_rejected" in refused.output
+        listed = [
+            json.loads(x)
+            for x in cli.invoke(cli_app, ["index", "list", "--tenant", "gated"]).stdout.splitlines()
+        ]
+        assert {v["version"]: v["status"] for v in listed} == {
+            bad.index_version: "rejected",
+            good.index_version: "published",
+        }
+        shown = cli.invoke(cli_app, ["index", "receipt", "--tenant", "gated"])
+        assert shown.exit_code == 0, shown.output
+        last = json.loads(shown.stdout.splitlines()[-1])
+        assert last["version"] == good.index_version
+        assert {k: last[k] for k in ("documents_missing", "orphans", "acl_mismatches")} == {
+            "documents_missing": 0,
+            "orphans": 0,
+            "acl_mismatches": 0,
+        }
+        assert last["documents"] == 200 and last["chunks"] == good.chunks
 
         # On-demand evaluation of the published (good) version.
         result = CliRunner().invoke(cli_app, ["eval", "--tenant", "gated", "--k", "10"])

@@ -128,5 +128,78 @@ class TestAdmin:
         assert_error(
             client.post("/v1/admin/index-versions/rollback", json={}, headers=admin),
             409,
-            "rollback_not_possible",
+            "no_rollback_target",
+        )
+
+
+class TestVersionLifecycle:
+    """Issue 9: a build a blocking check rejected can never be put in front of users, and every
+    version's reconciliation receipt is readable."""
+
+    def test_rollback_refuses_rejected_and_never_published_versions(
+        self, client: TestClient, world: World
+    ) -> None:
+        admin = bearer(world.keys["a_admin"])
+        store, path = world.store, str(world.settings.index_dir / TENANT_A / "v1")
+        for name in ("v8-built", "v9-rejected"):
+            store.register_version(TENANT_A, name, path, 30, 30, "lifecycle")
+            store.mark_version_built(TENANT_A, name)
+        store.reject_version(
+            TENANT_A,
+            "v9-rejected",
+            [{"name": "evaluation_gate", "reasons": ["ndcg@10 0.41 < threshold 0.60"]}],
+        )
+        r = client.post(
+            "/v1/admin/index-versions/rollback", json={"version": "v9-rejected"}, headers=admin
+        )
+        assert_error(r, 409, "version_rejected")
+        assert "ndcg@10 0.41 < threshold 0.60" in r.json()["error"]["message"]
+        r = client.post(
+            "/v1/admin/index-versions/rollback", json={"version": "v8-built"}, headers=admin
+        )
+        assert_error(r, 409, "never_published")
+        assert world.store.get_published_version(TENANT_A).version == "v1"  # type: ignore[union-attr]
+        listed = {
+            v["version"]: v
+            for v in client.get("/v1/admin/index-versions", headers=admin).json()["versions"]
+        }
+        assert listed["v9-rejected"]["status"] == "rejected"
+        assert listed["v9-rejected"]["failed_checks"] == [
+            {"name": "evaluation_gate", "reasons": ["ndcg@10 0.41 < threshold 0.60"]}
+        ]
+
+    def test_receipt_of_a_version(self, client: TestClient, world: World) -> None:
+        from rag_platform.lib.index.receipt import InventoryDocument, reconcile
+
+        admin = bearer(world.keys["a_admin"])
+        assert_error(
+            client.get("/v1/admin/index-versions/nope/receipt", headers=admin),
+            404,
+            "version_not_found",
+        )
+        receipt = reconcile(
+            [InventoryDocument("d1", ["all"], 1), InventoryDocument("d2", ["all"], 1)],
+            set(),
+            [("c1", {"doc_id": "d1", "acl_groups": ["all"]})],
+        )
+        world.store.register_version(TENANT_A, "v7-receipt", "unused", 1, 1, "lifecycle")
+        assert_error(
+            client.get("/v1/admin/index-versions/v7-receipt/receipt", headers=admin),
+            404,
+            "receipt_not_found",
+        )
+        world.store.set_version_details(TENANT_A, "v7-receipt", {"receipt": receipt.to_dict()})
+        r = client.get("/v1/admin/index-versions/v7-receipt/receipt", headers=admin)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["passed"] is False and body["documents_missing"] == 1
+        assert body["samples"]["documents_missing"] == ["d2"]
+        # another tenant's admin cannot read it
+        assert_error(
+            client.get(
+                "/v1/admin/index-versions/v7-receipt/receipt",
+                headers=bearer(world.keys["b_admin"]),
+            ),
+            404,
+            "version_not_found",
         )

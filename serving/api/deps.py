@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from rag_platform.lib.models import Principal
 from rag_platform.lib.store import IndexVersion
-from serving.errors import ApiError
+from serving.errors import ApiError, database_unavailable
 from serving.state import ServingState
 
 logger = logging.getLogger("serving.auth")
@@ -80,7 +80,7 @@ def authenticate(
         logger.error(
             "authentication failed: store unavailable", extra={"error": type(exc).__name__}
         )
-        raise ApiError(503, "database_unavailable", "the metadata store is unavailable") from exc
+        raise database_unavailable() from exc
     if principal is None:
         raise _unauthorized("invalid_api_key", "the API key is unknown, revoked or expired")
     request.state.tenant = principal.tenant
@@ -148,9 +148,7 @@ async def get_published_version(principal: PrincipalDep, state: StateDep) -> Ind
             version = await run_in_threadpool(state.versions.get, principal.tenant)
         except Exception as exc:
             logger.error("published version look-up failed", extra={"error": type(exc).__name__})
-            raise ApiError(
-                503, "database_unavailable", "the metadata store is unavailable"
-            ) from exc
+            raise database_unavailable() from exc
     if version is None:
         raise ApiError(
             503,

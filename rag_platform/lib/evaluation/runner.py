@@ -152,7 +152,8 @@ def evaluate_version(
     golden_data: dict[str, Any],
 ) -> dict[str, Any]:
     """The ``index_evaluation`` asset's work: evaluate the new version, write the report, record
-    the headline numbers on the version, and decide the gate against the published version.
+    the headline numbers on the version, and decide the gate against the published version. A
+    new version the gate fails is rejected in the store with the gate's reasons.
 
     A version that was already evaluated (an unchanged index reused) is not evaluated again.
     """
@@ -215,6 +216,12 @@ def evaluate_version(
         "report_md": str(paths.markdown),
     }
     store.set_version_details(tenant.id, version, {"evaluation": headline})
+    if not gate.passed and record is not None and record.status in ("building", "built"):
+        # The gate's verdict is the version's: a rejected build is never publishable, by any
+        # path (the lifecycle in lib/store refuses it), not only skipped by this run.
+        store.reject_version(
+            tenant.id, version, [{"name": "evaluation_gate", "reasons": list(gate.reasons)}]
+        )
     return {
         **headline,
         "version": version,

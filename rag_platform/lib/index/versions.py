@@ -79,8 +79,11 @@ def directory_bytes(path: Path) -> int:
 class VersionRow(Protocol):
     """What :func:`versions_to_keep` reads of a store's index-version row."""
 
-    version: str
-    status: str
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
 
 
 def versions_to_keep(versions: Sequence[VersionRow], published: str, kept: int) -> set[str]:

@@ -230,3 +230,58 @@ class TestVersionsToKeep:
         assert versions_to_keep(store.list_versions(TENANT), "v2", kept=2) == {"v2", "v1", "v3"}
         with pytest.raises(ValueError):
             versions_to_keep([], "v2", kept=0)
+
+
+def _sources(chunks: pd.DataFrame) -> pd.DataFrame:
+    """The source inventory those chunks came from (one row per document)."""
+    return chunks.drop_duplicates("doc_id")[["doc_id", "acl_groups"]].reset_index(drop=True)
+
+
+class TestReconcile:
+    """The receipt of a real shard against the source inventory (issue 9: prove deletions and
+    permission changes reached the index, every run)."""
+
+    def test_a_complete_build_passes_and_the_receipt_is_stored(
+        self, versions: IndexVersions, store: MetadataStore
+    ) -> None:
+        chunks = _chunks(TEXTS)
+        build = versions.build_or_reuse(TENANT, chunks, _embeddings(chunks))
+        receipt = versions.reconcile(TENANT, build, _sources(chunks), chunks, set())
+        assert receipt.passed and (receipt.documents, receipt.chunks) == (4, 4)
+        assert store.get_receipt(TENANT, build.version) == receipt
+        versions.publish(TENANT, build.version)
+        # the reused (published) version is reconciled against the chunks it provably holds
+        again = versions.build_or_reuse(TENANT, chunks, _embeddings(chunks))
+        assert again.reused
+        assert versions.reconcile(TENANT, again, _sources(chunks), chunks, set()).passed
+
+    def test_lost_orphaned_and_reacled_documents_reject_the_version(
+        self, versions: IndexVersions, store: MetadataStore
+    ) -> None:
+        chunks = _chunks(TEXTS)
+        # the shard misses doc 3 and still holds doc 0, which the source deleted; doc 1's
+        # ACL changed at the source to ["hr"] after the chunks were cut
+        built = chunks[chunks["doc_id"] != chunks["doc_id"][3]]
+        build = versions.build_or_reuse(TENANT, built, _embeddings(built))
+        sources = _sources(chunks).iloc[1:].copy()
+        sources.at[1, "acl_groups"] = ["hr"]
+        receipt = versions.reconcile(TENANT, build, sources, chunks, set())
+        assert not receipt.passed
+        assert (receipt.documents_missing, receipt.orphans, receipt.acl_mismatches) == (1, 1, 1)
+        assert receipt.samples["documents_missing"] == [chunks["doc_id"][3]]
+        assert receipt.samples["orphans"] == [chunks["doc_id"][0]]
+        row = store.get_version(TENANT, build.version)
+        assert row is not None and row.status == "rejected"
+        assert [c["name"] for c in row.failed_checks] == ["reconciliation"]
+        with pytest.raises(ValueError, match="rejected"):
+            versions.publish(TENANT, build.version)
+
+    def test_a_quarantined_document_is_not_missing(
+        self, versions: IndexVersions, store: MetadataStore
+    ) -> None:
+        chunks = _chunks(TEXTS)
+        quarantined = str(chunks["doc_id"][2])
+        built = chunks[chunks["doc_id"] != quarantined]
+        build = versions.build_or_reuse(TENANT, built, _embeddings(built))
+        receipt = versions.reconcile(TENANT, build, _sources(chunks), built, {quarantined})
+        assert receipt.passed and receipt.quarantined == 1 and receipt.documents == 3

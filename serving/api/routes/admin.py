@@ -12,9 +12,9 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from rag_platform.lib.store import NotFoundError
+from rag_platform.lib.store import NotFoundError, VersionTransitionError
 from serving.api.deps import AdminDep, StateDep
-from serving.errors import ApiError
+from serving.errors import ApiError, database_unavailable
 from serving.schemas import (
     COMMON_ERRORS,
     ApiKeyPublic,
@@ -22,8 +22,10 @@ from serving.schemas import (
     DocumentPublic,
     DocumentsPublic,
     ErrorPublic,
+    FailedCheckPublic,
     IndexVersionPublic,
     IndexVersionsPublic,
+    ReceiptPublic,
     RollbackPublic,
     RollbackRequest,
 )
@@ -40,7 +42,7 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=ADMIN_ERRORS)
 
 def _unavailable(exc: Exception) -> ApiError:
     logger.error("admin call failed: store unavailable", extra={"error": type(exc).__name__})
-    return ApiError(503, "database_unavailable", "the metadata store is unavailable")
+    return database_unavailable()
 
 
 @router.get("/documents", response_model=DocumentsPublic, summary="Documents in the index")
@@ -99,6 +101,10 @@ def list_index_versions(admin: AdminDep, state: StateDep) -> IndexVersionsPublic
                 created_at=v.created_at,
                 published_at=v.published_at,
                 is_published=v.version == published_name,
+                failed_checks=[
+                    FailedCheckPublic(name=c["name"], reasons=list(c["reasons"]))
+                    for c in v.failed_checks
+                ],
             )
             for v in versions
         ],
@@ -128,18 +134,35 @@ def rollback_index_version(
         )
     except NotFoundError as exc:
         raise ApiError(404, "version_not_found", "no such index version") from exc
-    except ValueError as exc:
-        raise ApiError(
-            409,
-            "rollback_not_possible",
-            "no earlier index version to roll back to, or the target cannot be published",
-        ) from exc
+    except VersionTransitionError as exc:
+        # e.g. version_rejected (with the failed checks), never_published, no_rollback_target
+        raise ApiError(409, exc.code, exc.reason) from exc
     except Exception as exc:
         raise _unavailable(exc) from exc
     state.versions.invalidate(admin.tenant)
     # the store writes the audit row ``index.rollback`` in the same transaction
     previous = before.version if before is not None else None
     return RollbackPublic(previous_version=previous, published_version=after.version)
+
+
+@router.get(
+    "/index-versions/{version}/receipt",
+    response_model=ReceiptPublic,
+    responses={404: {"model": ErrorPublic, "description": "No such version, or no receipt."}},
+    summary="Reconciliation receipt of an index version",
+)
+def get_index_version_receipt(version: str, admin: AdminDep, state: StateDep) -> ReceiptPublic:
+    """What the reconciliation check found when ``version`` was built: source documents
+    missing from it, orphans, ACL and chunk-count mismatches (all 0 for a publishable version)."""
+    try:
+        receipt = state.store.get_receipt(admin.tenant, version)
+    except NotFoundError as exc:
+        raise ApiError(404, "version_not_found", "no such index version") from exc
+    except Exception as exc:
+        raise _unavailable(exc) from exc
+    if receipt is None:
+        raise ApiError(404, "receipt_not_found", "this index version has no receipt")
+    return ReceiptPublic.model_validate({"version": version, **receipt.to_dict()})
 
 
 def _key_public(info: Any) -> ApiKeyPublic:

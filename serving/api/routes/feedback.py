@@ -8,7 +8,7 @@ from fastapi import APIRouter, status
 
 from rag_platform.lib.store import NotFoundError
 from serving.api.deps import PrincipalDep, StateDep
-from serving.errors import ApiError
+from serving.errors import ApiError, database_unavailable
 from serving.schemas import COMMON_ERRORS, ErrorPublic, FeedbackPublic, FeedbackRequest
 
 logger = logging.getLogger("serving.feedback")
@@ -56,5 +56,5 @@ def create_feedback(
     except ValueError as exc:
         raise ApiError(422, "validation_error", "the feedback is not valid") from exc
     except Exception as exc:
-        raise ApiError(503, "database_unavailable", "the metadata store is unavailable") from exc
+        raise database_unavailable() from exc
     return FeedbackPublic(feedback_id=str(feedback_id), query_id=body.query_id)
