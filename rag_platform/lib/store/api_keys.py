@@ -20,6 +20,7 @@ from rag_platform.lib.store.keys import generate_api_key, hash_secret, parse_api
 from rag_platform.lib.store.rows import check_text, from_row, to_values
 from rag_platform.lib.store.schema import ROLES, Role, api_keys_table, as_utc, utcnow
 from rag_platform.lib.store.tenants import check_tenant, ensure_tenant
+from rag_platform.lib.tenants import validate_acl_group
 
 #: Stands in for the stored hash of an unknown key id, so a miss costs one comparison too.
 _NO_HASH = "0" * 64
@@ -93,8 +94,10 @@ class ApiKeyRepository:
         check_tenant(tenant)
         if role not in ROLES:
             raise ValueError(f"invalid role {role!r}: expected one of {', '.join(ROLES)}")
-        if isinstance(groups, str) or not all(isinstance(g, str) and g.strip() for g in groups):
-            raise ValueError(f"groups must be a list of non-empty strings, got {groups!r}")
+        if isinstance(groups, str) or not all(isinstance(g, str) for g in groups):
+            raise ValueError(f"groups must be a list of strings, got {groups!r}")
+        for group in groups:  # the same rule as the sources' ACL groups
+            validate_acl_group(group)
         check_text(name, "key name", 200, allow_empty=True)
         now = utcnow()
         if expires_at is not None:

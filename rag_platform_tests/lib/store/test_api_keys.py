@@ -124,7 +124,10 @@ class TestApiKeyStore:
         [
             ({"role": "owner"}, "invalid role"),
             ({"groups": "all"}, "groups"),
-            ({"groups": ["ok", ""]}, "groups"),
+            ({"groups": ["ok", ""]}, "empty ACL group name"),
+            # a group holding the separator the cache key and --groups split on
+            ({"groups": ["a,b"]}, "invalid ACL group name"),
+            ({"groups": ["hr team"]}, "invalid ACL group name"),
             ({"expires_at": datetime(2000, 1, 1, tzinfo=UTC)}, "not in the future"),
         ],
     )
