@@ -388,10 +388,10 @@ def costs(
     day: Annotated[str | None, typer.Option(help="YYYY-MM-DD (UTC); default today.")] = None,
 ) -> None:
     """Prints a tenant's cost rollup for one day (the same code as tenant_daily_costs)."""
-    from rag_platform.lib.costs import tenant_day_rollup
+    from rag_platform.lib.costs import PriceTable, tenant_day_rollup
 
     d = date.fromisoformat(day) if day else datetime.now(UTC).date()
-    _echo_json(tenant_day_rollup(_store(), tenant, d))
+    _echo_json(tenant_day_rollup(_store(), tenant, d, PriceTable.load(get_settings().home)))
 
 
 # ------------------------------------------------------------------------------------------

@@ -20,10 +20,13 @@ import math
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:
+    from rag_platform.lib.store import MetadataStore
 
 #: A deployment's price table, looked for in RAG_HOME by :meth:`PriceTable.load`.
 PRICES_FILE = "prices.yaml"
@@ -62,19 +65,17 @@ class PriceTable(BaseModel):
     )
 
     @classmethod
-    def load(cls, path: Path | None = None) -> PriceTable:
-        """The price table of ``path``; without one, ``<RAG_HOME>/prices.yaml`` when that file
-        exists, else the defaults.
+    def load(cls, home: Path) -> PriceTable:
+        """The deployment's price table: ``<home>/prices.yaml`` when that file exists, else the
+        defaults.
+
+        Args:
+            home: ``RAG_HOME``.
 
         Raises:
-            FileNotFoundError: an explicit ``path`` does not exist.
             ValueError: as :meth:`from_yaml`.
         """
-        if path is not None:
-            return cls.from_yaml(path)
-        from rag_platform.settings import get_settings
-
-        candidate = get_settings().home / PRICES_FILE
+        candidate = home / PRICES_FILE
         return cls.from_yaml(candidate) if candidate.exists() else cls()
 
     @classmethod
@@ -153,7 +154,7 @@ def rollup_costs(usage: Mapping[str, float], prices: PriceTable) -> dict[str, An
 
 
 def tenant_day_rollup(
-    store: Any, tenant: str, day: date, prices: PriceTable | None = None
+    store: MetadataStore, tenant: str, day: date, prices: PriceTable
 ) -> dict[str, Any]:
     """One tenant-day of usage from the metadata store, priced.
 
@@ -173,5 +174,5 @@ def tenant_day_rollup(
         "tenant": tenant,
         "day": day.isoformat(),
         "usage": usage,
-        **rollup_costs(usage, prices or PriceTable.load()),
+        **rollup_costs(usage, prices),
     }

@@ -37,11 +37,11 @@ class TestPriceTable:
             PriceTable.from_yaml(path)
 
     def test_load_looks_in_rag_home(self, rag_home: Settings) -> None:
-        assert PriceTable.load() == PriceTable()
+        assert PriceTable.load(rag_home.home) == PriceTable()
         (rag_home.home / "prices.yaml").write_text("llm_prompt_per_1k_tokens: 0.0025\n")
-        assert PriceTable.load().llm_prompt_per_1k_tokens == 0.0025
+        assert PriceTable.load(rag_home.home).llm_prompt_per_1k_tokens == 0.0025
         with pytest.raises(FileNotFoundError):
-            PriceTable.load(rag_home.home / "missing.yaml")
+            PriceTable.from_yaml(rag_home.home / "missing.yaml")
 
 
 class TestRollupCosts:

@@ -20,10 +20,15 @@ def tenant_daily_costs(
     """Embedding tokens and compute seconds from ingestion, LLM tokens and query counts from the
     query log, and the bytes of the published index, priced by the price table, for one tenant
     and UTC day."""
-    from rag_platform.lib.costs import tenant_day_rollup
+    from rag_platform.lib.costs import PriceTable, tenant_day_rollup
 
     keys = context.partition_key.keys_by_dimension  # type: ignore[attr-defined]
-    rollup = tenant_day_rollup(platform.store(), keys["tenant"], date.fromisoformat(keys["day"]))
+    rollup = tenant_day_rollup(
+        platform.store(),
+        keys["tenant"],
+        date.fromisoformat(keys["day"]),
+        PriceTable.load(platform.settings.home),
+    )
     return dg.Output(
         rollup,
         metadata={

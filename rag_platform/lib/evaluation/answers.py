@@ -19,8 +19,8 @@ reference answer as the single reference context; the output says so in ``notes`
 question in ``reference_context_source``. Questions with neither get no context metrics.
 
 Nothing here reaches the network unless an LLM endpoint is configured: ragas telemetry is
-switched off (``RAGAS_DO_NOT_TRACK=true``) by :func:`prepare_ragas_import`, called right before
-ragas is imported, and embeddings are local.
+switched off (``RAGAS_DO_NOT_TRACK=true``) by ``rag_platform.settings.configure_runtime_env``,
+which every entry point calls, and embeddings are local.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import asyncio
 import concurrent.futures
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -281,9 +280,9 @@ class _Ragas(types.SimpleNamespace):
 
 
 def prepare_ragas_import() -> None:
-    """Makes ``import ragas`` work offline and silent; call it right before importing ragas.
+    """Makes ``import ragas`` work with current langchain-community; call it right before
+    importing ragas.
 
-    - Sets ``RAGAS_DO_NOT_TRACK=true``: ragas sends usage telemetry unless told not to.
     - ragas 0.4.3 imports ``langchain_community.chat_models.vertexai.ChatVertexAI`` at the top of
       ``ragas.llms.base``; current langchain-community no longer has that module, so ``import
       ragas`` fails (vibrantlabsai/ragas#2745, #2995). When the module is missing, a stand-in
@@ -291,7 +290,6 @@ def prepare_ragas_import() -> None:
       ``isinstance`` list of LangChain LLMs that support several completions, which this module
       never passes.
     """
-    os.environ["RAGAS_DO_NOT_TRACK"] = "true"
     try:
         import langchain_community.chat_models.vertexai  # noqa: F401
     except ImportError:
