@@ -16,7 +16,7 @@ from rag_platform.lib.embedding.stage import EmbeddingSet, model_slug
 from rag_platform.lib.store import IndexVersion, MetadataStore
 from rag_platform.runner import PipelineSummary, materialize_tenant
 from rag_platform.settings import Settings, get_settings
-from rag_platform_tests.conftest import TenantWriter, scifact_tenant
+from rag_platform_tests.conftest import SCIFACT, TenantWriter, scifact_tenant
 from serving.main import create_app
 
 TENANT = "sci"
@@ -90,11 +90,21 @@ def _query_cosines(settings: Settings, vector: np.ndarray) -> dict[str, float]:
     }
 
 
+@pytest.mark.slow
 def test_switching_backends_reembeds_into_new_versions_and_the_api_follows_the_index(
     rag_home: Settings, write_tenants: TenantWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # dense retrieval alone, so a hit's score is the cosine of the query vector to its vector
-    write_tenants(scifact_tenant(TENANT, limit=12, retrieval={"fusion": "dense"}))
+    # dense retrieval alone, so a hit's score is the cosine of the query vector to its vector;
+    # each new version is evaluated (with its own backend's query vectors) but never gated
+    write_tenants(
+        scifact_tenant(
+            TENANT,
+            limit=12,
+            retrieval={"fusion": "dense"},
+            golden_set={"path": str(SCIFACT), "format": "beir", "split": "train"},
+            evaluation={"max_regression": 1.0},
+        )
+    )
     torch_settings = _settings(monkeypatch, "torch")
     first = _materialize(torch_settings)
     assert first.embedded == first.chunks > 0
@@ -111,6 +121,8 @@ def test_switching_backends_reembeds_into_new_versions_and_the_api_follows_the_i
     assert second.index_version != first.index_version
     onnx_version = _version(onnx_settings, second.index_version or "")
     assert onnx_version.details["embedding"] == ONNX_IDENTITY
+    assert second.metadata["index_evaluation"]["questions"] > 0
+    assert not second.metadata["index_evaluation"]["reused"]
     assert (
         onnx_version.config_hash != _version(torch_settings, first.index_version or "").config_hash
     )

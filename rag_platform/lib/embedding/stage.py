@@ -125,6 +125,8 @@ class ChunkEmbedder:
     rewritten by every run with that identity. A switch of backend therefore re-embeds every
     chunk into the other file and leaves this one as it was: switching back reuses it for every
     chunk whose content did not change in between (only new or edited chunks are embedded).
+    The file of an identity no longer configured is kept, never deleted (4 bytes x dimension per
+    chunk, 1.5 KB for all-MiniLM-L6-v2).
 
     Args:
         state_dir: the tenant's state folder, which holds the cache files.
@@ -137,8 +139,8 @@ class ChunkEmbedder:
     def __init__(
         self, state_dir: Path, embedder: DocumentEncoder, checkpoint_every: int = 4096
     ) -> None:
-        self.model_name = embedding_identity(embedder.model_name, embedder.backend)
-        self.cache_path = state_dir / f"embeddings-{model_slug(self.model_name)}.npz"
+        self.identity = embedding_identity(embedder.model_name, embedder.backend)
+        self.cache_path = state_dir / f"embeddings-{model_slug(self.identity)}.npz"
         self.embedder = embedder
         self.checkpoint_every = checkpoint_every
 
@@ -150,7 +152,7 @@ class ChunkEmbedder:
         except Exception as exc:  # a corrupt cache is rebuilt, never fatal
             log.warning("discarding unreadable embedding cache %s: %s", self.cache_path, exc)
             return None
-        return cached if cached.model == self.model_name else None
+        return cached if cached.model == self.identity else None
 
     def run(self, chunks: pd.DataFrame) -> EmbeddedChunks:
         """Embeds the chunks frame's missing contents (``content_hash``, ``embedding_text``,
@@ -185,7 +187,7 @@ class ChunkEmbedder:
                         else np.zeros((0, parts[0].shape[1]), np.float32)
                     )
                     EmbeddingSet(
-                        self.model_name, [*old_h, *hashes[:done]], np.vstack([old_v, *parts])
+                        self.identity, [*old_h, *hashes[:done]], np.vstack([old_v, *parts])
                     ).save(self.cache_path)
             vectors_new = np.vstack(parts)
         if vectors_new is not None:
@@ -203,7 +205,7 @@ class ChunkEmbedder:
             else:
                 assert cached is not None
                 out[j] = cached.vectors[have[h]]
-        result = EmbeddingSet(self.model_name, wanted, out)
+        result = EmbeddingSet(self.identity, wanted, out)
         result.save(self.cache_path)
         stats = StageStats(
             processed=len(missing),
@@ -214,7 +216,7 @@ class ChunkEmbedder:
                 "tokens": int(missing["token_count"].sum()) if len(missing) else 0,
                 "encode_seconds": round(encode_seconds, 3),
                 "chunks_per_s": round(len(missing) / encode_seconds, 1) if encode_seconds else None,
-                "model": self.model_name,
+                "model": self.identity,
             },
         )
         return EmbeddedChunks(result, stats)
