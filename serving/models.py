@@ -1,5 +1,5 @@
-"""The API's models, each built once on first use: the dense embedder, the batching query
-embedder around it, the BM25 sparse encoder, the answerer and the per-tenant PII maskers."""
+"""The API's models, each built once on first use: the dense embedders, a batching query
+embedder around each, the BM25 sparse encoder, the answerer and the per-tenant PII maskers."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 from rag_platform.lib.answer import Answerer
 from rag_platform.lib.embedding import (
     BatchingQueryEmbedder,
-    Embedder,
+    DenseEmbedder,
     SparseEncoder,
-    get_embedder,
+    embedding_identity,
     get_sparse_encoder,
 )
-from rag_platform.lib.rag import build_answerer
+from rag_platform.lib.rag import build_answerer, build_embedder
+from rag_platform.lib.store import IndexVersion
 from rag_platform.lib.tenants import PIIPolicy
 from rag_platform.settings import Settings
 
@@ -28,21 +29,29 @@ logger = logging.getLogger("serving.models")
 class Models:
     """Lazily built, thread-safe model holders.
 
+    Queries are embedded by the model and backend that embedded the index version they search
+    (:func:`~rag_platform.lib.rag.build_embedder`), whatever ``RAG_EMBEDDING_BACKEND`` says:
+    while a switch of backend reaches the tenants one materialization at a time, or after a
+    rollback to a version of the other backend, each tenant's vectors are compared with query
+    vectors of their own kind. The settings' backend is the one warmed up and the one the
+    extractive answerer scores sentences with.
+
     Args:
-        settings: platform settings (query batch size, LLM endpoint, spaCy model).
+        settings: platform settings (embedding backend, model, batch sizes, LLM endpoint,
+            spaCy model).
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
-        self._query_embedder: BatchingQueryEmbedder | None = None
+        self._query_embedders: dict[str, BatchingQueryEmbedder] = {}
         self._answerer: Answerer | None = None
         self._maskers: dict[str, PIIMasker] = {}
 
     @property
-    def embedder(self) -> Embedder:
-        """The process-wide dense embedder (loaded on first use)."""
-        return get_embedder()
+    def embedder(self) -> DenseEmbedder:
+        """The process-wide dense embedder the settings select (loaded on first use)."""
+        return build_embedder(self.settings)
 
     @property
     def sparse_encoder(self) -> SparseEncoder:
@@ -51,13 +60,23 @@ class Models:
 
     @property
     def query_embedder(self) -> BatchingQueryEmbedder:
-        """Embeds the queries of concurrent requests together (see ``BatchingQueryEmbedder``)."""
+        """The batching query embedder of the settings' embedder."""
+        return self._batching(self.embedder)
+
+    def query_embedder_for(self, version: IndexVersion) -> BatchingQueryEmbedder:
+        """The batching query embedder of the embedder that embedded ``version``'s chunks."""
+        return self._batching(build_embedder(self.settings, version.details))
+
+    def _batching(self, embedder: DenseEmbedder) -> BatchingQueryEmbedder:
+        """Embeds the queries of concurrent requests together (see ``BatchingQueryEmbedder``),
+        one worker per embedding identity."""
+        identity = embedding_identity(embedder.model_name, embedder.backend)
         with self._lock:
-            if self._query_embedder is None:
-                self._query_embedder = BatchingQueryEmbedder(
-                    self.embedder, self.settings.query_batch_size
-                )
-            return self._query_embedder
+            batcher = self._query_embedders.get(identity)
+            if batcher is None:
+                batcher = BatchingQueryEmbedder(embedder, self.settings.query_batch_size)
+                self._query_embedders[identity] = batcher
+            return batcher
 
     @property
     def answerer(self) -> Answerer:
@@ -91,10 +110,10 @@ class Models:
                 self._maskers.pop(tenant, None)
 
     def close(self) -> None:
-        """Stops the batching worker and closes the answerer's clients."""
+        """Stops the batching workers and closes the answerer's clients."""
         with self._lock:
-            query_embedder, answerer = self._query_embedder, self._answerer
-        if query_embedder is not None:
+            query_embedders, answerer = list(self._query_embedders.values()), self._answerer
+        for query_embedder in query_embedders:
             query_embedder.close()
         if answerer is not None:
             answerer.close()

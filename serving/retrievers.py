@@ -70,7 +70,7 @@ class Retrievers:
                         reader,
                         version.tenant,
                         self._retrieval_settings(version.tenant),
-                        self._models.query_embedder,
+                        self._models.query_embedder_for(version),
                         self._models.sparse_encoder,
                     )
                     self._built[version.tenant] = (version.version, reader, retriever)

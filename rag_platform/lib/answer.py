@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 import httpx
 import numpy as np
 
-from rag_platform.lib.embedding import Embedder
+from rag_platform.lib.embedding import DenseEmbedder
 from rag_platform.lib.models import Answer, Citation, Hit
 
 logger = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class ExtractiveAnswerer:
 
     def __init__(
         self,
-        embedder: Embedder,
+        embedder: DenseEmbedder,
         max_hits: int = 5,
         lexical_weight: float = 0.15,
         duplicate_threshold: float = 0.92,

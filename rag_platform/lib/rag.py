@@ -1,16 +1,58 @@
-"""The one place that assembles the query path: the retriever over an index version and the
-answerer. The query API (``serving.models``, ``serving.retrievers``) and the golden-set
-evaluation (:mod:`rag_platform.lib.evaluation.runner`) both call these, so an evaluation scores
-exactly what the API serves.
+"""The one place that assembles the query path: the dense embedder of an index version, the
+retriever over it and the answerer. The query API (``serving.models``, ``serving.retrievers``)
+and the golden-set evaluation (:mod:`rag_platform.lib.evaluation.runner`) both call these, so an
+evaluation scores exactly what the API serves.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from rag_platform.lib.answer import Answerer, ExtractiveAnswerer, LLMAnswerer, TokenCounter
-from rag_platform.lib.embedding import DenseQueryEncoder, Embedder, SparseEncoder
+from rag_platform.lib.embedding import (
+    DenseEmbedder,
+    DenseQueryEncoder,
+    SparseEncoder,
+    load_embedder,
+    parse_embedding_identity,
+)
+from rag_platform.lib.ingestion.chunk import load_tokenizer
 from rag_platform.lib.retrieval import Retriever, SearchableIndex
 from rag_platform.lib.tenants import RetrievalSettings
 from rag_platform.settings import Settings
+
+
+def build_embedder(
+    settings: Settings, version_details: Mapping[str, object] | None = None
+) -> DenseEmbedder:
+    """The dense embedder: of an index version, or the one the settings select.
+
+    Queries must be embedded by the model and backend that embedded the version's chunks: an
+    index version records that embedding identity in ``details["embedding"]`` (written by
+    ``IndexVersions.build_or_reuse``), and a version built before identities were recorded
+    holds PyTorch vectors of ``RAG_EMBEDDING_MODEL``. So an API or evaluation whose
+    ``RAG_EMBEDDING_BACKEND`` differs from the backend of the version it reads (during a switch
+    of backend, or after a rollback across one) still embeds queries with the version's own.
+
+    Args:
+        settings: ``embedding_backend``, ``embedding_model``, ``embedding_batch_size`` and
+            ``resolved_models_dir`` are read.
+        version_details: the index version's ``details``; None: the settings' backend and
+            model (the embedder the pipeline uses for new versions).
+
+    Returns:
+        The process-wide embedder of :func:`~rag_platform.lib.embedding.load_embedder`.
+    """
+    if version_details is None:
+        backend, model_name = settings.embedding_backend, settings.embedding_model
+    else:
+        identity = version_details.get("embedding")
+        model_name, backend = parse_embedding_identity(
+            identity if isinstance(identity, str) and identity else settings.embedding_model
+        )
+    return load_embedder(
+        backend, model_name, settings.embedding_batch_size, settings.resolved_models_dir
+    )
 
 
 def build_retriever(
@@ -26,8 +68,9 @@ def build_retriever(
         reader: the open index version (``EdgeIndexReader``).
         tenant: the tenant every hit must belong to.
         retrieval: the tenant's retrieval settings (fusion, weights, prefetch depths).
-        query_encoder: the dense query encoder: the ``Embedder``, or in the API the
-            ``BatchingQueryEmbedder`` around it (same vectors, batched across requests).
+        query_encoder: the dense query encoder of the version (:func:`build_embedder`), or in
+            the API the ``BatchingQueryEmbedder`` around it (same vectors, batched across
+            requests).
         sparse_encoder: the BM25 query encoder.
 
     Raises:
@@ -36,17 +79,20 @@ def build_retriever(
     return Retriever(reader, query_encoder, sparse_encoder, retrieval, tenant)
 
 
-def embedding_token_counter(embedder: Embedder) -> TokenCounter:
-    """Counts tokens with the embedding model's tokenizer (an estimate of an LLM's count)."""
+def embedding_token_counter() -> TokenCounter:
+    """Counts tokens with the embedding model's tokenizer (an estimate of an LLM's count): the
+    word pieces of all-MiniLM-L6-v2's fast tokenizer, without special tokens or truncation (the
+    chunker's counter, the same for either embedding backend)."""
+    tokenizer = load_tokenizer()
 
     def count(text: str) -> int:
-        return len(embedder.tokenizer.encode(text, add_special_tokens=False))
+        return len(tokenizer.encode(text, add_special_tokens=False).ids)
 
     return count
 
 
 def build_answerer(
-    settings: Settings, embedder: Embedder, count_tokens: TokenCounter | None = None
+    settings: Settings, embedder: DenseEmbedder, count_tokens: TokenCounter | None = None
 ) -> Answerer:
     """``LLMAnswerer`` when ``settings.llm_base_url`` and ``llm_model`` are set (with
     ``llm_api_key``, ``llm_timeout_seconds`` and ``llm_max_tokens``), else ``ExtractiveAnswerer``.
@@ -64,6 +110,6 @@ def build_answerer(
             api_key=settings.llm_api_key,
             timeout=settings.llm_timeout_seconds,
             max_tokens=settings.llm_max_tokens,
-            count_tokens=count_tokens or embedding_token_counter(embedder),
+            count_tokens=count_tokens or embedding_token_counter(),
         )
     return ExtractiveAnswerer(embedder)

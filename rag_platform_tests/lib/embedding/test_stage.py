@@ -4,6 +4,7 @@ interrupted run resumes from its checkpoint. Real model (all-MiniLM-L6-v2)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -14,9 +15,12 @@ from rag_platform.lib.embedding.stage import ChunkEmbedder, EmbeddingSet
 
 
 class _CountingEmbedder:
-    """The real embedder, counting the texts it is asked to embed."""
+    """The real embedder under another model name, counting the texts it is asked to embed."""
 
-    def __init__(self) -> None:
+    backend: Literal["torch"] = "torch"
+
+    def __init__(self, model_name: str = "m") -> None:
+        self.model_name = model_name
         self.calls: list[int] = []
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
@@ -34,10 +38,8 @@ def _chunks(texts: list[str]) -> pd.DataFrame:
     )
 
 
-def _stage(
-    state: Path, embedder: _CountingEmbedder, model: str = "m", **kwargs: int
-) -> ChunkEmbedder:
-    return ChunkEmbedder(state, model_name=model, embedder_factory=lambda: embedder, **kwargs)
+def _stage(state: Path, embedder: _CountingEmbedder, **kwargs: int) -> ChunkEmbedder:
+    return ChunkEmbedder(state, embedder, **kwargs)
 
 
 class TestEmbedStage:
@@ -53,18 +55,36 @@ class TestEmbedStage:
         assert len(EmbeddingSet.load(stage.cache_path).hashes) == 2  # "gamma delta" pruned
 
     def test_other_model_never_reuses(self, tmp_path: Path) -> None:
-        embedder = _CountingEmbedder()
-        _stage(tmp_path, embedder, "model-a").run(_chunks(["alpha"]))
-        result = _stage(tmp_path, embedder, "model-b").run(_chunks(["alpha"]))
+        _stage(tmp_path, _CountingEmbedder("model-a")).run(_chunks(["alpha"]))
+        result = _stage(tmp_path, _CountingEmbedder("model-b")).run(_chunks(["alpha"]))
         assert result.stats.extra["embedded"] == 1
 
-    def test_embedder_is_not_built_when_everything_is_cached(self, tmp_path: Path) -> None:
+    def test_other_backend_never_reuses_and_switching_back_reuses(self, tmp_path: Path) -> None:
+        class _OnnxNamed(_CountingEmbedder):
+            backend = "onnx-int8"  # type: ignore[assignment]
+
+        torch_stage = _stage(tmp_path, _CountingEmbedder())
+        torch_stage.run(_chunks(["alpha", "beta"]))
+        onnx = _OnnxNamed()
+        onnx_stage = _stage(tmp_path, onnx)
+        result = onnx_stage.run(_chunks(["alpha", "beta"]))
+        assert result.stats.extra["embedded"] == 2 and onnx.calls == [2]
+        assert result.embeddings.model == result.stats.extra["model"] == "m@onnx-int8"
+        assert onnx_stage.cache_path.name == "embeddings-m@onnx-int8.npz"
+        assert torch_stage.cache_path.name == "embeddings-m.npz"
+        back = _CountingEmbedder()
+        again = _stage(tmp_path, back).run(_chunks(["alpha", "beta", "gamma"]))
+        assert again.stats.reused == 2 and back.calls == [1]  # the torch cache was kept
+        assert again.embeddings.model == "m"
+
+    def test_embedder_is_not_called_when_everything_is_cached(self, tmp_path: Path) -> None:
         _stage(tmp_path, _CountingEmbedder()).run(_chunks(["alpha"]))
 
-        def no_embedder() -> _CountingEmbedder:
-            raise AssertionError("the embedder must not be built")
+        class _NoEmbedding(_CountingEmbedder):
+            def embed_documents(self, texts: list[str]) -> np.ndarray:
+                raise AssertionError("nothing may be embedded")
 
-        again = ChunkEmbedder(tmp_path, model_name="m", embedder_factory=no_embedder)
+        again = ChunkEmbedder(tmp_path, _NoEmbedding())
         assert again.run(_chunks(["alpha"])).stats.reused == 1
 
 
