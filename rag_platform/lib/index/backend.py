@@ -110,10 +110,11 @@ class IndexBackend(Protocol):
         ...
 
     def publish(self, tenant: str, version: str) -> None:
-        """Makes the engine serve ``version`` for the tenant (after the store's publish).
+        """Makes the engine serve ``version`` for the tenant (after the store's publish): on
+        the server, the alias switch; on Edge, nothing.
 
         Raises:
-            FileNotFoundError: the version does not exist in the engine.
+            FileNotFoundError: the server has no collection for the version.
         """
         ...
 
@@ -198,14 +199,7 @@ class EdgeBackend:
         return self.pool.acquire(tenant, version, Path(location))
 
     def publish(self, tenant: str, version: str) -> None:
-        """Nothing beyond the store row: readers open the version the store publishes.
-
-        Raises:
-            FileNotFoundError: the shard directory does not exist.
-        """
-        path = self.tenant_dir(tenant) / version
-        if not path.is_dir():
-            raise FileNotFoundError(f"index version not found: {path}")
+        """Nothing beyond the store row: readers open the version the store publishes."""
 
     def delete(self, tenant: str, version: str) -> bool:
         """Deletes the shard directory unless a reader or writer holds its lock."""

@@ -16,7 +16,7 @@ from rag_platform.lib.index.server import ServerBackend, alias_name, collection_
 from rag_platform.lib.models import SearchFilters, make_doc_id
 from rag_platform.lib.tenants import RetrievalSettings
 from rag_platform.settings import Settings
-from rag_platform_tests.lib.test_index import TENANT, load_docs, make_points, query_vectors
+from rag_platform_tests.lib.test_index import TENANT, make_points, query_vectors
 
 QUERIES = (
     "vitamin D deficiency and bone density",
@@ -24,16 +24,6 @@ QUERIES = (
     "gene expression in cancer tumours",
 )
 EVERYONE = ("all", "secret")
-
-
-@pytest.fixture(scope="module")
-def docs() -> list[dict[str, str]]:
-    return load_docs()
-
-
-@pytest.fixture(scope="module")
-def points(docs: list[dict[str, str]]) -> list[IndexPoint]:
-    return make_points(docs)
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +53,25 @@ def backends(
     client.close()
 
 
-def _ids(backend: EdgeBackend | ServerBackend, tenant: str, **search: object) -> list[str]:
-    location = backend.location(TENANT, "v1")
-    reader = backend.open_reader(TENANT, "v1", location)
-    try:
-        return [h.chunk_id for h in reader.search(tenant=tenant, **search)]  # type: ignore[arg-type]
-    finally:
-        reader.close()
+def _both(
+    backends: tuple[EdgeBackend, ServerBackend],
+    query: str,
+    filters: SearchFilters,
+    settings: RetrievalSettings,
+    limit: int,
+    tenant: str = TENANT,
+) -> tuple[list[str], list[str]]:
+    """The chunk ids each backend's reader of ``v1`` returns for the same search."""
+    dense, sparse = query_vectors(query)
+    found = []
+    for backend in backends:
+        reader = backend.open_reader(TENANT, "v1", backend.location(TENANT, "v1"))
+        try:
+            hits = reader.search(dense, sparse, filters, tenant, settings, limit)
+        finally:
+            reader.close()
+        found.append([h.chunk_id for h in hits])
+    return found[0], found[1]
 
 
 class TestServerAgainstEdge:
@@ -79,24 +81,16 @@ class TestServerAgainstEdge:
     ) -> None:
         settings = RetrievalSettings(fusion=fusion, dense_prefetch=40, sparse_prefetch=40)
         for query in QUERIES:
-            dense, sparse = query_vectors(query)
             for groups in (("all",), ("secret",), EVERYONE):
-                args = {
-                    "dense": dense,
-                    "sparse": sparse,
-                    "filters": SearchFilters(acl_groups=groups),
-                    "settings": settings,
-                    "limit": 10,
-                }
-                edge_ids = _ids(backends[0], TENANT, **args)
+                filters = SearchFilters(acl_groups=groups)
+                edge_ids, server_ids = _both(backends, query, filters, settings, 10)
                 # BM25 alone finds nothing when no visible document has a query term
                 assert edge_ids or fusion == "sparse", (fusion, query, groups)
-                assert _ids(backends[1], TENANT, **args) == edge_ids, (fusion, query, groups)
+                assert server_ids == edge_ids, (fusion, query, groups)
 
     def test_same_hits_under_user_filters(
         self, backends: tuple[EdgeBackend, ServerBackend], docs: list[dict[str, str]]
     ) -> None:
-        dense, sparse = query_vectors(QUERIES[1])
         settings = RetrievalSettings(dense_prefetch=40, sparse_prefetch=40)
         wanted = make_doc_id(TENANT, "scifact", docs[5]["id"])
         for filters in (
@@ -109,27 +103,14 @@ class TestServerAgainstEdge:
                 updated_before=datetime(2020, 1, 4),
             ),
         ):
-            args = {
-                "dense": dense,
-                "sparse": sparse,
-                "filters": filters,
-                "settings": settings,
-                "limit": 40,
-            }
-            edge_ids = _ids(backends[0], TENANT, **args)
+            edge_ids, server_ids = _both(backends, QUERIES[1], filters, settings, 40)
             assert edge_ids, filters
-            assert sorted(_ids(backends[1], TENANT, **args)) == sorted(edge_ids), filters
+            assert sorted(server_ids) == sorted(edge_ids), filters
         # the tenant filter: the other tenant's 10 points only, on both
-        args = {
-            "dense": dense,
-            "sparse": sparse,
-            "filters": SearchFilters(acl_groups=EVERYONE),
-            "settings": settings,
-            "limit": 50,
-        }
-        edge_other = _ids(backends[0], "other", **args)
+        everyone = SearchFilters(acl_groups=EVERYONE)
+        edge_other, server_other = _both(backends, QUERIES[1], everyone, settings, 50, "other")
         assert len(edge_other) == 10
-        assert sorted(_ids(backends[1], "other", **args)) == sorted(edge_other)
+        assert sorted(server_other) == sorted(edge_other)
 
     def test_same_counts_and_payloads(self, backends: tuple[EdgeBackend, ServerBackend]) -> None:
         seen = []
