@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Redis URL for the query cache and rate limits; in-process otherwise."
     )
+    qdrant_url: str | None = Field(
+        None,
+        description="Qdrant server for the index (`http(s)://…`: a collection per version, an "
+        "alias per tenant); `:memory:` or a folder selects qdrant-client local mode (tests). "
+        "Unset: Qdrant Edge shards under RAG_HOME/indexes.",
+    )
+    qdrant_api_key: str | None = Field(None, description="API key of the Qdrant server.")
     key_pepper: str = Field(
         "dev",
         description="Server-side secret mixed into API-key hashes (HMAC-SHA256). "

@@ -1,8 +1,10 @@
-"""Published index versions opened for requests: the shard pool and a retriever per version.
+"""Published index versions opened for requests: a reader per version and a retriever over it.
 
-A request opens its tenant's published version through the :class:`ShardPool` (refcounted: an
-old version closes once its last request finishes), so a request sees the old version or the new
-one, never a mix. The ``Retriever`` over an open reader is built once, through
+A request opens its tenant's published version through the index backend
+(:meth:`~rag_platform.lib.index.backend.IndexBackend.acquire`): on Qdrant Edge the refcounted
+:class:`~rag_platform.lib.index.pool.ShardPool` (an old version closes once its last request
+finishes), on the Qdrant server the tenant's alias. Either way a request sees the old version or
+the new one, never a mix. The ``Retriever`` over an open reader is built once, through
 :func:`rag_platform.lib.rag.build_retriever`, and reused until the version or the tenant's
 retrieval settings change.
 """
@@ -12,10 +14,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-from rag_platform.lib.index.edge import EdgeIndexReader
-from rag_platform.lib.index.pool import ShardPool
+from rag_platform.lib.index.backend import IndexBackend, IndexReader
 from rag_platform.lib.rag import build_retriever
 from rag_platform.lib.retrieval import Retriever
 from rag_platform.lib.store import IndexVersion
@@ -27,40 +27,41 @@ class Retrievers:
     """Opens published versions and hands out their retrievers.
 
     Args:
-        pool: the process's shard pool.
+        backend: the process's index backend (``open_backend(settings)``).
         models: the query encoders the retrievers use.
         retrieval_settings: ``tenant -> RetrievalSettings`` (from the tenant registry).
     """
 
     def __init__(
         self,
-        pool: ShardPool,
+        backend: IndexBackend,
         models: Models,
         retrieval_settings: Callable[[str], RetrievalSettings],
     ) -> None:
-        self.pool = pool
+        self.backend = backend
         self._models = models
         self._retrieval_settings = retrieval_settings
         self._lock = threading.Lock()
-        self._built: dict[str, tuple[str, EdgeIndexReader, Retriever]] = {}
+        self._built: dict[str, tuple[str, IndexReader, Retriever]] = {}
 
     @contextmanager
-    def open_reader(self, version: IndexVersion) -> Iterator[EdgeIndexReader]:
-        """The pooled reader of ``version``, held open for the ``with`` block.
+    def open_reader(self, version: IndexVersion) -> Iterator[IndexReader]:
+        """The shared reader of the published ``version``, held open for the ``with`` block.
 
         Raises:
-            Exception: whatever opening the shard raises (missing or locked directory).
+            Exception: whatever opening the version raises (missing or locked shard directory,
+                missing collection, unreachable server).
         """
-        with self.pool.acquire(version.tenant, version.version, Path(version.path)) as reader:
+        with self.backend.acquire(version.tenant, version.version, version.path) as reader:
             yield reader
 
     @contextmanager
     def open_retriever(self, version: IndexVersion) -> Iterator[Retriever]:
-        """A retriever over ``version``, its shard held open for the ``with`` block (one
+        """A retriever over ``version``, its reader held open for the ``with`` block (one
         retriever per tenant, rebuilt when the version or its reader changes).
 
         Raises:
-            Exception: whatever opening the shard raises.
+            Exception: whatever opening the version raises.
         """
         with self.open_reader(version) as reader:
             with self._lock:
@@ -85,5 +86,5 @@ class Retrievers:
                 self._built.pop(tenant, None)
 
     def close(self) -> None:
-        """Retires every open shard (closed once idle)."""
-        self.pool.close_all()
+        """Lets go of every open reader (Edge shards close once idle)."""
+        self.backend.close()

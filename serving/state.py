@@ -8,7 +8,8 @@ One ``ServingState`` lives on ``app.state.serving`` from startup to shutdown (se
 - :class:`~serving.registry.RegistryWatcher`: ``tenants.yaml``, reloaded within a second;
 - :class:`~serving.versions.PublishedVersions`: the one-second memo of each tenant's published
   version;
-- :class:`~serving.retrievers.Retrievers`: the shard pool and a retriever per open version;
+- :class:`~serving.retrievers.Retrievers`: the index backend (Qdrant Edge shard pool, or the
+  Qdrant server) and a retriever per open version;
 - the query cache, the rate limiter and the :class:`~serving.querylog.QueryLogWriter`.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import logging
 
-from rag_platform.lib.index.pool import ShardPool
+from rag_platform.lib.index.backend import IndexBackend, open_backend
 from rag_platform.lib.store import IndexVersion, MetadataStore
 from rag_platform.lib.tenants import TenantRegistry
 from rag_platform.settings import Settings
@@ -41,7 +42,8 @@ class ServingState:
     Args:
         settings: platform settings.
         store: the metadata store; default ``MetadataStore.from_settings(settings)``.
-        pool: the shard pool; default a new ``ShardPool()``.
+        backend: the index backend; default ``open_backend(settings)`` (Qdrant Edge with a new
+            shard pool, or the Qdrant server of ``RAG_QDRANT_URL``).
         metrics: the app's metrics.
         version_ttl_seconds: how long a published-version lookup is reused.
         registry: a fixed tenant registry; default ``settings.tenants_file``, reloaded on change.
@@ -52,7 +54,7 @@ class ServingState:
         settings: Settings,
         *,
         store: MetadataStore | None = None,
-        pool: ShardPool | None = None,
+        backend: IndexBackend | None = None,
         metrics: Metrics | None = None,
         version_ttl_seconds: float = 1.0,
         registry: TenantRegistry | None = None,
@@ -69,7 +71,7 @@ class ServingState:
             lambda tenant: self.store.get_published_version(tenant), version_ttl_seconds
         )
         self.retrievers = Retrievers(
-            pool if pool is not None else ShardPool(),
+            backend if backend is not None else open_backend(settings),
             self.models,
             self.tenants.retrieval_settings,
         )
@@ -88,9 +90,9 @@ class ServingState:
         self.metrics.query_log_pending.set_function(lambda: self.query_log.pending)
 
     @property
-    def pool(self) -> ShardPool:
-        """The shard pool of the open index versions."""
-        return self.retrievers.pool
+    def backend(self) -> IndexBackend:
+        """The index backend the open versions are read through."""
+        return self.retrievers.backend
 
     def _tenants_changed(self, tenants: list[str]) -> None:
         self.models.forget_maskers(tenants)
@@ -134,13 +136,13 @@ class ServingState:
 
     def close(self) -> None:
         """Flushes the query log (what cannot be written goes to ``<home>/spool``), stops the
-        models' workers and closes every shard, the cache and the store."""
+        models' workers and lets go of every open index version, the cache and the store."""
         self.query_log.close()
         self.models.close()
         try:
             self.retrievers.close()
         except Exception as exc:
-            logger.warning("closing the shard pool failed", extra={"error": str(exc)})
+            logger.warning("closing the index readers failed", extra={"error": str(exc)})
         if isinstance(self.cache, RedisQueryCache):
             self.cache.close()
         self.store.dispose()

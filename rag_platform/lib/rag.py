@@ -65,7 +65,8 @@ def build_retriever(
     """The hybrid retriever of ``tenant`` over one open index version.
 
     Args:
-        reader: the open index version (``EdgeIndexReader``).
+        reader: the open index version (an Edge shard or a Qdrant server collection, from
+            ``IndexBackend.acquire`` or ``open_reader``).
         tenant: the tenant every hit must belong to.
         retrieval: the tenant's retrieval settings (fusion, weights, prefetch depths).
         query_encoder: the dense query encoder of the version (:func:`build_embedder`), or in

@@ -62,7 +62,8 @@ class Retriever:
     """Hybrid retriever over one index version of one tenant.
 
     Args:
-        reader: an open index version (:class:`~rag_platform.lib.index.edge.EdgeIndexReader`).
+        reader: an open index version (Edge or server reader, see
+            :mod:`rag_platform.lib.index.backend`).
         embedder: dense query encoder (an ``Embedder``, or a ``BatchingQueryEmbedder`` in the
             query API).
         sparse_encoder: BM25 query encoder.

@@ -87,16 +87,6 @@ def build_shard(path: Path, points: list[IndexPoint]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def docs() -> list[dict[str, str]]:
-    return load_docs()
-
-
-@pytest.fixture(scope="module")
-def points(docs: list[dict[str, str]]) -> list[IndexPoint]:
-    return make_points(docs)
-
-
-@pytest.fixture(scope="module")
 def shard(tmp_path_factory: pytest.TempPathFactory, points: list[IndexPoint]) -> Path:
     return build_shard(tmp_path_factory.mktemp("idx") / "v1", points)
 

@@ -164,6 +164,6 @@ def test_no_response_crosses_tenant_or_acl(
                 assert r.status_code == 404
                 assert other not in r.text and qid not in r.json()["error"]["message"]
     finally:
-        pool = env.client.app.state.serving.pool  # type: ignore[attr-defined]
+        pool = env.client.app.state.serving.backend  # type: ignore[attr-defined]
         for name in names:
             pool.release_tenant(name)

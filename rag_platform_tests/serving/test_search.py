@@ -197,7 +197,7 @@ class TestShardOnlyOnCacheMiss:
             query = {"query": docs[0].title, "top_k": 3}
             first = c.post("/v1/search", json=query, headers=bearer(key)).json()
             state = c.app.state.serving  # type: ignore[attr-defined]
-            state.pool.release_tenant(TENANT_A)  # close the idle shard...
+            state.backend.release_tenant(TENANT_A)  # close the idle shard...
             version = store.get_published_version(TENANT_A)
             assert version is not None
             shutil.rmtree(version.path)  # ...and delete it

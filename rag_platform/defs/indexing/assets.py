@@ -1,4 +1,5 @@
-"""Indexing: chunk embeddings → a new Qdrant Edge index version → atomic publish.
+"""Indexing: chunk embeddings → a new index version (a Qdrant Edge shard, or a collection of
+the Qdrant server when ``RAG_QDRANT_URL`` is set) → atomic publish.
 
 Each asset calls one component (``lib/embedding/stage.py``, ``lib/index/versions.py``) and
 reports its result as metadata.
@@ -13,6 +14,7 @@ from rag_platform.defs.partitions import tenants_partitions
 from rag_platform.defs.resources import PlatformResource
 from rag_platform.lib.embedding import load_embedder
 from rag_platform.lib.embedding.stage import ChunkEmbedder, EmbeddingSet
+from rag_platform.lib.index.backend import open_backend
 from rag_platform.lib.index.versions import IndexVersions
 
 GROUP = "indexing"
@@ -21,7 +23,7 @@ GROUP = "indexing"
 def index_versions(platform: PlatformResource) -> IndexVersions:
     settings = platform.settings
     return IndexVersions(
-        platform.store(), settings.index_dir, settings.reports_dir, settings.versions_kept
+        platform.store(), open_backend(settings), settings.reports_dir, settings.versions_kept
     )
 
 
@@ -77,11 +79,12 @@ def search_index(
     chunks: pd.DataFrame,
     chunk_embeddings: EmbeddingSet,
 ) -> dg.Output[dict[str, Any]]:
-    """A new index version: a Qdrant Edge shard holding every current chunk with its dense
-    vector, BM25 sparse vector and payload (tenant, doc id, text, title, uri, heading path, ACL
-    groups, updated_at). Vectors come from the embedding cache, never recomputed. When the chunk
-    set, payloads and model are identical to the published version, that version is reused and no
-    shard is written."""
+    """A new index version: a Qdrant Edge shard (or, with ``RAG_QDRANT_URL``, a server
+    collection ``kb_<tenant>_<version>``) holding every current chunk with its dense vector,
+    BM25 sparse vector and payload (tenant, doc id, text, title, uri, heading path, ACL groups,
+    updated_at). Vectors come from the embedding cache, never recomputed. When the chunk set,
+    payloads and model are identical to the published version, that version is reused and
+    nothing is written."""
     build = index_versions(platform).build_or_reuse(
         context.partition_key, chunks, chunk_embeddings, run_id=context.run.run_id
     )
@@ -111,10 +114,11 @@ def published_index(
     context: dg.AssetExecutionContext, platform: PlatformResource, search_index: dict[str, Any]
 ) -> dg.Output[dict[str, Any]]:
     """Atomically makes the new index version the one the API serves (one transaction in the
-    metadata store; API workers pick it up without restart). Runs only when every blocking check
-    upstream passed, so a failed check leaves the previous version serving. The published version
-    and the ``RAG_VERSIONS_KEPT - 1`` versions published before it stay on disk for rollback
-    (builds that were never published do not count); older unused shards are deleted. Its
+    metadata store, and on the Qdrant server the tenant's alias ``kb_<tenant>`` switched to the
+    version's collection; API workers pick it up without restart). Runs only when every blocking
+    check upstream passed, so a failed check leaves the previous version serving. The published
+    version and the ``RAG_VERSIONS_KEPT - 1`` versions published before it stay for rollback
+    (builds that were never published do not count); older unused versions are deleted. Its
     metadata records the version's reconciliation receipt."""
     result = index_versions(platform).publish(
         context.partition_key, search_index["version"], actor=f"dagster:{context.run.run_id}"

@@ -20,7 +20,7 @@ from rag_platform.lib.evaluation.golden import (
     load_golden_set,
     resolve_relevance,
 )
-from rag_platform.lib.index.edge import EdgeIndexReader
+from rag_platform.lib.index.backend import IndexReader, open_backend
 from rag_platform.lib.models import Answer, Hit, SearchFilters, make_doc_id
 from rag_platform.lib.store import MetadataStore
 from rag_platform.lib.tenants import TenantConfig, load_registry
@@ -74,16 +74,9 @@ def _golden_from_dict(data: dict[str, Any]) -> GoldenSet:
     )
 
 
-def _payloads(reader: EdgeIndexReader) -> Iterable[dict[str, Any]]:
-    """Every point payload of an open index version."""
-    for item in reader.scroll():
-        if isinstance(item, tuple):
-            yield item[1]
-
-
-def _acl_groups_of_index(reader: EdgeIndexReader) -> tuple[str, ...]:
+def _acl_groups_of_index(reader: IndexReader) -> tuple[str, ...]:
     groups: set[str] = set()
-    for payload in _payloads(reader):
+    for _, payload in reader.payloads():
         groups.update(payload.get("acl_groups") or [])
     return tuple(sorted(groups)) or ("all",)
 
@@ -91,7 +84,7 @@ def _acl_groups_of_index(reader: EdgeIndexReader) -> tuple[str, ...]:
 def run_evaluation(
     settings: Settings,
     tenant: TenantConfig,
-    index_path: Path,
+    reader: IndexReader,
     golden: GoldenSet,
     k: int = 10,
     answer_sample: int | None = ANSWER_SAMPLE,
@@ -106,6 +99,12 @@ def run_evaluation(
     ACL group of the index, so permissions never hide relevant documents from the evaluation.
 
     Args:
+        settings: the platform settings (LLM endpoint).
+        tenant: the tenant's configuration (retrieval settings).
+        reader: the open index version (``IndexBackend.open_reader``); the caller closes it.
+        golden: the golden set, relevance resolved to the tenant's document ids.
+        k: the cut-off of nDCG@k, recall@k and precision@k.
+        answer_sample: questions whose answers are scored (None: all).
         version_details: the version's ``details`` (its recorded embedding identity); None:
             a version embedded with the settings' backend and model.
 
@@ -119,7 +118,7 @@ def run_evaluation(
 
     embedder = build_embedder(settings)
     answerer = build_answerer(settings, embedder)
-    with EdgeIndexReader(index_path) as reader, contextlib.closing(answerer):
+    with contextlib.closing(answerer):
         retriever = build_retriever(
             reader,
             tenant.id,
@@ -189,14 +188,16 @@ def evaluate_version(
             "gate": {"passed": True, "reasons": ["no golden set"], "compared_to": None},
         }
 
-    evaluation = run_evaluation(
-        settings,
-        tenant,
-        Path(search_index["path"]),
-        golden,
-        k=tenant.evaluation.k,
-        version_details=record.details if record is not None else None,
-    )
+    location = str(search_index["path"])
+    with contextlib.closing(open_backend(settings).open_reader(tenant.id, version, location)) as r:
+        evaluation = run_evaluation(
+            settings,
+            tenant,
+            r,
+            golden,
+            k=tenant.evaluation.k,
+            version_details=record.details if record is not None else None,
+        )
     published = store.get_published_version(tenant.id)
     published_summary = None
     if published is not None and published.version != version:
@@ -266,28 +267,31 @@ def evaluate_published(
     if published is None:
         raise ValueError(f"tenant {tenant_id!r} has no published index version")
     documents: dict[str, tuple[str, str, str]] = {}
-    with EdgeIndexReader(Path(published.path)) as reader:
-        for p in _payloads(reader):
+    backend = open_backend(settings)
+    with contextlib.closing(
+        backend.open_reader(tenant_id, published.version, published.path)
+    ) as reader:
+        for _, p in reader.payloads():
             documents.setdefault(p["doc_id"], (p["doc_id"], p.get("uri", ""), p.get("title", "")))
-    gs = load_tenant_golden_set(
-        tenant,
-        list(documents.values()),
-        path=golden,
-        fmt=golden_format if golden else None,
-        split=split,
-        limit=limit,
-    )
-    if gs is None:
-        raise ValueError(f"tenant {tenant_id!r} has no golden set; pass --golden")
-    result = run_evaluation(
-        settings,
-        tenant,
-        Path(published.path),
-        gs,
-        k=k,
-        answer_sample=None if limit else ANSWER_SAMPLE,
-        version_details=published.details,
-    )
+        gs = load_tenant_golden_set(
+            tenant,
+            list(documents.values()),
+            path=golden,
+            fmt=golden_format if golden else None,
+            split=split,
+            limit=limit,
+        )
+        if gs is None:
+            raise ValueError(f"tenant {tenant_id!r} has no golden set; pass --golden")
+        result = run_evaluation(
+            settings,
+            tenant,
+            reader,
+            gs,
+            k=k,
+            answer_sample=None if limit else ANSWER_SAMPLE,
+            version_details=published.details,
+        )
     s = result["summary"]
     return {
         "tenant": tenant_id,

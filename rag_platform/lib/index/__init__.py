@@ -1,6 +1,16 @@
-"""Vector index: Qdrant Edge shards per version (embedded default), the reader pool, and the
-version lifecycle (`.versions`: build-or-reuse, publish, garbage collection)."""
+"""Vector index: one interface (:mod:`.backend`) over Qdrant Edge shards per version (the
+embedded default, :mod:`.edge`, with the API's reader pool :mod:`.pool`) and a Qdrant server
+with a collection per version and an alias per tenant (:mod:`.server`, imported only when
+``RAG_QDRANT_URL`` selects it); the version lifecycle (:mod:`.versions`: build-or-reuse,
+publish, garbage collection); reconciliation receipts (:mod:`.receipt`)."""
 
+from rag_platform.lib.index.backend import (
+    EdgeBackend,
+    IndexBackend,
+    IndexReader,
+    IndexWriter,
+    open_backend,
+)
 from rag_platform.lib.index.edge import (
     DENSE_VECTOR,
     SPARSE_VECTOR,
@@ -12,18 +22,22 @@ from rag_platform.lib.index.edge import (
     make_payload,
     shard_lock_path,
 )
-from rag_platform.lib.index.pool import ShardPool, get_pool
+from rag_platform.lib.index.pool import ShardPool
 
 __all__ = [
     "DENSE_VECTOR",
     "SPARSE_VECTOR",
+    "EdgeBackend",
     "EdgeIndexReader",
     "EdgeIndexWriter",
+    "IndexBackend",
     "IndexPoint",
+    "IndexReader",
     "IndexUnavailableError",
+    "IndexWriter",
     "ShardPool",
     "build_filter",
-    "get_pool",
     "make_payload",
+    "open_backend",
     "shard_lock_path",
 ]

@@ -545,6 +545,12 @@ class EdgeIndexReader:
             if offset is None or not records:
                 return
 
+    def payloads(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every point's ``(id, payload)``, in id order, streamed (no vectors)."""
+        for item in self.scroll():
+            if isinstance(item, tuple):
+                yield item
+
     def all_ids(self) -> list[str]:
         """Every point id (chunk id) in the version."""
         return [item[0] for item in self.scroll() if isinstance(item, tuple)]

@@ -119,16 +119,3 @@ class ShardPool:
             tenants = {t for t, _ in self._entries}
         for tenant in tenants:
             self.release_tenant(tenant)
-
-
-_pool: ShardPool | None = None
-_pool_lock = threading.Lock()
-
-
-def get_pool() -> ShardPool:
-    """The process-wide :class:`ShardPool`."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ShardPool()
-        return _pool

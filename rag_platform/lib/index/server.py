@@ -2,17 +2,23 @@
 
 Same interface as :mod:`rag_platform.lib.index.edge`: one collection per index version
 (``kb_<tenant>_<version>``) and one alias per tenant (``kb_<tenant>``) that publishing swaps
-atomically. Tested with ``QdrantClient(":memory:")``, which qdrant-client keeps congruent with
-the server API.
+atomically; :class:`ServerBackend` is the
+:class:`~rag_platform.lib.index.backend.IndexBackend` over them. Any number of processes may
+read a collection (no shard lock), so the API can run as N processes. Tested with qdrant-client
+local mode (``QdrantClient(":memory:")`` or ``QdrantClient(path=...)``), which qdrant-client
+keeps congruent with the server API; no real server was run here.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 import uuid
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -23,12 +29,15 @@ from rag_platform.lib.index.edge import (
     REQUIRED_PAYLOAD_KEYS,
     SPARSE_VECTOR,
     IndexPoint,
+    IndexUnavailableError,
     _dense_list,
     _to_utc,
     payload_to_hit,
 )
 from rag_platform.lib.models import Hit, SearchFilters
 from rag_platform.lib.tenants import RetrievalSettings
+
+logger = logging.getLogger(__name__)
 
 _KEYWORD_FIELDS = ("tenant", "acl_groups", "doc_id", "source_id", "mime_type")
 
@@ -313,5 +322,154 @@ class ServerIndexReader:
             if offset is None:
                 return ids
 
+    def payloads(self, batch_size: int = 1000) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every point's ``(id, payload)``, in id order, streamed (no vectors)."""
+        offset: Any = None
+        while True:
+            records, offset = self.client.scroll(
+                self.collection, limit=batch_size, offset=offset, with_payload=True
+            )
+            for r in records:
+                yield str(r.id), dict(r.payload or {})
+            if offset is None or not records:
+                return
+
     def close(self) -> None:
         """The client is shared; nothing to release per reader."""
+
+    def __enter__(self) -> ServerIndexReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ServerBackend:
+    """Index versions as collections of a Qdrant server, published by the tenant's alias.
+
+    Args:
+        client: a ``QdrantClient`` (remote, or local mode in tests); shared, never closed here.
+    """
+
+    kind: Literal["edge", "server"] = "server"
+
+    def __init__(self, client: QdrantClient) -> None:
+        self.client = client
+        self._lock = threading.Lock()
+        self._readers: dict[str, tuple[str, ServerIndexReader]] = {}
+
+    def location(self, tenant: str, version: str) -> str:
+        """The collection name ``kb_<tenant>_<version>``."""
+        return collection_name(tenant, version)
+
+    def create_writer(self, tenant: str, version: str, dim: int) -> ServerIndexWriter:
+        """A new collection (see :meth:`ServerIndexWriter.create`).
+
+        Raises:
+            FileExistsError: the collection exists.
+        """
+        return ServerIndexWriter.create(self.client, tenant, version, dim)
+
+    def open_reader(self, tenant: str, version: str, location: str) -> ServerIndexReader:
+        """A reader of the version's own collection (not the alias).
+
+        Raises:
+            IndexUnavailableError: the collection does not exist.
+        """
+        if not self.client.collection_exists(location):
+            raise IndexUnavailableError(f"collection {location} does not exist")
+        return ServerIndexReader(self.client, location)
+
+    def alias_target(self, tenant: str) -> str | None:
+        """The collection the alias ``kb_<tenant>`` points at, if any."""
+        alias = alias_name(tenant)
+        for a in self.client.get_aliases().aliases:
+            if a.alias_name == alias:
+                return str(a.collection_name)
+        return None
+
+    @contextmanager
+    def acquire(self, tenant: str, version: str, location: str) -> Iterator[ServerIndexReader]:
+        """The API's reader of the published ``version``: through the alias ``kb_<tenant>``
+        when it points at the version's collection (checked once per version and process), so a
+        query runs on the old collection or the new one, never a mix; through the collection
+        itself when the store published a version the alias does not point at (a rollback made
+        in the store alone).
+
+        Raises:
+            IndexUnavailableError: the collection does not exist.
+        """
+        with self._lock:
+            held = self._readers.get(tenant)
+            reader = held[1] if held is not None and held[0] == version else None
+        if reader is None:
+            if not self.client.collection_exists(location):
+                raise IndexUnavailableError(f"collection {location} does not exist")
+            target = self.alias_target(tenant)
+            name = alias_name(tenant) if target == location else location
+            reader = ServerIndexReader(self.client, name)
+            with self._lock:
+                self._readers[tenant] = (version, reader)
+        yield reader
+
+    def publish(self, tenant: str, version: str) -> None:
+        """Switches ``kb_<tenant>`` to ``kb_<tenant>_<version>`` (see :func:`publish`).
+
+        Raises:
+            FileNotFoundError: the collection does not exist.
+        """
+        publish(self.client, tenant, version)
+
+    def delete(self, tenant: str, version: str) -> bool:
+        """Drops the version's collection; never the one the tenant's alias points at."""
+        name = collection_name(tenant, version)
+        if not self.client.collection_exists(name) or self.alias_target(tenant) == name:
+            return False
+        self.client.delete_collection(name)
+        return True
+
+    def collect_garbage(self, tenant: str, keep: set[str]) -> list[str]:
+        """Drops the tenant's collections (``kb_<tenant>_*``; tenant ids hold no ``_``) whose
+        version is not in ``keep``, never the alias target.
+
+        A reader of another process still querying a dropped collection gets an error; only
+        versions neither published nor kept for rollback are dropped.
+        """
+        prefix = collection_name(tenant, "")
+        target = self.alias_target(tenant)
+        deleted: list[str] = []
+        for c in self.client.get_collections().collections:
+            name = str(c.name)
+            version = name[len(prefix) :]
+            if not name.startswith(prefix) or version in keep or name == target:
+                continue
+            self.client.delete_collection(name)
+            deleted.append(version)
+        return sorted(deleted)
+
+    def size_bytes(self, location: str) -> int | None:
+        """Unknown: the server reports no collection size through its API."""
+        return None
+
+    def exists(self, location: str) -> bool:
+        """Whether the collection exists."""
+        return bool(self.client.collection_exists(location))
+
+    def available(self) -> bool:
+        """Whether the server answers a collection listing."""
+        try:
+            self.client.get_collections()
+        except Exception as exc:
+            logger.warning("qdrant server unreachable: %s", type(exc).__name__)
+            return False
+        return True
+
+    def release_tenant(self, tenant: str) -> None:
+        """Forgets the tenant's reader (the next request checks the alias again)."""
+        with self._lock:
+            self._readers.pop(tenant, None)
+
+    def close(self) -> None:
+        """Forgets every reader; the shared client stays open for the process."""
+        with self._lock:
+            self._readers.clear()

@@ -1,12 +1,15 @@
-"""Index versions of a tenant: build-or-reuse, publish, and garbage collection of old shards.
+"""Index versions of a tenant: build-or-reuse, publish, and garbage collection of old versions.
 
-A build writes a new Qdrant Edge shard directory ``<index_dir>/<tenant>/<version>`` holding
-every current chunk (dense vector from the embedding cache, BM25 sparse vector, payload) and
-registers it in the metadata store with status ``built``. When the chunks, payloads and model
-are those of the published version (same :func:`index_fingerprint`), that version is reused and
-nothing is written. Publishing is one store transaction; afterwards the published version and
-the ``versions_kept - 1`` versions published before it stay on disk for rollback, and older
-shards no reader holds are deleted (see :func:`gc_versions`).
+A build writes a new version through the platform's
+:class:`~rag_platform.lib.index.backend.IndexBackend` (a Qdrant Edge shard directory
+``<index_dir>/<tenant>/<version>``, or a Qdrant server collection ``kb_<tenant>_<version>``)
+holding every current chunk (dense vector from the embedding cache, BM25 sparse vector,
+payload) and registers it in the metadata store with status ``built``. When the chunks, payloads
+and model are those of the published version (same :func:`index_fingerprint`), that version is
+reused and nothing is written. Publishing is one store transaction (and, on the server, the
+tenant's alias switched to the version's collection); afterwards the published version and the
+``versions_kept - 1`` versions published before it stay for rollback, and older versions no
+reader holds are deleted (Edge: see :func:`gc_versions`).
 """
 
 from __future__ import annotations
@@ -27,17 +30,12 @@ import pandas as pd
 
 from rag_platform.lib.embedding import SparseEncoder
 from rag_platform.lib.embedding.stage import EmbeddingSet
-from rag_platform.lib.index.edge import (
-    EdgeIndexReader,
-    EdgeIndexWriter,
-    IndexPoint,
-    make_payload,
-    shard_lock_path,
-)
+from rag_platform.lib.index.edge import IndexPoint, make_payload, shard_lock_path
 from rag_platform.lib.index.receipt import InventoryDocument, Payload, Receipt, reconcile
 from rag_platform.lib.models import acl_key
 
 if TYPE_CHECKING:
+    from rag_platform.lib.index.backend import IndexBackend
     from rag_platform.lib.store import MetadataStore
 
 log = logging.getLogger(__name__)
@@ -118,12 +116,36 @@ def versions_to_keep(versions: Sequence[VersionRow], published: str, kept: int) 
     return keep
 
 
-def gc_versions(tenant_dir: Path, keep: set[str]) -> list[str]:
-    """Deletes the version directories of one tenant that are not in ``keep`` and not in use.
+def delete_shard(path: Path) -> bool:
+    """Deletes one version directory and its lock file unless the version is in use.
 
     A version is in use when its lock file cannot be locked exclusively without blocking (a
-    reader or writer, in this or any other process, holds it shared); it is then skipped and
-    left for a later run. Lock files whose directory is gone are removed.
+    reader or writer, in this or any other process, holds it shared).
+
+    Returns:
+        True when the directory was deleted; False when it is in use or does not exist.
+    """
+    if not path.is_dir():
+        return False
+    lock_path = shard_lock_path(path)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("version %s is in use; not deleted", path)
+            return False
+        shutil.rmtree(path)
+        lock_path.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)
+
+
+def gc_versions(tenant_dir: Path, keep: set[str]) -> list[str]:
+    """Deletes the version directories of one tenant that are not in ``keep`` and not in use
+    (:func:`delete_shard`: a version in use is skipped and left for a later run). Lock files
+    whose directory is gone are removed.
 
     Args:
         tenant_dir: ``index_dir / <tenant>``, holding one directory per version.
@@ -135,23 +157,11 @@ def gc_versions(tenant_dir: Path, keep: set[str]) -> list[str]:
     tenant_dir = Path(tenant_dir)
     if not tenant_dir.is_dir():
         return []
-    deleted: list[str] = []
-    for child in sorted(tenant_dir.iterdir()):
-        if not child.is_dir() or child.name in keep:
-            continue
-        lock_path = shard_lock_path(child)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("version %s is in use; not deleted", child)
-                continue
-            shutil.rmtree(child)
-            lock_path.unlink(missing_ok=True)
-            deleted.append(child.name)
-        finally:
-            os.close(fd)
+    deleted = [
+        child.name
+        for child in sorted(tenant_dir.iterdir())
+        if child.is_dir() and child.name not in keep and delete_shard(child)
+    ]
     for lock_file in tenant_dir.glob(f"*{LOCK_SUFFIX}"):
         name = lock_file.name[: -len(LOCK_SUFFIX)]
         if name not in keep and not (tenant_dir / name).exists():
@@ -164,12 +174,12 @@ class IndexBuild:
     """The version :meth:`IndexVersions.build_or_reuse` produced or reused.
 
     Attributes:
-        version, path: the version name and its shard directory.
+        version, path: the version name and its location (shard directory or collection).
         fingerprint: :func:`index_fingerprint` of the chunks.
         reused: True when the published version already held exactly these chunks.
         documents, chunks: distinct documents and chunks (points) in the version.
         seconds: build time (0 when reused).
-        bytes: shard size on disk (None when reused).
+        bytes: size on disk (None when reused, or unknown: the server backend).
         points_per_s: build throughput (None when reused).
         previous_published: the version published before the build, if any.
     """
@@ -205,8 +215,8 @@ class PublishResult:
         version: the version now served.
         published_now: False when it was already the published version.
         previous: the version served before, if any.
-        kept: versions whose shards stay on disk.
-        deleted: versions whose shards were garbage-collected now.
+        kept: versions that stay stored.
+        deleted: versions garbage-collected now.
         receipt: the version's reconciliation receipt (None for a version built before
             receipts existed).
     """
@@ -224,7 +234,7 @@ class IndexVersions:
 
     Args:
         store: the metadata store (versions table, audit log).
-        index_dir: ``RAG_HOME/indexes``; a tenant's versions live in ``index_dir/<tenant>``.
+        backend: where versions live (:func:`~rag_platform.lib.index.backend.open_backend`).
         reports_dir: ``RAG_HOME/reports``; a version's evaluation report is marked published.
         versions_kept: ``RAG_VERSIONS_KEPT`` (>= 1), the published version included.
         batch_size: points written per upsert.
@@ -233,20 +243,16 @@ class IndexVersions:
     def __init__(
         self,
         store: MetadataStore,
-        index_dir: Path,
+        backend: IndexBackend,
         reports_dir: Path,
         versions_kept: int,
         batch_size: int = 512,
     ) -> None:
         self.store = store
-        self.index_dir = index_dir
+        self.backend = backend
         self.reports_dir = reports_dir
         self.versions_kept = versions_kept
         self.batch_size = batch_size
-
-    def tenant_dir(self, tenant: str) -> Path:
-        """The folder of the tenant's version directories."""
-        return self.index_dir / tenant
 
     def build_or_reuse(
         self,
@@ -257,7 +263,7 @@ class IndexVersions:
         actor: str = "pipeline",
     ) -> IndexBuild:
         """A version holding every chunk: the published one when its fingerprint matches,
-        else a new shard: registered ``building`` before it is written, ``built`` once it is
+        else a new version: registered ``building`` before it is written, ``built`` once it is
         complete, ``rejected`` (reason ``build``) when writing fails.
 
         Args:
@@ -270,7 +276,7 @@ class IndexVersions:
 
         Raises:
             KeyError: a chunk's content hash has no embedding. A failed build leaves no shard
-                directory behind.
+                directory (or collection) behind.
         """
         self.store.upsert_tenant(tenant)
         fingerprint = index_fingerprint(chunks, embeddings.model)
@@ -282,14 +288,14 @@ class IndexVersions:
                 published.version, published.path, fingerprint, True, documents, len(chunks)
             )
         version = new_version_id()
-        path = self.tenant_dir(tenant) / version
+        location = self.backend.location(tenant, version)
         # Registered before the first point is written: a run killed mid-build leaves a
         # ``building`` row that garbage collection later rejects and deletes, never a shard the
         # store does not know.
         self.store.register_version(
             tenant,
             version,
-            str(path),
+            location,
             documents=documents,
             chunks=len(chunks),
             config_hash=fingerprint,
@@ -298,18 +304,21 @@ class IndexVersions:
         )
         start = time.perf_counter()
         try:
-            self._write_shard(path, chunks, embeddings)
+            self._write_version(tenant, version, chunks, embeddings)
         except BaseException as exc:
-            shutil.rmtree(path, ignore_errors=True)
+            try:
+                self.backend.delete(tenant, version)
+            except Exception:  # the rejection below matters more; GC retries the delete
+                log.exception("removing the failed build %s of %s failed", version, tenant)
             reason = f"{type(exc).__name__}: {exc}"
             self.store.reject_version(tenant, version, [{"name": "build", "reasons": [reason]}])
             raise
         seconds = time.perf_counter() - start
-        size = directory_bytes(path)
+        size = self.backend.size_bytes(location)
         self.store.mark_version_built(tenant, version, {"bytes": size}, actor=actor)
         return IndexBuild(
             version,
-            str(path),
+            location,
             fingerprint,
             False,
             documents,
@@ -320,14 +329,15 @@ class IndexVersions:
             previous_published=published.version if published else None,
         )
 
-    def _write_shard(self, path: Path, chunks: pd.DataFrame, embeddings: EmbeddingSet) -> None:
-        """Writes a new Edge shard at ``path``: id = chunk id, the dense vector from the
-        embedding set (never recomputed), the BM25 vector of the embedding text, the payload."""
+    def _write_version(
+        self, tenant: str, version: str, chunks: pd.DataFrame, embeddings: EmbeddingSet
+    ) -> None:
+        """Writes a new version: id = chunk id, the dense vector from the embedding set (never
+        recomputed), the BM25 vector of the embedding text, the payload."""
         lookup = embeddings.lookup()
         dim = embeddings.vectors.shape[1] if len(embeddings.hashes) else DEFAULT_DIMENSION
         sparse_encoder = SparseEncoder()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = EdgeIndexWriter.create(path, dim)
+        writer = self.backend.create_writer(tenant, version, dim)
         try:
             records = list(chunks.itertuples(index=False))
             for b in range(0, len(records), self.batch_size):
@@ -375,7 +385,7 @@ class IndexVersions:
         Every document of ``sources`` (``SOURCE_COLUMNS``: ``doc_id``, ``acl_groups``) that is
         not ``quarantined`` must be in the version with the ACL groups the source gave it and
         the number of chunks the chunking stage produced; a document in the version that is not
-        in ``sources`` (deleted at the source) is an orphan. A new build's shard is read point by
+        in ``sources`` (deleted at the source) is an orphan. A new build is read point by
         point; a reused version (the published one, which the API holds open and which this run
         may not open) is reconciled against ``chunks``, which its fingerprint proves it holds
         exactly. The receipt is stored in the version's details (``details["receipt"]``); a
@@ -401,8 +411,11 @@ class IndexVersions:
         if build.reused:
             receipt = reconcile(inventory, quarantined, _chunk_points(chunks))
         else:
-            with EdgeIndexReader(Path(build.path)) as reader:
-                receipt = reconcile(inventory, quarantined, _shard_points(reader))
+            reader = self.backend.open_reader(tenant, build.version, build.path)
+            try:
+                receipt = reconcile(inventory, quarantined, reader.payloads())
+            finally:
+                reader.close()
         self.store.set_version_details(tenant, build.version, {"receipt": receipt.to_dict()})
         if not receipt.passed and not build.reused:
             counts = receipt.to_dict()
@@ -423,7 +436,9 @@ class IndexVersions:
 
     def publish(self, tenant: str, version: str, actor: str = "pipeline") -> PublishResult:
         """Makes ``version`` the one the API serves (one store transaction; a no-op when it is
-        already published), marks its evaluation report published, and collects garbage.
+        already published), then the engine's own publish (the server's alias, switched again
+        even when the store row was already published, so the alias follows a rollback made in
+        the store), marks its evaluation report published, and collects garbage.
 
         Raises:
             NotFoundError, ValueError: from the store, for an unknown or unpublishable version.
@@ -437,6 +452,7 @@ class IndexVersions:
                 from rag_platform.lib.evaluation.report import mark_published
 
                 mark_published(report_dir)
+        self.backend.publish(tenant, version)
         kept, deleted = self.collect_garbage(tenant, version, actor=actor)
         return PublishResult(
             version,
@@ -450,17 +466,17 @@ class IndexVersions:
     def collect_garbage(
         self, tenant: str, published: str, actor: str = "pipeline"
     ) -> tuple[set[str], list[str]]:
-        """Deletes the tenant's shards :func:`versions_to_keep` does not keep and no reader
+        """Deletes the tenant's versions :func:`versions_to_keep` does not keep and no reader
         holds; their store rows get status ``deleted``. A ``building`` row older than the
         published version is a build whose run died: it is rejected (reason ``build
-        interrupted``) first. A directory the store never registered is removed silently.
+        interrupted``) first. A version the store never registered is removed silently.
 
         Returns:
             (kept version names, deleted version names).
         """
         versions = self.store.list_versions(tenant)
         keep = versions_to_keep(versions, published, self.versions_kept)
-        deleted = gc_versions(self.tenant_dir(tenant), keep)
+        deleted = self.backend.collect_garbage(tenant, keep)
         rows = {v.version: v for v in versions}
         for name in deleted:
             row = rows.get(name)
@@ -473,13 +489,6 @@ class IndexVersions:
                 )
             self.store.delete_version(tenant, name, actor=actor)
         return keep, deleted
-
-
-def _shard_points(reader: EdgeIndexReader) -> Iterator[tuple[str, Payload]]:
-    """``(chunk id, payload)`` of every point of an open shard, streamed."""
-    for item in reader.scroll():
-        if isinstance(item, tuple):
-            yield item
 
 
 def _chunk_points(chunks: pd.DataFrame) -> Iterator[tuple[str, Payload]]:

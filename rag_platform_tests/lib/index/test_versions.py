@@ -11,6 +11,7 @@ import pytest
 
 from rag_platform.lib.embedding import get_embedder
 from rag_platform.lib.embedding.stage import EmbeddingSet
+from rag_platform.lib.index.backend import EdgeBackend
 from rag_platform.lib.index.edge import EdgeIndexReader, shard_lock_path
 from rag_platform.lib.index.pool import ShardPool
 from rag_platform.lib.index.versions import (
@@ -74,7 +75,8 @@ def store(tmp_path: Path) -> MetadataStore:
 
 @pytest.fixture()
 def versions(tmp_path: Path, store: MetadataStore) -> IndexVersions:
-    return IndexVersions(store, tmp_path / "indexes", tmp_path / "reports", versions_kept=2)
+    backend = EdgeBackend(tmp_path / "indexes")
+    return IndexVersions(store, backend, tmp_path / "reports", versions_kept=2)
 
 
 class TestIndexFingerprint:
@@ -127,7 +129,7 @@ class TestBuildOrReuse:
         partial = _embeddings(chunks.iloc[:2])  # two chunks have no vector
         with pytest.raises(KeyError):
             versions.build_or_reuse(TENANT, chunks, partial)
-        tenant_dir = versions.tenant_dir(TENANT)
+        tenant_dir = versions.backend.tenant_dir(TENANT)
         assert not [p for p in tenant_dir.iterdir() if p.is_dir()]
         [row] = store.list_versions(TENANT)
         assert row.status == "rejected"
@@ -164,7 +166,7 @@ class TestPublish:
             built.append(build.version)
         # versions_kept=2: the published v3 and the rollback target v2 stay; v1 goes
         assert sorted(
-            p.name for p in versions.tenant_dir(TENANT).iterdir() if p.is_dir()
+            p.name for p in versions.backend.tenant_dir(TENANT).iterdir() if p.is_dir()
         ) == sorted(built[1:])
         assert store.get_version(TENANT, built[0]).status == "deleted"
 
@@ -176,7 +178,7 @@ class TestGarbageCollection:
             chunks = _chunks(TEXTS[:n])
             names.append(versions.build_or_reuse(TENANT, chunks, _embeddings(chunks)).version)
         v0, v1, v2 = names
-        tenant_dir = versions.tenant_dir(TENANT)
+        tenant_dir = versions.backend.tenant_dir(TENANT)
         pool = ShardPool()
         other = ShardPool()  # stands for another process holding v1 open
         with other.acquire(TENANT, v1, tenant_dir / v1):

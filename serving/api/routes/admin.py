@@ -57,10 +57,7 @@ def list_documents(admin: AdminDep, state: StateDep) -> DocumentsPublic:
     docs: OrderedDict[str, DocumentPublic] = OrderedDict()
     try:
         with state.retrievers.open_reader(version) as reader:
-            for item in reader.scroll():
-                if not isinstance(item, tuple):  # vectors are never asked for here
-                    continue
-                _, payload = item
+            for _, payload in reader.payloads():
                 if payload.get("tenant") != admin.tenant:
                     continue
                 doc_id = str(payload.get("doc_id", ""))

@@ -61,9 +61,9 @@ def get_ready(state: StateDep) -> JSONResponse:
 
 
 def _index_status(state: StateDep, db_ok: bool) -> DependencyStatusPublic:
-    index_dir = state.settings.index_dir
-    if not index_dir.is_dir():
-        return DependencyStatusPublic(status="down", detail="index directory missing")
+    if not state.backend.available():
+        detail = "index directory missing" if state.backend.kind == "edge" else "qdrant unreachable"
+        return DependencyStatusPublic(status="down", detail=detail)
     if not db_ok:
         return DependencyStatusPublic(status="ok", detail="published versions not checked")
     missing: list[str] = []
@@ -73,19 +73,13 @@ def _index_status(state: StateDep, db_ok: bool) -> DependencyStatusPublic:
             version = state.published_version(tenant)
         except Exception:
             return DependencyStatusPublic(status="down", detail="published versions unreadable")
-        if version is not None and not _path_exists(version.path):
+        if version is not None and not state.backend.exists(version.path):
             missing.append(tenant)
     if missing:
         return DependencyStatusPublic(
             status="down", detail=f"published shards missing for {len(missing)} tenant(s)"
         )
     return DependencyStatusPublic(status="ok")
-
-
-def _path_exists(path: object) -> bool:
-    from pathlib import Path
-
-    return Path(str(path)).is_dir()
 
 
 @metrics_router.get("/metrics", include_in_schema=False)
