@@ -308,10 +308,16 @@ def index_rollback(
     """Publishes an earlier version again (atomic; the API switches without restart). Only a
     version that was published before qualifies: a rejected or never-published build is refused
     with the reason (exit 2)."""
+    from rag_platform.lib.index.backend import open_backend
+    from rag_platform.lib.index.versions import IndexVersions
     from rag_platform.lib.store import NotFoundError, VersionTransitionError
 
+    settings = get_settings()
+    versions = IndexVersions(
+        _store(settings), open_backend(settings), settings.reports_dir, settings.versions_kept
+    )
     try:
-        v = _store().rollback(tenant, version, actor="cli")
+        v = versions.rollback(tenant, version, actor="cli")
     except VersionTransitionError as exc:
         _fail(f"{exc.code}: {exc.reason}")
     except (NotFoundError, ValueError) as exc:

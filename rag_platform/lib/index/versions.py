@@ -36,7 +36,7 @@ from rag_platform.lib.models import acl_key
 
 if TYPE_CHECKING:
     from rag_platform.lib.index.backend import IndexBackend
-    from rag_platform.lib.store import MetadataStore
+    from rag_platform.lib.store import IndexVersion, MetadataStore
 
 log = logging.getLogger(__name__)
 
@@ -462,6 +462,21 @@ class IndexVersions:
             deleted,
             self.store.get_receipt(tenant, version),
         )
+
+    def rollback(
+        self, tenant: str, to_version: str | None = None, actor: str = "cli"
+    ) -> IndexVersion:
+        """Serves a version that was published before again: the store's rollback (the
+        lifecycle decides which versions qualify), then the engine's publish (the server's
+        alias), so both read paths switch together.
+
+        Raises:
+            NotFoundError: no such version. VersionTransitionError: the target was rejected,
+                never published, or there is nothing to roll back to (``.code``, ``.reason``).
+        """
+        published = self.store.rollback(tenant, to_version, actor=actor)
+        self.backend.publish(tenant, published.version)
+        return published
 
     def collect_garbage(
         self, tenant: str, published: str, actor: str = "pipeline"

@@ -174,6 +174,31 @@ class TestServerBackend:
         assert backend.delete(TENANT, "v2") and not backend.delete(TENANT, "v2")
         backend.close()
 
+    def test_rollback_moves_the_alias_with_the_store(
+        self, tmp_path: Path, points: list[IndexPoint]
+    ) -> None:
+        from rag_platform.lib.index.versions import IndexVersions
+        from rag_platform.lib.store import MetadataStore
+
+        store = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
+        store.migrate()
+        backend = ServerBackend(QdrantClient(":memory:"))
+        versions = IndexVersions(store, backend, tmp_path / "reports", versions_kept=3)
+        for version, n in (("v1", 10), ("v2", 20)):
+            with backend.create_writer(TENANT, version, 384) as writer:
+                writer.upsert(points[:n])
+            location = backend.location(TENANT, version)
+            store.register_version(TENANT, version, location, n, n, "cfg")
+            store.mark_version_built(TENANT, version)
+            versions.publish(TENANT, version)
+        assert backend.alias_target(TENANT) == "kb_acme_v2"
+        assert versions.rollback(TENANT).version == "v1"
+        assert backend.alias_target(TENANT) == "kb_acme_v1"  # both read paths switched
+        with backend.acquire(TENANT, "v1", "kb_acme_v1") as reader:
+            assert reader.collection == "kb_acme" and reader.count() == 10
+        backend.close()
+        store.dispose()
+
     def test_open_backend_picks_by_the_qdrant_url(self, tmp_path: Path) -> None:
         edge = open_backend(Settings(home=tmp_path / "home"))
         assert isinstance(edge, EdgeBackend) and edge.kind == "edge"

@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from rag_platform.lib.index.versions import IndexVersions
 from rag_platform.lib.store import NotFoundError, VersionTransitionError
 from serving.api.deps import AdminDep, StateDep
 from serving.errors import ApiError, database_unavailable
@@ -126,7 +127,13 @@ def rollback_index_version(
     except Exception as exc:
         raise _unavailable(exc) from exc
     try:
-        after = state.store.rollback(
+        versions = IndexVersions(
+            state.store,
+            state.backend,
+            state.settings.reports_dir,
+            state.settings.versions_kept,
+        )
+        after = versions.rollback(
             admin.tenant, to_version=body.version, actor=f"key:{admin.key_id}"
         )
     except NotFoundError as exc:
