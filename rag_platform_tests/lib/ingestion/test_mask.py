@@ -446,11 +446,11 @@ class TestDocumentMasker:
     def test_a_document_over_mask_seconds_is_quarantined_and_the_others_masked(
         self, tmp_path: Path
     ) -> None:
-        # a real 10-Q's text masked twice over takes about a second of CPU: far over 0.1 s
+        # a real 10-Q's text four times over takes about two seconds of CPU: far over 0.1 s
         filing = parse_document(
             SourceDocument("s", "msft", "u", "t", PDF, (SEC_DOCS / "2022 Q3 MSFT.pdf").read_bytes())
         )
-        long_doc = [s.text for s in filing.sections] * 2
+        long_doc = [s.text for s in filing.sections] * 4
         docs = [DOCS[0], long_doc, DOCS[3]]
         budgets = InputBudgets(mask_seconds=0.1)
         out = DocumentMasker(tmp_path, PATTERN_POLICY, budgets=budgets, workers=2).run(
