@@ -11,8 +11,8 @@ package; never ``en_core_web_lg``, which Presidio would try to download) adds PE
 NRP, DATE_TIME and ORGANIZATION.
 
 :func:`find_residual_pii` is an independent, fast regex check used by the blocking asset check on
-chunks. :class:`DocumentMasker` is the pipeline's masking stage (cache, worker processes with a time
-budget per document).
+chunks. :class:`DocumentMasker` is the pipeline's masking stage (cache, worker processes with a
+time budget per document).
 """
 
 from __future__ import annotations
