@@ -2,10 +2,11 @@
 
 Syncs and parses the tenant's 10-Q PDFs into a throw-away folder, then masks the first
 ``--docs`` of them with the tenant's policy (spaCy NER + Presidio recognizers), once per
-``--workers`` value, each from an empty cache. Prints one JSON object:
+``--workers`` value (worker processes, each document within the tenant's ``mask_seconds``),
+each from an empty cache. Prints one JSON object:
 
     {"docs", "characters", "runs": [{"workers", "seconds", "docs_per_s", "entities",
-     "output_sha256"}], "same_output"}
+     "quarantined", "output_sha256"}], "same_output"}
 
 ``same_output`` is true when every run produced byte-identical masked documents.
 
@@ -43,7 +44,8 @@ def main() -> None:
     tenant = load_registry(settings.tenants_file, settings.data_dir).get(args.tenant)
     work = Path(tempfile.mkdtemp(prefix="rag-mask-bench-"))
     synced = SourceSync(work).run(tenant)
-    parsed = DocumentParser(work).run(synced.frame).frame.head(args.docs)
+    parser = DocumentParser(work, tenant.budgets, workers=settings.parse_workers)
+    parsed = parser.run(synced.frame).frame.head(args.docs)
     characters = int(
         sum(len(s.text) for raw in parsed["sections"] for s in sections_from_json(raw))
     )
@@ -51,7 +53,11 @@ def main() -> None:
     for workers in args.workers:
         started = time.perf_counter()
         masked = DocumentMasker(
-            work / f"masked-{workers}", tenant.pii, settings.spacy_model, workers=workers
+            work / f"masked-{workers}",
+            tenant.pii,
+            settings.spacy_model,
+            budgets=tenant.budgets,
+            workers=workers,
         ).run(parsed)
         frame, counts = masked.frame, masked.entity_counts
         seconds = time.perf_counter() - started
@@ -61,6 +67,7 @@ def main() -> None:
                 "seconds": round(seconds, 1),
                 "docs_per_s": round(len(parsed) / seconds, 3),
                 "entities": dict(counts),
+                "quarantined": len(masked.quarantined),
                 "output_sha256": hashlib.sha256("".join(frame["masked_hash"]).encode()).hexdigest(),
             }
         )

@@ -116,8 +116,9 @@ def materialize_tenant(
     summary.documents = int(md.get("source_documents", {}).get("documents", 0))
     summary.chunks = int(md.get("chunks", {}).get("chunks", 0))
     summary.embedded = int(md.get("chunk_embeddings", {}).get("embedded", 0))
-    summary.quarantined = int(md.get("parsed_documents", {}).get("quarantined", 0)) + int(
-        md.get("chunks", {}).get("quarantined", 0)
+    summary.quarantined = sum(
+        int(md.get(stage, {}).get("quarantined", 0))
+        for stage in ("parsed_documents", "masked_documents", "chunks")
     )
     summary.index_version = md.get("search_index", {}).get("version")
     for name, values in md.items():

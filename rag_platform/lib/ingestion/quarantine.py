@@ -20,7 +20,7 @@ def save_quarantine(state_dir: Path, stage: str, items: Sequence[Quarantined]) -
 
     Args:
         state_dir: the tenant's state folder (``RAG_HOME/cache/<tenant>``).
-        stage: ``parse`` or ``chunk``.
+        stage: ``parse``, ``mask`` or ``chunk``.
         items: this run's quarantined documents (an empty list clears the file's records).
 
     Returns:

