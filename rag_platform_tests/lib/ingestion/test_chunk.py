@@ -18,7 +18,7 @@ from rag_platform.lib.ingestion.chunk import (
     load_tokenizer,
     split_units,
 )
-from rag_platform.lib.ingestion.parse import parse_document
+from rag_platform.lib.ingestion.formats import parse_document
 from rag_platform.lib.models import (
     CHUNK_COLUMNS,
     MASKED_COLUMNS,

@@ -17,17 +17,17 @@ import docx
 import pandas as pd
 import pytest
 
-from rag_platform.lib.ingestion.parse import (
+from rag_platform.lib.ingestion.formats import (
     DOCX,
     HTML,
     MARKDOWN,
     PDF,
     PLAIN,
-    DocumentParser,
     ParseError,
     normalize_text,
     parse_document,
 )
+from rag_platform.lib.ingestion.parse import DocumentParser
 from rag_platform.lib.models import (
     DOC_COLUMNS,
     SOURCE_COLUMNS,
