@@ -308,9 +308,3 @@ def load_registry(path: Path, data_dir: Path | None = None) -> TenantRegistry:
         env.setdefault("RAG_DATA_DIR", str(data_dir))
     registry = TenantRegistry.model_validate(_expand(raw, env))
     return _resolve_paths(registry, path.parent)
-
-
-def save_registry(registry: TenantRegistry, path: Path) -> None:
-    """Writes the registry back as YAML (paths as strings, defaults omitted)."""
-    data = registry.model_dump(mode="json", exclude_defaults=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
