@@ -156,13 +156,19 @@ class WorkerPool:
         if self._pool is None:
             raise RuntimeError("WorkerPool.run outside its with block")
         pending: dict[Future[R], tuple[K, tuple[object, ...], int]] = {}
+        future_order: dict[Future[R], int] = {}
         for key, args in tasks:
-            pending[self._schedule(function, args, timeout)] = (key, args, 0)
+            future = self._schedule(function, args, timeout)
+            pending[future] = (key, args, 0)
+            future_order[future] = len(future_order)
         while pending:
             done, _ = wait(pending, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
             if not done and not self._pool.active:
                 raise BrokenProcessPool("the worker pool stopped with tasks left")
-            for future in done:
+            # Tasks that finished together are all reported before an error of one of them is
+            # raised, so a caller caching results as they arrive keeps every finished one.
+            error: BaseException | None = None
+            for future in sorted(done, key=lambda f: future_order[f]):
                 key, args, attempt = pending.pop(future)
                 result: R | TaskFailure
                 try:
@@ -173,10 +179,17 @@ class WorkerPool:
                     detail = f"exit code {exc.exitcode}"
                     if attempt < retries:
                         log.warning("worker process died (%s); retrying its task", detail)
-                        pending[self._schedule(function, args, timeout)] = (key, args, attempt + 1)
+                        retry = self._schedule(function, args, timeout)
+                        pending[retry] = (key, args, attempt + 1)
+                        future_order[retry] = future_order[future]
                         continue
                     result = TaskFailure("died", detail)
+                except Exception as exc:  # raised by ``function`` in the worker
+                    error = error or exc
+                    continue
                 yield key, result
+            if error is not None:
+                raise error
 
     def _schedule(
         self, function: Callable[..., R], args: tuple[object, ...], timeout: float
