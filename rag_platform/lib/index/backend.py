@@ -16,6 +16,7 @@ with ``QdrantLocal`` and ``QdrantRemote`` behind it.
 
 from __future__ import annotations
 
+import atexit
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -256,6 +257,17 @@ def _shared_client(url: str, api_key: str | None) -> QdrantClient:
                 client = QdrantClient(path=url)
             _clients[(url, api_key)] = client
         return client
+
+
+@atexit.register
+def _close_shared_clients() -> None:
+    """Closes the shared clients while the interpreter can still run their ``close`` (left to
+    ``__del__`` at shutdown, local mode's close fails with ``sys.meta_path is None``)."""
+    with _clients_lock:
+        clients = list(_clients.values())
+        _clients.clear()
+    for client in clients:
+        client.close()
 
 
 def open_backend(settings: Settings, pool: ShardPool | None = None) -> IndexBackend:
