@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 import numpy as np
 
@@ -83,6 +84,38 @@ class DenseEmbedder(Protocol):
         ...
 
 
+T = TypeVar("T")
+
+
+class Lazy(Generic[T]):
+    """A value built on first use, once however many threads ask for it (double-checked lock):
+    how both embedders load their model.
+
+    Args:
+        build: makes the value; called at most once (again only if it raised).
+    """
+
+    def __init__(self, build: Callable[[], T]) -> None:
+        self._build = build
+        self._value: T | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the value was built already."""
+        return self._value is not None
+
+    def get(self) -> T:
+        """The value, built now if this is the first call."""
+        value = self._value
+        if value is None:
+            with self._lock:
+                if self._value is None:
+                    self._value = self._build()
+                value = self._value
+        return value
+
+
 class Embedder:
     """Dense sentence embeddings with a lazily loaded SentenceTransformer.
 
@@ -118,20 +151,13 @@ class Embedder:
         self.batch_size = batch_size
         self._model_name = model_name
         self._device = device
-        self._model: SentenceTransformer | None = None
-        self._lock = threading.Lock()
+        self._model: Lazy[SentenceTransformer] = Lazy(self._load)
 
     # -- model -------------------------------------------------------------------------------
     @property
     def model(self) -> SentenceTransformer:
         """The loaded SentenceTransformer (loads it on first access)."""
-        model = self._model
-        if model is None:
-            with self._lock:
-                if self._model is None:
-                    self._model = self._load()
-                model = self._model
-        return model
+        return self._model.get()
 
     def _load(self) -> SentenceTransformer:
         import torch

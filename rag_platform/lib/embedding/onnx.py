@@ -36,7 +36,6 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -46,7 +45,12 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from rag_platform.lib.embedding.dense import DEFAULT_MODEL_NAME, check_query, default_model_path
+from rag_platform.lib.embedding.dense import (
+    DEFAULT_MODEL_NAME,
+    Lazy,
+    check_query,
+    default_model_path,
+)
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
@@ -445,19 +449,12 @@ class OnnxInt8Embedder:
         self.batch_size = batch_size
         self.intra_op_num_threads = threads
         self._model_name = model_name
-        self._encoder: _OnnxEncoder | None = None
-        self._lock = threading.Lock()
+        self._encoder: Lazy[_OnnxEncoder] = Lazy(self._load)
 
     # -- model -------------------------------------------------------------------------------
     @property
     def _loaded(self) -> _OnnxEncoder:
-        encoder = self._encoder
-        if encoder is None:
-            with self._lock:
-                if self._encoder is None:
-                    self._encoder = self._load()
-                encoder = self._encoder
-        return encoder
+        return self._encoder.get()
 
     def _load(self) -> _OnnxEncoder:
         path = self._model_path or default_model_path()

@@ -17,6 +17,7 @@ from rag_platform.lib.embedding import (
     get_embedder,
     get_sparse_encoder,
 )
+from rag_platform.lib.embedding.dense import Lazy
 from rag_platform.settings import get_settings
 
 
@@ -68,7 +69,7 @@ class TestEmbedder:
 
     def test_lazy_thread_safe_load_and_process_wide_instance(self) -> None:
         e = Embedder(batch_size=8)
-        assert e._model is None  # nothing loaded before first use
+        assert not e._model.loaded  # nothing loaded before first use
         models: list[object] = []
         threads = [threading.Thread(target=lambda: models.append(e.model)) for _ in range(4)]
         for t in threads:
@@ -84,7 +85,8 @@ class GatedEmbedder(Embedder):
 
     def __init__(self, fail_with: Exception | None = None) -> None:
         super().__init__()
-        self._model = get_embedder().model
+        shared = get_embedder().model  # loaded now, shared with the process-wide embedder
+        self._model = Lazy(lambda: shared)
         self.gate = threading.Event()
         self.entered = threading.Event()
         self.calls: list[int] = []

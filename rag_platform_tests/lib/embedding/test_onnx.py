@@ -243,7 +243,7 @@ class TestOnnxInt8Embedder:
 
     def test_lazy_thread_safe_load(self, built: Path) -> None:
         e = OnnxInt8Embedder(models_dir=built.parent.parent, intra_op_num_threads=1)
-        assert e._encoder is None  # nothing loaded before first use
+        assert not e._encoder.loaded  # nothing loaded before first use
         seen: list[object] = []
         threads = [threading.Thread(target=lambda: seen.append(e._loaded)) for _ in range(4)]
         for t in threads:
