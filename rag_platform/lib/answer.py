@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable, Generator
 from typing import Any, Literal, Protocol
 
 import httpx
 import numpy as np
+from cachetools import LRUCache
 
 from rag_platform.lib.embedding import DenseEmbedder
 from rag_platform.lib.models import Answer, Citation, Hit
@@ -150,11 +152,17 @@ class ExtractiveAnswerer:
     embedded in one batch. The best sentences are taken greedily, skipping near-duplicates
     (cosine above ``duplicate_threshold`` to one already chosen).
 
+    Sentence vectors are kept in a bounded LRU cache (``sentence_cache`` entries, 384 float32
+    each: 1.5 KiB per sentence, ~30 MiB at the default), so the chunks that many questions
+    retrieve (an evaluation's golden set, an API's popular documents) are embedded once; only
+    the question and the sentences not yet seen are embedded per answer.
+
     Args:
         embedder: the dense embedder (the same model as retrieval).
         max_hits: hits considered, best first.
         lexical_weight: weight of the lexical-overlap term.
         duplicate_threshold: cosine above which two sentences count as the same.
+        sentence_cache: sentence vectors kept (0 disables the cache).
     """
 
     mode: Literal["extractive", "llm"] = "extractive"
@@ -165,11 +173,36 @@ class ExtractiveAnswerer:
         max_hits: int = 5,
         lexical_weight: float = 0.15,
         duplicate_threshold: float = 0.92,
+        sentence_cache: int = 20_000,
     ) -> None:
         self.embedder = embedder
         self.max_hits = max_hits
         self.lexical_weight = lexical_weight
         self.duplicate_threshold = duplicate_threshold
+        self._vectors: LRUCache[str, np.ndarray] | None = (
+            LRUCache(maxsize=sentence_cache) if sentence_cache > 0 else None
+        )
+        self._lock = threading.Lock()
+
+    def _embed(self, question: str, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The question's vector and one vector per sentence (cached sentences not re-embedded).
+
+        Returns:
+            ``(q_vec, s_vecs)``: shapes ``(dim,)`` and ``(len(sentences), dim)``.
+        """
+        if self._vectors is None:
+            vectors = self.embedder.embed_documents([question, *sentences])
+            return vectors[0], vectors[1:]
+        with self._lock:
+            known = {s: v for s in sentences if (v := self._vectors.get(s)) is not None}
+        missing = list(dict.fromkeys(s for s in sentences if s not in known))
+        vectors = self.embedder.embed_documents([question, *missing])
+        fresh = dict(zip(missing, vectors[1:], strict=True))
+        with self._lock:
+            for sentence, vector in fresh.items():
+                self._vectors[sentence] = vector
+        known.update(fresh)
+        return vectors[0], np.stack([known[s] for s in sentences])
 
     def answer(self, question: str, hits: list[Hit], max_sentences: int = 3) -> Answer:
         """Answers ``question`` from ``hits``.
@@ -194,8 +227,7 @@ class ExtractiveAnswerer:
         if not candidates:
             return Answer(text=NO_ANSWER_TEXT, citations=[], mode="extractive")
 
-        vectors = self.embedder.embed_documents([question] + [s for s, _ in candidates])
-        q_vec, s_vecs = vectors[0], vectors[1:]
+        q_vec, s_vecs = self._embed(question, [s for s, _ in candidates])
         cosine = s_vecs @ q_vec
         q_words = _content_words(question)
         overlap = np.array(

@@ -241,3 +241,28 @@ class TestLLMAnswerer:
             down.answer("q?", HITS)
         with pytest.raises(ValueError):
             LLMAnswerer(base_url="", model="m")
+
+
+def test_sentence_vectors_are_cached_and_answers_unchanged() -> None:
+    """The second question over the same hits embeds only itself, and the answer is the one
+    an answerer without the cache gives."""
+    embedder = get_embedder()
+    embedded: list[int] = []
+
+    class Counting:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(embedder, name)
+
+        def embed_documents(self, texts: list[str]) -> Any:
+            embedded.append(len(texts))
+            return embedder.embed_documents(texts)
+
+    cached = ExtractiveAnswerer(Counting())  # type: ignore[arg-type]
+    uncached = ExtractiveAnswerer(embedder, sentence_cache=0)
+    first = cached.answer("What does vitamin D deficiency cause?", HITS)
+    second = cached.answer("How is calcium absorbed?", HITS)
+    assert embedded[0] > 1 and embedded[1] == 1
+    assert first == uncached.answer("What does vitamin D deficiency cause?", HITS)
+    assert second == uncached.answer("How is calcium absorbed?", HITS)
+    tiny = ExtractiveAnswerer(embedder, sentence_cache=2)
+    assert tiny.answer("How is calcium absorbed?", HITS) == second

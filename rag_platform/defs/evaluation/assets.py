@@ -55,7 +55,7 @@ def index_evaluation(
     search_index: dict[str, Any],
     golden_set: dict[str, Any],
 ) -> dg.Output[dict[str, Any]]:
-    """Retrieval metrics (nDCG@10, recall@k, precision@k, MRR with ranx) and ragas answer
+    """Retrieval metrics (nDCG@10, recall@k, precision@k, MRR with trec_eval) and ragas answer
     metrics of the new index version on the golden set, computed with the API's own Retriever and
     answerer. Writes an HTML and Markdown report with plots under RAG_HOME/reports and compares
     with the published version; the blocking ``evaluation_gate`` check decides publishing."""

@@ -1,7 +1,7 @@
-"""Golden-set evaluation of an index version: retrieval metrics (ranx), answer metrics (ragas),
+"""Golden-set evaluation of an index version: retrieval metrics (trec_eval), answer metrics (ragas),
 reports (HTML / Markdown / JSON with plots) and the publishing gate.
 
-Importing this package is cheap: ranx, ragas, matplotlib and Jinja2 load on first use.
+Importing this package is cheap: pytrec_eval, ragas, matplotlib and Jinja2 load on first use.
 """
 
 from rag_platform.lib.evaluation.gate import REGRESSION_METRICS, GateResult, check_gate

@@ -178,6 +178,17 @@ def evaluate_answers(
         contexts_of[q.qid] = [h.text for h in hits if h.text.strip()]
 
     endpoint_down: list[str] = []
+    try:  # one batch for every answer-similarity embedding; ragas asks one text at a time
+        embeddings.prime(
+            [
+                text
+                for q, row in zip(sample, per_question, strict=True)
+                if row["error"] is None and q.reference_answer
+                for text in (q.reference_answer, row["answer"])
+            ]
+        )
+    except Exception as exc:  # the per-question calls below still run (and record errors)
+        logger.warning("batch embedding of answers failed: %s", exc)
 
     async def score_all() -> None:
         # One event loop for every ragas call: an async LLM client must not outlive its loop.
@@ -316,16 +327,40 @@ def _import_ragas() -> _Ragas:
         from ragas.metrics.collections import SemanticSimilarity
 
     class CallableEmbeddings(BaseRagasEmbedding):
-        """ragas' modern embeddings interface over any ``texts -> vectors`` function."""
+        """ragas' modern embeddings interface over any ``texts -> vectors`` function.
+
+        ragas embeds one text per call; :meth:`prime` embeds every text an evaluation will ask
+        for in one batch first (reference and generated answers), and later calls are answered
+        from those vectors.
+        """
 
         def __init__(self, embed_fn: EmbedFn) -> None:
             super().__init__(cache=None)
             self._embed_fn = embed_fn
+            self._primed: dict[str, list[float]] = {}
+
+        def prime(self, texts: list[str]) -> None:
+            todo = [t for t in dict.fromkeys(texts) if t and t not in self._primed]
+            if todo:
+                vectors = np.asarray(self._embed_fn(todo), dtype=np.float64).tolist()
+                self._primed.update(zip(todo, vectors, strict=True))
 
         def embed_texts(self, texts: list[str], **kwargs: Any) -> list[list[float]]:
             if not texts:
                 return []
-            return np.asarray(self._embed_fn(list(texts)), dtype=np.float64).tolist()
+            missing = [t for t in texts if t not in self._primed]
+            fresh = (
+                dict(
+                    zip(
+                        missing,
+                        np.asarray(self._embed_fn(missing), dtype=np.float64).tolist(),
+                        strict=True,
+                    )
+                )
+                if missing
+                else {}
+            )
+            return [self._primed[t] if t in self._primed else fresh[t] for t in texts]
 
         def embed_text(self, text: str, **kwargs: Any) -> list[float]:
             return self.embed_texts([text])[0]

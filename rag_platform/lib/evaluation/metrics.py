@@ -5,10 +5,13 @@ uses against a new index version without depending on how that index is built. C
 turned into a document-level run (the usual practice for BEIR-style document qrels): a document
 takes the rank of its first (best) chunk, so the retriever's order is kept exactly.
 
-All metric values come from ranx (Bassani, ECIR 2022, https://github.com/AmenRa/ranx), whose
-definitions follow trec_eval: ``ndcg@k`` uses linear gains (Järvelin & Kekäläinen, 2002), ``mrr``
-is the reciprocal rank of the first relevant document within the retrieval depth, ``map@k`` is
-mean average precision cut at k.
+All metric values come from trec_eval itself, through its Python binding pytrec_eval (Van Gysel &
+de Rijke, SIGIR 2018, https://github.com/cvangysel/pytrec_eval; the ``pytrec-eval-terrier``
+wheels): ``ndcg@k`` is trec_eval's ``ndcg_cut_k`` with linear gains (Järvelin & Kekäläinen,
+2002), ``mrr`` its ``recip_rank`` (the reciprocal rank of the first relevant document within the
+retrieval depth), ``map@k`` its ``map_cut_k``, ``recall@k`` and ``precision@k`` its ``recall_k``
+and ``P_k``. (ranx, used before, computes the same trec_eval definitions but JIT-compiles its
+numba kernels in every new process: ~7 s of each evaluation on 2 cores.)
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +55,7 @@ class RetrievalEvaluation:
             ``relevance``, ``rank`` or None).
         by_question_type: question type → metric name → mean (types of the golden set only).
         skipped: qids of questions without any relevant document (not evaluated).
-        metric_names: the ranx metric names computed, in order.
+        metric_names: the metric names computed, in order.
     """
 
     summary: dict[str, float]
@@ -81,7 +83,7 @@ class RetrievalEvaluation:
 
 
 def metric_names_for(k_values: Sequence[int]) -> list[str]:
-    """ranx metric names for ``k_values``: ndcg@10, mrr, map@100, recall@k and precision@k."""
+    """Metric names for ``k_values``: ndcg@10, mrr, map@100, recall@k and precision@k."""
     names = ["ndcg@10", "mrr", "map@100"]
     for k in sorted(set(k_values) | {10, 100}):
         names += [f"recall@{k}", f"precision@{k}"]
@@ -130,8 +132,6 @@ def evaluate_retrieval(
         ValueError: no question of the set has a relevant document (nothing to evaluate), or a
             cut-off is not a positive integer.
     """
-    from ranx import Qrels, Run, evaluate
-
     if any(int(k) < 1 for k in k_values):
         raise ValueError(f"k_values must be positive integers, got {list(k_values)}")
     judged = [q for q in golden.questions if q.has_relevance]
@@ -148,7 +148,7 @@ def evaluate_retrieval(
     latencies: list[float] = []
     errors = 0
     for q in judged:
-        rel = {d: g for d, g in q.relevant_doc_ids.items() if g > 0}
+        rel = {d: int(g) for d, g in q.relevant_doc_ids.items() if g > 0}
         qrels_dict[q.qid] = rel
         error: str | None = None
         started = time.perf_counter()
@@ -161,18 +161,13 @@ def evaluate_retrieval(
         latency_ms = (time.perf_counter() - started) * 1000.0
         latencies.append(latency_ms)
         ranked = doc_level_run(hits)[:depth]
-        # Rank-derived scores: ranx sorts by score, so strictly decreasing values keep the
-        # retriever's order even where fused scores tie.
+        # Rank-derived scores: trec_eval sorts by score (ties by doc id), so strictly
+        # decreasing values keep the retriever's order even where fused scores tie.
         run_dict[q.qid] = {d: float(len(ranked) - i) for i, (d, _, _) in enumerate(ranked)}
         details[q.qid] = {"hits": ranked, "latency_ms": latency_ms, "error": error, "rel": rel}
 
     names = metric_names_for(k_values)
-    qrels = Qrels.from_dict(qrels_dict)
-    run = Run.from_dict(run_dict)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # numba type-safety notes on uint64 → int64 casts
-        evaluate(qrels, run, names, threads=1)
-    per_query: dict[str, dict[str, float]] = {m: dict(run.scores[m]) for m in names}
+    per_query = trec_eval_scores(qrels_dict, run_dict, names)
 
     per_question: list[dict[str, Any]] = []
     for q in judged:
@@ -215,7 +210,7 @@ def evaluate_retrieval(
             }
         )
 
-    summary = {m: float(run.mean_scores[m]) for m in names}
+    summary = {m: _mean([per_query[m][q.qid] for q in judged]) for m in names}
     summary["latency_p50_ms"] = float(np.percentile(latencies, 50))
     summary["latency_p95_ms"] = float(np.percentile(latencies, 95))
     summary["questions"] = float(len(judged))
@@ -235,6 +230,54 @@ def evaluate_retrieval(
         skipped=skipped,
         metric_names=names,
     )
+
+
+def _trec_measure(name: str) -> str:
+    if name == "mrr":
+        return "recip_rank"
+    metric, _, k = name.partition("@")
+    try:
+        return {"ndcg": "ndcg_cut", "map": "map_cut", "recall": "recall", "precision": "P"}[
+            metric
+        ] + f"_{int(k)}"
+    except (KeyError, ValueError):
+        raise ValueError(f"unsupported metric {name!r}") from None
+
+
+def trec_eval_scores(
+    qrels: dict[str, dict[str, int]],
+    run: dict[str, dict[str, float]],
+    names: Sequence[str],
+) -> dict[str, dict[str, float]]:
+    """Per-question values of ``names`` computed by trec_eval (pytrec_eval).
+
+    Args:
+        qrels: qid → doc id → relevance grade (> 0 relevant).
+        run: qid → doc id → score (higher ranks first); a qid may map to an empty ranking.
+        names: ``ndcg@k``, ``mrr``, ``map@k``, ``recall@k``, ``precision@k``.
+
+    Returns:
+        metric name → qid → value, for every qid of ``qrels``; a question with no ranking (or
+        no relevant document in it) scores 0.
+
+    Raises:
+        ValueError: a metric name that is not one of the above.
+    """
+    import pytrec_eval
+
+    measures = {name: _trec_measure(name) for name in names}
+    families = {m.rsplit("_", 1)[0] if m != "recip_rank" else m for m in measures.values()}
+    cuts = {m.rsplit("_", 1)[1] for m in measures.values() if m != "recip_rank"}
+    requested = {
+        f"{f}.{','.join(sorted(cuts, key=int))}" if f != "recip_rank" else f for f in families
+    }
+    ranked = {qid: docs for qid, docs in run.items() if docs and qid in qrels}
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, requested)
+    results = evaluator.evaluate(ranked) if ranked else {}
+    return {
+        name: {qid: float(results.get(qid, {}).get(measure, 0.0)) for qid in qrels}
+        for name, measure in measures.items()
+    }
 
 
 def _mean(values: Sequence[float]) -> float:

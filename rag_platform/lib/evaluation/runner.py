@@ -93,7 +93,7 @@ def run_evaluation(
     """Evaluates one index version on ``golden``.
 
     Retrieval: every judged question through :class:`~rag_platform.lib.retrieval.Retriever`
-    (ranx metrics), its queries embedded by the version's own embedding model and backend, as
+    (trec_eval metrics), its queries embedded by the version's own embedding model and backend, as
     the API does. Answers: a sample through the API's answerer, scored with ragas (non-LLM
     metrics always; LLM-judged ones when an LLM endpoint is configured). The principal sees every
     ACL group of the index, so permissions never hide relevant documents from the evaluation.

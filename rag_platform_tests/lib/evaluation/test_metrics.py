@@ -138,3 +138,42 @@ class TestEvaluateRetrieval:
         golden, runs = hand_made()
         with pytest.raises(ValueError, match="positive"):
             evaluate_retrieval(golden, lambda q, k: runs[q], k_values=(0, 10))
+
+
+def test_trec_eval_scores_agree_with_ranx_on_random_runs() -> None:
+    """Same definitions, two implementations: trec_eval (through pytrec_eval, what the platform
+    uses) and ranx (what it used before), on 200 seeded random questions with graded relevance,
+    empty rankings and rankings without any relevant document."""
+    import random
+
+    from ranx import Qrels, Run, evaluate
+
+    from rag_platform.lib.evaluation.metrics import metric_names_for, trec_eval_scores
+
+    rng = random.Random(7)
+    docs = [f"d{i}" for i in range(60)]
+    qrels: dict[str, dict[str, int]] = {}
+    run: dict[str, dict[str, float]] = {}
+    for q in range(200):
+        qid = f"q{q}"
+        qrels[qid] = {d: rng.randint(1, 3) for d in rng.sample(docs, rng.randint(1, 6))}
+        ranked = rng.sample(docs, rng.choice([0, 1, 5, 20, 60]))
+        run[qid] = {d: float(len(ranked) - i) for i, d in enumerate(ranked)}
+    names = metric_names_for((1, 3, 5, 10, 100))
+    ours = trec_eval_scores(qrels, run, names)
+
+    ranx_run = Run.from_dict({q: r for q, r in run.items() if r})
+    evaluate(Qrels.from_dict(qrels), ranx_run, names, threads=1, make_comparable=True)
+    for name in names:
+        theirs = ranx_run.scores[name]
+        for qid in qrels:
+            assert ours[name][qid] == pytest.approx(theirs.get(qid, 0.0), abs=1e-4), (name, qid)
+    assert any(v > 0 for v in ours["ndcg@10"].values())
+    assert any(v == 0 for v in ours["mrr"].values())
+
+
+def test_unsupported_metric_is_refused() -> None:
+    from rag_platform.lib.evaluation.metrics import trec_eval_scores
+
+    with pytest.raises(ValueError, match="unsupported metric"):
+        trec_eval_scores({"q": {"a": 1}}, {"q": {"a": 1.0}}, ["bpref"])
