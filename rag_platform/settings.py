@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     )
     embedding_batch_size: int = Field(64, ge=1, le=1024)
     embedding_backend: Literal["torch", "onnx-int8", "auto"] = Field(
-        "torch",
+        "auto",
         description="Dense embedding backend: `torch` (sentence-transformers), `onnx-int8` "
         "(ONNX Runtime, int8-quantized, built once under RAG_MODELS_DIR) or `auto` (torch when "
         "a CUDA GPU is present, else onnx-int8). A switch re-embeds every tenant.",
