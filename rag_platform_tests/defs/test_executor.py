@@ -58,6 +58,26 @@ class TestExecutorSelection:
         with pytest.raises(ValueError, match="RAG_CELERY_BROKER_URL"):
             celery_app_args(Settings(celery_broker_url=None))
 
+    def test_the_worker_command_refuses_without_a_broker_or_with_a_bad_name(
+        self, rag_home, monkeypatch
+    ) -> None:
+        from typer.testing import CliRunner
+
+        from rag_platform.cli import app
+        from rag_platform.settings import get_settings
+
+        runner = CliRunner()
+        monkeypatch.delenv("RAG_CELERY_BROKER_URL", raising=False)
+        result = runner.invoke(app, ["worker", "--name", "alpha"])
+        assert result.exit_code == 2 and "RAG_CELERY_BROKER_URL" in result.output
+        monkeypatch.setenv("RAG_CELERY_BROKER_URL", "redis://127.0.0.1:6379/12")
+        get_settings.cache_clear()
+        for bad in ("../etc", "a b", "x" * 64, "-q"):
+            result = runner.invoke(app, ["worker", "--name", bad])
+            assert result.exit_code == 2, (bad, result.output)
+        result = runner.invoke(app, ["worker", "--loglevel", "TRACE"])
+        assert result.exit_code == 2 and "--loglevel" in result.output
+
     def test_the_worker_app_serves_dagster_celerys_task_on_the_dagster_queue(self) -> None:
         app = worker_app(Settings(celery_broker_url="redis://127.0.0.1:6379/3"))
         try:
@@ -151,19 +171,50 @@ def test_two_tenants_run_their_steps_on_two_celery_workers(
 
 
 @pytest.mark.integration
-def test_a_worker_stops_on_sigterm_with_status_0(rag_home: Settings, tmp_path: Path) -> None:
-    """Warm shutdown of an idle worker: SIGTERM ends it with exit status 0."""
+def test_sigterm_to_materialize_revokes_the_run_then_the_worker_stops_with_0(
+    rag_home: Settings, write_tenants, tmp_path: Path
+) -> None:
+    """SIGTERM to the orchestrating ``materialize``: the run fails as interrupted, its queued
+    steps are revoked, nothing is published; SIGTERM to the idle worker: exit status 0."""
+    write_tenants(scifact_tenant("sci", limit=10))
     with flushed_redis(CELERY_TEST_DB) as broker:
-        env = platform_env({"RAG_HOME": str(rag_home.home), "RAG_CELERY_BROKER_URL": broker})
+        env = platform_env(
+            {
+                "RAG_HOME": str(rag_home.home),
+                "RAG_TENANTS_FILE": str(rag_home.tenants_file),
+                "RAG_DATA_DIR": str(rag_home.data_dir),
+                "RAG_MODELS_DIR": str(rag_home.resolved_models_dir),
+                "RAG_CELERY_BROKER_URL": broker,
+            }
+        )
+        dagster_instance(rag_home).dispose()
         worker = CeleryWorker(tmp_path, "gamma", env)
         worker.start(timeout=120)
         try:
-            assert worker.running
+            log = tmp_path / "materialize.log"
+            run = Materialization("sci", env, log)
+            deadline = time.monotonic() + 180
+            marker = 'Submitting celery task for step "parsed_documents"'
+            while marker not in log.read_text(errors="replace"):
+                assert run.proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            run.proc.send_signal(signal.SIGTERM)
+            summary = run.wait(timeout=120)
+            assert run.proc.returncode == 1
+            assert summary["success"] is False and summary["published"] is False
+            assert "revoking active tasks" in log.read_text(errors="replace")
+
             worker.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 120  # a step it had started finishes first
             while worker.running and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert not worker.running, worker.log_tail()
         finally:
             worker.kill()
     assert worker.returncode == 0, worker.log_tail()
+    store = MetadataStore.from_settings(rag_home)
+    try:
+        store.migrate()
+        assert store.get_published_version("sci") is None
+    finally:
+        store.dispose()
