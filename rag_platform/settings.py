@@ -163,13 +163,14 @@ class Settings(BaseSettings):
         None,
         description="Celery broker URL (`redis://host:6379/<db>` or `amqp://user:pass@host//`). "
         "Set: the tenant pipeline runs each step as a Celery task on `rag-platform worker` "
-        "processes. Unset: steps run in the process that launched the run.",
+        "processes. Unset: Dagster's default executor (in-process for `materialize`).",
     )
     celery_backend_url: str | None = Field(
         None,
         description="Celery result backend URL; default the broker URL for a Redis broker, "
         "`rpc://` (results over the broker) for an AMQP one.",
     )
+
     # Optional OpenAI-compatible LLM endpoint for generated answers and LLM-judged metrics.
     llm_base_url: str | None = None
     llm_api_key: str | None = None
