@@ -223,6 +223,60 @@ def materialize(
 
 
 # ------------------------------------------------------------------------------------------
+# worker
+# ------------------------------------------------------------------------------------------
+
+_WORKER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+@app.command()
+def worker(
+    name: Annotated[
+        str, typer.Option(help="Worker name; its Celery hostname is NAME@<host>.")
+    ] = "rag-worker",
+    loglevel: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Runs a dagster-celery worker for the pipeline's steps (needs RAG_CELERY_BROKER_URL).
+
+    It listens on the ``dagster`` queue of the broker; each step (a Celery task) loads the
+    code location, runs the step against the Dagster instance the run names (its instance ref:
+    the launcher's RAG_HOME/dagster, or PostgreSQL) and writes its events there. Runs launched
+    with the same RAG_CELERY_BROKER_URL (``rag-platform materialize``, ``rag-platform ui``,
+    schedules and sensors) send their steps here.
+
+    One step at a time, in this process (Celery's ``solo`` pool): a step starts its own parse
+    and mask worker processes, which the daemonic children of the ``prefork`` pool may not.
+    Start one worker per host (or more, with distinct ``--name``) to run steps in parallel.
+
+    SIGTERM or SIGINT is a warm shutdown: no new steps, the running one finishes, then the
+    worker exits 0; a second SIGINT (or SIGQUIT) is a cold shutdown, and a step it cuts short
+    goes back to the queue (``task_acks_late``) for another worker.
+    """
+    import re
+
+    from rag_platform.defs.executor import worker_app
+
+    if not re.fullmatch(_WORKER_NAME, name):
+        _fail("--name: letters, digits, '.', '_' or '-' (at most 63), starting alphanumeric")
+    if loglevel.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        _fail("--loglevel must be DEBUG, INFO, WARNING or ERROR")
+    settings = get_settings()
+    if not settings.celery_broker_url:
+        _fail("set RAG_CELERY_BROKER_URL (e.g. redis://127.0.0.1:6379/2) to run a worker")
+    argv = [
+        "worker",
+        f"--hostname={name}@%h",
+        "--pool=solo",
+        f"--loglevel={loglevel.upper()}",
+        "--queues=dagster",
+        "--prefetch-multiplier=1",
+        "--without-mingle",
+        "--without-gossip",
+    ]
+    worker_app(settings).worker_main(argv)
+
+
+# ------------------------------------------------------------------------------------------
 # keys
 # ------------------------------------------------------------------------------------------
 

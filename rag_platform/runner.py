@@ -11,9 +11,15 @@ from functools import lru_cache
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.reconstruct import ReconstructableJob, ReconstructableRepository
 
+from rag_platform.defs.executor import WORKER_METADATA_KEY
 from rag_platform.defs.partitions import TENANTS
 from rag_platform.settings import PROJECT_ROOT, Settings, get_settings
+
+#: The per-tenant job materialize_tenant runs, and the run tag that names its partition.
+PIPELINE_JOB = "tenant_pipeline"
+PARTITION_TAG = "dagster/partition"
 
 
 @lru_cache(maxsize=1)
@@ -56,6 +62,8 @@ class PipelineSummary:
     seconds_by_stage: dict[str, float] = field(default_factory=dict)
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     run_id: str = ""
+    #: Step key -> Celery worker hostname (``name@host``) that ran it; empty when in-process.
+    step_workers: dict[str, str] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -70,7 +78,19 @@ class PipelineSummary:
             "quarantined": self.quarantined,
             "failed_checks": self.failed_checks,
             "run_id": self.run_id,
+            "workers": sorted(set(self.step_workers.values())),
         }
+
+
+def _celery_worker(event: dg.DagsterEvent) -> str | None:
+    """The worker hostname of dagster-celery's "Executing steps ... in celery worker" engine
+    event, None for any other event."""
+    if not event.is_engine_event:
+        return None
+    metadata = getattr(event.event_specific_data, "metadata", None) or {}
+    value = metadata.get(WORKER_METADATA_KEY)
+    worker = getattr(value, "value", value)
+    return worker if isinstance(worker, str) else None
 
 
 def _metadata_values(event: Any) -> dict[str, Any]:
@@ -83,7 +103,11 @@ def _metadata_values(event: Any) -> dict[str, Any]:
 def materialize_tenant(
     tenant: str, settings: Settings | None = None, instance: dg.DagsterInstance | None = None
 ) -> PipelineSummary:
-    """Materializes the tenant's whole graph (the ``tenant_pipeline`` job) in-process.
+    """Materializes the tenant's whole graph (the ``tenant_pipeline`` job).
+
+    In this process (``execute_in_process``), or, when ``RAG_CELERY_BROKER_URL`` is set, with the
+    job's celery executor: this process orchestrates and every step runs as a Celery task on a
+    ``rag-platform worker``; ``step_workers`` then names the worker of each step.
 
     Raises:
         KeyError: the tenant is not in the registry.
@@ -96,11 +120,51 @@ def materialize_tenant(
     instance = instance or dagster_instance(settings)
     if not instance.has_dynamic_partition(TENANTS, tenant):
         instance.add_dynamic_partitions(TENANTS, [tenant])
-    job = load_definitions().resolve_job_def("tenant_pipeline")
     start = time.perf_counter()
-    result = job.execute_in_process(partition_key=tenant, instance=instance, raise_on_error=False)
-    seconds = time.perf_counter() - start
+    if settings.celery_broker_url:
+        # Out of process: the run's executor (celery) needs a job the workers can rebuild.
+        with dg.execute_job(
+            reconstructable_pipeline(),
+            instance,
+            tags={PARTITION_TAG: tenant},
+            raise_on_error=False,
+        ) as result:
+            summary = _summarize(tenant, result, time.perf_counter() - start)
+    else:
+        job = load_definitions().resolve_job_def(PIPELINE_JOB)
+        in_process = job.execute_in_process(
+            partition_key=tenant, instance=instance, raise_on_error=False
+        )
+        summary = _summarize(tenant, in_process, time.perf_counter() - start)
+    from rag_platform.lib.store import MetadataStore
 
+    store = MetadataStore.from_settings(settings)
+    try:
+        store.migrate()  # a run that failed before any step opened the store left it empty
+        published = store.get_published_version(tenant)
+    finally:
+        store.dispose()
+    summary.published = bool(
+        published
+        and published.version == summary.index_version
+        and "published_index" in summary.metadata
+    )
+    return summary
+
+
+def reconstructable_pipeline() -> ReconstructableJob:
+    """``tenant_pipeline`` as a job another process can rebuild (a Celery worker, a
+    multiprocess step): a pointer to ``rag_platform.definitions:defs`` and the job's name."""
+    repository = ReconstructableRepository.for_module(
+        "rag_platform.definitions", "defs", working_directory=str(PROJECT_ROOT)
+    )
+    return repository.get_reconstructable_job(PIPELINE_JOB)
+
+
+def _summarize(
+    tenant: str, result: dg.ExecuteInProcessResult | dg.JobExecutionResult, seconds: float
+) -> PipelineSummary:
+    """The run's summary from its events (``published`` is filled in by the caller)."""
     summary = PipelineSummary(
         tenant=tenant, success=result.success, seconds=seconds, run_id=result.run_id
     )
@@ -112,6 +176,9 @@ def materialize_tenant(
         data = event.event_specific_data
         if isinstance(data, dg.AssetCheckEvaluation) and not data.passed:
             summary.failed_checks.append(data.check_name)
+        worker = _celery_worker(event)
+        if worker is not None and event.step_key:
+            summary.step_workers[event.step_key] = worker
     md = summary.metadata
     summary.documents = int(md.get("source_documents", {}).get("documents", 0))
     summary.chunks = int(md.get("chunks", {}).get("chunks", 0))
@@ -124,14 +191,4 @@ def materialize_tenant(
     for name, values in md.items():
         if "seconds" in values:
             summary.seconds_by_stage[name] = float(values["seconds"])
-    from rag_platform.lib.store import MetadataStore
-
-    store = MetadataStore.from_settings(settings)
-    try:
-        published = store.get_published_version(tenant)
-    finally:
-        store.dispose()
-    summary.published = bool(
-        published and published.version == summary.index_version and "published_index" in md
-    )
     return summary

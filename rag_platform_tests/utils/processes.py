@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -366,6 +367,73 @@ class ApiServer(ServerProcess):
             return httpx.get(f"{self.url}/health/live", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
+
+
+class CeleryWorker(ServerProcess):
+    """``rag-platform worker --name <name>``: a dagster-celery worker on the broker of ``env``.
+
+    Ready when it answers a Celery ``ping`` addressed to its hostname (``<name>@<host>``), so
+    it consumes the ``dagster`` queue when :meth:`start` returns. :meth:`stop` sends SIGTERM,
+    the worker's warm shutdown.
+
+    Args:
+        workdir: where its log goes (``<name>.log``).
+        name: the worker name; distinct per worker.
+        env: the ``RAG_*`` settings, with ``RAG_CELERY_BROKER_URL`` (see :func:`platform_env`).
+    """
+
+    def __init__(self, workdir: Path, name: str, env: dict[str, str]) -> None:
+        self.name = name
+        super().__init__(workdir, env=env)
+        self.hostname = f"{name}@{socket.gethostname()}"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "rag_platform.cli",
+            "worker",
+            "--name",
+            self.name,
+            "--loglevel",
+            "INFO",
+        ]
+
+    #: The worker's pid from its last start (its ``solo`` pool runs every step in it).
+    pid_at_start: int | None = None
+
+    def start(self, timeout: float = 120.0) -> None:
+        super().start(timeout)
+        self.pid_at_start = self.server_pid()
+
+    def send_signal(self, signum: int) -> None:
+        """Sends ``signum`` to the worker process."""
+        os.kill(self.server_pid(), signum)
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once it has stopped, None while it runs."""
+        return self._last_returncode
+
+    _last_returncode: int | None = None
+
+    def ready(self) -> bool:
+        from celery import Celery
+
+        assert self.env is not None
+        app = Celery(broker=self.env["RAG_CELERY_BROKER_URL"])
+        try:
+            replies = app.control.ping(destination=[self.hostname], timeout=1.0)
+            return any(self.hostname in reply for reply in replies)
+        except Exception:
+            return False
+        finally:
+            app.close()
+
+    def _reap(self) -> None:
+        if self._proc is not None and self._proc.poll() is not None:
+            self._last_returncode = self._proc.returncode
+        super()._reap()
 
 
 class Materialization:
