@@ -36,9 +36,11 @@ app = typer.Typer(
 tenants_app = typer.Typer(help="The tenant registry.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (principals).", no_args_is_help=True)
 index_app = typer.Typer(help="Index versions: list and roll back.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
 app.add_typer(index_app, name="index")
+app.add_typer(audit_app, name="audit")
 
 
 @app.callback()
@@ -351,6 +353,24 @@ def index_receipt(
             typer.echo(f"{kind}: {', '.join(ids)}")
     _echo_json({"tenant": tenant, "version": version, **receipt.to_dict()})
     if not receipt.passed:
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------
+# audit
+# ------------------------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Checks the audit log's hash chain from its first row to its last. The last line is JSON
+    (``intact``, ``rows``, ``head_hash``, ``broken_id``, ``reason``); exit 0 when intact, 1
+    naming the first broken row and why."""
+    report = _store().verify_audit()
+    if not report.intact:
+        typer.echo(f"audit log broken at row {report.broken_id}: {report.reason}", err=True)
+    _echo_json(report.to_dict())
+    if not report.intact:
         raise typer.Exit(1)
 
 
