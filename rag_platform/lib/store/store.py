@@ -124,6 +124,10 @@ class MetadataStore:
         """Tenant ids, sorted."""
         return self.tenants.find()
 
+    def tenant_exists(self, tenant_id: str) -> bool:
+        """Whether the tenant is known; see :meth:`TenantRepository.exists`."""
+        return self.tenants.exists(tenant_id)
+
     # API keys: ApiKeyRepository ------------------------------------------------------------
 
     def create_api_key(
