@@ -357,6 +357,47 @@ def index_receipt(
 
 
 # ------------------------------------------------------------------------------------------
+# backup, restore
+# ------------------------------------------------------------------------------------------
+
+
+@app.command()
+def backup(
+    tenant: Annotated[str, typer.Option(help="Tenant to back up.")],
+    to: Annotated[str, typer.Option("--to", help="An empty or new folder, or s3://bucket/prefix.")],
+) -> None:
+    """Writes a consistent backup of a tenant: the published index shard, its metadata rows,
+    its registry entry and its content caches, with a manifest of SHA-256 checksums. The last
+    line is JSON (files, bytes, rows per table, manifest_sha256); exit 2 on refusal."""
+    from rag_platform.lib.backup import BackupError, TenantBackup
+
+    settings = get_settings()
+    try:
+        receipt = TenantBackup(settings, _store(settings)).run(tenant, to)
+    except (BackupError, ValueError) as exc:
+        _fail(str(exc))
+    _echo_json(receipt.to_dict())
+
+
+@app.command()
+def restore(
+    source: Annotated[str, typer.Option("--from", help="A backup folder or s3://bucket/prefix.")],
+    force: Annotated[bool, typer.Option(help="Replace the tenant if it exists here.")] = False,
+) -> None:
+    """Verifies every checksum of a backup, then restores its tenant into this RAG_HOME (refused
+    if the tenant exists, unless --force). The last line is JSON; exit 2 on refusal (a tampered
+    or incomplete backup: nothing is written)."""
+    from rag_platform.lib.backup import BackupError, TenantRestore
+
+    settings = get_settings()
+    try:
+        receipt = TenantRestore(settings, _store(settings)).run(source, force=force)
+    except (BackupError, ValueError) as exc:
+        _fail(str(exc))
+    _echo_json(receipt.to_dict())
+
+
+# ------------------------------------------------------------------------------------------
 # audit
 # ------------------------------------------------------------------------------------------
 

@@ -222,6 +222,18 @@ class Settings(BaseSettings):
         "(a rotated key is picked up within it).",
     )
 
+    # Backups
+    backup_url: str | None = Field(
+        None,
+        description="Where the scheduled backups go (`<url>/<tenant>/<UTC time>`): a folder or "
+        "`s3://bucket/prefix`; default RAG_HOME/backups.",
+    )
+
+    @property
+    def resolved_backup_url(self) -> str:
+        """``backup_url``, or ``RAG_HOME/backups``."""
+        return self.backup_url or str(self.home / "backups")
+
     @property
     def oidc_enabled(self) -> bool:
         """Whether OIDC bearer tokens are accepted (issuer, audience and JWKS URL all set)."""
