@@ -10,7 +10,9 @@ Tamper evidence: every row carries ``prev_hash``, the ``row_hash`` of the row wr
 canonical serialization (:func:`canonical_audit_bytes`) covers the id, action, tenant, actor,
 details, creation time and ``prev_hash``. Editing any field of a row changes its hash; deleting a
 row leaves its successor pointing at a hash no remaining row has. :func:`verify_audit_chain`
-walks the chain in id order and reports the first broken row.
+walks the chain in id order and reports the first broken row. Retention deletes old rows
+through :func:`prune_audit`, which records the new first row in a chained ``audit.prune`` row, so
+a pruned log still verifies while any other deletion of the first rows does not.
 
 Writers are serialized so the chain never forks: on PostgreSQL by a transaction-scoped advisory
 lock taken before the last row is read (held until commit, so the next writer reads this row);
@@ -30,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, delete, func, select
 
 from rag_platform.lib.store.db import Database, lock_tenant
 from rag_platform.lib.store.rows import check_text, from_row
@@ -39,6 +41,8 @@ from rag_platform.lib.store.tenants import check_tenant
 
 #: ``prev_hash`` of the first row of the chain (64 zeros).
 GENESIS_HASH = "0" * 64
+#: Action of the row :func:`prune_audit` appends: it anchors the chain's new first row.
+PRUNE_ACTION = "audit.prune"
 #: Rows read per batch by :func:`verify_audit_chain`.
 _VERIFY_BATCH = 1000
 
@@ -208,6 +212,65 @@ def _rows(conn: Connection) -> Iterator[AuditEntry]:
         after = batch[-1].id
 
 
+def _prune_anchors(conn: Connection) -> set[tuple[int, str]]:
+    """``(anchor_id, anchor_prev_hash)`` of every prune row (each is itself in the chain)."""
+    anchors = set()
+    stmt = select(audit_log_table.c.details).where(audit_log_table.c.action == PRUNE_ACTION)
+    for details in conn.scalars(stmt):
+        if isinstance(details, dict):
+            anchor_id, anchor_prev = details.get("anchor_id"), details.get("anchor_prev_hash")
+            if isinstance(anchor_id, int) and isinstance(anchor_prev, str):
+                anchors.add((anchor_id, anchor_prev))
+    return anchors
+
+
+def prune_audit(conn: Connection, *, before: datetime, actor: str) -> int:
+    """Delete the audit rows older than ``before`` (retention) without breaking verification.
+
+    In the caller's write transaction, under the chain's lock: deletes every row with an id
+    below the first row created at or after ``before``, then appends an ``audit.prune`` row
+    whose details record that first kept row's id and ``prev_hash`` (the anchor
+    :func:`verify_audit_chain` accepts in place of the genesis hash). Nothing is deleted when
+    no row is that recent (the newest row always stays, so the chain keeps its head).
+
+    Args:
+        conn: A connection inside a write transaction.
+        before: Cut-off time (aware; naive is taken as UTC).
+        actor: Who prunes (e.g. ``"retention"``).
+
+    Returns:
+        Rows deleted.
+    """
+    lock_tenant(conn, "audit-chain", "*")
+    cutoff = as_utc(before)
+    first_kept = conn.execute(
+        select(audit_log_table.c.id, audit_log_table.c.prev_hash)
+        .where(audit_log_table.c.created_at >= cutoff)
+        .order_by(audit_log_table.c.id)
+        .limit(1)
+    ).first()
+    if first_kept is None:
+        return 0
+    older = audit_log_table.c.id < first_kept.id
+    deleted = conn.execute(select(func.count()).select_from(audit_log_table).where(older)).scalar()
+    if not deleted:
+        return 0
+    conn.execute(delete(audit_log_table).where(older))
+    write_audit(
+        conn,
+        action=PRUNE_ACTION,
+        tenant=None,
+        actor=actor,
+        details={
+            "anchor_id": first_kept.id,
+            "anchor_prev_hash": first_kept.prev_hash,
+            "deleted": int(deleted),
+            "before": cutoff.isoformat(),
+        },
+    )
+    return int(deleted)
+
+
 def verify_audit_chain(conn: Connection) -> ChainReport:
     """Walk the audit log in id order and check every link and every row hash.
 
@@ -222,6 +285,7 @@ def verify_audit_chain(conn: Connection) -> ChainReport:
         ``"prev_hash does not match row <id> (a row between them was deleted or edited)"``,
         ``"row_hash mismatch (the row was edited)"`` or ``"row has no hash"``.
     """
+    anchors = _prune_anchors(conn)
     prev = GENESIS_HASH
     prev_id: int | None = None
     count = 0
@@ -229,6 +293,8 @@ def verify_audit_chain(conn: Connection) -> ChainReport:
         count += 1
         if row.row_hash is None or row.prev_hash is None:
             return ChainReport(False, count, prev, row.id, "row has no hash")
+        if prev_id is None and (row.id, row.prev_hash) in anchors:
+            prev = row.prev_hash  # rows before it were pruned, and a chained row says so
         if row.prev_hash != prev:
             reason = (
                 "first row does not start the chain (rows before it were deleted)"
@@ -286,6 +352,11 @@ class AuditRepository:
         stmt = stmt.order_by(audit_log_table.c.id)
         with self._db.transaction(write=False) as conn:
             return [from_row(AuditEntry, r) for r in conn.execute(stmt).mappings()]
+
+    def prune(self, before: datetime, actor: str = "retention") -> int:
+        """Delete rows older than ``before`` and anchor the rest; see :func:`prune_audit`."""
+        with self._db.transaction() as conn:
+            return prune_audit(conn, before=before, actor=actor)
 
     def verify(self) -> ChainReport:
         """Check the whole chain; see :func:`verify_audit_chain`."""

@@ -283,6 +283,11 @@ class MetadataStore:
         """Audit rows in the order written (oldest first), optionally for one tenant/action."""
         return self.audit_log.find(tenant, action)
 
+    def prune_audit(self, before: datetime, actor: str = "retention") -> int:
+        """Delete audit rows older than ``before``, keeping the chain verifiable; see
+        :meth:`AuditRepository.prune`."""
+        return self.audit_log.prune(before, actor)
+
     def verify_audit(self) -> ChainReport:
         """Check the audit log's hash chain; see :meth:`AuditRepository.verify`."""
         return self.audit_log.verify()

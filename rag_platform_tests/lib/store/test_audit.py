@@ -17,7 +17,7 @@ from rag_platform.cli import app
 from rag_platform.lib.store import MetadataStore
 from rag_platform.lib.store.audit import GENESIS_HASH, audit_row_hash
 from rag_platform.lib.store.db import MIGRATIONS_DIR
-from rag_platform.lib.store.schema import audit_log_table
+from rag_platform.lib.store.schema import audit_log_table, utcnow
 from rag_platform.settings import get_settings
 
 
@@ -169,6 +169,52 @@ class TestAuditChain:
         assert report.intact and report.rows == writers * each
         prevs = [e.prev_hash for e in store.list_audit()]
         assert len(set(prevs)) == len(prevs)  # no two rows claim the same predecessor
+
+
+class TestAuditPrune:
+    def test_pruned_log_verifies_and_a_forged_prune_does_not(self, store: MetadataStore) -> None:
+        ids = _fill(store)
+        with store.engine.begin() as conn:  # the first two rows are a year old
+            conn.execute(
+                audit_log_table.update()
+                .where(audit_log_table.c.id <= ids[1])
+                .values(created_at=utcnow() - timedelta(days=400))
+            )
+        with store.engine.begin() as conn:  # re-chain them as if written then
+            conn.execute(text("UPDATE audit_log SET row_hash = NULL"))
+        _rechain(store)
+        assert store.verify_audit().intact
+        assert store.prune_audit(utcnow() - timedelta(days=365)) == 2
+        report = store.verify_audit()
+        assert report.intact and report.rows == len(ids) - 2 + 1
+        assert store.list_audit()[-1].action == "audit.prune"
+        assert store.prune_audit(utcnow() - timedelta(days=365)) == 0  # nothing older left
+        # deleting the new first row without a prune row is still reported
+        with store.engine.begin() as conn:
+            conn.execute(text("DELETE FROM audit_log WHERE id = :i"), {"i": ids[2]})
+        assert store.verify_audit().broken_id == ids[3]
+
+
+def _rechain(store: MetadataStore) -> None:
+    """Recompute every link (what a log written at those times would hold)."""
+    prev = GENESIS_HASH
+    with store.engine.begin() as conn:
+        for e in store.list_audit():
+            h = audit_row_hash(
+                id=e.id,
+                action=e.action,
+                tenant=e.tenant,
+                actor=e.actor,
+                details=e.details,
+                created_at=e.created_at,
+                prev_hash=prev,
+            )
+            conn.execute(
+                audit_log_table.update()
+                .where(audit_log_table.c.id == e.id)
+                .values(prev_hash=prev, row_hash=h)
+            )
+            prev = h
 
 
 class TestAuditMigration:
