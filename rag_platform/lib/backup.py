@@ -6,7 +6,9 @@ Layout of a backup (a local folder, or the same keys under ``s3://bucket/prefix/
     manifest.json                 format, tenant, time, published version, {file: sha256, bytes}
     registry.yaml                 the tenant's entry of tenants.yaml, as written (placeholders kept)
     metadata/<table>.jsonl        the tenant's rows of every table with a tenant column
-    index/<version>/...           the published Qdrant Edge shard (a closed, immutable directory)
+    index/<version>/...           the published Qdrant Edge shard (a closed, immutable directory),
+                                  or, with RAG_QDRANT_URL, points.jsonl: every point of the
+                                  published collection with its vectors and payload
     cache/...                     RAG_HOME/cache/<tenant> (content caches, quarantine)
 
 :class:`TenantBackup` writes one; :class:`TenantRestore` verifies every checksum (and that no
@@ -25,8 +27,11 @@ a file is copied whole or, if it vanished meanwhile, left out.
 
 Which tables: every table of the schema with a ``tenant`` (or, for ``tenants``, ``tenant_id``)
 column, so a table another module adds is backed up without a change here. Integer surrogate
-keys are left to the target database. Only the Qdrant Edge backend is backed up: with
-``RAG_QDRANT_URL`` set, :class:`TenantBackup` refuses (see README).
+keys are left to the target database. A Qdrant-server backup is restored into a Qdrant server
+(the collection recreated, then the alias switched), an Edge backup into Edge shards; a mix is
+refused. The server export reads the collection with ``scroll`` rather than a server snapshot:
+the snapshot API is server-only (qdrant-client's local mode, what the tests run, has none) and
+a snapshot restores only into a server of a compatible version.
 """
 
 from __future__ import annotations
@@ -306,11 +311,6 @@ class TenantBackup:
             botocore.exceptions.ClientError: S3 refused an upload.
         """
         check_tenant(tenant)
-        if self.settings.qdrant_url:
-            raise BackupError(
-                "backups copy Qdrant Edge shards; an index on a Qdrant server "
-                "(RAG_QDRANT_URL) is backed up with the server's own snapshots"
-            )
         entry = self._registry_entry(tenant)
         if is_s3_url(target):
             with tempfile.TemporaryDirectory(prefix="rag-backup-") as tmp:
@@ -369,7 +369,10 @@ class TenantBackup:
                         if table.name == "index_versions":
                             version, shard = row["version"], Path(row["path"])
                 rows[table.name] = count
-        if version is not None and shard is not None:
+        backend_kind = "server" if self.settings.qdrant_url else "edge"
+        if version is not None and shard is not None and backend_kind == "server":
+            _export_collection(self.settings, tenant, version, str(shard), folder)
+        elif version is not None and shard is not None:
             if not shard.is_dir():
                 raise BackupError(f"the published shard {shard} is missing")
             _copy_tree(shard, folder / "index" / version)
@@ -390,6 +393,7 @@ class TenantBackup:
         body = json.dumps(
             {
                 "format": BACKUP_FORMAT,
+                "backend": backend_kind,
                 "tenant": tenant,
                 "created_at": utcnow().isoformat(),
                 "index_version": version,
@@ -419,6 +423,7 @@ class VerifiedBackup:
     index_version: str | None
     files: int
     manifest_sha256: str
+    backend: str = "edge"
 
 
 def verify_backup(folder: Path) -> VerifiedBackup:
@@ -462,7 +467,10 @@ def verify_backup(folder: Path) -> VerifiedBackup:
             raise BackupError(f"checksum mismatch: {rel} (size differs)")
         if file_sha256(path) != meta.get("sha256"):
             raise BackupError(f"checksum mismatch: {rel}")
-    return VerifiedBackup(folder, tenant, version, len(files), sha256_hex(body))
+    backend = manifest.get("backend", "edge")
+    if backend not in ("edge", "server"):
+        raise BackupError(f"unknown index backend {backend!r} in {MANIFEST}")
+    return VerifiedBackup(folder, tenant, version, len(files), sha256_hex(body), backend)
 
 
 @contextmanager
@@ -508,8 +516,6 @@ class TenantRestore:
             BackupError: The backup does not verify (nothing is written), or the tenant exists
                 and ``force`` is False, or the server backend is configured.
         """
-        if self.settings.qdrant_url:
-            raise BackupError("restore writes Qdrant Edge shards; unset RAG_QDRANT_URL")
         with _local_copy(source) as folder:
             backup = verify_backup(folder)
             tenant = backup.tenant
@@ -518,12 +524,20 @@ class TenantRestore:
                 raise BackupError(
                     f"tenant {tenant!r} exists here; restore with --force to replace it"
                 )
+            target_kind = "server" if self.settings.qdrant_url else "edge"
+            if backup.index_version is not None and backup.backend != target_kind:
+                raise BackupError(
+                    f"the backup holds a Qdrant {backup.backend} index; this RAG_HOME uses "
+                    f"the {target_kind} backend (RAG_QDRANT_URL)"
+                )
             self.settings.ensure_dirs()
-            index_dir = self.settings.index_dir / tenant
-            shard: Path | None = None
-            if backup.index_version is not None:
-                shard = index_dir / backup.index_version
-                _replace_dir(folder / "index" / backup.index_version, shard)
+            shard: str | None = None
+            if backup.index_version is not None and target_kind == "server":
+                shard = _import_collection(self.settings, tenant, backup.index_version, folder)
+            elif backup.index_version is not None:
+                shard_dir = self.settings.index_dir / tenant / backup.index_version
+                _replace_dir(folder / "index" / backup.index_version, shard_dir)
+                shard = str(shard_dir)
             cache_src = folder / "cache"
             cache_dst = self.settings.cache_dir / tenant
             if cache_src.is_dir():
@@ -546,14 +560,14 @@ class TenantRestore:
         return (
             in_registry
             or self.store.tenant_exists(tenant)
-            or (self.settings.index_dir / tenant).exists()
+            or (not self.settings.qdrant_url and (self.settings.index_dir / tenant).exists())
         )
 
     def _restore_rows(
         self,
         folder: Path,
         tenant: str,
-        shard: Path | None,
+        shard: str | None,
         backup: VerifiedBackup,
         source: str,
     ) -> dict[str, int]:
@@ -581,7 +595,7 @@ class TenantRestore:
             )
         return counts
 
-    def _insert(self, conn: Connection, table: Table, path: Path, shard: Path | None) -> int:
+    def _insert(self, conn: Connection, table: Table, path: Path, shard: str | None) -> int:
         surrogate = _surrogate_key(table)
         count = 0
         with path.open() as f:
@@ -601,7 +615,7 @@ class TenantRestore:
                     )
                 else:
                     if table.name == "index_versions" and shard is not None:
-                        row["path"] = str(shard)
+                        row["path"] = shard
                     if surrogate is not None:
                         row.pop(surrogate, None)
                     conn.execute(table.insert().values(**row))
@@ -635,3 +649,81 @@ def _replace_dir(src: Path, dst: Path) -> None:
     if dst.exists():
         shutil.rmtree(dst)
     staging.rename(dst)
+
+
+#: File of a server-backend backup holding the published collection's points.
+POINTS_FILE = "points.jsonl"
+
+
+def _export_collection(
+    settings: Settings, tenant: str, version: str, collection: str, folder: Path
+) -> None:
+    """Write every point of the published collection (vectors and payload) as JSON Lines to
+    ``index/<version>/points.jsonl`` (floats survive JSON exactly: ``repr`` round-trips)."""
+    from rag_platform.lib.index.backend import open_backend
+
+    backend = open_backend(settings)
+    target = folder / "index" / version / POINTS_FILE
+    target.parent.mkdir(parents=True)
+    try:
+        reader = backend.open_reader(tenant, version, collection)
+    except Exception as exc:
+        raise BackupError(f"the published collection {collection} is unavailable: {exc}") from exc
+    with target.open("w") as out:
+        for p in reader.points():  # type: ignore[attr-defined]
+            record = {
+                "id": p.id,
+                "dense": [float(x) for x in p.dense],
+                "sparse": {"indices": p.sparse.indices, "values": p.sparse.values},
+                "payload": p.payload,
+            }
+            out.write(json.dumps(record) + "\n")
+
+
+def _import_collection(settings: Settings, tenant: str, version: str, folder: Path) -> str:
+    """Recreate the collection ``kb_<tenant>_<version>`` from ``points.jsonl`` (replacing one
+    of that name) and point the tenant's alias at it.
+
+    Returns:
+        The collection name (the version's ``path``).
+    """
+    import numpy as np
+
+    from rag_platform.lib.embedding import SparseVector
+    from rag_platform.lib.index.backend import open_backend
+    from rag_platform.lib.index.edge import IndexPoint
+    from rag_platform.lib.index.server import ServerBackend
+
+    backend = open_backend(settings)
+    assert isinstance(backend, ServerBackend)
+    name = backend.location(tenant, version)
+    if backend.client.collection_exists(name):
+        backend.client.delete_collection(name)
+    writer = None
+    batch: list[IndexPoint] = []
+    with (folder / "index" / version / POINTS_FILE).open() as f:
+        for line in f:
+            record = json.loads(line)
+            dense = np.asarray(record["dense"], dtype=np.float32)
+            if writer is None:
+                writer = backend.create_writer(tenant, version, int(dense.shape[0]))
+            batch.append(
+                IndexPoint(
+                    id=record["id"],
+                    dense=dense,
+                    sparse=SparseVector(
+                        indices=record["sparse"]["indices"], values=record["sparse"]["values"]
+                    ),
+                    payload=record["payload"],
+                )
+            )
+            if len(batch) >= 512:
+                writer.upsert(batch)
+                batch = []
+    if writer is None:
+        raise BackupError("the backup's collection has no points")
+    if batch:
+        writer.upsert(batch)
+    writer.close()
+    backend.publish(tenant, version)
+    return name

@@ -22,6 +22,8 @@ from rag_platform.lib.store import MetadataStore
 from rag_platform.settings import Settings, get_settings
 from rag_platform_tests.conftest import SCIFACT, scifact_tenant
 from rag_platform_tests.serving.factories import (
+    DIM,
+    index_points,
     make_settings,
     new_store,
     publish_tenant,
@@ -169,6 +171,58 @@ class TestBackupRestore:
         (tmp_path / "full" / "f").write_text("x")
         with pytest.raises(BackupError, match="not empty"):
             TenantBackup(settings, store).run(TENANT, str(tmp_path / "full"))
+
+
+@pytest.mark.slow
+class TestServerBackend:
+    def test_collection_is_exported_and_recreated_with_the_same_hits(self, tmp_path: Path) -> None:
+        """With RAG_QDRANT_URL (qdrant-client local mode: the server API's stand-in), the
+        published collection's points are exported and rebuilt under the alias."""
+        from rag_platform.lib.index.backend import open_backend
+
+        settings = make_settings(
+            tmp_path / "src",
+            tenants_file=tmp_path / "src" / "tenants.yaml",
+            qdrant_url=str(tmp_path / "qdrant-src"),
+        )
+        settings.tenants_file.write_text(yaml.safe_dump({"tenants": [scifact_tenant(TENANT)]}))
+        store = new_store(settings)
+        docs = scifact_docs(0, 30)
+        docs[0].acl_groups = ["secret"]
+        backend = open_backend(settings)
+        writer = backend.create_writer(TENANT, "v1", DIM)
+        writer.upsert(index_points(TENANT, docs))
+        writer.close()
+        location = backend.location(TENANT, "v1")
+        store.register_version(TENANT, "v1", location, 30, 30, config_hash="test")
+        store.mark_version_built(TENANT, "v1")
+        store.publish_version(TENANT, "v1")
+        backend.publish(TENANT, "v1")
+        _, key = store.create_api_key(TENANT, ["all", "secret"])
+        questions = golden_questions()
+        before = search_hits(settings, key, questions)
+        assert all(len(h) == 10 for h in before)
+        receipt = TenantBackup(settings, store).run(TENANT, str(tmp_path / "bk"))
+        assert receipt.index_version == "v1"
+        store.dispose()
+
+        target = make_settings(
+            tmp_path / "dst",
+            tenants_file=tmp_path / "dst" / "tenants.yaml",
+            qdrant_url=str(tmp_path / "qdrant-dst"),
+        )
+        edge_target = home_settings(tmp_path / "edge")
+        edge_store = new_store(edge_target)
+        with pytest.raises(BackupError, match="server index"):
+            TenantRestore(edge_target, edge_store).run(str(tmp_path / "bk"))
+        edge_store.dispose()
+        dst_store = new_store(target)
+        try:
+            TenantRestore(target, dst_store).run(str(tmp_path / "bk"))
+            assert search_hits(target, key, questions) == before
+            assert open_backend(target).alias_target(TENANT) == location  # type: ignore[attr-defined]
+        finally:
+            dst_store.dispose()
 
 
 @pytest.fixture
