@@ -134,6 +134,19 @@ def audit_row_hash(**row: object) -> str:
     return hashlib.sha256(canonical_audit_bytes(**row)).hexdigest()  # type: ignore[arg-type]
 
 
+def entry_hash(entry: AuditEntry, prev_hash: str | None = None) -> str:
+    """The hash ``entry`` must carry, linked to ``prev_hash`` (default: its own)."""
+    return audit_row_hash(
+        id=entry.id,
+        action=entry.action,
+        tenant=entry.tenant,
+        actor=entry.actor,
+        details=entry.details,
+        created_at=entry.created_at,
+        prev_hash=entry.prev_hash if prev_hash is None else prev_hash,
+    )
+
+
 def write_audit(
     conn: Connection,
     *,
@@ -172,27 +185,18 @@ def write_audit(
         select(audit_log_table.c.row_hash).order_by(audit_log_table.c.id.desc()).limit(1)
     ).scalar()
     prev_hash = last or GENESIS_HASH
+    values = {
+        "action": action,
+        "tenant": tenant,
+        "actor": actor,
+        "details": stored_details,
+        "created_at": at,
+        "prev_hash": prev_hash,
+    }
     row_id = conn.execute(
-        audit_log_table.insert()
-        .values(
-            action=action,
-            tenant=tenant,
-            actor=actor,
-            details=stored_details,
-            created_at=at,
-            prev_hash=prev_hash,
-        )
-        .returning(audit_log_table.c.id)
+        audit_log_table.insert().values(**values).returning(audit_log_table.c.id)
     ).scalar_one()
-    row_hash = audit_row_hash(
-        id=row_id,
-        action=action,
-        tenant=tenant,
-        actor=actor,
-        details=stored_details,
-        created_at=at,
-        prev_hash=prev_hash,
-    )
+    row_hash = audit_row_hash(id=row_id, **values)
     conn.execute(
         audit_log_table.update().where(audit_log_table.c.id == row_id).values(row_hash=row_hash)
     )
@@ -304,15 +308,7 @@ def verify_audit_chain(conn: Connection) -> ChainReport:
             )
             return ChainReport(False, count, prev, row.id, reason)
         try:
-            expected = audit_row_hash(
-                id=row.id,
-                action=row.action,
-                tenant=row.tenant,
-                actor=row.actor,
-                details=row.details,
-                created_at=row.created_at,
-                prev_hash=row.prev_hash,
-            )
+            expected = entry_hash(row)
         except (TypeError, ValueError):
             expected = ""
         if expected != row.row_hash:

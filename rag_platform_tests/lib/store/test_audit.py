@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from rag_platform.cli import app
 from rag_platform.lib.store import MetadataStore
-from rag_platform.lib.store.audit import GENESIS_HASH, audit_row_hash
+from rag_platform.lib.store.audit import GENESIS_HASH, entry_hash
 from rag_platform.lib.store.db import MIGRATIONS_DIR
 from rag_platform.lib.store.schema import audit_log_table, utcnow
 from rag_platform.settings import get_settings
@@ -136,15 +136,8 @@ class TestAuditChain:
     def test_a_recomputed_hash_still_breaks_the_next_link(self, store: MetadataStore) -> None:
         ids = _fill(store)
         row = store.list_audit()[1]
-        forged = audit_row_hash(
-            id=row.id,
-            action=row.action,
-            tenant=row.tenant,
-            actor="mallory",
-            details=row.details,
-            created_at=row.created_at,
-            prev_hash=row.prev_hash,
-        )
+        row.actor = "mallory"
+        forged = entry_hash(row)
         with store.engine.begin() as conn:
             conn.execute(
                 audit_log_table.update()
@@ -200,15 +193,7 @@ def _rechain(store: MetadataStore) -> None:
     prev = GENESIS_HASH
     with store.engine.begin() as conn:
         for e in store.list_audit():
-            h = audit_row_hash(
-                id=e.id,
-                action=e.action,
-                tenant=e.tenant,
-                actor=e.actor,
-                details=e.details,
-                created_at=e.created_at,
-                prev_hash=prev,
-            )
+            h = entry_hash(e, prev)
             conn.execute(
                 audit_log_table.update()
                 .where(audit_log_table.c.id == e.id)
