@@ -303,6 +303,34 @@ class TestVerifierUnit:
             verifier.authenticate(token)
         assert (info.value.status, info.value.code) == (503, "identity_provider_unavailable")
 
+    def test_last_key_set_is_used_while_the_jwks_endpoint_is_down(self) -> None:
+        jwks = Jwks()
+        server = jwks.serve()
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwks.keys = [public_jwk(key, "k1")]
+        verifier = OidcVerifier(
+            OidcConfig(ISSUER, AUDIENCE, jwks.url, jwks_cache_seconds=0.2, jwks_timeout_seconds=1),
+            lambda tenant: True,
+        )
+        token = jwt.encode(claims(), key, algorithm="RS256", headers={"kid": "k1"})
+        assert verifier.authenticate(token).tenant == TENANT_A
+        server.shutdown()
+        server.server_close()
+        cache = verifier._jwks.jwk_set_cache
+        assert cache is not None
+        deadline = time.monotonic() + 10
+        while not cache.is_expired():  # 0.2 s lifespan
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # the expired cache makes it fetch; the endpoint is closed; the last set is used
+        assert verifier.authenticate(token).tenant == TENANT_A
+        assert not cache.is_expired()
+        with pytest.raises(OidcError) as info:
+            verifier.authenticate(
+                jwt.encode(claims(), key, algorithm="RS256", headers={"kid": "k9"})
+            )
+        assert info.value.status == 401
+
     def test_dotted_claims_and_principal_ids(self) -> None:
         assert claim({"realm_access": {"roles": ["admin"]}}, "realm_access.roles") == ["admin"]
         assert claim({"https://x/tenant": "acme"}, "https://x/tenant") == "acme"

@@ -11,7 +11,8 @@ Practices"):
 - the keys come from the issuer's JWKS (RFC 7517), fetched by PyJWT's ``PyJWKClient``: the key
   set is cached for ``jwks_cache_seconds``, an unknown ``kid`` (a rotated key) forces one
   refresh, and forced refreshes are at most one per ``jwks_refresh_cooldown_seconds``, so
-  tokens with random ``kid`` values cannot turn the API into a flood against the issuer;
+  tokens with random ``kid`` values cannot turn the API into a flood against the issuer; while
+  the endpoint is unreachable the last key set fetched stays in use;
 - ``iss``, ``aud``, ``exp``, ``sub`` are required; ``iss`` and ``aud`` must equal the configured
   values; ``exp`` and ``nbf`` are checked with ``leeway_seconds`` of clock skew;
 - the principal's tenant, groups and role are read from configured claims (a dotted name such as
@@ -25,6 +26,7 @@ Plain Python: the API (``serving/api/deps.py``) maps :class:`OidcError` to its J
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,6 +48,27 @@ MAX_GROUPS = 256
 #: Prefix of a JWT's base64url header (``{"`` encodes to ``eyJ``): tells a JWT from an API key.
 _JWT_SHAPE = re.compile(r"^eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 _ROLES = ("reader", "admin")
+
+logger = logging.getLogger(__name__)
+
+
+class StaleIfErrorJWKClient(PyJWKClient):
+    """``PyJWKClient`` that keeps using the last key set it fetched while the JWKS endpoint is
+    unreachable (the ``stale-if-error`` of RFC 5861), so an identity-provider outage does not
+    log every user out when the cache expires; with no key set fetched yet the error stands."""
+
+    _last_good: Any = None
+
+    def fetch_data(self) -> Any:
+        try:
+            data = super().fetch_data()
+        except PyJWKClientConnectionError:
+            if self._last_good is None:
+                raise
+            logger.warning("the JWKS endpoint is unreachable; using the last key set fetched")
+            return self._last_good
+        self._last_good = data
+        return data
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -140,7 +163,7 @@ class OidcVerifier:
         self.config = config
         self._tenant_exists = tenant_exists
         try:
-            self._jwks = PyJWKClient(
+            self._jwks = StaleIfErrorJWKClient(
                 config.jwks_url,
                 cache_jwk_set=True,
                 lifespan=config.jwks_cache_seconds,
