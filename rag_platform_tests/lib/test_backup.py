@@ -173,6 +173,77 @@ class TestBackupRestore:
             TenantBackup(settings, store).run(TENANT, str(tmp_path / "full"))
 
 
+@pytest.mark.integration
+class TestPostgres:
+    def test_rows_of_every_table_round_trip_between_postgres_databases(
+        self, tmp_path: Path
+    ) -> None:
+        from datetime import UTC, datetime
+
+        from rag_platform.lib.store import QueryLogEntry
+        from rag_platform_tests.utils.services import fresh_postgres_database
+
+        with fresh_postgres_database() as src_url, fresh_postgres_database() as dst_url:
+            settings = make_settings(
+                tmp_path / "src",
+                tenants_file=tmp_path / "src" / "tenants.yaml",
+                database_url=src_url,
+            )
+            settings.tenants_file.write_text(yaml.safe_dump({"tenants": [scifact_tenant(TENANT)]}))
+            store = new_store(settings)
+            publish_tenant(store, settings, TENANT, "v1", scifact_docs(0, 12))
+            info, key = store.create_api_key(TENANT, ["all", "hr"], role="admin", name="ops")
+            entry = QueryLogEntry(
+                tenant=TENANT,
+                key_id=info.key_id,
+                question_masked="q <PERSON>",
+                top_k=5,
+                filters={"source_ids": ["corpus"]},
+                hit_chunk_ids=["a", "b"],
+            )
+            store.log_queries([entry])
+            store.add_feedback(entry.query_id, TENANT, info.key_id, 4, "helpful", "good")
+            store.record_usage(TENANT, "queries", 3.0, at=datetime(2026, 11, 30, 12, tzinfo=UTC))
+            store.audit("tenant.sync", "other", "sensor", {})  # another tenant: not backed up
+            receipt = TenantBackup(settings, store).run(TENANT, str(tmp_path / "bk"))
+            assert receipt.rows["query_log"] == 1 and receipt.rows["feedback"] == 1
+            assert receipt.rows["usage_events"] == 1
+
+            target = make_settings(
+                tmp_path / "dst",
+                tenants_file=tmp_path / "dst" / "tenants.yaml",
+                database_url=dst_url,
+            )
+            dst = new_store(target)
+            try:
+                TenantRestore(target, dst).run(str(tmp_path / "bk"))
+                assert dst.authenticate(key) == store.authenticate(key)
+                (q,) = dst.list_queries(TENANT)
+                assert (q.query_id, q.filters, q.hit_chunk_ids) == (
+                    entry.query_id,
+                    {"source_ids": ["corpus"]},
+                    ["a", "b"],
+                )
+                assert [f.comment for f in dst.list_feedback(TENANT)] == ["good"]
+                assert dst.usage_by_day(TENANT, datetime(2026, 11, 30).date())["queries"] == 3.0
+                assert dst.verify_audit().intact
+                assert not dst.list_audit("other")
+                restored = {
+                    e.details["restored_from"]["id"]: (e.action, e.created_at)
+                    for e in dst.list_audit(TENANT)
+                    if "restored_from" in e.details
+                }
+                original = {
+                    e.id: (e.action, e.created_at)
+                    for e in store.list_audit(TENANT)
+                    if e.action != "backup.create"  # written after the snapshot
+                }
+                assert restored == original and len(original) >= 3
+            finally:
+                dst.dispose()
+                store.dispose()
+
+
 @pytest.mark.slow
 class TestServerBackend:
     def test_collection_is_exported_and_recreated_with_the_same_hits(self, tmp_path: Path) -> None:
