@@ -179,10 +179,19 @@ class TestValidTokens:
         assert r.status_code == 200
         assert {h["chunk_id"] for h in r.json()["hits"]} <= sso_world.chunk_ids_of(TENANT_B)
 
-    def test_role_claim_gates_admin_routes(self, sso: TestClient, idp: Idp) -> None:
+    def test_role_claim_gates_admin_routes(
+        self, sso: TestClient, sso_world: World, idp: Idp
+    ) -> None:
         assert_error(sso.get("/v1/admin/keys", headers=bearer(idp.token())), 403, "forbidden")
-        r = sso.get("/v1/admin/keys", headers=bearer(idp.token(role="admin")))
+        admin = bearer(idp.token(role="admin", sub="alice@example.test"))
+        r = sso.get("/v1/admin/keys", headers=admin)
         assert r.status_code == 200, r.text
+        _, doomed = sso_world.store.create_api_key(TENANT_A, ["all"], name="doomed")
+        key_id = doomed.split("_")[1]
+        r = sso.post(f"/v1/admin/keys/{key_id}/revoke", headers=admin)
+        assert r.status_code == 200, r.text
+        (row,) = sso_world.store.list_audit(TENANT_A, action="key.revoke")
+        assert row.actor == "oidc:alice@example.test"
 
     def test_api_keys_still_work_beside_sso(self, sso: TestClient, sso_world: World) -> None:
         assert _search(sso, sso_world.keys["a_reader"]).status_code == 200

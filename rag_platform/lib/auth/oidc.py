@@ -279,4 +279,5 @@ class OidcVerifier:
             groups=tuple(dict.fromkeys(checked)),
             role=role,
             name=subject[:200],
+            auth="oidc",
         )
