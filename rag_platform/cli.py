@@ -36,9 +36,11 @@ app = typer.Typer(
 tenants_app = typer.Typer(help="The tenant registry.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (principals).", no_args_is_help=True)
 index_app = typer.Typer(help="Index versions: list and roll back.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
 app.add_typer(index_app, name="index")
+app.add_typer(audit_app, name="audit")
 
 
 @app.callback()
@@ -405,6 +407,65 @@ def index_receipt(
             typer.echo(f"{kind}: {', '.join(ids)}")
     _echo_json({"tenant": tenant, "version": version, **receipt.to_dict()})
     if not receipt.passed:
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------
+# backup, restore
+# ------------------------------------------------------------------------------------------
+
+
+@app.command()
+def backup(
+    tenant: Annotated[str, typer.Option(help="Tenant to back up.")],
+    to: Annotated[str, typer.Option("--to", help="An empty or new folder, or s3://bucket/prefix.")],
+) -> None:
+    """Writes a consistent backup of a tenant: the published index shard, its metadata rows,
+    its registry entry and its content caches, with a manifest of SHA-256 checksums. The last
+    line is JSON (files, bytes, rows per table, manifest_sha256); exit 2 on refusal."""
+    from rag_platform.lib.backup import BackupError, TenantBackup
+
+    settings = get_settings()
+    try:
+        receipt = TenantBackup(settings, _store(settings)).run(tenant, to)
+    except (BackupError, ValueError) as exc:
+        _fail(str(exc))
+    _echo_json(receipt.to_dict())
+
+
+@app.command()
+def restore(
+    source: Annotated[str, typer.Option("--from", help="A backup folder or s3://bucket/prefix.")],
+    force: Annotated[bool, typer.Option(help="Replace the tenant if it exists here.")] = False,
+) -> None:
+    """Verifies every checksum of a backup, then restores its tenant into this RAG_HOME (refused
+    if the tenant exists, unless --force). The last line is JSON; exit 2 on refusal (a tampered
+    or incomplete backup: nothing is written)."""
+    from rag_platform.lib.backup import BackupError, TenantRestore
+
+    settings = get_settings()
+    try:
+        receipt = TenantRestore(settings, _store(settings)).run(source, force=force)
+    except (BackupError, ValueError) as exc:
+        _fail(str(exc))
+    _echo_json(receipt.to_dict())
+
+
+# ------------------------------------------------------------------------------------------
+# audit
+# ------------------------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Checks the audit log's hash chain from its first row to its last. The last line is JSON
+    (``intact``, ``rows``, ``head_hash``, ``broken_id``, ``reason``); exit 0 when intact, 1
+    naming the first broken row and why."""
+    report = _store().verify_audit()
+    if not report.intact:
+        typer.echo(f"audit log broken at row {report.broken_id}: {report.reason}", err=True)
+    _echo_json(report.to_dict())
+    if not report.intact:
         raise typer.Exit(1)
 
 

@@ -205,6 +205,66 @@ class Settings(BaseSettings):
         "`Authorization: Bearer <token>` (401 otherwise).",
     )
 
+    # Single sign-on (OpenID Connect bearer tokens beside API keys)
+    oidc_issuer: str | None = Field(
+        None,
+        description="Issuer (`iss`) whose JWT bearer tokens the API accepts beside API keys; "
+        "with RAG_OIDC_AUDIENCE and RAG_OIDC_JWKS_URL it turns single sign-on on.",
+    )
+    oidc_audience: str | None = Field(
+        None, description="Required `aud` of those tokens (the API's client id at the issuer)."
+    )
+    oidc_jwks_url: str | None = Field(
+        None, description="The issuer's JWKS endpoint (`jwks_uri`); http(s) only."
+    )
+    oidc_tenant_claim: str = Field("tenant", min_length=1, description="Claim: tenant id.")
+    oidc_groups_claim: str = Field("groups", min_length=1, description="Claim: ACL groups.")
+    oidc_role_claim: str = Field(
+        "role", min_length=1, description="Claim: `reader` or `admin` (absent: reader)."
+    )
+    oidc_leeway_seconds: float = Field(
+        30.0, ge=0, le=300, description="Clock skew allowed on `exp` and `nbf`, in seconds."
+    )
+    oidc_jwks_cache_seconds: float = Field(
+        300.0, gt=0, description="How long a fetched JWKS is used before it is fetched again."
+    )
+    oidc_jwks_refresh_cooldown_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Least time between two JWKS refreshes forced by an unknown key id "
+        "(a rotated key is picked up within it).",
+    )
+
+    # Backups
+    backup_url: str | None = Field(
+        None,
+        description="Where the scheduled backups go (`<url>/<tenant>/<UTC time>`): a folder or "
+        "`s3://bucket/prefix`; default RAG_HOME/backups.",
+    )
+
+    @property
+    def resolved_backup_url(self) -> str:
+        """``backup_url``, or ``RAG_HOME/backups``."""
+        return self.backup_url or str(self.home / "backups")
+
+    @property
+    def oidc_enabled(self) -> bool:
+        """Whether OIDC bearer tokens are accepted (issuer, audience and JWKS URL all set)."""
+        return bool(self.oidc_issuer and self.oidc_audience and self.oidc_jwks_url)
+
+    @model_validator(mode="after")
+    def _oidc_all_or_nothing(self) -> Settings:
+        given = [self.oidc_issuer, self.oidc_audience, self.oidc_jwks_url]
+        if any(given) and not all(given):
+            raise ValueError(
+                "RAG_OIDC_ISSUER, RAG_OIDC_AUDIENCE and RAG_OIDC_JWKS_URL must be set together"
+            )
+        if self.oidc_jwks_url and not self.oidc_jwks_url.lower().startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("RAG_OIDC_JWKS_URL must be an http(s) URL")
+        return self
+
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment != "development" and self.key_pepper.lower() in _PLACEHOLDER_SECRETS:

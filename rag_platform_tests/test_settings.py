@@ -82,3 +82,28 @@ def test_configure_runtime_env_undoes_ignored_sigint_and_sigterm() -> None:
         check=True,
     )
     assert out.stdout.split() == ["True", "True", "True"]
+
+
+def test_oidc_settings_are_all_or_nothing_and_read_from_rag_oidc(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().oidc_enabled is False
+    with pytest.raises(ValidationError, match="set together"):
+        Settings(oidc_issuer="https://idp.example")
+    with pytest.raises(ValidationError, match="http"):
+        Settings(
+            oidc_issuer="https://idp.example",
+            oidc_audience="rag",
+            oidc_jwks_url="file:///etc/passwd",
+        )
+    monkeypatch.setenv("RAG_OIDC_ISSUER", "https://idp.example")
+    monkeypatch.setenv("RAG_OIDC_AUDIENCE", "rag")
+    monkeypatch.setenv("RAG_OIDC_JWKS_URL", "https://idp.example/certs")
+    monkeypatch.setenv("RAG_OIDC_GROUPS_CLAIM", "realm_access.groups")
+    settings = Settings()
+    assert settings.oidc_enabled
+    assert (settings.oidc_tenant_claim, settings.oidc_groups_claim, settings.oidc_role_claim) == (
+        "tenant",
+        "realm_access.groups",
+        "role",
+    )

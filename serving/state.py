@@ -10,13 +10,15 @@ One ``ServingState`` lives on ``app.state.serving`` from startup to shutdown (se
   version;
 - :class:`~serving.retrievers.Retrievers`: the index backend (Qdrant Edge shard pool, or the
   Qdrant server) and a retriever per open version;
-- the query cache, the rate limiter and the :class:`~serving.querylog.QueryLogWriter`.
+- the query cache, the rate limiter and the :class:`~serving.querylog.QueryLogWriter`;
+- the :class:`~rag_platform.lib.auth.oidc.OidcVerifier` when single sign-on is configured.
 """
 
 from __future__ import annotations
 
 import logging
 
+from rag_platform.lib.auth.oidc import OidcConfig, OidcVerifier
 from rag_platform.lib.index.backend import IndexBackend, open_backend
 from rag_platform.lib.store import IndexVersion, MetadataStore
 from rag_platform.lib.tenants import TenantRegistry
@@ -88,6 +90,23 @@ class ServingState:
             on_failure=self.metrics.query_log_failures.inc,
         )
         self.metrics.query_log_pending.set_function(lambda: self.query_log.pending)
+        self.oidc: OidcVerifier | None = None
+        if settings.oidc_enabled:
+            assert settings.oidc_issuer and settings.oidc_audience and settings.oidc_jwks_url
+            self.oidc = OidcVerifier(
+                OidcConfig(
+                    issuer=settings.oidc_issuer,
+                    audience=settings.oidc_audience,
+                    jwks_url=settings.oidc_jwks_url,
+                    tenant_claim=settings.oidc_tenant_claim,
+                    groups_claim=settings.oidc_groups_claim,
+                    role_claim=settings.oidc_role_claim,
+                    leeway_seconds=settings.oidc_leeway_seconds,
+                    jwks_cache_seconds=settings.oidc_jwks_cache_seconds,
+                    jwks_refresh_cooldown_seconds=settings.oidc_jwks_refresh_cooldown_seconds,
+                ),
+                lambda tenant: self.store.tenant_exists(tenant),
+            )
 
     @property
     def backend(self) -> IndexBackend:

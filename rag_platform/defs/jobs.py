@@ -26,3 +26,11 @@ tenant_costs = dg.define_asset_job(
     partitions_def=tenant_day_partitions,
     description="Roll up embedding, compute, LLM and storage costs per tenant per day.",
 )
+
+#: A backup of one tenant (see rag_platform/lib/backup.py).
+tenant_backups = dg.define_asset_job(
+    "tenant_backups",
+    selection=dg.AssetSelection.groups("operations"),
+    partitions_def=tenants_partitions,
+    description="Back up one tenant: published index, metadata rows, registry entry, caches.",
+)

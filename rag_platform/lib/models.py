@@ -290,14 +290,24 @@ class Answer:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: an API key's tenant, ACL groups and role."""
+    """Who is calling: an API key's (or an OIDC token's) tenant, ACL groups and role.
+
+    ``key_id`` is the API key's id, or for a single-sign-on user the 12-character id derived
+    from the token's issuer and subject (``name`` is then the subject).
+    """
 
     key_id: str
     tenant: str
     groups: tuple[str, ...]
     role: str  # "reader" | "admin"
     name: str = ""
+    auth: Literal["api_key", "oidc"] = "api_key"
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def actor(self) -> str:
+        """Who this is in the audit log: ``key:<key_id>`` or ``oidc:<subject>``."""
+        return f"oidc:{self.name}" if self.auth == "oidc" else f"key:{self.key_id}"

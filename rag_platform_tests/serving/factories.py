@@ -92,8 +92,8 @@ def chunk_ids(tenant: str, doc: Doc) -> tuple[str, str]:
     return doc_id, make_chunk_id(doc_id, 0, sha256_hex(text))
 
 
-def build_shard(path: Path, tenant: str, docs: list[Doc]) -> int:
-    """Writes a new Edge version at ``path`` with one chunk per document; returns the count."""
+def index_points(tenant: str, docs: list[Doc]) -> list[IndexPoint]:
+    """One embedded point per document (dense + BM25 vectors, full payload)."""
     texts = [f"{d.title}. {d.text}" for d in docs]
     dense, sparse = _encode(texts)
     points = []
@@ -115,6 +115,12 @@ def build_shard(path: Path, tenant: str, docs: list[Doc]) -> int:
             updated_at=d.updated_at,
         )
         points.append(IndexPoint(id=chunk_id, dense=dv, sparse=sv, payload=payload))
+    return points
+
+
+def build_shard(path: Path, tenant: str, docs: list[Doc]) -> int:
+    """Writes a new Edge version at ``path`` with one chunk per document; returns the count."""
+    points = index_points(tenant, docs)
     writer = EdgeIndexWriter.create(path, DIM)
     try:
         if points:

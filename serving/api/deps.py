@@ -1,12 +1,14 @@
 """FastAPI dependencies and their ``Annotated`` aliases.
 
 - ``StateDep``: the per-process ``ServingState``.
-- ``PrincipalDep``: the ``Principal`` of the ``Authorization: Bearer`` API key (401 otherwise),
-  after the per-key and per-tenant rate limits (429 otherwise).
+- ``PrincipalDep``: the ``Principal`` of the ``Authorization: Bearer`` API key, or of the OIDC
+  JWT when single sign-on is configured (401 otherwise, 403 for a token whose tenant, groups or
+  role is not allowed), after the per-principal and per-tenant rate limits (429 otherwise).
 - ``AdminDep``: a rate-limited principal with role ``admin`` (403 otherwise).
 - ``PublishedVersionDep``: the caller's tenant's published index version (503 otherwise).
 
-The tenant comes only from the API key: no request field, header or path names it.
+The tenant comes only from the API key or the verified token: no request field, header or path
+names it.
 
 Dependencies that only read memory are ``async def`` (run on the event loop, no thread hop);
 those that may touch the database, Redis or the disk are plain ``def`` (Starlette's thread pool).
@@ -21,6 +23,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from rag_platform.lib.auth.oidc import OidcError, looks_like_jwt
 from rag_platform.lib.models import Principal
 from rag_platform.lib.store import IndexVersion
 from serving.errors import ApiError, database_unavailable
@@ -29,7 +32,11 @@ from serving.state import ServingState
 logger = logging.getLogger("serving.auth")
 
 #: Documents the scheme in OpenAPI; parsing and errors are ours (auto_error=False).
-bearer_scheme = HTTPBearer(auto_error=False, description="An API key: `Bearer rag_<id>_<secret>`.")
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    description="An API key (`Bearer rag_<id>_<secret>`) or, with single sign-on configured, "
+    "an OIDC JWT of the trusted issuer (RS256/ES256).",
+)
 
 _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="rag-platform"'}
 
@@ -53,16 +60,45 @@ def _unauthorized(code: str, message: str) -> ApiError:
     return ApiError(401, code, message, headers=_UNAUTHORIZED_HEADERS)
 
 
+def _oidc_principal(state: ServingState, token: str) -> Principal:
+    """The principal of an OIDC bearer token (:class:`~rag_platform.lib.auth.oidc.OidcVerifier`).
+
+    Raises:
+        ApiError: 401 ``invalid_token``; 403 ``unknown_tenant`` / ``invalid_groups`` /
+            ``invalid_role``; 503 ``identity_provider_unavailable`` or ``database_unavailable``.
+    """
+    if state.oidc is None:
+        raise _unauthorized("invalid_token", "bearer tokens are not accepted: use an API key")
+    try:
+        return state.oidc.authenticate(token)
+    except OidcError as exc:
+        logger.info("OIDC token refused", extra={"error": exc.code})
+        if exc.status == 401:
+            raise ApiError(
+                401,
+                exc.code,
+                exc.message,
+                headers={"WWW-Authenticate": 'Bearer realm="rag-platform", error="invalid_token"'},
+            ) from exc
+        raise ApiError(exc.status, exc.code, exc.message) from exc
+    except Exception as exc:
+        logger.error(
+            "authentication failed: store unavailable", extra={"error": type(exc).__name__}
+        )
+        raise database_unavailable() from exc
+
+
 def authenticate(
     request: Request,
     state: ServingState,
     credentials: HTTPAuthorizationCredentials | None,
 ) -> Principal:
-    """Resolves the API key to its principal.
+    """Resolves the API key, or the OIDC JWT, to its principal.
 
     Raises:
         ApiError: 401 ``missing_api_key`` (no ``Authorization`` header),
             401 ``invalid_api_key`` (not a Bearer key, or unknown, revoked or expired),
+            401/403/503 for a JWT (see :func:`_oidc_principal`),
             503 ``database_unavailable`` (the store cannot be reached).
     """
     if credentials is None:
@@ -72,6 +108,11 @@ def authenticate(
             "missing_api_key", "an API key is required: Authorization: Bearer <key>"
         )
     token = credentials.credentials.strip()
+    if looks_like_jwt(token):
+        sso = _oidc_principal(state, token)
+        request.state.tenant = sso.tenant
+        request.state.key_id = sso.key_id
+        return sso
     if not token or len(token) > 512:
         raise _unauthorized("invalid_api_key", "the API key is malformed")
     try:

@@ -322,6 +322,33 @@ class ServerIndexReader:
             if offset is None:
                 return ids
 
+    def points(self, batch_size: int = 256) -> Iterator[IndexPoint]:
+        """Every point with its dense and sparse vectors and payload, in id order, streamed
+        (what a backup exports and :meth:`ServerIndexWriter.upsert` takes back)."""
+        offset: Any = None
+        while True:
+            records, offset = self.client.scroll(
+                self.collection,
+                limit=batch_size,
+                offset=offset,
+                with_payload=True,
+                with_vectors=True,
+            )
+            for r in records:
+                vectors = r.vector if isinstance(r.vector, dict) else {}
+                dense, sparse = vectors.get(DENSE_VECTOR), vectors.get(SPARSE_VECTOR)
+                yield IndexPoint(
+                    id=str(r.id),
+                    dense=np.asarray(dense, dtype=np.float32),
+                    sparse=SparseVector(
+                        indices=list(getattr(sparse, "indices", [])),
+                        values=list(getattr(sparse, "values", [])),
+                    ),
+                    payload=dict(r.payload or {}),
+                )
+            if offset is None or not records:
+                return
+
     def payloads(self, batch_size: int = 1000) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every point's ``(id, payload)``, in id order, streamed (no vectors)."""
         offset: Any = None

@@ -227,7 +227,11 @@ class FeedbackRow(Base):
 
 
 class AuditLogRow(Base):
-    """Who did what: key creation and revocation, publish, rollback, ..."""
+    """Who did what: key creation and revocation, publish, rollback, ...
+
+    A hash chain (see :mod:`rag_platform.lib.store.audit`): ``prev_hash`` is the previous
+    row's ``row_hash``, ``row_hash`` the SHA-256 of this row's canonical serialization.
+    """
 
     __tablename__ = "audit_log"
     __table_args__ = (Index(None, "tenant", "created_at"),)
@@ -238,6 +242,8 @@ class AuditLogRow(Base):
     actor: Mapped[str] = mapped_column(String(200), default="")
     details: Mapped[JSONObject] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    row_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class UsageEventRow(Base):

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from rag_platform.lib.models import Principal
 from rag_platform.lib.store.api_keys import ApiKeyInfo, ApiKeyRepository
-from rag_platform.lib.store.audit import AuditEntry, AuditRepository
+from rag_platform.lib.store.audit import AuditEntry, AuditRepository, ChainReport
 from rag_platform.lib.store.db import (
     Database,
     NotFoundError,
@@ -123,6 +123,10 @@ class MetadataStore:
     def list_tenants(self) -> list[str]:
         """Tenant ids, sorted."""
         return self.tenants.find()
+
+    def tenant_exists(self, tenant_id: str) -> bool:
+        """Whether the tenant is known; see :meth:`TenantRepository.exists`."""
+        return self.tenants.exists(tenant_id)
 
     # API keys: ApiKeyRepository ------------------------------------------------------------
 
@@ -278,6 +282,15 @@ class MetadataStore:
     def list_audit(self, tenant: str | None = None, action: str | None = None) -> list[AuditEntry]:
         """Audit rows in the order written (oldest first), optionally for one tenant/action."""
         return self.audit_log.find(tenant, action)
+
+    def prune_audit(self, before: datetime, actor: str = "retention") -> int:
+        """Delete audit rows older than ``before``, keeping the chain verifiable; see
+        :meth:`AuditRepository.prune`."""
+        return self.audit_log.prune(before, actor)
+
+    def verify_audit(self) -> ChainReport:
+        """Check the audit log's hash chain; see :meth:`AuditRepository.verify`."""
+        return self.audit_log.verify()
 
     def record_usage(
         self,

@@ -83,3 +83,15 @@ class TenantRepository:
             return list(
                 conn.scalars(select(tenants_table.c.tenant_id).order_by(tenants_table.c.tenant_id))
             )
+
+    def exists(self, tenant_id: str) -> bool:
+        """Whether the tenant has a row (False for an id that is not a valid tenant id)."""
+        try:
+            check_tenant(tenant_id)
+        except ValueError:
+            return False
+        with self._db.transaction(write=False) as conn:
+            row = conn.execute(
+                select(tenants_table.c.tenant_id).where(tenants_table.c.tenant_id == tenant_id)
+            ).first()
+            return row is not None

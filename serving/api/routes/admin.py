@@ -133,9 +133,7 @@ def rollback_index_version(
             state.settings.reports_dir,
             state.settings.versions_kept,
         )
-        after = versions.rollback(
-            admin.tenant, to_version=body.version, actor=f"key:{admin.key_id}"
-        )
+        after = versions.rollback(admin.tenant, to_version=body.version, actor=admin.actor)
     except NotFoundError as exc:
         raise ApiError(404, "version_not_found", "no such index version") from exc
     except VersionTransitionError as exc:
@@ -210,7 +208,7 @@ def revoke_api_key(key_id: str, admin: AdminDep, state: StateDep) -> ApiKeyPubli
         raise ApiError(404, "key_not_found", "no API key with this id in your tenant")
     try:
         # audit row ``key.revoke`` written by the store in the same transaction
-        state.store.revoke_api_key(key_id, actor=f"key:{admin.key_id}")
+        state.store.revoke_api_key(key_id, actor=admin.actor)
         refreshed = {k.key_id: k for k in state.store.list_api_keys(admin.tenant)}
     except Exception as exc:
         raise _unavailable(exc) from exc

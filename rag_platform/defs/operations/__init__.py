@@ -1,0 +1,1 @@
+"""Operations: scheduled backups of each tenant."""

@@ -1,0 +1,21 @@
+"""Schedules: a nightly backup of every tenant."""
+
+import dagster as dg
+
+from rag_platform.defs.jobs import tenant_backups
+from rag_platform.defs.partitions import TENANTS
+
+
+@dg.schedule(
+    job=tenant_backups,
+    cron_schedule="0 2 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Back up every tenant to RAG_BACKUP_URL.",
+)
+def nightly_backup(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+    day = context.scheduled_execution_time.strftime("%Y-%m-%d")
+    return [
+        dg.RunRequest(partition_key=t, run_key=f"backup:{t}:{day}")
+        for t in context.instance.get_dynamic_partitions(TENANTS)
+    ]

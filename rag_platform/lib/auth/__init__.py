@@ -1,0 +1,1 @@
+"""Authentication beside API keys: OpenID Connect single sign-on (``oidc``)."""
