@@ -288,6 +288,41 @@ class ReceiptPublic(BaseModel):
     samples: dict[str, list[str]] = Field(description="Up to 10 example ids per kind.")
 
 
+class ErasureRemovalPublic(BaseModel):
+    where: str = Field(description="suppression_list, cache, asset, golden_candidates, ...")
+    path: str = Field(description="File under RAG_HOME, or table.")
+    items: int = Field(description="Rows, cache entries or vectors removed.")
+
+
+class ErasureCheckPublic(BaseModel):
+    name: str
+    passed: bool
+    detail: str
+
+
+class ErasureVerificationPublic(BaseModel):
+    passed: bool = Field(description="Nothing of the erased subject is left (every check).")
+    checks: list[ErasureCheckPublic]
+
+
+class ErasureReceiptPublic(BaseModel):
+    """What an erasure removed, where, when and by whom; also written to the audit log."""
+
+    erasure_id: str
+    kind: str = Field(description="document or principal.")
+    tenant: str
+    subject: str = Field(description="The doc id or the principal (API key id).")
+    actor: str
+    at: datetime
+    removed: list[ErasureRemovalPublic]
+    removed_total: int
+    verification: ErasureVerificationPublic
+    pending: list[str] = Field(description="What a later step completes (e.g. the next index).")
+    hashes: dict[str, list[str]] = Field(
+        description="SHA-256 content hashes of the document and its chunks (what verify checks)."
+    )
+
+
 class IndexVersionsPublic(BaseModel):
     published_version: str | None
     versions: list[IndexVersionPublic]

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, delete, select
 
 from rag_platform.lib.store.db import Database
 from rag_platform.lib.store.rows import check_text, from_row
-from rag_platform.lib.store.schema import JSONObject, audit_log_table, utcnow
+from rag_platform.lib.store.schema import JSONObject, as_utc, audit_log_table, utcnow
 from rag_platform.lib.store.tenants import check_tenant
 
 
@@ -87,3 +87,18 @@ class AuditRepository:
         stmt = stmt.order_by(audit_log_table.c.id)
         with self._db.transaction(write=False) as conn:
             return [from_row(AuditEntry, r) for r in conn.execute(stmt).mappings()]
+
+    def delete_before(self, tenant: str, before: datetime) -> int:
+        """Deletes the tenant's audit rows with ``created_at < before`` (retention).
+
+        Only whole prefixes of a tenant's history go (the oldest rows), never a row from the
+        middle. Platform-wide rows (``tenant`` NULL) are never deleted here.
+
+        Returns:
+            Rows deleted.
+        """
+        stmt = delete(audit_log_table).where(
+            audit_log_table.c.tenant == tenant, audit_log_table.c.created_at < as_utc(before)
+        )
+        with self._db.transaction() as conn:
+            return int(conn.execute(stmt).rowcount)

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from rag_platform.lib.index.versions import IndexVersions
+from rag_platform.lib.lifecycle.erasure import DocumentEraser, check_doc_id
 from rag_platform.lib.store import NotFoundError, VersionTransitionError
 from serving.api.deps import AdminDep, StateDep
 from serving.errors import ApiError, database_unavailable
@@ -22,6 +23,7 @@ from serving.schemas import (
     ApiKeysPublic,
     DocumentPublic,
     DocumentsPublic,
+    ErasureReceiptPublic,
     ErrorPublic,
     FailedCheckPublic,
     IndexVersionPublic,
@@ -48,18 +50,23 @@ def _unavailable(exc: Exception) -> ApiError:
 
 @router.get("/documents", response_model=DocumentsPublic, summary="Documents in the index")
 def list_documents(admin: AdminDep, state: StateDep) -> DocumentsPublic:
-    """The tenant's documents in the published version, read from the index payloads."""
+    """The tenant's documents in the published version, read from the index payloads (erased
+    documents left out)."""
     try:
         version = state.published_version(admin.tenant)
     except Exception as exc:
         raise _unavailable(exc) from exc
     if version is None:
         raise ApiError(503, "index_not_ready", "no index version is published for this tenant")
+    try:
+        erased = state.erased_doc_ids(admin.tenant)
+    except Exception as exc:
+        raise _unavailable(exc) from exc
     docs: OrderedDict[str, DocumentPublic] = OrderedDict()
     try:
         with state.retrievers.open_reader(version) as reader:
             for _, payload in reader.payloads():
-                if payload.get("tenant") != admin.tenant:
+                if payload.get("tenant") != admin.tenant or payload.get("doc_id") in erased:
                     continue
                 doc_id = str(payload.get("doc_id", ""))
                 doc = docs.get(doc_id)
@@ -77,6 +84,33 @@ def list_documents(admin: AdminDep, state: StateDep) -> DocumentsPublic:
         raise ApiError(503, "index_unavailable", "the published index cannot be opened") from exc
     documents = sorted(docs.values(), key=lambda d: (d.title, d.doc_id))
     return DocumentsPublic(index_version=version.version, count=len(documents), documents=documents)
+
+
+@router.delete(
+    "/documents/{doc_id}",
+    response_model=ErasureReceiptPublic,
+    responses={422: {"model": ErrorPublic, "description": "Not a document id."}},
+    summary="Erase a document",
+)
+def erase_document(doc_id: str, admin: AdminDep, state: StateDep) -> ErasureReceiptPublic:
+    """Erases a document of the admin's tenant: put on the suppression list (a re-sync does not
+    bring it back; the next index version does not hold it), removed from the content caches,
+    the stored pipeline assets and the golden-set relevance, and excluded from every search at
+    once. Returns the erasure receipt (also written to the audit log as ``erasure.document``);
+    ``verification.passed`` says nothing of it is left, ``pending`` what the next
+    materialization completes."""
+    try:
+        doc_id = check_doc_id(doc_id)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_doc_id", "doc_id must be a document id (a UUID)") from exc
+    try:
+        receipt = DocumentEraser(state.settings, state.store, state.backend).run(
+            admin.tenant, doc_id, actor=f"key:{admin.key_id}"
+        )
+    except Exception as exc:
+        raise _unavailable(exc) from exc
+    state.erased.invalidate(admin.tenant)
+    return ErasureReceiptPublic.model_validate(receipt.to_dict())
 
 
 @router.get("/index-versions", response_model=IndexVersionsPublic, summary="Index versions")
