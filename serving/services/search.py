@@ -150,7 +150,9 @@ def retrieve_hits(
             cached = None
         else:
             state.metrics.cache.labels(endpoint, "hit").inc()
+            excluded = set(filters.exclude_doc_ids or ())
             kept = recheck_hits(state.metrics, hits, principal)
+            kept = [h for h in kept if h.doc_id not in excluded]  # erased since it was cached
             return Retrieved(kept, True, 0.0, 0.0, key, cached)
     state.metrics.cache.labels(endpoint, "miss").inc()
     if not principal.groups:

@@ -295,6 +295,7 @@ class DocumentTrace:
     uri: str = ""
     content_hashes: set[str] = field(default_factory=set)
     chunk_hashes: set[str] = field(default_factory=set)
+    erased_at: datetime | None = None
 
 
 class TenantFiles:
@@ -550,7 +551,11 @@ def verify_document_erasure(
     checks.append(Check("assets", not found, "; ".join(found) or "nothing left"))
 
     # index versions
-    erased_at = suppression.created_at if suppression else datetime.now(UTC)
+    if suppression is not None:
+        erased_at = suppression.created_at
+    else:  # released: versions built since its (last) erasure
+        erased_at = trace.erased_at or _recorded_trace(store, tenant, doc_id).erased_at
+        erased_at = erased_at or datetime.now(UTC)
     published = store.get_published_version(tenant)
     newer: list[str] = []
     for v in store.list_versions(tenant):
@@ -589,6 +594,7 @@ def _recorded_trace(store: MetadataStore, tenant: str, doc_id: str) -> DocumentT
             hashes = entry.details.get("hashes") or {}
             trace.content_hashes = set(hashes.get("content") or [])
             trace.chunk_hashes = set(hashes.get("chunks") or [])
+            trace.erased_at = entry.created_at
             break
     return trace
 
