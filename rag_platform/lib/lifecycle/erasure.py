@@ -551,11 +551,9 @@ def verify_document_erasure(
     checks.append(Check("assets", not found, "; ".join(found) or "nothing left"))
 
     # index versions
-    if suppression is not None:
-        erased_at = suppression.created_at
-    else:  # released: versions built since its (last) erasure
-        erased_at = trace.erased_at or _recorded_trace(store, tenant, doc_id).erased_at
-        erased_at = erased_at or datetime.now(UTC)
+    # released: the versions built since its (last) erasure
+    recorded = trace.erased_at or _recorded_trace(store, tenant, doc_id).erased_at
+    erased_at = suppression.created_at if suppression else recorded or datetime.now(UTC)
     published = store.get_published_version(tenant)
     newer: list[str] = []
     for v in store.list_versions(tenant):
