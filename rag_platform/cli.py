@@ -43,6 +43,11 @@ erase_app = typer.Typer(
 )
 app.add_typer(index_app, name="index")
 app.add_typer(erase_app, name="erase")
+export_app = typer.Typer(
+    help="Export everything stored about a tenant or a principal (JSON Lines).",
+    no_args_is_help=True,
+)
+app.add_typer(export_app, name="export")
 
 
 @app.callback()
@@ -478,6 +483,101 @@ def erase_principal(
     _echo_json(receipt.to_dict())
     if not receipt.verification.passed:
         raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------
+# export
+# ------------------------------------------------------------------------------------------
+
+
+def _write_export(records: Iterator[dict[str, Any]], out: Path | None) -> None:
+    from rag_platform.lib.cache import atomic_write
+    from rag_platform.lib.lifecycle.export import write_jsonl
+
+    if out is None:
+        write_jsonl(records, sys.stdout)
+        return
+    out = out.expanduser().resolve()
+    if out.is_dir():
+        _fail(f"{out} is a folder; give a file path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as f:
+            counts.update(write_jsonl(records, f))
+
+    atomic_write(out, write)
+    _echo_json({"path": str(out), "counts": counts})
+
+
+@export_app.command("tenant")
+def export_tenant(
+    tenant: Annotated[str, typer.Option()],
+    out: Annotated[Path | None, typer.Option(help="File to write; default: stdout.")] = None,
+) -> None:
+    """Writes the tenant's archive: documents and chunks as indexed, API key metadata (no
+    hashes), query log, feedback, index versions, suppressions, audit rows. One JSON object per
+    line with a ``type`` field; with ``--out`` the last line printed is a JSON summary."""
+    from rag_platform.lib.index.backend import open_backend
+    from rag_platform.lib.lifecycle.export import Exporter
+    from rag_platform.lib.tenants import load_registry
+
+    settings = get_settings()
+    registry = load_registry(settings.tenants_file, settings.data_dir)
+    if tenant not in registry.ids:
+        _fail(f"unknown tenant {tenant!r}")
+    exporter = Exporter(_store(settings), open_backend(settings))
+    _write_export(exporter.tenant_records(registry.get(tenant)), out)
+
+
+@export_app.command("principal")
+def export_principal(
+    tenant: Annotated[str, typer.Option()],
+    principal: Annotated[str, typer.Option(help="The principal's API key id.")],
+    out: Annotated[Path | None, typer.Option(help="File to write; default: stdout.")] = None,
+) -> None:
+    """Writes a principal's archive: its API key metadata, its queries, the feedback it gave
+    and the audit rows it made (JSON Lines, as ``export tenant``)."""
+    from rag_platform.lib.index.backend import open_backend
+    from rag_platform.lib.lifecycle.export import Exporter
+
+    settings = get_settings()
+    _known_tenant(settings, tenant)
+    records = Exporter(_store(settings), open_backend(settings)).principal_records(
+        tenant, principal
+    )
+    try:
+        first = next(records)
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
+
+    def chained() -> Iterator[dict[str, Any]]:
+        yield first
+        yield from records
+
+    _write_export(chained(), out)
+
+
+# ------------------------------------------------------------------------------------------
+# lineage
+# ------------------------------------------------------------------------------------------
+
+
+@app.command()
+def lineage(query_id: Annotated[str, typer.Option(help="A logged query id.")]) -> None:
+    """Prints a query's lineage as JSON: each cited (and retrieved) chunk's document, source,
+    URI and content hash, the index version, the Dagster run that built it, the run's code
+    version and configuration fingerprint."""
+    from rag_platform.lib.index.backend import open_backend
+    from rag_platform.lib.lifecycle.lineage import QueryLineage
+
+    settings = get_settings()
+    try:
+        found = QueryLineage(_store(settings), open_backend(settings)).run(query_id)
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
+    _echo_json(found.to_dict())
 
 
 # ------------------------------------------------------------------------------------------

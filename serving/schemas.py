@@ -323,6 +323,48 @@ class ErasureReceiptPublic(BaseModel):
     )
 
 
+class ChunkLineagePublic(BaseModel):
+    chunk_id: str
+    cited: bool = Field(description="The answer cited it (else it was only retrieved).")
+    found: bool = Field(description="The index version still holds it.")
+    doc_id: str
+    source_id: str
+    uri: str
+    title: str
+    page: int | None
+    content_hash: str = Field(description="SHA-256 of the chunk's embedded text.")
+
+
+class LineageVersionPublic(BaseModel):
+    version: str
+    found: bool
+    status: str | None
+    created_at: datetime | None
+    published_at: datetime | None
+    index_fingerprint: str | None
+    embedding: str | None
+
+
+class LineageRunPublic(BaseModel):
+    run_id: str | None = Field(description="The Dagster run that built the index version.")
+    code_version: dict[str, str] | None = Field(
+        description="Package version and git commit of the code that ran."
+    )
+    config_fingerprint: str | None = Field(description="Hash of the tenant's configuration.")
+
+
+class LineagePublic(BaseModel):
+    """A logged query traced back to its sources."""
+
+    query_id: str
+    tenant: str
+    created_at: datetime
+    index_version: str
+    version: LineageVersionPublic
+    run: LineageRunPublic
+    chunks: list[ChunkLineagePublic]
+
+
 class IndexVersionsPublic(BaseModel):
     published_version: str | None
     versions: list[IndexVersionPublic]

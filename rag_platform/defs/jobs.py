@@ -1,4 +1,5 @@
-"""Jobs: the per-tenant pipeline (sync to publish) and the per-tenant-day cost rollup."""
+"""Jobs: the per-tenant pipeline (sync to publish), the per-tenant-day cost rollup and the
+per-tenant retention sweep."""
 
 from __future__ import annotations
 
@@ -22,4 +23,13 @@ tenant_costs = dg.define_asset_job(
     selection=dg.AssetSelection.groups("costs"),
     partitions_def=tenant_day_partitions,
     description="Roll up embedding, compute, LLM and storage costs per tenant per day.",
+)
+
+#: Deletes what a tenant's retention policy no longer keeps (``retention_sweep``).
+tenant_retention = dg.define_asset_job(
+    "tenant_retention",
+    selection=dg.AssetSelection.groups("lifecycle"),
+    partitions_def=tenants_partitions,
+    description="Apply one tenant's retention policy: query log, feedback, audit log, "
+    "quarantine records, retired index versions.",
 )

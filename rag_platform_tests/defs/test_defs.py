@@ -15,6 +15,7 @@ class TestDefinitions:
             "masked_documents",
             "parsed_documents",
             "published_index",
+            "retention_sweep",
             "search_index",
             "source_documents",
             "tenant_daily_costs",
@@ -39,13 +40,21 @@ class TestDefinitions:
 
     def test_jobs_sensors_schedules(self) -> None:
         defs = load_definitions()
-        assert {j.name for j in defs.resolve_all_job_defs()} >= {"tenant_pipeline", "tenant_costs"}
+        assert {j.name for j in defs.resolve_all_job_defs()} >= {
+            "tenant_pipeline",
+            "tenant_costs",
+            "tenant_retention",
+        }
         assert {s.name for s in defs.sensors} == {"tenant_registry_sensor", "source_change_sensor"}
-        assert {s.name for s in defs.schedules} == {"nightly_resync", "daily_costs"}
+        assert {s.name for s in defs.schedules} == {
+            "nightly_resync",
+            "daily_costs",
+            "daily_retention",
+        }
 
     def test_every_pipeline_asset_is_partitioned_by_tenant(self) -> None:
         graph = load_definitions().resolve_asset_graph()
         for key in graph.get_all_asset_keys():
             node = graph.get(key)
             assert node.partitions_def is not None, key
-            assert node.group_name in {"ingestion", "indexing", "evaluation", "costs"}
+            assert node.group_name in {"ingestion", "indexing", "evaluation", "costs", "lifecycle"}

@@ -118,8 +118,11 @@ def make_payload(
     page: int | None = None,
     acl_groups: list[str] | None = None,
     updated_at: datetime | str | None = None,
+    content_hash: str = "",
 ) -> dict[str, Any]:
     """Builds a point payload with the keys the index and the API rely on.
+
+    ``content_hash`` is the chunk's SHA-256 (of the text it was embedded from), for lineage.
 
     ``updated_at`` is stored twice: as an ISO-8601 string (``updated_at``, for display) and as
     epoch seconds (``updated_ts``, float, for range filters). A naive datetime is taken as UTC.
@@ -152,6 +155,7 @@ def make_payload(
         "acl_groups": list(acl_groups if acl_groups is not None else ["all"]),
         "updated_at": iso,
         "updated_ts": ts,
+        "content_hash": content_hash,
     }
 
 
