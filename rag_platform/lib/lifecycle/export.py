@@ -11,7 +11,7 @@ Each line is one JSON object with a ``type`` field:
 - ``chunk``: one per chunk as indexed (the PII-masked text, heading path, page, ordinal);
 - ``api_key``: key metadata (id, name, groups, role, dates; never the secret or its hash);
 - ``query``: query-log rows (the masked question, cited and hit chunk ids, index version,
-  timings); ``feedback``: ratings and comments;
+  timings); ``feedback``: ratings and comments (its kind as ``feedback_type``);
 - ``index_version``: every index version with its details (run id, receipt);
 - ``suppression``: erased documents still on the suppression list;
 - ``audit``: audit-log rows (of the tenant; for a principal, those it made, ``actor``
@@ -42,7 +42,11 @@ Record = dict[str, Any]
 
 
 def _record(type: str, obj: Any) -> Record:
+    """``{"type": type, **fields}``; a field named ``type`` (feedback's kind) becomes
+    ``<type>_type`` (``feedback_type``), so the record type is never overwritten."""
     data = asdict(obj) if not isinstance(obj, dict) else dict(obj)
+    if "type" in data:
+        data[f"{type}_type"] = data.pop("type")
     return {"type": type, **data}
 
 

@@ -19,14 +19,11 @@ from rag_platform.lib.models import make_doc_id
 from rag_platform.lib.store import MetadataStore, QueryLogEntry
 from rag_platform.runner import materialize_tenant
 from rag_platform.settings import Settings
-from rag_platform_tests.conftest import TenantWriter, files_tenant
+from rag_platform_tests.lib.lifecycle.conftest import MARKER, TENANT
 from rag_platform_tests.utils.services import fresh_postgres_database
 from serving.main import create_app
 
 runner = CliRunner()
-#: A phrase only the erased document holds.
-MARKER = "quokkaberry"
-TENANT = "handbook"
 
 
 def _last_json(output: str) -> dict:
@@ -46,21 +43,6 @@ def _files_mentioning(root: Path, needle: str) -> list[str]:
         if needle in text:
             found.append(str(path.relative_to(root)))
     return found
-
-
-@pytest.fixture
-def handbook(rag_home: Settings, write_tenants: TenantWriter, tmp_path: Path) -> Path:
-    folder = tmp_path / "handbook"
-    folder.mkdir()
-    (folder / "leave.md").write_text("# Leave\n\nEmployees get 25 days of paid leave a year.\n")
-    (folder / "remote.md").write_text("# Remote work\n\nStaff may work remotely three days.\n")
-    (folder / "secret.md").write_text(
-        f"# Bonus scheme\n\nThe {MARKER} bonus pays Jane Roe 4000 euros in March.\n"
-    )
-    write_tenants(files_tenant(TENANT, folder))
-    summary = materialize_tenant(TENANT, rag_home)
-    assert summary.success and summary.published and summary.documents == 3
-    return folder
 
 
 @pytest.mark.slow
