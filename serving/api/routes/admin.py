@@ -135,7 +135,10 @@ def _jsonl(records: Any) -> Response:
 @router.get(
     "/export",
     response_class=Response,
-    responses=_EXPORT_RESPONSE,
+    responses={
+        **_EXPORT_RESPONSE,
+        404: {"model": ErrorPublic, "description": "The tenant is not in the registry."},
+    },
     summary="Export everything stored about the tenant",
 )
 def export_tenant(admin: AdminDep, state: StateDep) -> Response:
