@@ -48,11 +48,11 @@ def _files_mentioning(root: Path, needle: str) -> list[str]:
 @pytest.mark.slow
 class TestDocumentErasure:
     def test_cli_erasure_is_verified_survives_resync_and_is_released(
-        self, rag_home: Settings, handbook: Path
+        self, home: Settings, handbook: Path
     ) -> None:
         doc_id = make_doc_id(TENANT, "files", "secret.md")
-        assert _files_mentioning(rag_home.cache_dir / TENANT, MARKER)
-        assert _files_mentioning(rag_home.storage_dir, MARKER)
+        assert _files_mentioning(home.cache_dir / TENANT, MARKER)
+        assert _files_mentioning(home.storage_dir, MARKER)
 
         result = runner.invoke(app, ["erase", "document", "--tenant", TENANT, "--doc-id", doc_id])
         assert result.exit_code == 0, result.output
@@ -66,17 +66,17 @@ class TestDocumentErasure:
         checks = {c["name"]: c for c in receipt["verification"]["checks"]}
         assert checks["search"]["passed"] and checks["search"]["detail"].startswith("no chunk")
         # nothing of its text is left in the caches or the stored assets
-        assert _files_mentioning(rag_home.cache_dir / TENANT, MARKER) == []
-        assert _files_mentioning(rag_home.storage_dir, MARKER) == []
+        assert _files_mentioning(home.cache_dir / TENANT, MARKER) == []
+        assert _files_mentioning(home.storage_dir, MARKER) == []
 
-        store = MetadataStore.from_settings(rag_home)
+        store = MetadataStore.from_settings(home)
         [audit] = store.list_audit(TENANT, "erasure.document")
         assert audit.details["erasure_id"] == receipt["erasure_id"] and audit.actor == "cli"
 
         # a re-sync of the source (the file is still there) does not bring it back
-        summary = materialize_tenant(TENANT, rag_home)
+        summary = materialize_tenant(TENANT, home)
         assert summary.success and summary.published and summary.documents == 2
-        backend = open_backend(rag_home)
+        backend = open_backend(home)
         published = store.get_published_version(TENANT)
         assert published is not None and published.version == summary.index_version
         reader = backend.open_reader(TENANT, published.version, published.path)
@@ -92,27 +92,30 @@ class TestDocumentErasure:
         verified = _last_json(result.stdout)
         names = {c["name"] for c in verified["checks"]}
         assert verified["passed"] and {"caches", "assets", "new_versions", "search"} <= names
-        assert _files_mentioning(rag_home.cache_dir / TENANT, MARKER) == []
-        assert _files_mentioning(rag_home.storage_dir, MARKER) == []
+        assert _files_mentioning(home.cache_dir / TENANT, MARKER) == []
+        assert _files_mentioning(home.storage_dir, MARKER) == []
 
         result = runner.invoke(app, ["erase", "release", "--tenant", TENANT, "--doc-id", doc_id])
         assert result.exit_code == 0, result.output
-        assert materialize_tenant(TENANT, rag_home).documents == 3
+        assert materialize_tenant(TENANT, home).documents == 3
         result = runner.invoke(app, ["erase", "verify", "--tenant", TENANT, "--doc-id", doc_id])
         assert result.exit_code == 1  # released and re-ingested: the verification sees it all
         failed = {c["name"] for c in _last_json(result.stdout)["checks"] if not c["passed"]}
         assert {"suppressed", "caches", "assets", "new_versions"} <= failed
         store.dispose()
 
+    @pytest.mark.parametrize(
+        "home", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)], indirect=True
+    )
     def test_admin_api_erasure_takes_effect_in_search_at_once(
-        self, rag_home: Settings, handbook: Path
+        self, home: Settings, handbook: Path
     ) -> None:
         doc_id = make_doc_id(TENANT, "files", "secret.md")
-        store = MetadataStore.from_settings(rag_home)
+        store = MetadataStore.from_settings(home)
         _, admin = store.create_api_key(TENANT, ["all"], role="admin", actor="test")
         _, reader_key = store.create_api_key(TENANT, ["all"], actor="test")
         query = {"query": f"{MARKER} bonus Jane Roe", "top_k": 5}
-        with TestClient(create_app(rag_home)) as client:
+        with TestClient(create_app(home)) as client:
 
             def hits() -> set[str]:
                 r = client.post(

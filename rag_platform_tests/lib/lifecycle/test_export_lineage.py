@@ -28,13 +28,13 @@ def _lines(text: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_export_and_lineage(rag_home: Settings, handbook: Path, tmp_path: Path) -> None:
-    store = MetadataStore.from_settings(rag_home)
+def test_export_and_lineage(home: Settings, handbook: Path, tmp_path: Path) -> None:
+    store = MetadataStore.from_settings(home)
     admin_info, admin = store.create_api_key(TENANT, ["all"], role="admin", actor="test")
     reader_info, reader = store.create_api_key(TENANT, ["all"], name="reader", actor="test")
     published = store.get_published_version(TENANT)
     assert published is not None
-    with TestClient(create_app(rag_home)) as client:
+    with TestClient(create_app(home)) as client:
         r = client.post(
             "/v1/query",
             json={"query": "How many days of paid leave do employees get?", "top_k": 3},
@@ -59,7 +59,7 @@ def test_export_and_lineage(rag_home: Settings, handbook: Path, tmp_path: Path) 
         assert lineage["run"]["run_id"] == published.details["run_id"] and lineage["run"]["run_id"]
         assert lineage["run"]["code_version"]["package"].startswith("rag-platform==")
         assert re.fullmatch(r"[0-9a-f]{40}|", lineage["run"]["code_version"]["git_commit"])
-        tenant = load_registry(rag_home.tenants_file, rag_home.data_dir).get(TENANT)
+        tenant = load_registry(home.tenants_file, home.data_dir).get(TENANT)
         assert lineage["run"]["config_fingerprint"] == config_hash(tenant)
         cited = [c for c in lineage["chunks"] if c["cited"]]
         assert cited and all(c["found"] for c in lineage["chunks"])
