@@ -1,7 +1,8 @@
 """``rag-platform``: tenants, materialization, API keys, serving, evaluation, index versions.
 
-Commands whose output a script reads (``materialize``, ``eval``, ``keys create``) print one JSON
-object (or the key) as their last line.
+Commands whose output a script reads (``materialize``, ``eval``, ``keys create``, ``erase ...``,
+``lineage``, ``export ... --out``) print one JSON object (or the key) as their last line;
+``export`` without ``--out`` prints the archive itself (JSON Lines).
 
 Every command starts by configuring the runtime (``configure_runtime_env``): offline model
 libraries, and SIGINT/SIGTERM back to their defaults when the shell that started the command

@@ -102,6 +102,16 @@ class TestDocumentErasure:
         assert result.exit_code == 1  # released and re-ingested: the verification sees it all
         failed = {c["name"] for c in _last_json(result.stdout)["checks"] if not c["passed"]}
         assert {"suppressed", "caches", "assets", "new_versions"} <= failed
+
+        # erased again with --rebuild: the published version no longer holds it, nothing pending
+        result = runner.invoke(
+            app, ["erase", "document", "--tenant", TENANT, "--doc-id", doc_id, "--rebuild"]
+        )
+        assert result.exit_code == 0, result.output
+        receipt = _last_json(result.stdout)
+        assert receipt["rebuild"]["published"] and receipt["rebuild"]["documents"] == 2
+        assert receipt["verification"]["passed"] and receipt["pending"] == []
+        assert store.list_audit(TENANT, "erasure.verify")
         store.dispose()
 
     @pytest.mark.parametrize(
