@@ -28,6 +28,14 @@ from rag_platform.settings import PROJECT_ROOT
 PACKAGE = "rag-platform"
 
 
+def _git(*args: str) -> str:
+    """The stripped output of ``git <args>`` in the checkout (raises when git fails)."""
+    done = subprocess.run(
+        ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5, check=True
+    )
+    return done.stdout.strip()
+
+
 @lru_cache(maxsize=1)
 def code_version() -> dict[str, str]:
     """The running code: ``{"package": "<name>==<version>", "git_commit": "<sha or ''>"}``.
@@ -41,22 +49,8 @@ def code_version() -> dict[str, str]:
         version = "unknown"
     out = {"package": f"{PACKAGE}=={version}", "git_commit": "", "git_dirty": ""}
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
+        commit = _git("rev-parse", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return out
     out["git_commit"] = commit
