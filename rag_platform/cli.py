@@ -1,7 +1,8 @@
 """``rag-platform``: tenants, materialization, API keys, serving, evaluation, index versions.
 
-Commands whose output a script reads (``materialize``, ``eval``, ``keys create``) print one JSON
-object (or the key) as their last line.
+Commands whose output a script reads (``materialize``, ``eval``, ``keys create``, ``erase ...``,
+``lineage``, ``export ... --out``) print one JSON object (or the key) as their last line;
+``export`` without ``--out`` prints the archive itself (JSON Lines).
 
 Every command starts by configuring the runtime (``configure_runtime_env``): offline model
 libraries, and SIGINT/SIGTERM back to their defaults when the shell that started the command
@@ -39,8 +40,17 @@ index_app = typer.Typer(help="Index versions: list and roll back.", no_args_is_h
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
+erase_app = typer.Typer(
+    help="Right to erasure: documents and principals, with receipts.", no_args_is_help=True
+)
 app.add_typer(index_app, name="index")
 app.add_typer(audit_app, name="audit")
+app.add_typer(erase_app, name="erase")
+export_app = typer.Typer(
+    help="Export everything stored about a tenant or a principal (JSON Lines).",
+    no_args_is_help=True,
+)
+app.add_typer(export_app, name="export")
 
 
 @app.callback()
@@ -467,6 +477,223 @@ def audit_verify() -> None:
     _echo_json(report.to_dict())
     if not report.intact:
         raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------
+# erase
+# ------------------------------------------------------------------------------------------
+
+
+def _known_tenant(settings: Settings, tenant: str) -> None:
+    from rag_platform.lib.tenants import load_registry
+
+    if tenant not in load_registry(settings.tenants_file, settings.data_dir).ids:
+        _fail(f"unknown tenant {tenant!r}")
+
+
+@erase_app.command("document")
+def erase_document(
+    tenant: Annotated[str, typer.Option()],
+    doc_id: Annotated[str, typer.Option(help="Document id (GET /v1/admin/documents).")],
+    reason: Annotated[str, typer.Option(help="Recorded with the suppression.")] = "",
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            help="Materialize the tenant now, so the published version no longer holds "
+            "it (default: the next scheduled run does; searches exclude it at once)."
+        ),
+    ] = False,
+) -> None:
+    """Erases a document: suppression list (a re-sync does not bring it back), content caches,
+    stored assets, golden-set relevance; searches exclude it at once. The last line is the JSON
+    receipt (also written to the audit log); exit 1 when its verification failed."""
+    from rag_platform.lib.index.backend import open_backend
+    from rag_platform.lib.lifecycle.erasure import DocumentEraser, verify_document_erasure
+
+    settings = get_settings()
+    _known_tenant(settings, tenant)
+    store = _store(settings)
+    backend = open_backend(settings)
+    try:
+        receipt = DocumentEraser(settings, store, backend).run(
+            tenant, doc_id, actor="cli", reason=reason
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    out = receipt.to_dict()
+    if rebuild:
+        from rag_platform.runner import materialize_tenant
+
+        with _interrupts_not_lost():
+            summary = materialize_tenant(tenant, settings)
+        verification = verify_document_erasure(settings, store, backend, tenant, receipt.subject)
+        out["rebuild"] = summary.as_json()
+        out["verification"] = verification.to_dict()
+        out["pending"] = [
+            c.detail for c in verification.checks if c.name == "published_version" and c.detail
+        ]
+        store.audit("erasure.verify", tenant, "cli", {"subject": receipt.subject, **out})
+    _echo_json(out)
+    if not out["verification"]["passed"]:
+        raise typer.Exit(1)
+
+
+@erase_app.command("verify")
+def erase_verify(
+    tenant: Annotated[str, typer.Option()],
+    doc_id: Annotated[str, typer.Option()],
+) -> None:
+    """Re-runs an erased document's verification (caches, stored assets, index versions built
+    since, search of the published version). Last line JSON; exit 1 when something is left."""
+    from rag_platform.lib.index.backend import open_backend
+    from rag_platform.lib.lifecycle.erasure import verify_document_erasure
+
+    settings = get_settings()
+    _known_tenant(settings, tenant)
+    try:
+        verification = verify_document_erasure(
+            settings, _store(settings), open_backend(settings), tenant, doc_id
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    _echo_json({"tenant": tenant, "doc_id": doc_id, **verification.to_dict()})
+    if not verification.passed:
+        raise typer.Exit(1)
+
+
+@erase_app.command("release")
+def erase_release(
+    tenant: Annotated[str, typer.Option()],
+    doc_id: Annotated[str, typer.Option()],
+) -> None:
+    """Takes a document off the suppression list: the next sync ingests it again if its source
+    still holds it (audited as ``document.release``)."""
+    from rag_platform.lib.lifecycle.erasure import check_doc_id
+
+    settings = get_settings()
+    _known_tenant(settings, tenant)
+    try:
+        doc_id = check_doc_id(doc_id)
+    except ValueError as exc:
+        _fail(str(exc))
+    if not _store(settings).release_document(tenant, doc_id, actor="cli"):
+        _fail(f"document {doc_id} of tenant {tenant!r} is not suppressed")
+    _echo_json({"tenant": tenant, "released": doc_id})
+
+
+@erase_app.command("principal")
+def erase_principal(
+    tenant: Annotated[str, typer.Option()],
+    principal: Annotated[str, typer.Option(help="The principal's API key id.")],
+) -> None:
+    """Erases a principal's query-log rows (with the feedback on them), the feedback it gave
+    and its spooled query-log records. Last line: the JSON receipt (also in the audit log)."""
+    from rag_platform.lib.lifecycle.erasure import PrincipalEraser
+
+    settings = get_settings()
+    _known_tenant(settings, tenant)
+    try:
+        receipt = PrincipalEraser(settings, _store(settings)).run(tenant, principal, actor="cli")
+    except ValueError as exc:
+        _fail(str(exc))
+    _echo_json(receipt.to_dict())
+    if not receipt.verification.passed:
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------
+# export
+# ------------------------------------------------------------------------------------------
+
+
+def _write_export(records: Iterator[dict[str, Any]], out: Path | None) -> None:
+    from rag_platform.lib.cache import atomic_write
+    from rag_platform.lib.lifecycle.export import write_jsonl
+
+    if out is None:
+        write_jsonl(records, sys.stdout)
+        return
+    out = out.expanduser().resolve()
+    if out.is_dir():
+        _fail(f"{out} is a folder; give a file path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as f:
+            counts.update(write_jsonl(records, f))
+
+    atomic_write(out, write)
+    _echo_json({"path": str(out), "counts": counts})
+
+
+@export_app.command("tenant")
+def export_tenant(
+    tenant: Annotated[str, typer.Option()],
+    out: Annotated[Path | None, typer.Option(help="File to write; default: stdout.")] = None,
+) -> None:
+    """Writes the tenant's archive: documents and chunks as indexed, API key metadata (no
+    hashes), query log, feedback, index versions, suppressions, audit rows. One JSON object per
+    line with a ``type`` field; with ``--out`` the last line printed is a JSON summary."""
+    from rag_platform.lib.index.backend import open_backend
+    from rag_platform.lib.lifecycle.export import Exporter
+    from rag_platform.lib.tenants import load_registry
+
+    settings = get_settings()
+    registry = load_registry(settings.tenants_file, settings.data_dir)
+    if tenant not in registry.ids:
+        _fail(f"unknown tenant {tenant!r}")
+    exporter = Exporter(_store(settings), open_backend(settings))
+    _write_export(exporter.tenant_records(registry.get(tenant)), out)
+
+
+@export_app.command("principal")
+def export_principal(
+    tenant: Annotated[str, typer.Option()],
+    principal: Annotated[str, typer.Option(help="The principal's API key id.")],
+    out: Annotated[Path | None, typer.Option(help="File to write; default: stdout.")] = None,
+) -> None:
+    """Writes a principal's archive: its API key metadata, its queries, the feedback it gave
+    and the audit rows it made (JSON Lines, as ``export tenant``)."""
+    from rag_platform.lib.index.backend import open_backend
+    from rag_platform.lib.lifecycle.export import Exporter
+
+    settings = get_settings()
+    _known_tenant(settings, tenant)
+    records = Exporter(_store(settings), open_backend(settings)).principal_records(
+        tenant, principal
+    )
+    try:
+        first = next(records)
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
+
+    def chained() -> Iterator[dict[str, Any]]:
+        yield first
+        yield from records
+
+    _write_export(chained(), out)
+
+
+# ------------------------------------------------------------------------------------------
+# lineage
+# ------------------------------------------------------------------------------------------
+
+
+@app.command()
+def lineage(query_id: Annotated[str, typer.Option(help="A logged query id.")]) -> None:
+    """Prints a query's lineage as JSON: each cited (and retrieved) chunk's document, source,
+    URI and content hash, the index version, the Dagster run that built it, the run's code
+    version and configuration fingerprint."""
+    from rag_platform.lib.index.backend import open_backend
+    from rag_platform.lib.lifecycle.lineage import QueryLineage
+
+    settings = get_settings()
+    try:
+        found = QueryLineage(_store(settings), open_backend(settings)).run(query_id)
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
+    _echo_json(found.to_dict())
 
 
 # ------------------------------------------------------------------------------------------

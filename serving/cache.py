@@ -43,6 +43,7 @@ def _filters_key(filters: SearchFilters) -> dict[str, Any]:
         "doc_ids": sorted(filters.doc_ids or ()),
         "updated_after": filters.updated_after.isoformat() if filters.updated_after else None,
         "updated_before": filters.updated_before.isoformat() if filters.updated_before else None,
+        "exclude_doc_ids": sorted(filters.exclude_doc_ids or ()),
     }
 
 

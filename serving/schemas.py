@@ -288,6 +288,83 @@ class ReceiptPublic(BaseModel):
     samples: dict[str, list[str]] = Field(description="Up to 10 example ids per kind.")
 
 
+class ErasureRemovalPublic(BaseModel):
+    where: str = Field(description="suppression_list, cache, asset, golden_candidates, ...")
+    path: str = Field(description="File under RAG_HOME, or table.")
+    items: int = Field(description="Rows, cache entries or vectors removed.")
+
+
+class ErasureCheckPublic(BaseModel):
+    name: str
+    passed: bool
+    detail: str
+
+
+class ErasureVerificationPublic(BaseModel):
+    passed: bool = Field(description="Nothing of the erased subject is left (every check).")
+    checks: list[ErasureCheckPublic]
+
+
+class ErasureReceiptPublic(BaseModel):
+    """What an erasure removed, where, when and by whom; also written to the audit log."""
+
+    erasure_id: str
+    kind: str = Field(description="document or principal.")
+    tenant: str
+    subject: str = Field(description="The doc id or the principal (API key id).")
+    actor: str
+    at: datetime
+    removed: list[ErasureRemovalPublic]
+    removed_total: int
+    verification: ErasureVerificationPublic
+    pending: list[str] = Field(description="What a later step completes (e.g. the next index).")
+    hashes: dict[str, list[str]] = Field(
+        description="SHA-256 content hashes of the document and its chunks (what verify checks)."
+    )
+
+
+class ChunkLineagePublic(BaseModel):
+    chunk_id: str
+    cited: bool = Field(description="The answer cited it (else it was only retrieved).")
+    found: bool = Field(description="The index version still holds it.")
+    doc_id: str
+    source_id: str
+    uri: str
+    title: str
+    page: int | None
+    content_hash: str = Field(description="SHA-256 of the chunk's embedded text.")
+
+
+class LineageVersionPublic(BaseModel):
+    version: str
+    found: bool
+    status: str | None
+    created_at: datetime | None
+    published_at: datetime | None
+    index_fingerprint: str | None
+    embedding: str | None
+
+
+class LineageRunPublic(BaseModel):
+    run_id: str | None = Field(description="The Dagster run that built the index version.")
+    code_version: dict[str, str] | None = Field(
+        description="Package version and git commit of the code that ran."
+    )
+    config_fingerprint: str | None = Field(description="Hash of the tenant's configuration.")
+
+
+class LineagePublic(BaseModel):
+    """A logged query traced back to its sources."""
+
+    query_id: str
+    tenant: str
+    created_at: datetime
+    index_version: str
+    version: LineageVersionPublic
+    run: LineageRunPublic
+    chunks: list[ChunkLineagePublic]
+
+
 class IndexVersionsPublic(BaseModel):
     published_version: str | None
     versions: list[IndexVersionPublic]

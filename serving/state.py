@@ -7,7 +7,7 @@ One ``ServingState`` lives on ``app.state.serving`` from startup to shutdown (se
   per-tenant PII maskers;
 - :class:`~serving.registry.RegistryWatcher`: ``tenants.yaml``, reloaded within a second;
 - :class:`~serving.versions.PublishedVersions`: the one-second memo of each tenant's published
-  version;
+  version, and one (:class:`~serving.versions.TenantMemo`) of its erased documents;
 - :class:`~serving.retrievers.Retrievers`: the index backend (Qdrant Edge shard pool, or the
   Qdrant server) and a retriever per open version;
 - the query cache, the rate limiter and the :class:`~serving.querylog.QueryLogWriter`;
@@ -30,7 +30,7 @@ from serving.querylog import QueryLogWriter, QueryRecord
 from serving.ratelimit import RateLimiter
 from serving.registry import RegistryWatcher
 from serving.retrievers import Retrievers
-from serving.versions import PublishedVersions
+from serving.versions import PublishedVersions, TenantMemo
 
 logger = logging.getLogger("serving.state")
 
@@ -71,6 +71,9 @@ class ServingState:
         # the lambdas look the store up on every call: a replaced store is used at once
         self.versions = PublishedVersions(
             lambda tenant: self.store.get_published_version(tenant), version_ttl_seconds
+        )
+        self.erased = TenantMemo(
+            lambda tenant: self.store.suppressed_doc_ids(tenant), version_ttl_seconds
         )
         self.retrievers = Retrievers(
             backend if backend is not None else open_backend(settings),
@@ -124,6 +127,15 @@ class ServingState:
             Exception: whatever the store raises when the database is down.
         """
         return self.versions.get(tenant)
+
+    def erased_doc_ids(self, tenant: str) -> frozenset[str]:
+        """Ids of the tenant's erased documents, excluded from every search (a store look-up
+        reused for up to 1 s).
+
+        Raises:
+            Exception: whatever the store raises when the database is down.
+        """
+        return self.erased.get(tenant)
 
     def mask_question(self, tenant: str, question: str) -> str:
         """The question with the tenant's PII policy applied; :data:`MASKING_FAILED` if masking

@@ -1,4 +1,5 @@
-"""Jobs: the per-tenant pipeline (sync to publish) and the per-tenant-day cost rollup."""
+"""Jobs: the per-tenant pipeline (sync to publish), the per-tenant-day cost rollup and the
+per-tenant retention sweep."""
 
 from __future__ import annotations
 
@@ -33,4 +34,13 @@ tenant_backups = dg.define_asset_job(
     selection=dg.AssetSelection.groups("operations"),
     partitions_def=tenants_partitions,
     description="Back up one tenant: published index, metadata rows, registry entry, caches.",
+)
+
+#: Deletes what a tenant's retention policy no longer keeps (``retention_sweep``).
+tenant_retention = dg.define_asset_job(
+    "tenant_retention",
+    selection=dg.AssetSelection.groups("lifecycle"),
+    partitions_def=tenants_partitions,
+    description="Apply one tenant's retention policy: query log, feedback, audit log, "
+    "quarantine records, retired index versions.",
 )

@@ -235,7 +235,8 @@ class SearchFilters:
     """Filters applied *inside* the index query.
 
     ``acl_groups`` is mandatory: the principal's groups; a chunk is visible when it shares at least
-    one group. The others are optional user filters added on top.
+    one group. The others are optional user filters added on top, except ``exclude_doc_ids``:
+    documents that must never match (the tenant's erased documents, added by the API).
     """
 
     acl_groups: tuple[str, ...]
@@ -244,6 +245,7 @@ class SearchFilters:
     doc_ids: tuple[str, ...] | None = None
     updated_after: datetime | None = None
     updated_before: datetime | None = None
+    exclude_doc_ids: tuple[str, ...] | None = None
 
 
 @dataclass

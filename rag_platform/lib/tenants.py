@@ -221,6 +221,25 @@ class InputBudgets(_Strict):
     mask_seconds: float = Field(300.0, gt=0.0)
 
 
+class RetentionPolicy(_Strict):
+    """How long a tenant's records are kept (days; enforced daily by the ``daily_retention``
+    schedule, ``lib/lifecycle/retention.py``).
+
+    Defaults: query log 90 days (with the feedback on the deleted queries), feedback 365,
+    conversations 365 (the platform stores none yet: nothing to delete), audit log 365,
+    quarantine records 30 (a stage's quarantine file not rewritten for that long), retired index
+    versions: none beyond the ``RAG_VERSIONS_KEPT`` rollback targets, and with
+    ``retired_versions_days`` set, not even those once retired for longer.
+    """
+
+    query_log_days: int = Field(90, ge=1, le=36_500)
+    feedback_days: int = Field(365, ge=1, le=36_500)
+    conversations_days: int = Field(365, ge=1, le=36_500)
+    audit_log_days: int = Field(365, ge=1, le=36_500)
+    quarantine_days: int = Field(30, ge=1, le=36_500)
+    retired_versions_days: int | None = Field(None, ge=1, le=36_500)
+
+
 class TenantConfig(_Strict):
     """One tenant of the registry.
 
@@ -239,6 +258,7 @@ class TenantConfig(_Strict):
     golden_set: GoldenSetConfig | None = None
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     sample_questions: list[str] = Field(default_factory=list)
+    retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
 
     _check_default_groups = field_validator("default_acl_groups")(_valid_groups)
 

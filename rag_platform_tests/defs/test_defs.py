@@ -15,6 +15,7 @@ class TestDefinitions:
             "masked_documents",
             "parsed_documents",
             "published_index",
+            "retention_sweep",
             "search_index",
             "source_documents",
             "tenant_backup",
@@ -44,12 +45,14 @@ class TestDefinitions:
             "tenant_pipeline",
             "tenant_costs",
             "tenant_backups",
+            "tenant_retention",
         }
         assert {s.name for s in defs.sensors} == {"tenant_registry_sensor", "source_change_sensor"}
         assert {s.name for s in defs.schedules} == {
             "nightly_resync",
             "daily_costs",
             "nightly_backup",
+            "daily_retention",
         }
 
     def test_every_pipeline_asset_is_partitioned_by_tenant(self) -> None:
@@ -57,4 +60,11 @@ class TestDefinitions:
         for key in graph.get_all_asset_keys():
             node = graph.get(key)
             assert node.partitions_def is not None, key
-            assert node.group_name in {"ingestion", "indexing", "evaluation", "costs", "operations"}
+            assert node.group_name in {
+                "ingestion",
+                "indexing",
+                "evaluation",
+                "costs",
+                "operations",
+                "lifecycle",
+            }

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -22,7 +22,7 @@ from rag_platform.lib.models import Hit, Principal, SearchFilters
 from rag_platform.lib.retrieval import Retriever
 from rag_platform.lib.store import IndexVersion
 from serving.cache import cache_key
-from serving.errors import ApiError
+from serving.errors import ApiError, database_unavailable
 from serving.observability import Metrics
 from serving.querylog import QueryRecord
 from serving.schemas import SearchRequest
@@ -150,7 +150,9 @@ def retrieve_hits(
             cached = None
         else:
             state.metrics.cache.labels(endpoint, "hit").inc()
+            excluded = set(filters.exclude_doc_ids or ())
             kept = recheck_hits(state.metrics, hits, principal)
+            kept = [h for h in kept if h.doc_id not in excluded]  # erased since it was cached
             return Retrieved(kept, True, 0.0, 0.0, key, cached)
     state.metrics.cache.labels(endpoint, "miss").inc()
     if not principal.groups:
@@ -185,20 +187,30 @@ def start_search(
 ) -> Search:
     """Starts the request's query-log record and retrieves its hits (see :func:`retrieve_hits`).
 
+    The tenant's erased documents are excluded inside the index query.
     On failure the record is logged (status and latency filled) and the error re-raised.
 
     Raises:
-        ApiError: as :func:`retrieve_hits`.
+        ApiError: as :func:`retrieve_hits`; 503 ``database_unavailable`` when the erased
+            documents cannot be read.
     """
     started = time.perf_counter()
     filters = body.filters.to_filters(principal)
+    logged_filters = filters_for_log(filters)
+    try:
+        erased = state.erased_doc_ids(principal.tenant)
+    except Exception as exc:
+        logger.error("reading the erased documents failed", extra={"error": type(exc).__name__})
+        raise database_unavailable() from exc
+    if erased:  # erased documents never match, inside the index query (and in the cache key)
+        filters = replace(filters, exclude_doc_ids=tuple(sorted(erased)))
     record = QueryRecord(
         query_id=str(uuid.uuid4()),
         tenant=principal.tenant,
         key_id=principal.key_id,
         question=body.query,
         top_k=body.top_k,
-        filters=filters_for_log(filters),
+        filters=logged_filters,
         index_version=version.version,
     )
     try:

@@ -16,6 +16,7 @@ from rag_platform.lib.embedding import load_embedder
 from rag_platform.lib.embedding.stage import ChunkEmbedder, EmbeddingSet
 from rag_platform.lib.index.backend import open_backend
 from rag_platform.lib.index.versions import IndexVersions
+from rag_platform.lib.lifecycle.lineage import build_provenance
 
 GROUP = "indexing"
 
@@ -82,11 +83,17 @@ def search_index(
     """A new index version: a Qdrant Edge shard (or, with ``RAG_QDRANT_URL``, a server
     collection ``kb_<tenant>_<version>``) holding every current chunk with its dense vector,
     BM25 sparse vector and payload (tenant, doc id, text, title, uri, heading path, ACL groups,
-    updated_at). Vectors come from the embedding cache, never recomputed. When the chunk set,
+    updated_at, content hash). Vectors come from the embedding cache, never recomputed. The
+    version records the run id, the code version and the tenant configuration's fingerprint
+    (lineage). When the chunk set,
     payloads and model are identical to the published version, that version is reused and
     nothing is written."""
     build = index_versions(platform).build_or_reuse(
-        context.partition_key, chunks, chunk_embeddings, run_id=context.run.run_id
+        context.partition_key,
+        chunks,
+        chunk_embeddings,
+        run_id=context.run.run_id,
+        provenance=build_provenance(platform.tenant(context.partition_key)),
     )
     value = build.summary()
     if build.reused:

@@ -52,10 +52,12 @@ def source_documents(
     """Every document of the tenant's sources, synced through their connectors (filesystem
     folders, JSONL/CSV/Parquet datasets), with content hashes, ACL groups and the change set
     against the previous sync: added, changed, deleted, and documents whose permissions changed.
+    Erased documents (the suppression list in the metadata store) are left out until released.
     Deletions at the source reach the next index version because it is built from this set; a
     source that fails as a whole keeps its previous documents (``failed_sources``)."""
     tenant = platform.tenant(context.partition_key)
-    result = SourceSync(platform.tenant_cache_dir(tenant.id)).run(tenant)
+    suppressed = platform.store().suppressed_doc_ids(tenant.id)
+    result = SourceSync(platform.tenant_cache_dir(tenant.id), suppressed).run(tenant)
     frame = result.frame
     if result.problems:
         context.log.warning(f"{len(result.problems)} source problem(s): {result.problems[:5]}")
@@ -69,6 +71,7 @@ def source_documents(
             "acl_changed": len(result.acl_changed),
             "unchanged": int((frame["change"] == "unchanged").sum()),
             "problems": len(result.problems),
+            "suppressed": len(result.suppressed),
             "problems_table": dg.MetadataValue.md(
                 _md_table(result.problems, ["source", "item", "reason"])
             ),

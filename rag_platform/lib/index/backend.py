@@ -64,6 +64,10 @@ class IndexReader(SearchableIndex, Protocol):
         """Every point's ``(id, payload)``, in id order, streamed."""
         ...
 
+    def get_points(self, ids: Sequence[str]) -> list[IndexPoint]:
+        """Points by id with their vectors and payload (missing ids are skipped)."""
+        ...
+
     def close(self) -> None:
         """Releases what the reader holds (idempotent)."""
         ...

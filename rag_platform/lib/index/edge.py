@@ -118,8 +118,11 @@ def make_payload(
     page: int | None = None,
     acl_groups: list[str] | None = None,
     updated_at: datetime | str | None = None,
+    content_hash: str = "",
 ) -> dict[str, Any]:
     """Builds a point payload with the keys the index and the API rely on.
+
+    ``content_hash`` is the chunk's SHA-256 (of the text it was embedded from), for lineage.
 
     ``updated_at`` is stored twice: as an ISO-8601 string (``updated_at``, for display) and as
     epoch seconds (``updated_ts``, float, for range filters). A naive datetime is taken as UTC.
@@ -152,6 +155,7 @@ def make_payload(
         "acl_groups": list(acl_groups if acl_groups is not None else ["all"]),
         "updated_at": iso,
         "updated_ts": ts,
+        "content_hash": content_hash,
     }
 
 
@@ -218,6 +222,7 @@ def build_filter(filters: SearchFilters, tenant: str) -> Filter:
 
     ``updated_after`` / ``updated_before`` are inclusive bounds on ``updated_ts``; naive
     datetimes are taken as UTC. Points without ``updated_at`` never match a date filter.
+    ``exclude_doc_ids`` becomes a ``must_not`` condition: those documents never match.
 
     Raises:
         ValueError: ``tenant`` is empty or ``filters.acl_groups`` is empty (a principal without
@@ -246,6 +251,9 @@ def build_filter(filters: SearchFilters, tenant: str) -> Filter:
         if gte is not None and lte is not None and gte > lte:
             raise ValueError("updated_after is later than updated_before")
         must.append(FieldCondition(key="updated_ts", range=RangeFloat(gte=gte, lte=lte)))
+    if filters.exclude_doc_ids:
+        excluded = FieldCondition(key="doc_id", match=MatchAny(list(filters.exclude_doc_ids)))
+        return Filter(must=must, must_not=[excluded])
     return Filter(must=must)
 
 
@@ -539,7 +547,7 @@ class EdgeIndexReader:
             for r in records:
                 payload = dict(r.payload or {})
                 if with_vectors:
-                    yield _record_to_point(r, payload)
+                    yield record_to_point(r, payload)
                 else:
                     yield str(r.id), payload
             if offset is None or not records:
@@ -560,7 +568,7 @@ class EdgeIndexReader:
         if not ids:
             return []
         records = self.shard.retrieve([str(i) for i in ids], with_payload=True, with_vector=True)
-        return [_record_to_point(r, dict(r.payload or {})) for r in records]
+        return [record_to_point(r, dict(r.payload or {})) for r in records]
 
     def close(self) -> None:
         """Closes the shard and releases the version lock. Idempotent."""
@@ -599,7 +607,9 @@ def _convex_formula(settings: RetrievalSettings) -> Formula:
     )
 
 
-def _record_to_point(record: Any, payload: dict[str, Any]) -> IndexPoint:
+def record_to_point(record: Any, payload: dict[str, Any]) -> IndexPoint:
+    """An :class:`IndexPoint` from a retrieved Qdrant record (Edge or qdrant-client) whose
+    ``vector`` maps the vector names to a dense list and a sparse ``indices``/``values`` pair."""
     vectors = record.vector or {}
     dense = np.asarray(vectors.get(DENSE_VECTOR, []), dtype=np.float32)
     sp = vectors.get(SPARSE_VECTOR)

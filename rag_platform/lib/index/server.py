@@ -33,6 +33,7 @@ from rag_platform.lib.index.edge import (
     _dense_list,
     _to_utc,
     payload_to_hit,
+    record_to_point,
 )
 from rag_platform.lib.models import Hit, SearchFilters
 from rag_platform.lib.tenants import RetrievalSettings
@@ -87,6 +88,11 @@ def build_server_filter(filters: SearchFilters, tenant: str) -> models.Filter:
         if gte is not None and lte is not None and gte > lte:
             raise ValueError("updated_after is later than updated_before")
         must.append(models.FieldCondition(key="updated_ts", range=models.Range(gte=gte, lte=lte)))
+    if filters.exclude_doc_ids:
+        excluded = models.FieldCondition(
+            key="doc_id", match=models.MatchAny(any=list(filters.exclude_doc_ids))
+        )
+        return models.Filter(must=must, must_not=[excluded])
     return models.Filter(must=must)
 
 
@@ -348,6 +354,15 @@ class ServerIndexReader:
                 )
             if offset is None or not records:
                 return
+
+    def get_points(self, ids: Sequence[str]) -> list[IndexPoint]:
+        """Points by id with vectors and payload (missing ids are skipped)."""
+        if not ids:
+            return []
+        records = self.client.retrieve(
+            self.collection, ids=[str(i) for i in ids], with_payload=True, with_vectors=True
+        )
+        return [record_to_point(r, dict(r.payload or {})) for r in records]
 
     def payloads(self, batch_size: int = 1000) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every point's ``(id, payload)``, in id order, streamed (no vectors)."""

@@ -37,6 +37,7 @@ from rag_platform.lib.models import acl_key
 if TYPE_CHECKING:
     from rag_platform.lib.index.backend import IndexBackend
     from rag_platform.lib.store import IndexVersion, MetadataStore
+    from rag_platform.lib.store.schema import JSONObject
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +262,7 @@ class IndexVersions:
         embeddings: EmbeddingSet,
         run_id: str = "",
         actor: str = "pipeline",
+        provenance: JSONObject | None = None,
     ) -> IndexBuild:
         """A version holding every chunk: the published one when its fingerprint matches,
         else a new version: registered ``building`` before it is written, ``built`` once it is
@@ -273,6 +275,9 @@ class IndexVersions:
                 of the fingerprint.
             run_id: recorded in the version's details.
             actor: recorded in the audit log with each transition.
+            provenance: recorded in the version's details too, for lineage (the code version
+                and the tenant configuration's fingerprint,
+                :func:`rag_platform.lib.lifecycle.lineage.build_provenance`).
 
         Raises:
             KeyError: a chunk's content hash has no embedding. A failed build leaves no shard
@@ -299,7 +304,7 @@ class IndexVersions:
             documents=documents,
             chunks=len(chunks),
             config_hash=fingerprint,
-            details={"run_id": run_id, "embedding": embeddings.model},
+            details={"run_id": run_id, "embedding": embeddings.model, **(provenance or {})},
             actor=actor,
         )
         start = time.perf_counter()
@@ -363,6 +368,7 @@ class IndexVersions:
                                 page=None if pd.isna(r.page) else int(r.page),
                                 acl_groups=list(r.acl_groups),
                                 updated_at=r.updated_at or None,
+                                content_hash=r.content_hash,
                             ),
                         )
                         for r, sv in zip(batch, sparse, strict=True)

@@ -50,6 +50,8 @@ class SyncResult:
         added, changed, deleted, acl_changed: doc ids of the change set against the previous
             sync (a failed source contributes none).
         problems: skipped items and failed sources.
+        suppressed: doc ids the sources still hold but the suppression list left out (erased
+            documents, see :mod:`rag_platform.lib.lifecycle.erasure`).
         failed_sources: source id → error of each source that failed as a whole.
         seconds: wall time (seconds).
     """
@@ -62,6 +64,7 @@ class SyncResult:
     problems: list[SourceProblem]
     failed_sources: dict[str, str]
     seconds: float
+    suppressed: list[str]
 
 
 class SourceSync:
@@ -70,11 +73,14 @@ class SourceSync:
     Args:
         state_dir: the tenant's state folder (``RAG_HOME/cache/<tenant>``); holds
             :data:`SNAPSHOT_FILE`, rewritten by every run.
+        suppressed: ids of erased documents (``MetadataStore.suppressed_doc_ids``): left out
+            of the frame and the snapshot as if the source did not hold them, until released.
     """
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, suppressed: frozenset[str] = frozenset()) -> None:
         self.state_dir = state_dir
         self.snapshot_path = state_dir / SNAPSHOT_FILE
+        self.suppressed = suppressed
 
     def _previous(self) -> pd.DataFrame:
         if self.snapshot_path.exists():
@@ -105,12 +111,16 @@ class SourceSync:
         problems: list[SourceProblem] = []
         failed: dict[str, str] = {}
         seen: set[str] = set()
+        suppressed: list[str] = []
         for source in tenant.sources:
             source_rows: list[dict[str, object]] = []
             try:
                 connector = build_connector(source, tenant.default_acl_groups, tenant.budgets)
                 for doc in connector.list_documents():
                     doc_id = make_doc_id(tenant.id, source.id, doc.native_id)
+                    if doc_id in self.suppressed:
+                        suppressed.append(doc_id)
+                        continue
                     if doc_id in seen:
                         problems.append(
                             SourceProblem(source.id, doc.native_id, "duplicate document id")
@@ -145,7 +155,7 @@ class SourceSync:
                 source_rows = [
                     {**r, "change": "unchanged"}
                     for r in kept.to_dict("records")
-                    if r["doc_id"] not in seen
+                    if r["doc_id"] not in seen and r["doc_id"] not in self.suppressed
                 ]
                 seen.update(str(r["doc_id"]) for r in source_rows)
             rows.extend(source_rows)
@@ -166,7 +176,7 @@ class SourceSync:
                 row["change"] = "unchanged"
                 if prev[1] != acl_key(cast("list[str]", row["acl_groups"])):
                     acl_changed.append(doc_id)
-        deleted = [d for d in known if d not in seen]
+        deleted = [d for d in known if d not in seen and d not in self.suppressed]
         frame = pd.DataFrame(rows, columns=SOURCE_COLUMNS)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         snapshot = frame.drop(columns=["change"])
@@ -180,6 +190,7 @@ class SourceSync:
             problems,
             failed,
             time.perf_counter() - start,
+            suppressed,
         )
 
 

@@ -6,11 +6,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from rag_platform.lib.store.db import Database, NotFoundError
 from rag_platform.lib.store.rows import check_text, from_row, to_values
-from rag_platform.lib.store.schema import feedback_table, query_log_table, utcnow
+from rag_platform.lib.store.schema import as_utc, feedback_table, query_log_table, utcnow
 
 
 @dataclass
@@ -94,3 +94,29 @@ class FeedbackRepository:
         stmt = stmt.order_by(feedback_table.c.created_at, feedback_table.c.feedback_id)
         with self._db.transaction(write=False) as conn:
             return [from_row(FeedbackEntry, r) for r in conn.execute(stmt).mappings()]
+
+    def delete(
+        self, tenant: str, *, key_id: str | None = None, before: datetime | None = None
+    ) -> int:
+        """Deletes the tenant's feedback given by one principal and/or older than a cut-off.
+
+        Args:
+            tenant: Tenant id.
+            key_id: Only feedback given with this API key; None: any.
+            before: Only rows with ``created_at < before`` (naive = UTC); None: any age.
+
+        Returns:
+            Rows deleted.
+
+        Raises:
+            ValueError: Neither ``key_id`` nor ``before`` given.
+        """
+        if key_id is None and before is None:
+            raise ValueError("give key_id or before: refusing to delete all feedback")
+        stmt = delete(feedback_table).where(feedback_table.c.tenant == tenant)
+        if key_id is not None:
+            stmt = stmt.where(feedback_table.c.key_id == key_id)
+        if before is not None:
+            stmt = stmt.where(feedback_table.c.created_at < as_utc(before))
+        with self._db.transaction() as conn:
+            return int(conn.execute(stmt).rowcount)

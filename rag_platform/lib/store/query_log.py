@@ -11,11 +11,17 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from rag_platform.lib.store.db import Database, dialect_insert
 from rag_platform.lib.store.rows import check_text, from_row, to_values
-from rag_platform.lib.store.schema import JSONObject, as_utc, query_log_table, utcnow
+from rag_platform.lib.store.schema import (
+    JSONObject,
+    as_utc,
+    feedback_table,
+    query_log_table,
+    utcnow,
+)
 from rag_platform.lib.store.tenants import check_tenant
 
 
@@ -107,3 +113,35 @@ class QueryLogRepository:
         stmt = stmt.order_by(query_log_table.c.created_at, query_log_table.c.query_id)
         with self._db.transaction(write=False) as conn:
             return [from_row(QueryLogEntry, r) for r in conn.execute(stmt).mappings()]
+
+    def delete(
+        self, tenant: str, *, key_id: str | None = None, before: datetime | None = None
+    ) -> tuple[int, int]:
+        """Deletes the tenant's queries of one principal and/or older than a cut-off, with all
+        feedback on them, in one transaction.
+
+        Args:
+            tenant: Tenant id.
+            key_id: Only the queries of this API key (the principal); None: any.
+            before: Only queries with ``created_at < before`` (naive = UTC); None: any age.
+
+        Returns:
+            ``(queries deleted, feedback rows deleted with them)``.
+
+        Raises:
+            ValueError: Neither ``key_id`` nor ``before`` given (refusing to empty the log).
+        """
+        if key_id is None and before is None:
+            raise ValueError("give key_id or before: refusing to delete the whole query log")
+        where = [query_log_table.c.tenant == tenant]
+        if key_id is not None:
+            where.append(query_log_table.c.key_id == key_id)
+        if before is not None:
+            where.append(query_log_table.c.created_at < as_utc(before))
+        ids = select(query_log_table.c.query_id).where(*where)
+        with self._db.transaction() as conn:
+            feedback = conn.execute(
+                delete(feedback_table).where(feedback_table.c.query_id.in_(ids))
+            ).rowcount
+            queries = conn.execute(delete(query_log_table).where(*where)).rowcount
+        return int(queries), int(feedback)

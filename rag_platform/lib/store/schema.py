@@ -5,9 +5,9 @@ This module is the source of truth for the schema; the Alembic migrations under
 ``alembic.autogenerate.compare_metadata``).
 
 Tables: ``tenants``, ``api_keys``, ``index_versions``, ``query_log``, ``feedback``,
-``audit_log``, ``usage_events``. Every timestamp is a timezone-aware UTC ``datetime``
-(:class:`UTCDateTime`). JSON columns use the portable ``sqlalchemy.JSON`` type (``JSON`` on
-PostgreSQL, text on SQLite).
+``audit_log``, ``usage_events``, ``document_suppressions``. Every timestamp is a timezone-aware
+UTC ``datetime`` (:class:`UTCDateTime`). JSON columns use the portable ``sqlalchemy.JSON``
+type (``JSON`` on PostgreSQL, text on SQLite).
 
 The models are used for their tables only: the repositories run Core statements and return
 plain dataclasses (mapped by :func:`rag_platform.lib.store.rows.from_row`), so no ORM object
@@ -263,6 +263,24 @@ class UsageEventRow(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class DocumentSuppressionRow(Base):
+    """An erased document: left out of every sync, index version and search until released.
+
+    The primary key is ``(tenant, doc_id)``; releasing the document deletes the row (the audit
+    log keeps the erasure and the release).
+    """
+
+    __tablename__ = "document_suppressions"
+
+    tenant: Mapped[str] = mapped_column(String(63), primary_key=True)
+    doc_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    source_id: Mapped[str] = mapped_column(String(100), default="")
+    uri: Mapped[str] = mapped_column(Text, default="")
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    actor: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 #: The Core tables the repositories query (``Model.__table__``, typed).
 tenants_table = cast(Table, Tenant.__table__)
 api_keys_table = cast(Table, ApiKey.__table__)
@@ -271,3 +289,4 @@ query_log_table = cast(Table, QueryLogRow.__table__)
 feedback_table = cast(Table, FeedbackRow.__table__)
 audit_log_table = cast(Table, AuditLogRow.__table__)
 usage_events_table = cast(Table, UsageEventRow.__table__)
+document_suppressions_table = cast(Table, DocumentSuppressionRow.__table__)

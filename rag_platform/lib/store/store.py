@@ -1,11 +1,12 @@
-"""The metadata store: one facade over the repositories of its seven aggregates.
+"""The metadata store: one facade over the repositories of its eight aggregates.
 
 One :class:`MetadataStore` per process, shared by threads. Each aggregate has its repository
 (``store.tenants``, ``store.api_keys``, ``store.versions``, ``store.query_log``,
-``store.feedback``, ``store.audit_log``, ``store.usage``) over one :class:`Database`
-(``store.db``: engine, transactions, locks, migrations). The methods below are the store's
-public interface, each one call of a repository; every one is its own transaction and returns
-plain dataclasses (or :class:`rag_platform.lib.models.Principal`), never ORM objects.
+``store.feedback``, ``store.audit_log``, ``store.usage``, ``store.suppressions``) over one
+:class:`Database` (``store.db``: engine, transactions, locks, migrations). The methods below
+are the store's public interface, each one call of a repository; every one is its own
+transaction and returns plain dataclasses (or :class:`rag_platform.lib.models.Principal`),
+never ORM objects.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from rag_platform.lib.store.feedback import FeedbackEntry, FeedbackRepository
 from rag_platform.lib.store.lifecycle import FailedCheck
 from rag_platform.lib.store.query_log import QueryLogEntry, QueryLogRepository
 from rag_platform.lib.store.schema import JSONObject
+from rag_platform.lib.store.suppressions import Suppression, SuppressionRepository
 from rag_platform.lib.store.tenants import TenantRepository
 from rag_platform.lib.store.usage import UsageRepository
 from rag_platform.lib.store.versions import IndexVersion, VersionRepository
@@ -65,6 +67,7 @@ class MetadataStore:
         self.feedback = FeedbackRepository(self.db)
         self.audit_log = AuditRepository(self.db)
         self.usage = UsageRepository(self.db)
+        self.suppressions = SuppressionRepository(self.db)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MetadataStore:
@@ -306,3 +309,29 @@ class MetadataStore:
     def usage_by_day(self, tenant: str, day: date) -> dict[str, float]:
         """Usage of ``tenant`` on UTC day ``day`` per kind; see :meth:`UsageRepository.by_day`."""
         return self.usage.by_day(tenant, day)
+
+    # Erased documents: SuppressionRepository -------------------------------------------------
+
+    def suppress_document(
+        self,
+        tenant: str,
+        doc_id: str,
+        source_id: str = "",
+        uri: str = "",
+        reason: str = "",
+        actor: str = "cli",
+    ) -> Suppression:
+        """Put a document on the suppression list; see :meth:`SuppressionRepository.add`."""
+        return self.suppressions.add(tenant, doc_id, source_id, uri, reason, actor)
+
+    def release_document(self, tenant: str, doc_id: str, actor: str = "cli") -> bool:
+        """Lift a suppression; see :meth:`SuppressionRepository.release`."""
+        return self.suppressions.release(tenant, doc_id, actor)
+
+    def suppressed_doc_ids(self, tenant: str) -> frozenset[str]:
+        """Ids of the tenant's suppressed (erased, not released) documents."""
+        return self.suppressions.doc_ids(tenant)
+
+    def list_suppressions(self, tenant: str) -> list[Suppression]:
+        """The tenant's suppressed documents, oldest first."""
+        return self.suppressions.find(tenant)

@@ -106,6 +106,23 @@ class TestServerAgainstEdge:
             edge_ids, server_ids = _both(backends, QUERIES[1], filters, settings, 40)
             assert edge_ids, filters
             assert sorted(server_ids) == sorted(edge_ids), filters
+        # erased documents (exclude_doc_ids) never match, on both
+        excluded = (wanted, make_doc_id(TENANT, "scifact", docs[6]["id"]))
+        for filters in (
+            SearchFilters(acl_groups=EVERYONE, exclude_doc_ids=excluded),
+            SearchFilters(acl_groups=EVERYONE, doc_ids=excluded, exclude_doc_ids=excluded[:1]),
+        ):
+            edge_ids, server_ids = _both(backends, QUERIES[1], filters, settings, 50)
+            assert edge_ids and sorted(server_ids) == sorted(edge_ids), filters
+        full, _ = _both(backends, QUERIES[1], SearchFilters(acl_groups=EVERYONE), settings, 50)
+        without, _ = _both(
+            backends,
+            QUERIES[1],
+            SearchFilters(acl_groups=EVERYONE, exclude_doc_ids=excluded),
+            settings,
+            50,
+        )
+        assert len(without) == len(full) - 2
         # the tenant filter: the other tenant's 10 points only, on both
         everyone = SearchFilters(acl_groups=EVERYONE)
         edge_other, server_other = _both(backends, QUERIES[1], everyone, settings, 50, "other")
@@ -122,6 +139,25 @@ class TestServerAgainstEdge:
                 reader.close()
         assert seen[0][:2] == seen[1][:2] == (50, 10)
         assert seen[0][2] == seen[1][2]
+
+    def test_same_points_by_id(self, backends: tuple[EdgeBackend, ServerBackend]) -> None:
+        found = []
+        for backend in backends:
+            reader = backend.open_reader(TENANT, "v1", backend.location(TENANT, "v1"))
+            try:
+                ids = sorted(reader.payloads())[:3]
+                points = reader.get_points(
+                    [pid for pid, _ in ids] + ["00000000-0000-4000-8000-000000000000"]
+                )
+            finally:
+                reader.close()
+            found.append({p.id: p for p in points})
+        edge, server = found
+        assert len(edge) == 3 and edge.keys() == server.keys()
+        for pid, point in edge.items():
+            assert point.payload == server[pid].payload
+            assert abs(float(point.dense @ server[pid].dense) - 1.0) < 1e-4
+            assert point.sparse.indices == server[pid].sparse.indices
 
 
 class TestServerBackend:

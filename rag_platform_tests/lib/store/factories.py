@@ -15,12 +15,14 @@ TABLES = {
     "feedback",
     "audit_log",
     "usage_events",
+    "document_suppressions",
 }
 
 
 def query_entry(tenant: str = "acme", **kw: Any) -> QueryLogEntry:
     """A query-log entry of ``tenant`` with a masked question; ``kw`` overrides fields."""
-    return QueryLogEntry(tenant=tenant, key_id="0123456789ab", question_masked="q <PERSON>", **kw)
+    kw = {"key_id": "0123456789ab", "question_masked": "q <PERSON>", **kw}
+    return QueryLogEntry(tenant=tenant, **kw)
 
 
 def log_query(store: MetadataStore, tenant: str = "acme", **kw: Any) -> str:

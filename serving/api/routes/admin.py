@@ -10,9 +10,12 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from rag_platform.lib.index.versions import IndexVersions
+from rag_platform.lib.lifecycle.erasure import DocumentEraser, check_doc_id
+from rag_platform.lib.lifecycle.export import Exporter, to_json_line
+from rag_platform.lib.lifecycle.lineage import QueryLineage
 from rag_platform.lib.store import NotFoundError, VersionTransitionError
 from serving.api.deps import AdminDep, StateDep
 from serving.errors import ApiError, database_unavailable
@@ -22,10 +25,12 @@ from serving.schemas import (
     ApiKeysPublic,
     DocumentPublic,
     DocumentsPublic,
+    ErasureReceiptPublic,
     ErrorPublic,
     FailedCheckPublic,
     IndexVersionPublic,
     IndexVersionsPublic,
+    LineagePublic,
     ReceiptPublic,
     RollbackPublic,
     RollbackRequest,
@@ -48,18 +53,23 @@ def _unavailable(exc: Exception) -> ApiError:
 
 @router.get("/documents", response_model=DocumentsPublic, summary="Documents in the index")
 def list_documents(admin: AdminDep, state: StateDep) -> DocumentsPublic:
-    """The tenant's documents in the published version, read from the index payloads."""
+    """The tenant's documents in the published version, read from the index payloads (erased
+    documents left out)."""
     try:
         version = state.published_version(admin.tenant)
     except Exception as exc:
         raise _unavailable(exc) from exc
     if version is None:
         raise ApiError(503, "index_not_ready", "no index version is published for this tenant")
+    try:
+        erased = state.erased_doc_ids(admin.tenant)
+    except Exception as exc:
+        raise _unavailable(exc) from exc
     docs: OrderedDict[str, DocumentPublic] = OrderedDict()
     try:
         with state.retrievers.open_reader(version) as reader:
             for _, payload in reader.payloads():
-                if payload.get("tenant") != admin.tenant:
+                if payload.get("tenant") != admin.tenant or payload.get("doc_id") in erased:
                     continue
                 doc_id = str(payload.get("doc_id", ""))
                 doc = docs.get(doc_id)
@@ -77,6 +87,110 @@ def list_documents(admin: AdminDep, state: StateDep) -> DocumentsPublic:
         raise ApiError(503, "index_unavailable", "the published index cannot be opened") from exc
     documents = sorted(docs.values(), key=lambda d: (d.title, d.doc_id))
     return DocumentsPublic(index_version=version.version, count=len(documents), documents=documents)
+
+
+@router.delete(
+    "/documents/{doc_id}",
+    response_model=ErasureReceiptPublic,
+    responses={422: {"model": ErrorPublic, "description": "Not a document id."}},
+    summary="Erase a document",
+)
+def erase_document(doc_id: str, admin: AdminDep, state: StateDep) -> ErasureReceiptPublic:
+    """Erases a document of the admin's tenant: put on the suppression list (a re-sync does not
+    bring it back; the next index version does not hold it), removed from the content caches,
+    the stored pipeline assets and the golden-set relevance, and excluded from every search at
+    once. Returns the erasure receipt (also written to the audit log as ``erasure.document``);
+    ``verification.passed`` says nothing of it is left, ``pending`` what the next
+    materialization completes."""
+    try:
+        doc_id = check_doc_id(doc_id)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_doc_id", "doc_id must be a document id (a UUID)") from exc
+    try:
+        receipt = DocumentEraser(state.settings, state.store, state.backend).run(
+            admin.tenant, doc_id, actor=f"key:{admin.key_id}"
+        )
+    except Exception as exc:
+        raise _unavailable(exc) from exc
+    state.erased.invalidate(admin.tenant)
+    return ErasureReceiptPublic.model_validate(receipt.to_dict())
+
+
+#: Media type of the export archives (JSON Lines).
+NDJSON = "application/x-ndjson"
+_EXPORT_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {NDJSON: {}},
+        "description": "JSON Lines: one record per line with a `type` field; `export` first, "
+        "`summary` last.",
+    }
+}
+
+
+def _jsonl(records: Any) -> Response:
+    body = "".join(to_json_line(r) + "\n" for r in records)
+    return Response(body, media_type=NDJSON)
+
+
+@router.get(
+    "/export",
+    response_class=Response,
+    responses={
+        **_EXPORT_RESPONSE,
+        404: {"model": ErrorPublic, "description": "The tenant is not in the registry."},
+    },
+    summary="Export everything stored about the tenant",
+)
+def export_tenant(admin: AdminDep, state: StateDep) -> Response:
+    """The tenant's archive (JSON Lines): documents and chunks as indexed, API key metadata (no
+    hashes), query log, feedback, index versions, suppressions, audit rows."""
+    try:
+        tenant = state.tenants.registry.get(admin.tenant)
+    except KeyError as exc:
+        raise ApiError(404, "tenant_not_found", "the tenant is not in the registry") from exc
+    try:
+        return _jsonl(Exporter(state.store, state.backend).tenant_records(tenant))
+    except Exception as exc:
+        raise _unavailable(exc) from exc
+
+
+@router.get(
+    "/principals/{key_id}/export",
+    response_class=Response,
+    responses={**_EXPORT_RESPONSE, 404: {"model": ErrorPublic, "description": "No such key."}},
+    summary="Export everything stored about a principal",
+)
+def export_principal(key_id: str, admin: AdminDep, state: StateDep) -> Response:
+    """A principal's archive (JSON Lines): its API key metadata, its queries, the feedback it
+    gave and the audit rows it made. Only keys of the admin's tenant (else 404)."""
+    try:
+        records = list(Exporter(state.store, state.backend).principal_records(admin.tenant, key_id))
+    except KeyError as exc:
+        raise ApiError(404, "key_not_found", "no API key with this id in your tenant") from exc
+    except Exception as exc:
+        raise _unavailable(exc) from exc
+    return _jsonl(records)
+
+
+@router.get(
+    "/queries/{query_id}/lineage",
+    response_model=LineagePublic,
+    responses={404: {"model": ErrorPublic, "description": "No such query in this tenant."}},
+    summary="Lineage of a logged query",
+)
+def get_query_lineage(query_id: str, admin: AdminDep, state: StateDep) -> LineagePublic:
+    """Source to answer in one call: for each cited (and retrieved) chunk of the query, its
+    document, source, URI and content hash as the index version holds them; the version; the
+    Dagster run that built it with the run's code version and configuration fingerprint."""
+    if len(query_id) > 36:
+        raise ApiError(404, "query_not_found", "no query with this id in your tenant")
+    try:
+        lineage = QueryLineage(state.store, state.backend).run(query_id, tenant=admin.tenant)
+    except KeyError as exc:
+        raise ApiError(404, "query_not_found", "no query with this id in your tenant") from exc
+    except Exception as exc:
+        raise _unavailable(exc) from exc
+    return LineagePublic.model_validate(lineage.to_dict())
 
 
 @router.get("/index-versions", response_model=IndexVersionsPublic, summary="Index versions")
