@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 #: Longest ACL group name (characters).
@@ -65,6 +65,10 @@ def _valid_groups(groups: list[str]) -> list[str]:
     for group in groups:
         validate_acl_group(group)
     return groups
+
+
+def _valid_optional_groups(groups: list[str] | None) -> list[str] | None:
+    return None if groups is None else _valid_groups(groups)
 
 
 class _Strict(BaseModel):
@@ -109,7 +113,110 @@ class DatasetSource(_Strict):
     limit: int | None = Field(None, ge=1, description="Read only the first N rows (demos, tests).")
 
 
-SourceConfig = Annotated[FilesystemSource | DatasetSource, Field(discriminator="type")]
+class WebAclRule(_Strict):
+    """Pages whose canonical URL starts with ``prefix`` get ``groups`` (empty: no reader group)."""
+
+    prefix: str
+    groups: list[str]
+
+    _check_groups = field_validator("groups")(_valid_groups)
+
+
+class WebSource(_Strict):
+    """A web site crawled from seed URLs and/or sitemaps, inside allowed URL prefixes.
+
+    Every fetched URL, redirect target and followed link must start with one of
+    ``allowed_prefixes`` (compared after normalization; end a prefix with ``/`` to mean a
+    folder). ``robots.txt`` of every host is honoured; ``delay_seconds`` is the least time
+    between two requests to one host (a larger ``Crawl-delay`` in robots.txt wins, up to 60 s).
+    """
+
+    type: Literal["web"] = "web"
+    id: str
+    start_urls: list[str] = Field(default_factory=list)
+    allowed_prefixes: list[str] = Field(min_length=1)
+    sitemap_urls: list[str] = Field(default_factory=list)
+    delay_seconds: float = Field(1.0, ge=0.0, le=60.0)
+    max_pages: int = Field(1_000, ge=1, le=1_000_000)
+    max_depth: int | None = Field(None, ge=0, description="Link hops from a seed; None: any.")
+    max_page_bytes: int = Field(5 * 1024 * 1024, ge=1, description="Largest page body (bytes).")
+    timeout_seconds: float = Field(30.0, gt=0.0, le=600.0, description="Per request, in all.")
+    max_redirects: int = Field(5, ge=0, le=20)
+    user_agent: str = "rag-platform-crawler/1.0"
+    acl_groups: list[str] | None = Field(
+        None, description="Groups of every page (None: the tenant's default groups)."
+    )
+    acl: list[WebAclRule] = Field(
+        default_factory=list, description="URL prefix → groups; the first match wins."
+    )
+
+    _check_groups = field_validator("acl_groups")(_valid_optional_groups)
+
+    @field_validator("start_urls", "allowed_prefixes", "sitemap_urls")
+    @classmethod
+    def _http_urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not re.match(r"^https?://[^/?#\s]+", url):
+                raise ValueError(f"not an http(s) URL: {url!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _has_seeds(self) -> WebSource:
+        if not self.start_urls and not self.sitemap_urls:
+            raise ValueError("a web source needs start_urls or sitemap_urls")
+        return self
+
+
+class GitSource(_Strict):
+    """A git repository (local path or URL) at a branch: its files at the branch's head.
+
+    A URL (``https://``, ``ssh://``, ``git@host:path``, ``file://``) is cloned (bare) into the
+    tenant's state folder and fetched on each sync; a local path is read in place (never
+    written). ``include``/``exclude`` are globs over paths in the repository, as for
+    :class:`FilesystemSource`.
+    """
+
+    type: Literal["git"] = "git"
+    id: str
+    repo: str
+    branch: str = "main"
+    include: list[str] = Field(default_factory=lambda: ["**/*"])
+    exclude: list[str] = Field(default_factory=list)
+    acl: list[AclRule] = Field(default_factory=list, description="Path globs → ACL groups.")
+    timeout_seconds: float = Field(300.0, gt=0.0, description="Per git command (seconds).")
+
+    @field_validator("branch")
+    @classmethod
+    def _branch_name(cls, v: str) -> str:
+        # git check-ref-format's rules that matter here: no option-like or path-escaping name.
+        if (
+            not v
+            or v.startswith(("-", "/"))
+            or ".." in v
+            or re.search(r"[\x00-\x20~^:?*\[\\\x7f]", v)
+            or v.endswith((".lock", "/", "."))
+        ):
+            raise ValueError(f"invalid branch name {v!r}")
+        return v
+
+    @field_validator("repo")
+    @classmethod
+    def _repo_not_option(cls, v: str) -> str:
+        if not v or v.startswith("-"):
+            raise ValueError(f"invalid repository {v!r}")
+        return v
+
+    @property
+    def is_remote(self) -> bool:
+        """Whether ``repo`` is a URL to clone rather than a local path."""
+        return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", self.repo)) or bool(
+            re.match(r"^[^/\s]+@[^/\s:]+:", self.repo)
+        )
+
+
+SourceConfig = Annotated[
+    FilesystemSource | DatasetSource | WebSource | GitSource, Field(discriminator="type")
+]
 
 
 class PIIPolicy(_Strict):
@@ -283,7 +390,10 @@ def _expand(value: Any, env: dict[str, str]) -> Any:
 def _resolve_paths(registry: TenantRegistry, base: Path) -> TenantRegistry:
     for t in registry.tenants:
         for s in t.sources:
-            if not s.path.is_absolute():
+            if isinstance(s, GitSource):
+                if not s.is_remote and not Path(s.repo).is_absolute():
+                    s.repo = str((base / s.repo).resolve())
+            elif isinstance(s, FilesystemSource | DatasetSource) and not s.path.is_absolute():
                 s.path = (base / s.path).resolve()
         if t.golden_set and not t.golden_set.path.is_absolute():
             t.golden_set.path = (base / t.golden_set.path).resolve()
