@@ -7,10 +7,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rag_platform.lib.connectors.base import Connector
 from rag_platform.lib.connectors.dataset import DatasetConnector
 from rag_platform.lib.connectors.filesystem import FilesystemConnector, mime_type_for
-from rag_platform.lib.tenants import DatasetSource, FilesystemSource, InputBudgets
+from rag_platform.lib.tenants import (
+    DatasetSource,
+    FilesystemSource,
+    GitSource,
+    InputBudgets,
+    WebSource,
+)
 
 __all__ = [
     "Connector",
@@ -22,9 +30,11 @@ __all__ = [
 
 
 def build_connector(
-    source: FilesystemSource | DatasetSource,
+    source: FilesystemSource | DatasetSource | WebSource | GitSource,
     default_acl_groups: list[str],
     budgets: InputBudgets | None = None,
+    *,
+    state_dir: Path | None = None,
 ) -> Connector:
     """Returns the connector for a source config.
 
@@ -35,6 +45,8 @@ def build_connector(
         budgets: the tenant's input budgets (``TenantConfig.budgets``; defaults when None).
             A filesystem source skips files over ``max_file_bytes``; dataset rows are bounded
             by ``max_document_chars`` when parsed.
+        state_dir: the tenant's state folder; a git source clones a repository URL under
+            ``state_dir/git/`` (None: under the settings' cache folder).
 
     Raises:
         TypeError: the source type has no connector.
@@ -43,4 +55,12 @@ def build_connector(
         return FilesystemConnector(source, default_acl_groups, budgets)
     if isinstance(source, DatasetSource):
         return DatasetConnector(source, default_acl_groups)
+    if isinstance(source, WebSource):  # imported here: trafilatura loads slowly
+        from rag_platform.lib.connectors.web import WebConnector
+
+        return WebConnector(source, default_acl_groups, budgets)
+    if isinstance(source, GitSource):
+        from rag_platform.lib.connectors.git import GitConnector
+
+        return GitConnector(source, default_acl_groups, budgets, state_dir=state_dir)
     raise TypeError(f"no connector for source type {type(source).__name__}")
