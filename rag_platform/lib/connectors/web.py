@@ -634,6 +634,13 @@ class WebConnector:
         """The change of one URL with the links to follow from it (None for a skipped URL;
         its reason goes to :attr:`problems`, and to ``gone`` when it was a known page)."""
         known_id, known_version = known if known else (None, None)
+        if not self._host(url).available:  # robots.txt unreachable (RFC 9309: disallow all)
+            reason = "host not crawled: robots.txt unavailable"
+            if known_id and known_version:
+                self.problems.append((url, f"{reason}; previous version kept"))
+                return Unchanged(known_id), known_version.links
+            self.problems.append((url, reason))
+            return None, ()
         if not self.robots_allow(url):
             self.stats.robots_blocked += 1
             self.problems.append((url, "disallowed by robots.txt"))
