@@ -63,7 +63,7 @@ def build_connector(
     if isinstance(source, SqlSource):
         from rag_platform.lib.connectors.sql import SqlConnector
 
-        return SqlConnector(source, default_acl_groups)
+        return SqlConnector(source, default_acl_groups, budgets)
     if isinstance(source, S3Source):
         from rag_platform.lib.connectors.s3 import S3Connector
 
