@@ -20,11 +20,20 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 #: Longest ACL group name (characters).
@@ -184,6 +193,11 @@ class GitSource(_Strict):
     exclude: list[str] = Field(default_factory=list)
     acl: list[AclRule] = Field(default_factory=list, description="Path globs → ACL groups.")
     timeout_seconds: float = Field(300.0, gt=0.0, description="Per git command (seconds).")
+    full_sync_every: timedelta = Field(
+        timedelta(hours=24),
+        description="A full listing (every blob id compared) at least this often; between two, "
+        "syncs diff the last synced commit against the head.",
+    )
 
     @field_validator("branch")
     @classmethod
@@ -214,8 +228,126 @@ class GitSource(_Strict):
         )
 
 
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+
+
+def _sql_identifier(name: str) -> str:
+    """A column or table name: ``name`` or ``schema.name`` of ``[A-Za-z_][A-Za-z0-9_$]*`` parts
+    (quoted by the connector; no SQL ever comes from a column setting)."""
+    if not all(_SQL_NAME.fullmatch(part) for part in name.split(".")) or name.count(".") > 1:
+        raise ValueError(f"not a plain SQL identifier: {name!r}")
+    return name
+
+
+class SqlSource(_Strict):
+    """A table, or a read-only query, of a SQL database (SQLAlchemy URL from an env var).
+
+    Each row is a text document: ``id_column`` (native id), ``title_column``, ``text_column``,
+    ``updated_at_column`` (the watermark of incremental syncs) and an optional ``acl_column``
+    (a comma-separated string or an array of group names).
+    """
+
+    type: Literal["sql"] = "sql"
+    id: str
+    url_env: Annotated[str, Field(pattern=_ENV_NAME)] = Field(
+        description="Name of the environment variable holding the SQLAlchemy URL "
+        "(postgresql+psycopg://..., mysql+pymysql://...); never the URL itself."
+    )
+    table: str | None = Field(None, description="Table (or schema.table) to read.")
+    query: str | None = Field(
+        None, description="A SELECT whose columns include the configured ones (instead of table)."
+    )
+    id_column: str = "id"
+    title_column: str | None = "title"
+    text_column: str = "text"
+    updated_at_column: str | None = Field(
+        "updated_at", description="Watermark column; None makes every sync a full listing."
+    )
+    acl_column: str | None = None
+    batch_rows: int = Field(1000, ge=1, le=100_000, description="Rows fetched per round trip.")
+    watermark_overlap: timedelta = Field(
+        timedelta(0),
+        description="Incremental syncs re-read rows this much older than the watermark "
+        "(catches rows committed late with an earlier updated_at).",
+    )
+    full_sync_every: timedelta = Field(
+        timedelta(hours=24),
+        description="A full listing (every row's version compared) at least this often.",
+    )
+
+    @field_validator("table", "id_column", "title_column", "text_column")
+    @classmethod
+    def _identifiers(cls, v: str | None) -> str | None:
+        return v if v is None else _sql_identifier(v)
+
+    @field_validator("updated_at_column", "acl_column")
+    @classmethod
+    def _optional_identifiers(cls, v: str | None) -> str | None:
+        return v if v is None else _sql_identifier(v)
+
+    def model_post_init(self, context: Any, /) -> None:
+        if (self.table is None) == (self.query is None):
+            raise ValueError(f"sql source {self.id!r}: set exactly one of table and query")
+
+
+class S3Source(_Strict):
+    """Objects under a prefix of an S3 (or S3-compatible) bucket; each object is one file
+    document (parsed by type like a filesystem file)."""
+
+    type: Literal["s3"] = "s3"
+    id: str
+    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
+    prefix: str = ""
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto).")
+    region: str = "us-east-1"
+    access_key_id_env: Annotated[str, Field(pattern=_ENV_NAME)] | None = Field(
+        None, description="Env var holding the access key id (None: boto3's default chain)."
+    )
+    secret_access_key_env: Annotated[str, Field(pattern=_ENV_NAME)] | None = None
+    acl_metadata_key: str = Field(
+        "acl-groups",
+        description="User metadata key (x-amz-meta-<key>) holding comma-separated ACL groups; "
+        "an object without it gets the tenant's default groups.",
+    )
+    include: list[str] = Field(default_factory=lambda: ["**/*"])
+    exclude: list[str] = Field(default_factory=list)
+    fetch_workers: int = Field(8, ge=1, le=64, description="Objects downloaded in parallel.")
+    full_sync_every: timedelta = Field(
+        timedelta(0), description="S3 listings are always full (ETags find every change)."
+    )
+
+
+class PluginSource(BaseModel):
+    """A source of a third-party connector (entry point group ``rag_platform.connectors``, name
+    = ``type``); its other keys are the plugin's own config, passed as a dict."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    id: str
+
+
+#: Source types built in; any other ``type`` is looked up as a connector plugin.
+BUILTIN_SOURCE_TYPES = ("filesystem", "dataset", "sql", "s3", "web", "git")
+
+
+def _source_tag(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    if kind is None and isinstance(value, dict):
+        kind = "filesystem"
+    return kind if kind in BUILTIN_SOURCE_TYPES else "plugin"
+
+
 SourceConfig = Annotated[
-    FilesystemSource | DatasetSource | WebSource | GitSource, Field(discriminator="type")
+    Annotated[FilesystemSource, Tag("filesystem")]
+    | Annotated[DatasetSource, Tag("dataset")]
+    | Annotated[SqlSource, Tag("sql")]
+    | Annotated[S3Source, Tag("s3")]
+    | Annotated[WebSource, Tag("web")]
+    | Annotated[GitSource, Tag("git")]
+    | Annotated[PluginSource, Tag("plugin")],
+    Discriminator(_source_tag),
 ]
 
 
