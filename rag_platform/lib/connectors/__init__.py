@@ -1,8 +1,8 @@
 """Connectors: turn a configured tenant source into documents (the contract: :mod:`.base`).
 
 ``build_connector(source, default_acl_groups, budgets)`` picks the built-in connector for a
-filesystem, dataset, SQL, S3, web or git source; any other ``type`` is looked up in the entry-point group
-:data:`ENTRY_POINT_GROUP` (name = the type, value = a factory
+filesystem, dataset, SQL, S3, web or git source; any other ``type`` is looked up in the
+entry-point group :data:`ENTRY_POINT_GROUP` (name = the type, value = a factory
 ``(source_config_dict, default_acl_groups, budgets) -> Connector``), so a connector can ship as
 its own package.
 """
