@@ -62,3 +62,41 @@ class TestInputBudgets:
         assert custom.budgets.max_pdf_pages == 10
         with pytest.raises(ValidationError):
             InputBudgets(max_file_bytes=0)
+
+
+class TestWebAndGitSources:
+    def test_registry_reads_web_and_git_sources(self, tmp_path) -> None:
+        from rag_platform.lib.tenants import GitSource, WebSource, load_registry
+
+        path = tmp_path / "tenants.yaml"
+        path.write_text(
+            "tenants:\n"
+            "  - id: t\n"
+            "    sources:\n"
+            "      - {id: site, type: web, start_urls: ['https://docs.example.com/a/'],\n"
+            "         allowed_prefixes: ['https://docs.example.com/a/'], delay_seconds: 0.5}\n"
+            "      - {id: repo, type: git, repo: repos/handbook, branch: main,\n"
+            "         full_sync_every: PT6H}\n"
+            "      - {id: remote, type: git, repo: 'git@git.example.com:eng/kb.git'}\n"
+        )
+        site, repo, remote = load_registry(path).get("t").sources
+        assert isinstance(site, WebSource) and site.delay_seconds == 0.5
+        assert isinstance(repo, GitSource) and isinstance(remote, GitSource)
+        assert repo.repo == str((tmp_path / "repos/handbook").resolve())  # relative to the file
+        assert repo.full_sync_every.total_seconds() == 6 * 3600
+        assert remote.repo == "git@git.example.com:eng/kb.git" and remote.is_remote
+
+    @pytest.mark.parametrize(
+        "source",
+        [
+            {"id": "w", "type": "web", "allowed_prefixes": ["https://x/"]},  # no seeds
+            {"id": "w", "type": "web", "start_urls": ["file:///etc/"], "allowed_prefixes": ["https://x/"]},
+            {"id": "w", "type": "web", "start_urls": ["https://x/"], "allowed_prefixes": []},
+            {"id": "w", "type": "web", "start_urls": ["https://x/"], "allowed_prefixes": ["https://x/"],
+             "acl_groups": ["two words"]},
+            {"id": "g", "type": "git", "repo": "/r", "branch": "--orphan"},
+        ],
+    )  # fmt: skip
+    def test_invalid_web_and_git_sources_are_refused(self, source: dict) -> None:
+        with pytest.raises(ValidationError):
+            TenantConfig.model_validate({"id": "t", "sources": [source]})

@@ -260,3 +260,27 @@ def _no_git_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if key.startswith("GIT_"):
             monkeypatch.delenv(key)
     yield
+
+
+def test_the_sync_clones_into_the_tenant_state_and_the_sensor_sees_local_commits(
+    repo: Repo, tmp_path: Path
+) -> None:
+    from rag_platform.lib.ingestion.sync import SourceSync, source_fingerprint
+    from rag_platform.lib.tenants import TenantConfig
+
+    remote = TenantConfig.model_validate(
+        {"id": "t", "sources": [{"id": "kb", "type": "git", "repo": repo.path.as_uri()}]}
+    )
+    state_dir = tmp_path / "state" / "t"
+    result = SourceSync(state_dir).run(remote)
+    assert not result.failed_sources and len(result.added) == 5
+    assert [p.name.startswith("kb-") for p in (state_dir / "git").iterdir()] == [True]
+
+    local = TenantConfig.model_validate(
+        {"id": "t", "sources": [{"id": "kb", "type": "git", "repo": str(repo.path)}]}
+    )
+    before = source_fingerprint(local)
+    assert source_fingerprint(local) == before
+    repo.write("docs/new.md", "# New\n")
+    repo.commit("new")
+    assert source_fingerprint(local) != before

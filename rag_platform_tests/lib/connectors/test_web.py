@@ -237,7 +237,8 @@ class _Hostile(BaseHTTPRequestHandler):
             links = "".join(
                 f'<a href="{p}">{p}</a> '
                 for p in ("loop-a", "huge", "declared-huge", "bomb", "binary", "slow",
-                          "offsite", "flaky", "gone", "/outside/page", "many-redirects")
+                          "offsite", "flaky", "gone", "/outside/page", "many-redirects",
+                          "article?view=print")
             )  # fmt: skip
             body = "Operating notes for the hostile test site. " * 20
             self._send(200, _HTML.format(title="Home", body=body, links=links).encode())
@@ -286,6 +287,12 @@ class _Hostile(BaseHTTPRequestHandler):
             else:
                 body = "This page answered 503 once, then worked. " * 10
                 self._send(200, _HTML.format(title="Flaky", body=body, links="").encode())
+        elif path.startswith("/site/article"):  # only its print view is linked
+            body = "An article reached through its print view. " * 10
+            html = _HTML.format(title="Article", body=body, links="").replace(
+                "<head>", '<head><link rel="canonical" href="/site/article">'
+            )
+            self._send(200, html.encode())
         elif path == "/site/gone":
             self._send(410, b"", "text/plain")
         else:
@@ -319,7 +326,9 @@ def test_hostile_pages_are_contained(hostile: tuple[str, dict[str, int]]) -> Non
     )
     conn = WebConnector(source, ["all"], InputBudgets(max_file_bytes=2 * 1024 * 1024))
     docs = {d.native_id: d for d in conn.list_documents()}
-    assert set(docs) == {f"{base}/site/", f"{base}/site/flaky"}
+    # The print view's canonical link names the article: that is its id.
+    assert set(docs) == {f"{base}/site/", f"{base}/site/flaky", f"{base}/site/article"}
+    assert docs[f"{base}/site/article"].metadata["fetched_url"] == f"{base}/site/article?view=print"
     assert hits["/site/flaky"] == 2  # the 503 was retried
     problems = dict(conn.problems)
     url = f"{base}/site/".__add__
