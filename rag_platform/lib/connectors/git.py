@@ -276,6 +276,9 @@ class GitConnector:
         """The newest commit on ``commit``'s first-parent history that changed each path.
 
         Streams ``git log --name-only`` and stops as soon as every path is found.
+
+        Raises:
+            GitError: the walk took longer than ``source.timeout_seconds``.
         """
         found: dict[str, CommitInfo] = {}
         if not paths:
@@ -288,7 +291,13 @@ class GitConnector:
             cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
             env=self._env(),
         )  # fmt: skip
-        timer = threading.Timer(self.source.timeout_seconds, proc.kill)
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            proc.kill()
+
+        timer = threading.Timer(self.source.timeout_seconds, kill)
         timer.start()
         try:
             assert proc.stdout is not None
@@ -315,6 +324,8 @@ class GitConnector:
             timer.cancel()
             proc.kill()
             proc.wait()
+        if timed_out.is_set():
+            raise GitError(f"git log timed out after {self.source.timeout_seconds} s")
         return found
 
     def read_blobs(self, blobs: list[str]) -> Iterator[tuple[str, bytes]]:
