@@ -371,6 +371,7 @@ class WebConnector:
         """Page URLs (normalized, in-prefix) of the configured sitemaps and their indexes.
 
         Raises:
+            RuntimeError: a sitemap's host is unreachable.
             Exception: a sitemap could not be fetched for a transient reason (the listing
                 would be incomplete, so the whole source fails rather than delete pages).
         """
@@ -384,6 +385,8 @@ class WebConnector:
                 continue
             seen.add(url)
             read += 1
+            if not self._host(url).available:
+                raise RuntimeError(f"sitemap {url} unreachable (its host's robots.txt is)")
             try:
                 if not self.robots_allow(normalize_url(url)):
                     self.problems.append((url, "sitemap disallowed by robots.txt"))

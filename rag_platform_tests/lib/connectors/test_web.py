@@ -205,6 +205,13 @@ class TestPythonDocsCrawl:
         with pytest.raises(RuntimeError, match="no request was answered"):
             list(conn.changes(state, full=True))
 
+    def test_an_unreachable_sitemap_fails_the_source_instead_of_deleting(self, site: Site) -> None:
+        dead = f"http://127.0.0.1:{free_port()}/sitemap.xml"
+        conn = WebConnector(_source(site, sitemap_urls=[dead], timeout_seconds=2), ["all"],
+                            retry_attempts=2)  # fmt: skip
+        with pytest.raises(RuntimeError, match="sitemap .* unreachable"):
+            list(conn.changes(SourceState(), full=True))
+
 
 # -- a hostile server ------------------------------------------------------------------------
 
