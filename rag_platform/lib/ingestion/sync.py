@@ -8,7 +8,8 @@ State, per source, under the tenant's state folder (``RAG_HOME/cache/<tenant>/sy
   ``version``) of the documents a sync fetched (new, changed or re-listed); each sync writes
   at most one, streamed in batches of :data:`BATCH_ROWS` with a pyarrow ``ParquetWriter``;
 - ``manifest.parquet``: one row per live document: ``doc_id``, ``native_id``,
-  ``content_hash``, ``acl_groups``, ``version`` and the ``segment`` holding its row;
+  ``content_hash``, ``acl`` (:func:`~rag_platform.lib.models.acl_key`), ``version`` and the
+  ``segment`` holding its row;
 - ``state.json``: the connector's cursor, the last sync and last full sync (ISO UTC times) and
   the last sync's counts.
 
@@ -42,7 +43,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -98,7 +99,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("doc_id", pa.string()),
         ("native_id", pa.string()),
         ("content_hash", pa.string()),
-        ("acl_groups", pa.list_(pa.string())),
+        ("acl", pa.string()),
         ("version", pa.string()),
         ("segment", pa.string()),
     ]
@@ -216,7 +217,8 @@ def _read_manifest(folder: Path) -> pa.Table | None:
     path = folder / "manifest.parquet"
     if not path.exists():
         return None
-    return pq.read_table(path, schema=MANIFEST_SCHEMA)
+    with pq.ParquetFile(path) as f:
+        return f.read()
 
 
 def _source_key(source_id: str) -> str:
@@ -260,30 +262,50 @@ class _RowWriter:
         self.writer.close()
 
 
+class _Versions(Mapping[str, str]):
+    """``native_id`` → version of the previous manifest, as a view (no per-item dict)."""
+
+    def __init__(self, index: dict[str, int], versions: list[str | None]) -> None:
+        self._index = index
+        self._versions = versions
+
+    def __getitem__(self, native_id: str) -> str:
+        version = self._versions[self._index[native_id]]
+        if version is None:
+            raise KeyError(native_id)
+        return version
+
+    def __iter__(self) -> Iterator[str]:
+        return (n for n, i in self._index.items() if self._versions[i] is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for v in self._versions if v is not None)
+
+
 class _Known:
-    """The previous manifest of one source: ids, hashes, ACLs and versions (no content)."""
+    """The previous manifest of one source: ids, hashes, ACLs and versions (no content),
+    indexed by ``native_id``."""
 
     def __init__(self, table: pa.Table | None) -> None:
         self.table = table
         if table is None:
             self.index: dict[str, int] = {}
             self.hashes: list[str] = []
-            self.versions: dict[str, str] = {}
+            self.versions: Mapping[str, str] = {}
             return
-        ids = table.column("doc_id").to_pylist()
-        self.index = {d: i for i, d in enumerate(ids)}
-        self.hashes = table.column("content_hash").to_pylist()
         natives = table.column("native_id").to_pylist()
+        self.index = dict(zip(natives, range(len(natives)), strict=True))
+        self.hashes = table.column("content_hash").to_pylist()
         versions = (
             table.column("version").to_pylist()
             if "version" in table.column_names
-            else [None] * len(ids)
+            else [None] * len(natives)
         )
-        self.versions = {n: v for n, v in zip(natives, versions, strict=True) if v is not None}
-        self._acl = table.column("acl_groups")
+        self.versions = _Versions(self.index, versions)
+        self._acl = table.column("acl")
 
     def acl(self, i: int) -> str:
-        return acl_key(self._acl[i].as_py() or [])
+        return str(self._acl[i].as_py() or "")
 
 
 class SourceSync:
@@ -331,6 +353,8 @@ class SourceSync:
                     columns=["doc_id", "native_id", "content_hash", "acl_groups"],
                     filters=[("source_id", "==", source_id)],
                 )
+                acls = [acl_key(g or []) for g in legacy.column("acl_groups").to_pylist()]
+                legacy = legacy.append_column("acl", pa.array(acls, pa.string()))
                 return _Known(legacy), False
         except Exception as exc:  # an unreadable manifest means a first sync, not a failure
             log.warning("discarding unreadable sync manifest of source %s: %s", source_id, exc)
@@ -430,7 +454,7 @@ class SourceSync:
                 for item in connector.changes(prior, full=full):
                     doc_id = make_doc_id(tenant.id, source.id, item.native_id)
                     if isinstance(item, Deleted):
-                        if doc_id in known.index and doc_id not in seen:
+                        if item.native_id in known.index and doc_id not in seen:
                             gone.add(doc_id)
                         continue
                     report.listed += 1
@@ -440,7 +464,7 @@ class SourceSync:
                         )
                         continue
                     if isinstance(item, Unchanged):
-                        if trusted and doc_id in known.index:
+                        if trusted and item.native_id in known.index:
                             keep.add(doc_id)
                         else:
                             needs_full = True
@@ -458,7 +482,7 @@ class SourceSync:
                     seen.add(doc_id)
                     gone.discard(doc_id)
                     row = _row(tenant.id, source.id, doc_id, item)
-                    i = known.index.get(doc_id)
+                    i = known.index.get(item.native_id)
                     if i is None:
                         row["change"] = "added"
                         added.append(doc_id)
@@ -471,8 +495,9 @@ class SourceSync:
                         if known.acl(i) != acl_key(row["acl_groups"]):
                             acl_changed.append(doc_id)
                     writer.add(row)
-                    for c in ("doc_id", "native_id", "content_hash", "acl_groups", "version"):
+                    for c in ("doc_id", "native_id", "content_hash", "version"):
                         fresh[c].append(row[c])
+                    fresh["acl"].append(acl_key(row["acl_groups"]))
                     fresh["segment"].append(segment)
                 problems.extend(SourceProblem(source.id, i, r) for i, r in connector.problems)
                 cursor = connector.next_cursor
@@ -491,7 +516,7 @@ class SourceSync:
                 manifest = pa.concat_tables([kept.select(MANIFEST_SCHEMA.names), manifest])
             atomic_write(
                 folder / "manifest.parquet",
-                lambda p: pq.write_table(manifest, p, compression=_COMPRESSION),
+                lambda p: pq.write_table(manifest, p, compression="none"),
             )
         except Exception as exc:  # one broken source never drops the others
             with contextlib.suppress(FileNotFoundError):
@@ -504,8 +529,11 @@ class SourceSync:
             report.unchanged = report.documents
             report.seconds = round(time.perf_counter() - start, 3)
             return report, None
-        live = set(manifest.column("doc_id").to_pylist())
-        deleted = [d for d in known.index if d not in live]
+        deleted: list[str] = []
+        if known.table is not None and known.table.num_rows:
+            before = known.table.column("doc_id")
+            gone_mask = pc.invert(pc.is_in(before, value_set=manifest.column("doc_id")))
+            deleted = pc.filter(before, gone_mask).to_pylist()
         report.cursor = cursor
         report.last_sync_at = now.isoformat()
         report.added, report.changed = len(added), len(changed)
@@ -573,7 +601,7 @@ class SourceSync:
         )
         atomic_write(
             folder / "manifest.parquet",
-            lambda p: pq.write_table(relabeled, p, compression=_COMPRESSION),
+            lambda p: pq.write_table(relabeled, p, compression="none"),
         )
         for name in older:
             (folder / name).unlink(missing_ok=True)
