@@ -72,6 +72,9 @@ SYNC_DIR = "sync"
 #: Rows per Parquet write.
 BATCH_ROWS = 500
 _COMPRESSION = "lz4"
+#: Dead rows tolerated beyond the live rows before segments are compacted (small sources
+#: never compact: their dead rows stay under this).
+COMPACT_SLACK_ROWS = 500
 
 #: Arrow schema of a segment (the frame's columns plus ``version``).
 ROW_SCHEMA = pa.schema(
@@ -574,12 +577,10 @@ class SourceSync:
                 path.unlink(missing_ok=True)
             else:
                 total += pq.ParquetFile(path).metadata.num_rows
-        if total <= 2 * manifest.num_rows + BATCH_ROWS or len(referenced) <= 1:
+        older = sorted(referenced - {segment})
+        if total <= 2 * manifest.num_rows + COMPACT_SLACK_ROWS or not older:
             return segment if segment in referenced else None
         # Compaction: older segments' live rows into one new segment (this run's stays).
-        older = sorted(referenced - {segment})
-        if len(older) <= 1:
-            return segment if segment in referenced else None
         merged = f"seg-{uuid.uuid4().hex[:16]}.parquet"
         writer = _RowWriter(folder / merged, ROW_SCHEMA)
         try:
