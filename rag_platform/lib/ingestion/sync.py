@@ -7,7 +7,7 @@ State, per source, under the tenant's state folder (``RAG_HOME/cache/<tenant>/sy
 - ``seg-<id>.parquet`` segments: the rows (:data:`~rag_platform.lib.models.SOURCE_COLUMNS` plus
   ``version``) of the documents a sync fetched (new, changed or re-listed); each sync writes
   at most one, streamed in batches of :data:`BATCH_ROWS` with a pyarrow ``ParquetWriter``;
-- ``manifest.parquet``: one row per live document: ``doc_id``, ``native_id``,
+- ``manifest.arrow``: one row per live document: ``doc_id``, ``native_id``,
   ``content_hash``, ``acl`` (:func:`~rag_platform.lib.models.acl_key`), ``version`` and the
   ``segment`` holding its row;
 - ``state.json``: the connector's cursor, the last sync and last full sync (ISO UTC times) and
@@ -53,6 +53,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
 from rag_platform.lib.cache import atomic_write
@@ -217,11 +218,10 @@ def _part_tables(part: _Part) -> Iterator[pa.Table]:
 
 
 def _read_manifest(folder: Path) -> pa.Table | None:
-    path = folder / "manifest.parquet"
+    path = folder / "manifest.arrow"
     if not path.exists():
         return None
-    with pq.ParquetFile(path) as f:
-        return f.read()
+    return feather.read_table(path, memory_map=True)
 
 
 def _source_key(source_id: str) -> str:
@@ -268,21 +268,22 @@ class _RowWriter:
 class _Versions(Mapping[str, str]):
     """``native_id`` → version of the previous manifest, as a view (no per-item dict)."""
 
-    def __init__(self, index: dict[str, int], versions: list[str | None]) -> None:
+    def __init__(self, index: dict[str, int], versions: pa.ChunkedArray | pa.Array) -> None:
         self._index = index
         self._versions = versions
 
     def __getitem__(self, native_id: str) -> str:
-        version = self._versions[self._index[native_id]]
+        version = self._versions[self._index[native_id]].as_py()
         if version is None:
             raise KeyError(native_id)
-        return version
+        return str(version)
 
     def __iter__(self) -> Iterator[str]:
-        return (n for n, i in self._index.items() if self._versions[i] is not None)
+        valid = self._versions.is_valid().to_pylist()
+        return (n for n, i in self._index.items() if valid[i])
 
     def __len__(self) -> int:
-        return sum(1 for v in self._versions if v is not None)
+        return len(self._versions) - self._versions.null_count
 
 
 class _Known:
@@ -293,19 +294,21 @@ class _Known:
         self.table = table
         if table is None:
             self.index: dict[str, int] = {}
-            self.hashes: list[str] = []
             self.versions: Mapping[str, str] = {}
             return
         natives = table.column("native_id").to_pylist()
         self.index = dict(zip(natives, range(len(natives)), strict=True))
-        self.hashes = table.column("content_hash").to_pylist()
-        versions = (
-            table.column("version").to_pylist()
+        self._hashes = table.column("content_hash")
+        version = (
+            table.column("version")
             if "version" in table.column_names
-            else [None] * len(natives)
+            else pa.nulls(len(natives), pa.string())
         )
-        self.versions = _Versions(self.index, versions)
+        self.versions = _Versions(self.index, version)
         self._acl = table.column("acl")
+
+    def content_hash(self, i: int) -> str:
+        return str(self._hashes[i].as_py())
 
     def acl(self, i: int) -> str:
         return str(self._acl[i].as_py() or "")
@@ -489,7 +492,7 @@ class SourceSync:
                     if i is None:
                         row["change"] = "added"
                         added.append(doc_id)
-                    elif known.hashes[i] != row["content_hash"]:
+                    elif known.content_hash(i) != row["content_hash"]:
                         row["change"] = "changed"
                         changed.append(doc_id)
                     else:
@@ -507,19 +510,25 @@ class SourceSync:
             finally:
                 writer.close()
             manifest = pa.Table.from_pydict(fresh, schema=MANIFEST_SCHEMA)
-            old = known.table if trusted else None
+            deleted: list[str] = []
+            old = known.table
             if old is not None and old.num_rows:
                 ids = old.column("doc_id")
-                if full:
+                if not trusted:
+                    mask = pa.array([False] * old.num_rows)
+                elif full:
                     mask = pc.is_in(ids, value_set=pa.array(list(keep), pa.string()))
                 else:
                     dropped = pa.array(list(seen | gone), pa.string())
                     mask = pc.invert(pc.is_in(ids, value_set=dropped))
-                kept = old.filter(mask)
-                manifest = pa.concat_tables([kept.select(MANIFEST_SCHEMA.names), manifest])
+                # not kept and not listed again: deleted
+                deleted = [d for d in pc.filter(ids, pc.invert(mask)).to_pylist() if d not in seen]
+                if trusted:
+                    kept = old.filter(mask).select(MANIFEST_SCHEMA.names)
+                    manifest = pa.concat_tables([kept, manifest])
             atomic_write(
-                folder / "manifest.parquet",
-                lambda p: pq.write_table(manifest, p, compression="none"),
+                folder / "manifest.arrow",
+                lambda p: feather.write_feather(manifest, p, compression="uncompressed"),
             )
         except Exception as exc:  # one broken source never drops the others
             with contextlib.suppress(FileNotFoundError):
@@ -532,11 +541,6 @@ class SourceSync:
             report.unchanged = report.documents
             report.seconds = round(time.perf_counter() - start, 3)
             return report, None
-        deleted: list[str] = []
-        if known.table is not None and known.table.num_rows:
-            before = known.table.column("doc_id")
-            gone_mask = pc.invert(pc.is_in(before, value_set=manifest.column("doc_id")))
-            deleted = pc.filter(before, gone_mask).to_pylist()
         report.cursor = cursor
         report.last_sync_at = now.isoformat()
         report.added, report.changed = len(added), len(changed)
@@ -570,7 +574,7 @@ class SourceSync:
         """Deletes unreferenced segments; compacts the segments into one when they hold more
         than twice the live rows. Returns the name of this run's segment if it is still in use
         (compaction keeps labels: it runs before the frame is read only for unchanged rows)."""
-        referenced = set(manifest.column("segment").to_pylist())
+        referenced = set(pc.unique(manifest.column("segment")).to_pylist())
         total = 0
         for path in folder.glob("seg-*.parquet"):
             if path.name not in referenced:
@@ -601,8 +605,8 @@ class SourceSync:
             index, "segment", pc.if_else(in_older, pa.scalar(merged), manifest.column("segment"))
         )
         atomic_write(
-            folder / "manifest.parquet",
-            lambda p: pq.write_table(relabeled, p, compression="none"),
+            folder / "manifest.arrow",
+            lambda p: feather.write_feather(relabeled, p, compression="uncompressed"),
         )
         for name in older:
             (folder / name).unlink(missing_ok=True)
