@@ -11,7 +11,10 @@ listed are :class:`~rag_platform.lib.connectors.base.Deleted`.
 ACL: the object's user metadata ``x-amz-meta-<acl_metadata_key>`` (comma-separated groups; an
 empty value means no reader group); an object without it gets the tenant's default groups. A
 metadata change in S3 rewrites the object (``CopyObject``), which changes ``LastModified``, so
-it is seen by the next sync.
+it is seen by the next sync; but ``LastModified`` has a resolution of one second, so a
+metadata-only change in the same second as the object's previous write is not seen until the
+object is written again (S3 lists no metadata; reading it for every object on every sync would
+cost one request per object).
 
 Credentials come from the environment variables the source names (or boto3's default chain).
 Transient errors (connection errors, timeouts, 5xx, 429/503 SlowDown) retry with tenacity;

@@ -2,8 +2,13 @@
 
 Each row is a text document (``text`` set, mime type ``text/plain``). Incremental syncs read the
 rows whose ``updated_at_column`` is at or after the watermark of the previous sync (minus the
-source's ``watermark_overlap``), then reconcile the id set: every id of the previous sync no
-longer returned by the table or query is :class:`~rag_platform.lib.connectors.base.Deleted`.
+source's ``watermark_overlap``), then reconcile the id set: when the row count says rows may be
+gone (``count(*)`` differs from the previous listing's count plus the rows seen for the first
+time), every id of the previous sync
+no longer returned by the table or query is
+:class:`~rag_platform.lib.connectors.base.Deleted`. (A deletion offset by an insert the
+watermark cannot see, a row committed late with an older ``updated_at``, waits for the next
+full listing, at least every ``full_sync_every``.)
 A full listing streams every row. Rows are streamed with a server-side cursor
 (``stream_results``, ``batch_rows`` per round trip); only ids are kept in memory.
 
@@ -196,10 +201,13 @@ class SqlConnector:
         self.problems = []
         src = self.source
         watermark: Any = None
+        rows_before: int | None = None
         if state.cursor:
             try:
-                watermark = _unplain(json.loads(state.cursor))
-            except (ValueError, TypeError, KeyError):
+                saved = json.loads(state.cursor)
+                watermark = _unplain(saved)
+                rows_before = saved.get("rows")
+            except (ValueError, TypeError, KeyError, AttributeError):
                 watermark = None
         incremental = not full and src.updated_at_column is not None and watermark is not None
         engine, owned = self._make_engine()
@@ -217,12 +225,19 @@ class SqlConnector:
                     stmt = stmt.order_by(table.c[src.id_column])
                 seen: set[str] = set()
                 highest = watermark
+                returned = 0
+                unknown = 0  # returned rows whose id the state does not hold
                 result = conn.execution_options(
                     stream_results=True, yield_per=src.batch_rows
                 ).execute(stmt)
                 for row in result:
+                    returned += 1
+                    values = row._mapping
+                    raw_id = values[src.id_column]
+                    if _blank(raw_id) or str(raw_id).strip() not in state.versions:
+                        unknown += 1
                     if src.updated_at_column:
-                        value = row._mapping[src.updated_at_column]
+                        value = values[src.updated_at_column]
                         if value is not None and (highest is None or value > highest):
                             highest = value
                     item = self._document(row, state)
@@ -233,7 +248,18 @@ class SqlConnector:
                         continue
                     seen.add(item.native_id)
                     yield item
-                if state.versions:
+                rows_now = returned
+                if incremental:
+                    rows_now = int(
+                        conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+                    )
+                # Rows may be gone when the table has fewer rows than the last listing left
+                # plus the rows this one saw for the first time (any other mismatch, such as
+                # rows without an id, only costs the id-set query).
+                maybe_gone = (
+                    not incremental or rows_before is None or (rows_now != rows_before + unknown)
+                )
+                if state.versions and maybe_gone:
                     present = seen if not incremental else self._ids(conn, table)
                     for native_id in state.versions:
                         if native_id not in present:
@@ -242,7 +268,10 @@ class SqlConnector:
         finally:
             if owned:
                 engine.dispose()
-        self._cursor = json.dumps(_plain(highest)) if highest is not None else None
+        if highest is None:
+            self._cursor = None
+        else:
+            self._cursor = json.dumps({**_plain(highest), "rows": rows_now})
 
     def _ids(self, conn: Connection, table: sa.FromClause) -> set[str]:
         """Every id of the table or query (streamed; ids only)."""
@@ -264,5 +293,6 @@ class SqlConnector:
 
     @property
     def next_cursor(self) -> str | None:
-        """The watermark (JSON: the highest ``updated_at`` read) after a complete listing."""
+        """JSON of the watermark (the highest ``updated_at`` read) and the table's row count,
+        after a complete listing."""
         return self._cursor

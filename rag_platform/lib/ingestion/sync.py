@@ -4,21 +4,23 @@ set against the previous sync.
 
 State, per source, under the tenant's state folder (``RAG_HOME/cache/<tenant>/sync/<source>/``):
 
-- ``rows.parquet``: the source's rows (:data:`~rag_platform.lib.models.SOURCE_COLUMNS` plus
-  ``version``): content, hash, ACL groups and the connector's version token of every document;
+- ``seg-<id>.parquet`` segments: the rows (:data:`~rag_platform.lib.models.SOURCE_COLUMNS` plus
+  ``version``) of the documents a sync fetched (new, changed or re-listed); each sync writes
+  at most one, streamed in batches of :data:`BATCH_ROWS` with a pyarrow ``ParquetWriter``;
+- ``manifest.arrow``: one row per live document: ``doc_id``, ``native_id``,
+  ``content_hash``, ``acl`` (:func:`~rag_platform.lib.models.acl_key`), ``version`` and the
+  ``segment`` holding its row;
 - ``state.json``: the connector's cursor, the last sync and last full sync (ISO UTC times) and
   the last sync's counts.
 
-Both are replaced atomically once a source's listing is complete (rows first, then state), so an
-interrupted sync leaves every source at its last complete sync and the next run resumes from
-there: sources finished before the interruption are not listed again from scratch (their
-versions make unchanged items cheap) and the cursor of the interrupted one never advanced.
-
-Streaming: rows are written in batches of :data:`BATCH_ROWS` with a pyarrow ``ParquetWriter``;
-only ids, hashes, ACL keys and versions are kept in memory. An :class:`Unchanged` item's row is
-copied from the previous ``rows.parquet`` batch by batch, never fetched again. The tenant's
-frame (``sources.parquet``) is the concatenation of the sources' rows, also written batch by
-batch; :attr:`SyncResult.frame` reads it on first access.
+A sync commits a source atomically once its listing is complete: the new segment first, then the
+manifest (rename), then the state; segments no longer referenced are deleted afterwards and the
+segments are compacted into one when they hold more than twice the live rows. An interrupted
+sync leaves every source at its last complete sync, and the next run resumes from there: sources
+finished before the interruption keep their new cursors, the interrupted one never advanced.
+Only ids, hashes, ACLs and versions are held in memory (the manifest); an
+:class:`~rag_platform.lib.connectors.base.Unchanged` item costs no fetch and no copy, so a
+re-sync of a large source costs the changed items plus one manifest rewrite.
 
 Full and incremental: a source is listed in full (every item visited, so items not yielded are
 deleted) on its first sync, when ``full=True`` is asked, when its ``full_sync_every`` (a
@@ -26,9 +28,9 @@ deleted) on its first sync, when ``full=True`` is asked, when its ``full_sync_ev
 listing, or when the connector reported an item as unchanged that the manifest does not hold;
 otherwise incrementally from its cursor (only changes yielded; everything else kept).
 
-A source that fails as a whole (an exception out of ``changes``) keeps its previous rows and
-state: they go into the frame with change ``"unchanged"``, so the next index version still holds
-them (DESIGN.md: "an unreachable source keeps its previous documents").
+A source that fails as a whole (an exception out of ``changes``) keeps its previous manifest and
+state: its rows go into the frame with change ``"unchanged"``, so the next index version still
+holds them (DESIGN.md: "an unreachable source keeps its previous documents").
 """
 
 from __future__ import annotations
@@ -37,11 +39,11 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -50,6 +52,8 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
 from rag_platform.lib.cache import atomic_write
@@ -61,14 +65,19 @@ from rag_platform.lib.tenants import DatasetSource, FilesystemSource, GitSource,
 
 log = logging.getLogger(__name__)
 
-#: File of the tenant's state folder holding the last sync's frame (all sources).
+#: File of the tenant's state folder that held the frame before per-source state (read once
+#: for the change labels of the first sync after an upgrade, then removed).
 SNAPSHOT_FILE = "sources.parquet"
 #: Folder of the tenant's state folder holding one folder of state per source.
 SYNC_DIR = "sync"
-#: Rows per Parquet write (and per copied batch).
+#: Rows per Parquet write.
 BATCH_ROWS = 500
+_COMPRESSION = "lz4"
+#: Dead rows tolerated beyond the live rows before segments are compacted (small sources
+#: never compact: their dead rows stay under this).
+COMPACT_SLACK_ROWS = 500
 
-#: Arrow schema of a source's ``rows.parquet`` (the frame's columns plus ``version``).
+#: Arrow schema of a segment (the frame's columns plus ``version``).
 ROW_SCHEMA = pa.schema(
     [
         ("doc_id", pa.string()),
@@ -88,7 +97,17 @@ ROW_SCHEMA = pa.schema(
         ("version", pa.string()),
     ]
 )
-FRAME_SCHEMA = pa.schema([f for f in ROW_SCHEMA if f.name in SOURCE_COLUMNS])
+#: Arrow schema of a source's manifest.
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("native_id", pa.string()),
+        ("content_hash", pa.string()),
+        ("acl", pa.string()),
+        ("version", pa.string()),
+        ("segment", pa.string()),
+    ]
+)
 
 
 class SourceProblem(NamedTuple):
@@ -110,6 +129,7 @@ class SourceReport:
         full: whether this run listed the source in full.
         listed: items the connector yielded (documents and unchanged items).
         added, changed, deleted, unchanged, acl_changed, problems: counts of this run.
+        documents: live documents of the source after the sync.
         seconds: wall time of the source (seconds).
         error: the error of a failed source ("" otherwise).
     """
@@ -124,8 +144,18 @@ class SourceReport:
     unchanged: int = 0
     acl_changed: int = 0
     problems: int = 0
+    documents: int = 0
     seconds: float = 0.0
     error: str = ""
+
+
+@dataclass
+class _Part:
+    """Where one source's rows of the frame live."""
+
+    folder: Path
+    segment: str | None  # this run's segment: its rows keep their change labels
+    failed: bool
 
 
 @dataclass
@@ -133,7 +163,6 @@ class SyncResult:
     """One sync of a tenant.
 
     Attributes:
-        path: the frame's Parquet file (``sources.parquet``); :attr:`frame` reads it.
         added, changed, deleted, acl_changed: doc ids of the change set against the previous
             sync (a failed source contributes none).
         problems: skipped items and failed sources.
@@ -143,7 +172,6 @@ class SyncResult:
         documents: rows of the frame.
     """
 
-    path: Path
     added: list[str]
     changed: list[str]
     deleted: list[str]
@@ -153,27 +181,47 @@ class SyncResult:
     seconds: float
     sources: dict[str, SourceReport] = field(default_factory=dict)
     documents: int = 0
+    parts: list[_Part] = field(default_factory=list, repr=False)
 
     @cached_property
     def frame(self) -> pd.DataFrame:
-        """The documents (``SOURCE_COLUMNS``), a failed source's previous rows included."""
-        frame = pq.read_table(self.path).to_pandas(types_mapper=None)
+        """The documents (``SOURCE_COLUMNS``), a failed source's previous rows included, read
+        from the sources' segments (the live rows the manifests name)."""
+        tables = [t for part in self.parts for t in _part_tables(part)]
+        if not tables:
+            return pd.DataFrame(columns=SOURCE_COLUMNS)
+        frame = pa.concat_tables(tables).to_pandas()
         # Plain Python objects, as connectors yield them: lists of groups, None for no value.
         frame = frame.astype(object)
         frame["acl_groups"] = frame["acl_groups"].map(list)
         for column in ("content", "text"):
             frame[column] = frame[column].map(lambda v: v if isinstance(v, bytes | str) else None)
-        return frame[SOURCE_COLUMNS]
+        return frame[SOURCE_COLUMNS].reset_index(drop=True)
 
 
-@dataclass
-class _Known:
-    """What the previous sync kept of one document (memory: ids and hashes only)."""
+def _part_tables(part: _Part) -> Iterator[pa.Table]:
+    manifest = _read_manifest(part.folder)
+    if manifest is None or manifest.num_rows == 0:
+        return
+    segments = manifest.column("segment")
+    columns = [c for c in SOURCE_COLUMNS]
+    for segment in sorted(set(segments.to_pylist())):
+        live = pc.filter(manifest.column("doc_id"), pc.equal(segments, segment))
+        table = pq.read_table(part.folder / segment, columns=columns)
+        table = table.filter(pc.is_in(table.column("doc_id"), value_set=live))
+        if part.failed or segment != part.segment:
+            index = table.schema.get_field_index("change")
+            table = table.set_column(
+                index, "change", pa.array(["unchanged"] * table.num_rows, pa.string())
+            )
+        yield table
 
-    native_id: str
-    content_hash: str
-    acl: str
-    version: str | None
+
+def _read_manifest(folder: Path) -> pa.Table | None:
+    path = folder / "manifest.arrow"
+    if not path.exists():
+        return None
+    return feather.read_table(path, memory_map=True)
 
 
 def _source_key(source_id: str) -> str:
@@ -191,7 +239,7 @@ class _RowWriter:
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         self.schema = schema
-        self.writer = pq.ParquetWriter(path, schema)
+        self.writer = pq.ParquetWriter(path, schema, compression=_COMPRESSION)
         self.rows: list[dict[str, Any]] = []
         self.count = 0
 
@@ -206,29 +254,64 @@ class _RowWriter:
             self.count += len(self.rows)
             self.rows = []
 
-    def write_batch(self, batch: pa.RecordBatch) -> None:
+    def write_table(self, table: pa.Table) -> None:
         self.flush()
-        if batch.num_rows:
-            self.writer.write_batch(batch)
-            self.count += batch.num_rows
+        if table.num_rows:
+            self.writer.write_table(table)
+            self.count += table.num_rows
 
     def close(self) -> None:
         self.flush()
         self.writer.close()
 
 
-def _batches(path: Path, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-    """Record batches of a Parquet file (at most :data:`BATCH_ROWS` rows each)."""
-    with pq.ParquetFile(path) as f:
-        yield from f.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+class _Versions(Mapping[str, str]):
+    """``native_id`` → version of the previous manifest, as a view (no per-item dict)."""
+
+    def __init__(self, index: dict[str, int], versions: pa.ChunkedArray | pa.Array) -> None:
+        self._index = index
+        self._versions = versions
+
+    def __getitem__(self, native_id: str) -> str:
+        version = self._versions[self._index[native_id]].as_py()
+        if version is None:
+            raise KeyError(native_id)
+        return str(version)
+
+    def __iter__(self) -> Iterator[str]:
+        valid = self._versions.is_valid().to_pylist()
+        return (n for n, i in self._index.items() if valid[i])
+
+    def __len__(self) -> int:
+        return len(self._versions) - self._versions.null_count
 
 
-def _with_change(batch: pa.RecordBatch, change: str) -> pa.RecordBatch:
-    index = batch.schema.get_field_index("change")
-    values = pa.array([change] * batch.num_rows, pa.string())
-    return pa.RecordBatch.from_arrays(
-        [values if i == index else c for i, c in enumerate(batch.columns)], schema=batch.schema
-    )
+class _Known:
+    """The previous manifest of one source: ids, hashes, ACLs and versions (no content),
+    indexed by ``native_id``."""
+
+    def __init__(self, table: pa.Table | None) -> None:
+        self.table = table
+        if table is None:
+            self.index: dict[str, int] = {}
+            self.versions: Mapping[str, str] = {}
+            return
+        natives = table.column("native_id").to_pylist()
+        self.index = dict(zip(natives, range(len(natives)), strict=True))
+        self._hashes = table.column("content_hash")
+        version = (
+            table.column("version")
+            if "version" in table.column_names
+            else pa.nulls(len(natives), pa.string())
+        )
+        self.versions = _Versions(self.index, version)
+        self._acl = table.column("acl")
+
+    def content_hash(self, i: int) -> str:
+        return str(self._hashes[i].as_py())
+
+    def acl(self, i: int) -> str:
+        return str(self._acl[i].as_py() or "")
 
 
 class SourceSync:
@@ -236,7 +319,7 @@ class SourceSync:
 
     Args:
         state_dir: the tenant's state folder (``RAG_HOME/cache/<tenant>``); holds
-            :data:`SNAPSHOT_FILE` and :data:`SYNC_DIR`, rewritten by every run.
+            :data:`SYNC_DIR`, updated by every run.
     """
 
     def __init__(self, state_dir: Path) -> None:
@@ -260,43 +343,28 @@ class SourceSync:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def _known(self, source_id: str) -> tuple[dict[str, _Known], Path | None]:
-        """The previous rows' ids, hashes, ACLs and versions, and the file to copy rows from.
+    def _known(self, source_id: str) -> tuple[_Known, bool]:
+        """The previous manifest, and whether it can be trusted for copying rows.
 
         Falls back to the rows of a tenant-wide snapshot written before per-source state
-        existed (labels and deletions only: nothing is copied from it)."""
-        rows = self.source_dir(source_id) / "rows.parquet"
-        known: dict[str, _Known] = {}
+        existed (labels and deletions only: no row is kept from it)."""
+        folder = self.source_dir(source_id)
         try:
-            if rows.exists():
-                table = pq.read_table(
-                    rows, columns=["doc_id", "native_id", "content_hash", "acl_groups", "version"]
-                )
-                source: Path | None = rows
-            elif self.snapshot_path.exists():
-                table = pq.read_table(
+            manifest = _read_manifest(folder)
+            if manifest is not None:
+                return _Known(manifest), True
+            if self.snapshot_path.exists():
+                legacy = pq.read_table(
                     self.snapshot_path,
                     columns=["doc_id", "native_id", "content_hash", "acl_groups"],
                     filters=[("source_id", "==", source_id)],
                 )
-                source = None
-            else:
-                return known, None
+                acls = [acl_key(g or []) for g in legacy.column("acl_groups").to_pylist()]
+                legacy = legacy.append_column("acl", pa.array(acls, pa.string()))
+                return _Known(legacy), False
         except Exception as exc:  # an unreadable manifest means a first sync, not a failure
-            log.warning("discarding unreadable sync rows of source %s: %s", source_id, exc)
-            return {}, None
-        cols = table.to_pydict()
-        versions = cols.get("version") or [None] * table.num_rows
-        for doc_id, native_id, content_hash, acl, version in zip(
-            cols["doc_id"],
-            cols["native_id"],
-            cols["content_hash"],
-            cols["acl_groups"],
-            versions,
-            strict=True,
-        ):
-            known[doc_id] = _Known(native_id, content_hash, acl_key(acl or []), version)
-        return known, source
+            log.warning("discarding unreadable sync manifest of source %s: %s", source_id, exc)
+        return _Known(None), False
 
     def _full_due(self, source: Any, state: dict[str, Any], now: datetime) -> bool:
         last_full = state.get("last_full_sync_at")
@@ -324,139 +392,91 @@ class SourceSync:
         A source removed from the config has its documents deleted and its state removed.
 
         Returns:
-            The change set and per-source reports; the frame is in :data:`SNAPSHOT_FILE`.
+            The change set and per-source reports; :attr:`SyncResult.frame` reads the rows.
         """
         start = time.perf_counter()
         self.sync_dir.mkdir(parents=True, exist_ok=True)
-        added: list[str] = []
-        changed: list[str] = []
-        deleted: list[str] = []
-        acl_changed: list[str] = []
-        problems: list[SourceProblem] = []
-        failed: dict[str, str] = {}
-        reports: dict[str, SourceReport] = {}
+        result = SyncResult([], [], [], [], [], {}, 0.0)
         order: list[str] = []
         for source in tenant.sources:
-            if source.id in reports:
-                problems.append(SourceProblem(source.id, "*", "duplicate source id"))
+            if source.id in result.sources:
+                result.problems.append(SourceProblem(source.id, "*", "duplicate source id"))
                 continue
             order.append(source.id)
-            report = self._sync_source(
-                tenant, source, full, added, changed, deleted, acl_changed, problems
-            )
-            reports[source.id] = report
+            report, segment = self._sync_source(tenant, source, full, result)
+            result.sources[source.id] = report
             if report.error:
-                failed[source.id] = report.error
+                result.failed_sources[source.id] = report.error
+            result.parts.append(_Part(self.source_dir(source.id), segment, bool(report.error)))
+            result.documents += report.documents
         wanted = {_source_key(sid) for sid in order}
         for folder in sorted(self.sync_dir.iterdir()):
             if folder.is_dir() and folder.name not in wanted:
-                rows = folder / "rows.parquet"
-                if rows.exists():
-                    with contextlib.suppress(Exception):
-                        deleted.extend(
-                            pq.read_table(rows, columns=["doc_id"])["doc_id"].to_pylist()
-                        )
+                with contextlib.suppress(Exception):
+                    manifest = _read_manifest(folder)
+                    if manifest is not None:
+                        result.deleted.extend(manifest.column("doc_id").to_pylist())
                 shutil.rmtree(folder, ignore_errors=True)
-        documents = self._write_frame(order, set(failed))
-        return SyncResult(
-            self.snapshot_path,
-            added,
-            changed,
-            deleted,
-            acl_changed,
-            problems,
-            failed,
-            time.perf_counter() - start,
-            reports,
-            documents,
-        )
-
-    def _write_frame(self, order: list[str], failed: set[str]) -> int:
-        """Concatenates the sources' rows into :data:`SNAPSHOT_FILE`, batch by batch."""
-        columns = [f.name for f in FRAME_SCHEMA]
-        count = 0
-
-        def write(path: Path) -> None:
-            nonlocal count
-            writer = _RowWriter(path, FRAME_SCHEMA)
-            try:
-                for source_id in order:
-                    rows = self.source_dir(source_id) / "rows.parquet"
-                    if not rows.exists():
-                        continue
-                    for batch in _batches(rows, columns):
-                        writer.write_batch(
-                            _with_change(batch, "unchanged") if source_id in failed else batch
-                        )
-            finally:
-                writer.close()
-            count = writer.count
-
-        atomic_write(self.snapshot_path, write)
-        return count
+        with contextlib.suppress(FileNotFoundError):
+            self.snapshot_path.unlink()  # the pre-manifest snapshot, read once
+        result.seconds = time.perf_counter() - start
+        return result
 
     def _sync_source(
-        self,
-        tenant: TenantConfig,
-        source: Any,
-        force_full: bool,
-        added: list[str],
-        changed: list[str],
-        deleted: list[str],
-        acl_changed: list[str],
-        problems: list[SourceProblem],
-    ) -> SourceReport:
-        """Syncs one source and commits its rows and state; on failure leaves both untouched."""
+        self, tenant: TenantConfig, source: Any, force_full: bool, out: SyncResult
+    ) -> tuple[SourceReport, str | None]:
+        """Syncs one source and commits its segment, manifest and state; on failure leaves all
+        three untouched. Returns the report and this run's segment (None when none)."""
         start = time.perf_counter()
         now = _now()
         folder = self.source_dir(source.id)
         folder.mkdir(parents=True, exist_ok=True)
         state = self.read_state(source.id)
-        known, copy_from = self._known(source.id)
-        full = force_full or self._full_due(source, state, now) or copy_from is None
+        known, trusted = self._known(source.id)
+        full = force_full or not trusted or self._full_due(source, state, now)
         report = SourceReport(
             last_sync_at=str(state.get("last_sync_at", "")), cursor=state.get("cursor"), full=full
         )
         prior = SourceState(
             cursor=state.get("cursor") if isinstance(state.get("cursor"), str) else None,
-            versions={k.native_id: k.version for k in known.values() if k.version is not None},
+            versions=known.versions if trusted else {},
         )
-        run_added: list[str] = []
-        run_changed: list[str] = []
-        run_acl: list[str] = []
-        run_problems: list[SourceProblem] = []
+        added: list[str] = []
+        changed: list[str] = []
+        acl_changed: list[str] = []
+        problems: list[SourceProblem] = []
+        fresh: dict[str, list[Any]] = {c: [] for c in MANIFEST_SCHEMA.names}
         seen: set[str] = set()
         keep: set[str] = set()
         gone: set[str] = set()
         needs_full = False
-        run_unchanged = 0
-        rows_path = folder / "rows.parquet"
-        fd_tmp = folder / f".rows.{os.getpid()}.tmp"
+        unchanged = 0
+        segment = f"seg-{uuid.uuid4().hex[:16]}.parquet"
+        segment_path = folder / segment
         try:
             connector = build_connector(
                 source, tenant.default_acl_groups, tenant.budgets, state_dir=self.state_dir
             )
-            writer = _RowWriter(fd_tmp, ROW_SCHEMA)
+            writer = _RowWriter(segment_path, ROW_SCHEMA)
             try:
                 for item in connector.changes(prior, full=full):
+                    doc_id = make_doc_id(tenant.id, source.id, item.native_id)
                     if isinstance(item, Deleted):
-                        doc_id = make_doc_id(tenant.id, source.id, item.native_id)
-                        if doc_id in known and doc_id not in seen:
+                        if item.native_id in known.index and doc_id not in seen:
                             gone.add(doc_id)
                         continue
                     report.listed += 1
-                    doc_id = make_doc_id(tenant.id, source.id, item.native_id)
                     if doc_id in seen or doc_id in keep:
-                        run_problems.append(
+                        problems.append(
                             SourceProblem(source.id, item.native_id, "duplicate document id")
                         )
                         continue
                     if isinstance(item, Unchanged):
-                        if copy_from is not None and doc_id in known:
+                        if trusted and item.native_id in known.index:
                             keep.add(doc_id)
                         else:
                             needs_full = True
-                            run_problems.append(
+                            problems.append(
                                 SourceProblem(
                                     source.id,
                                     item.native_id,
@@ -470,54 +490,66 @@ class SourceSync:
                     seen.add(doc_id)
                     gone.discard(doc_id)
                     row = _row(tenant.id, source.id, doc_id, item)
-                    prev = known.get(doc_id)
-                    if prev is None:
+                    i = known.index.get(item.native_id)
+                    if i is None:
                         row["change"] = "added"
-                        run_added.append(doc_id)
-                    elif prev.content_hash != row["content_hash"]:
+                        added.append(doc_id)
+                    elif known.content_hash(i) != row["content_hash"]:
                         row["change"] = "changed"
-                        run_changed.append(doc_id)
+                        changed.append(doc_id)
                     else:
                         row["change"] = "unchanged"
-                        run_unchanged += 1
-                        if prev.acl != acl_key(row["acl_groups"]):
-                            run_acl.append(doc_id)
+                        unchanged += 1
+                        if known.acl(i) != acl_key(row["acl_groups"]):
+                            acl_changed.append(doc_id)
                     writer.add(row)
-                run_problems.extend(SourceProblem(source.id, i, r) for i, r in connector.problems)
+                    for c in ("doc_id", "native_id", "content_hash", "version"):
+                        fresh[c].append(row[c])
+                    fresh["acl"].append(acl_key(row["acl_groups"]))
+                    fresh["segment"].append(segment)
+                problems.extend(SourceProblem(source.id, i, r) for i, r in connector.problems)
                 cursor = connector.next_cursor
-                copied: set[str] = set()
-                if copy_from is not None:
-                    for batch in _batches(copy_from):
-                        ids = batch.column("doc_id").to_pylist()
-                        mask = [
-                            d in keep or (not full and d not in seen and d not in gone) for d in ids
-                        ]
-                        if any(mask):
-                            picked = batch.filter(pa.array(mask))
-                            copied.update(picked.column("doc_id").to_pylist())
-                            writer.write_batch(_with_change(picked, "unchanged"))
             finally:
                 writer.close()
-            os.replace(fd_tmp, rows_path)
+            manifest = pa.Table.from_pydict(fresh, schema=MANIFEST_SCHEMA)
+            deleted: list[str] = []
+            old = known.table
+            if old is not None and old.num_rows:
+                ids = old.column("doc_id")
+                if not trusted:
+                    mask = pa.array([False] * old.num_rows)
+                elif full:
+                    mask = pc.is_in(ids, value_set=pa.array(list(keep), pa.string()))
+                else:
+                    dropped = pa.array(list(seen | gone), pa.string())
+                    mask = pc.invert(pc.is_in(ids, value_set=dropped))
+                # not kept and not listed again: deleted
+                deleted = [d for d in pc.filter(ids, pc.invert(mask)).to_pylist() if d not in seen]
+                if trusted:
+                    kept = old.filter(mask).select(MANIFEST_SCHEMA.names)
+                    manifest = pa.concat_tables([kept, manifest])
+            atomic_write(
+                folder / "manifest.arrow",
+                lambda p: feather.write_feather(manifest, p, compression="uncompressed"),
+            )
         except Exception as exc:  # one broken source never drops the others
             with contextlib.suppress(FileNotFoundError):
-                fd_tmp.unlink()
+                segment_path.unlink()
             log.exception("source %s of tenant %s failed", source.id, tenant.id)
             error = f"{type(exc).__name__}: {exc}"
-            problems.append(SourceProblem(source.id, "*", error))
+            out.problems.append(SourceProblem(source.id, "*", error))
             report.error = error
-            report.full = full
-            report.unchanged = len(known)
+            report.documents = len(known.index) if trusted else 0
+            report.unchanged = report.documents
             report.seconds = round(time.perf_counter() - start, 3)
-            return report
-        run_deleted = [d for d in known if d not in seen and d not in copied]
+            return report, None
         report.cursor = cursor
         report.last_sync_at = now.isoformat()
-        report.added, report.changed = len(run_added), len(run_changed)
-        report.deleted, report.acl_changed = len(run_deleted), len(run_acl)
-        report.unchanged = len(copied) + run_unchanged
-        report.problems = len(run_problems)
-        report.seconds = round(time.perf_counter() - start, 3)
+        report.added, report.changed = len(added), len(changed)
+        report.deleted, report.acl_changed = len(deleted), len(acl_changed)
+        report.unchanged = manifest.num_rows - len(added) - len(changed)
+        report.problems = len(problems)
+        report.documents = manifest.num_rows
         new_state = {
             "source_id": source.id,
             "type": source.type,
@@ -531,16 +563,60 @@ class SourceSync:
             },
         }
         atomic_write(folder / "state.json", lambda p: p.write_text(json.dumps(new_state)))
-        added.extend(run_added)
-        changed.extend(run_changed)
-        deleted.extend(run_deleted)
-        acl_changed.extend(run_acl)
-        problems.extend(run_problems)
-        return report
+        segment_used = self._tidy(folder, manifest, segment)
+        report.seconds = round(time.perf_counter() - start, 3)
+        out.added.extend(added)
+        out.changed.extend(changed)
+        out.deleted.extend(deleted)
+        out.acl_changed.extend(acl_changed)
+        out.problems.extend(problems)
+        return report, segment_used
+
+    def _tidy(self, folder: Path, manifest: pa.Table, segment: str) -> str | None:
+        """Deletes unreferenced segments; compacts the segments into one when they hold more
+        than twice the live rows. Returns the name of this run's segment if it is still in use
+        (compaction keeps labels: it runs before the frame is read only for unchanged rows)."""
+        referenced = set(pc.unique(manifest.column("segment")).to_pylist())
+        total = 0
+        for path in folder.glob("seg-*.parquet"):
+            if path.name not in referenced:
+                path.unlink(missing_ok=True)
+            else:
+                total += pq.ParquetFile(path).metadata.num_rows
+        older = sorted(referenced - {segment})
+        if total <= 2 * manifest.num_rows + COMPACT_SLACK_ROWS or not older:
+            return segment if segment in referenced else None
+        # Compaction: older segments' live rows into one new segment (this run's stays).
+        merged = f"seg-{uuid.uuid4().hex[:16]}.parquet"
+        writer = _RowWriter(folder / merged, ROW_SCHEMA)
+        try:
+            segments = manifest.column("segment")
+            for name in older:
+                live = pc.filter(manifest.column("doc_id"), pc.equal(segments, name))
+                with pq.ParquetFile(folder / name) as f:
+                    for batch in f.iter_batches(batch_size=10_000):
+                        table = pa.Table.from_batches([batch])
+                        writer.write_table(
+                            table.filter(pc.is_in(table.column("doc_id"), value_set=live))
+                        )
+        finally:
+            writer.close()
+        in_older = pc.is_in(manifest.column("segment"), value_set=pa.array(older, pa.string()))
+        index = manifest.schema.get_field_index("segment")
+        relabeled = manifest.set_column(
+            index, "segment", pc.if_else(in_older, pa.scalar(merged), manifest.column("segment"))
+        )
+        atomic_write(
+            folder / "manifest.arrow",
+            lambda p: feather.write_feather(relabeled, p, compression="uncompressed"),
+        )
+        for name in older:
+            (folder / name).unlink(missing_ok=True)
+        return segment if segment in referenced else None
 
 
 def _row(tenant: str, source_id: str, doc_id: str, doc: SourceDocument) -> dict[str, Any]:
-    """The ``rows.parquet`` row of one document (change set by the caller)."""
+    """The segment row of one document (change set by the caller)."""
     return {
         "doc_id": doc_id,
         "tenant": tenant,
