@@ -11,6 +11,12 @@ VENV="${RAG_VENV:-.venv}"
 extras=""
 if [ "${1:-}" = "--dev" ]; then
   extras="[dev]"
+  # The web connector's tests crawl Debian's python3-doc HTML (served on loopback).
+  if [ ! -f /usr/share/doc/python3.11/html/library/json.html ] && command -v apt-get >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then apt_get="apt-get"; else apt_get="sudo apt-get"; fi
+    $apt_get update -qq && $apt_get install -y -qq python3-doc >/dev/null \
+      || echo "warning: python3-doc not installed; the web connector tests will skip" >&2
+  fi
 fi
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"

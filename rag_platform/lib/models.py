@@ -111,7 +111,10 @@ class SourceDocument:
 
     Exactly one of ``content`` (raw bytes of a file) and ``text`` (already plain text, e.g. a
     dataset row) is set. ``acl_groups`` are the groups allowed to see the document; they are not
-    part of the content hash, so changing them never re-embeds.
+    part of the content hash, so changing them never re-embeds. ``version`` is the source's own
+    change token (ETag, blob sha, ``updated_at``, object version, Last-Modified; None when the
+    source has none): a connector compares it with the manifest's to skip fetching unchanged
+    items.
     """
 
     source_id: str
@@ -124,6 +127,7 @@ class SourceDocument:
     acl_groups: list[str] = field(default_factory=lambda: ["all"])
     updated_at: datetime | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    version: str | None = None
 
     @property
     def content_hash(self) -> str:

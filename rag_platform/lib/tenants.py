@@ -20,11 +20,20 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 #: Longest ACL group name (characters).
@@ -65,6 +74,10 @@ def _valid_groups(groups: list[str]) -> list[str]:
     for group in groups:
         validate_acl_group(group)
     return groups
+
+
+def _valid_optional_groups(groups: list[str] | None) -> list[str] | None:
+    return None if groups is None else _valid_groups(groups)
 
 
 class _Strict(BaseModel):
@@ -109,7 +122,233 @@ class DatasetSource(_Strict):
     limit: int | None = Field(None, ge=1, description="Read only the first N rows (demos, tests).")
 
 
-SourceConfig = Annotated[FilesystemSource | DatasetSource, Field(discriminator="type")]
+class WebAclRule(_Strict):
+    """Pages whose canonical URL starts with ``prefix`` get ``groups`` (empty: no reader group)."""
+
+    prefix: str
+    groups: list[str]
+
+    _check_groups = field_validator("groups")(_valid_groups)
+
+
+class WebSource(_Strict):
+    """A web site crawled from seed URLs and/or sitemaps, inside allowed URL prefixes.
+
+    Every fetched URL, redirect target and followed link must start with one of
+    ``allowed_prefixes`` (compared after normalization; end a prefix with ``/`` to mean a
+    folder). ``robots.txt`` of every host is honoured; ``delay_seconds`` is the least time
+    between two requests to one host (a larger ``Crawl-delay`` in robots.txt wins, up to 60 s).
+    """
+
+    type: Literal["web"] = "web"
+    id: str
+    start_urls: list[str] = Field(default_factory=list)
+    allowed_prefixes: list[str] = Field(min_length=1)
+    sitemap_urls: list[str] = Field(default_factory=list)
+    delay_seconds: float = Field(1.0, ge=0.0, le=60.0)
+    max_pages: int = Field(1_000, ge=1, le=1_000_000)
+    max_depth: int | None = Field(None, ge=0, description="Link hops from a seed; None: any.")
+    max_page_bytes: int = Field(5 * 1024 * 1024, ge=1, description="Largest page body (bytes).")
+    timeout_seconds: float = Field(30.0, gt=0.0, le=600.0, description="Per request, in all.")
+    max_redirects: int = Field(5, ge=0, le=20)
+    user_agent: str = "rag-platform-crawler/1.0"
+    acl_groups: list[str] | None = Field(
+        None, description="Groups of every page (None: the tenant's default groups)."
+    )
+    acl: list[WebAclRule] = Field(
+        default_factory=list, description="URL prefix → groups; the first match wins."
+    )
+
+    _check_groups = field_validator("acl_groups")(_valid_optional_groups)
+
+    @field_validator("start_urls", "allowed_prefixes", "sitemap_urls")
+    @classmethod
+    def _http_urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not re.match(r"^https?://[^/?#\s]+", url):
+                raise ValueError(f"not an http(s) URL: {url!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _has_seeds(self) -> WebSource:
+        if not self.start_urls and not self.sitemap_urls:
+            raise ValueError("a web source needs start_urls or sitemap_urls")
+        return self
+
+
+class GitSource(_Strict):
+    """A git repository (local path or URL) at a branch: its files at the branch's head.
+
+    A URL (``https://``, ``ssh://``, ``git@host:path``, ``file://``) is cloned (bare) into the
+    tenant's state folder and fetched on each sync; a local path is read in place (never
+    written). ``include``/``exclude`` are globs over paths in the repository, as for
+    :class:`FilesystemSource`.
+    """
+
+    type: Literal["git"] = "git"
+    id: str
+    repo: str
+    branch: str = "main"
+    include: list[str] = Field(default_factory=lambda: ["**/*"])
+    exclude: list[str] = Field(default_factory=list)
+    acl: list[AclRule] = Field(default_factory=list, description="Path globs → ACL groups.")
+    timeout_seconds: float = Field(300.0, gt=0.0, description="Per git command (seconds).")
+    full_sync_every: timedelta = Field(
+        timedelta(hours=24),
+        description="A full listing (every blob id compared) at least this often; between two, "
+        "syncs diff the last synced commit against the head.",
+    )
+
+    @field_validator("branch")
+    @classmethod
+    def _branch_name(cls, v: str) -> str:
+        # git check-ref-format's rules that matter here: no option-like or path-escaping name.
+        if (
+            not v
+            or v.startswith(("-", "/"))
+            or ".." in v
+            or re.search(r"[\x00-\x20~^:?*\[\\\x7f]", v)
+            or v.endswith((".lock", "/", "."))
+        ):
+            raise ValueError(f"invalid branch name {v!r}")
+        return v
+
+    @field_validator("repo")
+    @classmethod
+    def _repo_not_option(cls, v: str) -> str:
+        if not v or v.startswith("-"):
+            raise ValueError(f"invalid repository {v!r}")
+        return v
+
+    @property
+    def is_remote(self) -> bool:
+        """Whether ``repo`` is a URL to clone rather than a local path."""
+        return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", self.repo)) or bool(
+            re.match(r"^[^/\s]+@[^/\s:]+:", self.repo)
+        )
+
+
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+
+
+def _sql_identifier(name: str) -> str:
+    """A column or table name: ``name`` or ``schema.name`` of ``[A-Za-z_][A-Za-z0-9_$]*`` parts
+    (quoted by the connector; no SQL ever comes from a column setting)."""
+    if not all(_SQL_NAME.fullmatch(part) for part in name.split(".")) or name.count(".") > 1:
+        raise ValueError(f"not a plain SQL identifier: {name!r}")
+    return name
+
+
+class SqlSource(_Strict):
+    """A table, or a read-only query, of a SQL database (SQLAlchemy URL from an env var).
+
+    Each row is a text document: ``id_column`` (native id), ``title_column``, ``text_column``,
+    ``updated_at_column`` (the watermark of incremental syncs) and an optional ``acl_column``
+    (a comma-separated string or an array of group names).
+    """
+
+    type: Literal["sql"] = "sql"
+    id: str
+    url_env: Annotated[str, Field(pattern=_ENV_NAME)] = Field(
+        description="Name of the environment variable holding the SQLAlchemy URL "
+        "(postgresql+psycopg://..., mysql+pymysql://...); never the URL itself."
+    )
+    table: str | None = Field(None, description="Table (or schema.table) to read.")
+    query: str | None = Field(
+        None, description="A SELECT whose columns include the configured ones (instead of table)."
+    )
+    id_column: str = "id"
+    title_column: str | None = "title"
+    text_column: str = "text"
+    updated_at_column: str | None = Field(
+        "updated_at", description="Watermark column; None makes every sync a full listing."
+    )
+    acl_column: str | None = None
+    batch_rows: int = Field(1000, ge=1, le=100_000, description="Rows fetched per round trip.")
+    watermark_overlap: timedelta = Field(
+        timedelta(0),
+        description="Incremental syncs re-read rows this much older than the watermark "
+        "(catches rows committed late with an earlier updated_at).",
+    )
+    full_sync_every: timedelta = Field(
+        timedelta(hours=24),
+        description="A full listing (every row's version compared) at least this often.",
+    )
+
+    @field_validator("table", "id_column", "title_column", "text_column")
+    @classmethod
+    def _identifiers(cls, v: str | None) -> str | None:
+        return v if v is None else _sql_identifier(v)
+
+    @field_validator("updated_at_column", "acl_column")
+    @classmethod
+    def _optional_identifiers(cls, v: str | None) -> str | None:
+        return v if v is None else _sql_identifier(v)
+
+    def model_post_init(self, context: Any, /) -> None:
+        if (self.table is None) == (self.query is None):
+            raise ValueError(f"sql source {self.id!r}: set exactly one of table and query")
+
+
+class S3Source(_Strict):
+    """Objects under a prefix of an S3 (or S3-compatible) bucket; each object is one file
+    document (parsed by type like a filesystem file)."""
+
+    type: Literal["s3"] = "s3"
+    id: str
+    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
+    prefix: str = ""
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto).")
+    region: str = "us-east-1"
+    access_key_id_env: Annotated[str, Field(pattern=_ENV_NAME)] | None = Field(
+        None, description="Env var holding the access key id (None: boto3's default chain)."
+    )
+    secret_access_key_env: Annotated[str, Field(pattern=_ENV_NAME)] | None = None
+    acl_metadata_key: str = Field(
+        "acl-groups",
+        description="User metadata key (x-amz-meta-<key>) holding comma-separated ACL groups; "
+        "an object without it gets the tenant's default groups.",
+    )
+    include: list[str] = Field(default_factory=lambda: ["**/*"])
+    exclude: list[str] = Field(default_factory=list)
+    fetch_workers: int = Field(8, ge=1, le=64, description="Objects downloaded in parallel.")
+    full_sync_every: timedelta = Field(
+        timedelta(0), description="S3 listings are always full (ETags find every change)."
+    )
+
+
+class PluginSource(BaseModel):
+    """A source of a third-party connector (entry point group ``rag_platform.connectors``, name
+    = ``type``); its other keys are the plugin's own config, passed as a dict."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    id: str
+
+
+#: Source types built in; any other ``type`` is looked up as a connector plugin.
+BUILTIN_SOURCE_TYPES = ("filesystem", "dataset", "sql", "s3", "web", "git")
+
+
+def _source_tag(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    if kind is None and isinstance(value, dict):
+        kind = "filesystem"
+    return kind if kind in BUILTIN_SOURCE_TYPES else "plugin"
+
+
+SourceConfig = Annotated[
+    Annotated[FilesystemSource, Tag("filesystem")]
+    | Annotated[DatasetSource, Tag("dataset")]
+    | Annotated[SqlSource, Tag("sql")]
+    | Annotated[S3Source, Tag("s3")]
+    | Annotated[WebSource, Tag("web")]
+    | Annotated[GitSource, Tag("git")]
+    | Annotated[PluginSource, Tag("plugin")],
+    Discriminator(_source_tag),
+]
 
 
 class PIIPolicy(_Strict):
@@ -303,7 +542,10 @@ def _expand(value: Any, env: dict[str, str]) -> Any:
 def _resolve_paths(registry: TenantRegistry, base: Path) -> TenantRegistry:
     for t in registry.tenants:
         for s in t.sources:
-            if not s.path.is_absolute():
+            if isinstance(s, GitSource):
+                if not s.is_remote and not Path(s.repo).is_absolute():
+                    s.repo = str((base / s.repo).resolve())
+            elif isinstance(s, FilesystemSource | DatasetSource) and not s.path.is_absolute():
                 s.path = (base / s.path).resolve()
         if t.golden_set and not t.golden_set.path.is_absolute():
             t.golden_set.path = (base / t.golden_set.path).resolve()

@@ -186,5 +186,5 @@ class TestAssetStorage:
         )
         assert result.success
         assert (other_home / "storage" / "source_documents" / "docs").is_file()
-        assert (other_home / "cache" / "docs" / "sources.parquet").is_file()
+        assert (other_home / "cache" / "docs" / "sync").is_dir()  # per-source sync state
         assert not (rag_home.storage_dir / "source_documents").exists()

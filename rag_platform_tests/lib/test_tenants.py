@@ -62,3 +62,80 @@ class TestInputBudgets:
         assert custom.budgets.max_pdf_pages == 10
         with pytest.raises(ValidationError):
             InputBudgets(max_file_bytes=0)
+
+
+class TestConnectorSources:
+    def _source(self, **source: object) -> object:
+        return TenantConfig.model_validate({"id": "t", "sources": [source]}).sources[0]
+
+    def test_sql_and_s3_types(self) -> None:
+        from datetime import timedelta
+
+        sql = self._source(id="db", type="sql", url_env="DB_URL", table="kb.docs")
+        assert type(sql).__name__ == "SqlSource"
+        assert sql.full_sync_every == timedelta(days=1)  # type: ignore[attr-defined]
+        s3 = self._source(id="b", type="s3", bucket="my-bucket", prefix="p/")
+        assert type(s3).__name__ == "S3Source"
+
+    @pytest.mark.parametrize(
+        "source",
+        [
+            {"url_env": "DB_URL"},  # neither table nor query
+            {"url_env": "DB_URL", "table": "a", "query": "SELECT 1"},  # both
+            {"url_env": "postgresql://u:secret@db/kb", "table": "a"},  # a URL, not a var name
+            {"url_env": "DB_URL", "table": "docs; DROP TABLE x"},
+            {"url_env": "DB_URL", "table": "docs", "text_column": "body)--"},
+        ],
+    )
+    def test_sql_rejects(self, source: dict[str, object]) -> None:
+        with pytest.raises(ValidationError):
+            self._source(id="db", type="sql", **source)
+
+    def test_s3_rejects_an_inline_key_and_a_bad_bucket(self) -> None:
+        with pytest.raises(ValidationError):
+            self._source(id="b", type="s3", bucket="ok-bucket", access_key_id_env="AKIA/XYZ+")
+        with pytest.raises(ValidationError):
+            self._source(id="b", type="s3", bucket="Bad_Bucket")
+
+    def test_an_unknown_type_is_a_plugin_source_with_its_keys(self) -> None:
+        plugin = self._source(id="n", type="notes", notes=["a"])
+        assert type(plugin).__name__ == "PluginSource"
+        assert plugin.model_dump() == {"type": "notes", "id": "n", "notes": ["a"]}  # type: ignore[attr-defined]
+
+
+class TestWebAndGitSources:
+    def test_registry_reads_web_and_git_sources(self, tmp_path) -> None:
+        from rag_platform.lib.tenants import GitSource, WebSource, load_registry
+
+        path = tmp_path / "tenants.yaml"
+        path.write_text(
+            "tenants:\n"
+            "  - id: t\n"
+            "    sources:\n"
+            "      - {id: site, type: web, start_urls: ['https://docs.example.com/a/'],\n"
+            "         allowed_prefixes: ['https://docs.example.com/a/'], delay_seconds: 0.5}\n"
+            "      - {id: repo, type: git, repo: repos/handbook, branch: main,\n"
+            "         full_sync_every: PT6H}\n"
+            "      - {id: remote, type: git, repo: 'git@git.example.com:eng/kb.git'}\n"
+        )
+        site, repo, remote = load_registry(path).get("t").sources
+        assert isinstance(site, WebSource) and site.delay_seconds == 0.5
+        assert isinstance(repo, GitSource) and isinstance(remote, GitSource)
+        assert repo.repo == str((tmp_path / "repos/handbook").resolve())  # relative to the file
+        assert repo.full_sync_every.total_seconds() == 6 * 3600
+        assert remote.repo == "git@git.example.com:eng/kb.git" and remote.is_remote
+
+    @pytest.mark.parametrize(
+        "source",
+        [
+            {"id": "w", "type": "web", "allowed_prefixes": ["https://x/"]},  # no seeds
+            {"id": "w", "type": "web", "start_urls": ["file:///etc/"], "allowed_prefixes": ["https://x/"]},
+            {"id": "w", "type": "web", "start_urls": ["https://x/"], "allowed_prefixes": []},
+            {"id": "w", "type": "web", "start_urls": ["https://x/"], "allowed_prefixes": ["https://x/"],
+             "acl_groups": ["two words"]},
+            {"id": "g", "type": "git", "repo": "/r", "branch": "--orphan"},
+        ],
+    )  # fmt: skip
+    def test_invalid_web_and_git_sources_are_refused(self, source: dict) -> None:
+        with pytest.raises(ValidationError):
+            TenantConfig.model_validate({"id": "t", "sources": [source]})

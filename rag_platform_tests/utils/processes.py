@@ -524,3 +524,37 @@ class DagsterRunWatcher:
 
     def close(self) -> None:
         self.instance.dispose()
+
+
+class MotoServer(ServerProcess):
+    """moto's standalone S3-compatible server (``moto[server]``) on a loopback port: a real HTTP
+    server speaking the S3 API, state in memory (gone when it stops)."""
+
+    name = "moto"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+
+    def ready(self) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"{self.url}/moto-api/", timeout=1.0).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    def client(self) -> object:
+        """A boto3 S3 client for this server (test credentials)."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )

@@ -157,3 +157,40 @@ def flushed_redis(db: int = REDIS_TEST_DB) -> Iterator[str]:
             client.flushdb()
         finally:
             client.close()
+
+
+MARIADB_HOST = "127.0.0.1"
+MARIADB_PORT = 3306
+
+
+def mariadb_url(database: str) -> str:
+    """SQLAlchemy URL of a database on the machine's MariaDB (root, no password; PyMySQL)."""
+    return f"mysql+pymysql://root@{MARIADB_HOST}:{MARIADB_PORT}/{database}?charset=utf8mb4"
+
+
+@contextmanager
+def fresh_mariadb_database() -> Iterator[str]:
+    """A new, empty MariaDB database ``rag_test_<hex>``, dropped afterwards; yields its URL.
+
+    Skips (or fails, see the module docstring) when MariaDB is unreachable.
+    """
+    if not _port_open(MARIADB_HOST, MARIADB_PORT):
+        _unavailable(f"MariaDB not reachable at {MARIADB_HOST}:{MARIADB_PORT}")
+    import pymysql
+
+    name = f"rag_test_{uuid.uuid4().hex[:16]}"
+    admin = pymysql.connect(host=MARIADB_HOST, port=MARIADB_PORT, user="root", autocommit=True)
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    finally:
+        admin.close()
+    try:
+        yield mariadb_url(name)
+    finally:
+        admin = pymysql.connect(host=MARIADB_HOST, port=MARIADB_PORT, user="root", autocommit=True)
+        try:
+            with admin.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        finally:
+            admin.close()

@@ -4,6 +4,7 @@ Each asset calls one component of ``rag_platform.lib.ingestion`` and reports its
 metadata.
 """
 
+import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 
@@ -50,11 +51,13 @@ def source_documents(
     context: dg.AssetExecutionContext, platform: PlatformResource
 ) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
     """Every document of the tenant's sources, synced through their connectors (filesystem
-    folders, JSONL/CSV/Parquet datasets), with content hashes, ACL groups and the change set
-    against the previous sync: added, changed, deleted, and documents whose permissions changed.
-    Erased documents (the suppression list in the metadata store) are left out until released.
-    Deletions at the source reach the next index version because it is built from this set; a
-    source that fails as a whole keeps its previous documents (``failed_sources``)."""
+    folders, JSONL/CSV/Parquet datasets, SQL tables, S3 buckets, plugins) incrementally from
+    each source's persisted cursor, in full at least every ``full_sync_every``; with content
+    hashes, ACL groups and the change set against the previous sync: added, changed, deleted,
+    and documents whose permissions changed. Deletions at the source reach the next index
+    version because it is built from this set; a source that fails as a whole keeps its
+    previous documents (``failed_sources``). Erased documents (the suppression list in the
+    metadata store) are left out until released. Per source: last sync, cursor and counts."""
     tenant = platform.tenant(context.partition_key)
     suppressed = platform.store().suppressed_doc_ids(tenant.id)
     result = SourceSync(platform.tenant_cache_dir(tenant.id), suppressed).run(tenant)
@@ -76,6 +79,42 @@ def source_documents(
                 _md_table(result.problems, ["source", "item", "reason"])
             ),
             "failed_sources": dg.MetadataValue.json(result.failed_sources),
+            "sources": dg.MetadataValue.json(
+                {sid: dataclasses.asdict(r) for sid, r in result.sources.items()}
+            ),
+            "sources_table": dg.MetadataValue.md(
+                _md_table(
+                    [
+                        (
+                            sid,
+                            r.last_sync_at,
+                            r.cursor or "",
+                            "full" if r.full else "incremental",
+                            r.listed,
+                            r.added,
+                            r.changed,
+                            r.deleted,
+                            r.unchanged,
+                            r.problems,
+                            r.error or "ok",
+                        )
+                        for sid, r in result.sources.items()
+                    ],
+                    [
+                        "source",
+                        "last sync",
+                        "cursor",
+                        "listing",
+                        "listed",
+                        "added",
+                        "changed",
+                        "deleted",
+                        "unchanged",
+                        "problems",
+                        "status",
+                    ],
+                )
+            ),
             "deleted_doc_ids": dg.MetadataValue.json(result.deleted[:100]),
             "bytes": int(
                 frame["content"].map(lambda c: len(c) if c else 0).sum()

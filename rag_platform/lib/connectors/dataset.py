@@ -13,7 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from rag_platform.lib.models import SourceDocument
+from rag_platform.lib.connectors.base import Change, SourceState, full_listing_changes
+from rag_platform.lib.models import SourceDocument, acl_key, sha256_hex
 from rag_platform.lib.tenants import DatasetSource, validate_acl_group
 
 _FORMATS = {
@@ -190,6 +191,26 @@ class DatasetConnector:
         self.path = Path(source.path)
         self.default_acl_groups = list(default_acl_groups)
         self.problems: list[tuple[str, str]] = []
+        self._cursor: str | None = None
+
+    def changes(self, state: SourceState, *, full: bool = True) -> Iterator[Change]:
+        """The full listing (``full`` is ignored: a file has no incremental listing); a row whose
+        version (hash of title, text, ``updated_at``, ACL and row number) equals the state's is
+        :class:`~rag_platform.lib.connectors.base.Unchanged`.
+
+        Raises:
+            ValueError: as :meth:`list_documents`.
+        """
+        self._cursor = None
+        st = os.stat(self.path) if self.path.is_file() else None
+        yield from full_listing_changes(self.list_documents(), state)
+        if st is not None:
+            self._cursor = f"{st.st_size}:{st.st_mtime_ns}"
+
+    @property
+    def next_cursor(self) -> str | None:
+        """The file's ``size:mtime_ns`` at the start of the last complete listing."""
+        return self._cursor
 
     def list_documents(self) -> Iterator[SourceDocument]:
         """Yields the rows as documents, in file order (at most ``limit``).
@@ -293,4 +314,8 @@ class DatasetConnector:
                 acl_groups=groups,
                 updated_at=updated_at,
                 metadata={"row": row_number},
+                version=sha256_hex(
+                    f"{title}\n{text}\n{updated_at.isoformat() if updated_at else ''}\n"
+                    f"{acl_key(groups)}\n{row_number}"
+                ),
             )

@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
-from rag_platform.lib.models import SourceDocument
+from rag_platform.lib.connectors.base import Change, SourceState, Unchanged
+from rag_platform.lib.models import SourceDocument, acl_key
 from rag_platform.lib.tenants import FilesystemSource, InputBudgets, validate_acl_group
 
 #: Name of the per-folder ACL file: one group per line, ``#`` starts a comment.
@@ -374,12 +375,28 @@ class FilesystemConnector:
         Raises:
             ValueError: the root folder does not exist.
         """
+        for change in self.changes(SourceState(), full=True):
+            if isinstance(change, SourceDocument):
+                yield change
+
+    def changes(self, state: SourceState, *, full: bool = True) -> Iterator[Change]:
+        """Walks the folder (always a full listing: ``full`` is ignored). A file whose version
+        (size, ``st_mtime_ns`` and ACL groups) equals the state's is :class:`Unchanged` and not
+        read; any other is read and yielded as a document with that version.
+
+        Raises:
+            ValueError: the root folder does not exist.
+        """
         self.problems = []
         acl_cache: dict[Path, list[str] | SkippedFile | None] = {}
         real_root = self.root.resolve()
         for item in self.iter_paths():
             try:
                 groups = self.acl_groups_for(item.rel, acl_cache)
+                version = f"{item.stat.st_size}:{item.stat.st_mtime_ns}:{acl_key(groups)}"
+                if state.versions.get(item.rel) == version:
+                    yield Unchanged(item.rel)
+                    continue
                 content = read_contained(item.path, self.budgets.max_file_bytes, item.stat)
             except SkippedFile as exc:
                 self.problems.append((item.rel, exc.reason))
@@ -397,4 +414,10 @@ class FilesystemConnector:
                 acl_groups=groups,
                 updated_at=datetime.fromtimestamp(item.stat.st_mtime, tz=UTC),
                 metadata={"path": item.rel, "size_bytes": len(content)},
+                version=version,
             )
+
+    @property
+    def next_cursor(self) -> str | None:
+        """None: a folder has no cursor; every sync walks it (versions skip the reads)."""
+        return None

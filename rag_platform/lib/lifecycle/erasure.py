@@ -7,10 +7,10 @@ A document (:class:`DocumentEraser`) is
    later sync leaves it out, so a re-sync of its source does not bring it back and the next index
    version does not hold it, until ``erase release``; the API excludes it inside every index query
    of the published version at once (within its one-second memo);
-2. removed from the content caches under ``RAG_HOME/cache/<tenant>``: the sync snapshot
-   (``sources.parquet``), the parse and mask caches (keyed by its content hash), the chunk cache
-   (keyed by its doc id), the embedding caches (its chunks' content hashes) and the quarantine
-   records;
+2. removed from the content caches under ``RAG_HOME/cache/<tenant>``: the sync state (the
+   per-source manifests and segments under ``sync/``), the parse and mask caches (keyed by its
+   content hash), the chunk cache (keyed by its doc id), the embedding caches (its chunks'
+   content hashes) and the quarantine records;
 3. removed from the intermediate assets the Dagster IO manager wrote under
    ``RAG_HOME/storage/<asset>/<tenant>``: its rows of every Parquet frame, its chunks' vectors of
    the embedding set, and its relevance judgements in the stored golden set (the golden
@@ -41,6 +41,7 @@ import pandas as pd
 from rag_platform.lib.cache import atomic_write
 from rag_platform.lib.embedding.stage import EmbeddingSet
 from rag_platform.lib.index.backend import IndexBackend
+from rag_platform.lib.ingestion.sync import SYNC_DIR, SourceSync
 from rag_platform.lib.models import SearchFilters
 from rag_platform.lib.store import MetadataStore
 from rag_platform.lib.tenants import RetrievalSettings
@@ -51,8 +52,6 @@ log = logging.getLogger(__name__)
 #: Content caches of a tenant's state folder and what their keys start with.
 _KEYED_BY_CONTENT_HASH = ("parsed.parquet", "masked.parquet")
 _KEYED_BY_DOC_ID = ("chunks.parquet",)
-#: The sync snapshot of the tenant's state folder (``lib/ingestion/sync.SNAPSHOT_FILE``).
-_SNAPSHOT = "sources.parquet"
 #: Index versions that may still hold points (``deleted`` ones have no shard any more).
 _LIVE_STATUSES = ("building", "built", "published", "retired", "rejected")
 
@@ -404,7 +403,7 @@ class DocumentEraser:
         """The document's source, URI, content hashes and chunk hashes, from every file that
         knows them (read before anything is removed)."""
         trace = DocumentTrace()
-        frames = [_read_parquet(files.cache_file(_SNAPSHOT))]
+        frames = [SourceSync(files.state_dir).rows_of(doc_id)]
         frames += [_read_parquet(path) for _, path in files.asset_files()]
         for frame in frames:
             rows = _doc_rows(frame, doc_id)
@@ -433,8 +432,7 @@ class DocumentEraser:
         def note(where: str, path: Path, items: int) -> None:
             removed.append(Removal(where, files.rel(path), items))
 
-        snapshot = files.cache_file(_SNAPSHOT)
-        note("cache", snapshot, _filter_frame(snapshot, lambda f: _doc_mask(f, doc_id)))
+        note("cache", files.state_dir / SYNC_DIR, SourceSync(files.state_dir).forget({doc_id}))
         hashes = trace.content_hashes
         for name in _KEYED_BY_CONTENT_HASH:
             path = files.cache_file(name)
@@ -510,9 +508,9 @@ def verify_document_erasure(
 
     # caches
     found: list[str] = []
-    snapshot = _doc_rows(_read_parquet(files.cache_file(_SNAPSHOT)), doc_id)
-    if len(snapshot):
-        found.append(f"{_SNAPSHOT}: {len(snapshot)} row(s)")
+    held = SourceSync(files.state_dir).holds(doc_id)
+    if held:
+        found.append(f"{SYNC_DIR}/: {held} row(s)")
     prefixes = {
         **{n: trace.content_hashes for n in _KEYED_BY_CONTENT_HASH},
         **{n: {doc_id} for n in _KEYED_BY_DOC_ID},

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow.parquet as pq
+import pytest
+
+from rag_platform.lib.ingestion import sync as sync_module
 from rag_platform.lib.ingestion.sync import SourceSync, source_fingerprint
 from rag_platform.lib.models import make_doc_id
 from rag_platform.lib.tenants import TenantConfig
@@ -80,3 +84,70 @@ class TestSourceFingerprint:
         assert source_fingerprint(tenant) == fp
         (b / "four.md").write_text("new")
         assert source_fingerprint(tenant) != fp
+
+
+class TestSyncState:
+    def test_unchanged_files_are_not_read_again_and_state_is_per_source(
+        self, tmp_path: Path
+    ) -> None:
+        a, b = _folders(tmp_path)
+        sync = SourceSync(tmp_path / "state")
+        sync.run(_tenant(a, b))
+        state = sync.read_state("alpha")
+        assert state["counts"]["added"] == 2 and state["last_full_sync_at"]
+        (a / "one.md").chmod(0)  # unreadable now: only a read would notice
+        try:
+            again = sync.run(_tenant(a, b))
+        finally:
+            (a / "one.md").chmod(0o644)
+        assert not again.problems  # same size, mtime and ACL: never opened
+        assert again.sources["alpha"].unchanged == 2 and len(again.frame) == 3
+
+    def test_an_interrupted_sync_leaves_the_last_complete_one(self, tmp_path: Path) -> None:
+        a, b = _folders(tmp_path)
+        sync = SourceSync(tmp_path / "state")
+        first = sync.run(_tenant(a, b))
+        (a / "two.md").write_text("# Two\n\nEdited.\n")
+        folder = sync.source_dir("alpha")
+        # a sync killed while writing: a partial segment, never referenced by the manifest
+        (folder / "seg-interrupted.parquet").write_bytes(b"PAR1 partial")
+        second = sync.run(_tenant(a, b))
+        assert second.changed == [make_doc_id("two", "alpha", "two.md")]
+        assert not (folder / "seg-interrupted.parquet").exists()
+        assert sorted(second.frame["doc_id"]) == sorted(first.frame["doc_id"])
+
+    def test_segments_are_compacted_and_the_frame_stays_right(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(sync_module, "COMPACT_SLACK_ROWS", 0)
+        a, b = _folders(tmp_path)
+        for i in range(30):
+            (a / f"n{i}.md").write_text(f"# N{i}\n\nNote {i}.\n")
+        sync = SourceSync(tmp_path / "state")
+        sync.run(_tenant(a, b))
+        for i in range(1, 30):  # most rows of the first segment die
+            (a / f"n{i}.md").unlink()
+        (a / "n0.md").write_text("# N0\n\nEdited.\n")
+        result = sync.run(_tenant(a, b))
+        assert len(result.deleted) == 29 and len(result.changed) == 1
+        segments = list(sync.source_dir("alpha").glob("seg-*.parquet"))
+        assert len(segments) == 2  # the compacted older rows and this run's segment
+        assert sum(pq.ParquetFile(p).metadata.num_rows for p in segments) == 3
+        frame = result.frame.set_index("native_id")
+        assert sorted(frame.index) == ["n0.md", "one.md", "three.md", "two.md"]
+        assert frame.loc["n0.md", "content"] == b"# N0\n\nEdited.\n"
+        assert frame.loc["n0.md", "change"] == "changed"
+        assert frame.loc["one.md", "change"] == "unchanged"
+        again = sync.run(_tenant(a, b))  # the compacted state syncs like any other
+        assert not (again.added or again.changed or again.deleted) and len(again.frame) == 4
+
+    def test_a_removed_source_deletes_its_documents(self, tmp_path: Path) -> None:
+        a, b = _folders(tmp_path)
+        sync = SourceSync(tmp_path / "state")
+        sync.run(_tenant(a, b))
+        only_alpha = TenantConfig.model_validate(
+            {"id": "two", "sources": [{"id": "alpha", "type": "filesystem", "path": str(a)}]}
+        )
+        result = sync.run(only_alpha)
+        assert result.deleted == [make_doc_id("two", "beta", "three.md")]
+        assert not sync.source_dir("beta").exists()

@@ -59,7 +59,7 @@ class TestDocumentErasure:
         receipt = _last_json(result.stdout)
         assert receipt["subject"] == doc_id and receipt["verification"]["passed"] is True
         places = {r["path"] for r in receipt["removed"]}
-        assert {"cache/handbook/sources.parquet", "cache/handbook/chunks.parquet"} <= places
+        assert {"cache/handbook/sync", "cache/handbook/chunks.parquet"} <= places
         assert "storage/chunks/handbook" in places and "storage/source_documents/handbook" in places
         # the published version still holds it: excluded from search, pending the next version
         assert receipt["pending"] and "still holds" in receipt["pending"][0]
