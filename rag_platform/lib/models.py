@@ -295,9 +295,14 @@ class Principal:
     key_id: str
     tenant: str
     groups: tuple[str, ...]
-    role: str  # "reader" | "admin"
+    role: str  # "reader" | "writer" | "admin"
     name: str = ""
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def can_write(self) -> bool:
+        """Whether the key may upload and delete documents (role ``writer`` or ``admin``)."""
+        return self.role in ("writer", "admin")

@@ -40,7 +40,13 @@ class TestDefinitions:
     def test_jobs_sensors_schedules(self) -> None:
         defs = load_definitions()
         assert {j.name for j in defs.resolve_all_job_defs()} >= {"tenant_pipeline", "tenant_costs"}
-        assert {s.name for s in defs.sensors} == {"tenant_registry_sensor", "source_change_sensor"}
+        assert {s.name for s in defs.sensors} == {
+            "tenant_registry_sensor",
+            "source_change_sensor",
+            "ingest_job_sensor",
+            "webhook_success_sensor",
+            "webhook_failure_sensor",
+        }
         assert {s.name for s in defs.schedules} == {"nightly_resync", "daily_costs"}
 
     def test_every_pipeline_asset_is_partitioned_by_tenant(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from rag_platform.lib.connectors.base import Connector
 from rag_platform.lib.connectors.dataset import DatasetConnector
 from rag_platform.lib.connectors.filesystem import FilesystemConnector, mime_type_for
+from rag_platform.lib.connectors.upload import UploadConnector, UploadSource
 from rag_platform.lib.tenants import DatasetSource, FilesystemSource, InputBudgets
 
 __all__ = [
@@ -39,6 +40,8 @@ def build_connector(
     Raises:
         TypeError: the source type has no connector.
     """
+    if isinstance(source, UploadSource):  # before its base class FilesystemSource
+        return UploadConnector(source, default_acl_groups, budgets)
     if isinstance(source, FilesystemSource):
         return FilesystemConnector(source, default_acl_groups, budgets)
     if isinstance(source, DatasetSource):
