@@ -64,6 +64,17 @@ def _ints(metadata: dict[str, Any]) -> dict[str, int]:
     return out
 
 
+def _root_cause(error: Any) -> str:
+    """The innermost cause of a Dagster ``SerializableErrorInfo`` (the user code's exception,
+    not Dagster's wrapper), as ``Type: message`` on one line."""
+    if error is None:
+        return "step failed"
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    message = " ".join(str(error.message).split())
+    return message[:500] or str(getattr(error, "cls_name", "error"))
+
+
 def run_progress(instance: dg.DagsterInstance, run: dg.DagsterRun) -> RunProgress:
     """Reads ``run``'s events into a :class:`RunProgress`.
 
@@ -91,8 +102,7 @@ def run_progress(instance: dg.DagsterInstance, run: dg.DagsterRun) -> RunProgres
             finished.add(step)
         elif kind == dg.DagsterEventType.STEP_FAILURE:
             failed_step = failed_step or step
-            error = getattr(event.event_specific_data, "error", None)
-            failure = failure or (error.message.strip() if error is not None else "step failed")
+            failure = failure or _root_cause(getattr(event.event_specific_data, "error", None))
         elif kind == dg.DagsterEventType.ASSET_MATERIALIZATION:
             mat = event.event_specific_data.materialization  # type: ignore[union-attr]
             name = mat.asset_key.to_user_string()
