@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import json
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from rag_platform.lib.store import MetadataStore
 from rag_platform.runner import dagster_instance
 from rag_platform.settings import Settings
 from rag_platform_tests.conftest import scifact_tenant
-from rag_platform_tests.utils.processes import ApiServer, platform_env
+from rag_platform_tests.utils.processes import PlatformServer, platform_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -34,24 +33,6 @@ TEXT = (
     b"The zorblatt protocol requires quarterly flamingo audits of every warehouse.\n\n"
     b"Auditors record each flamingo's plumage colour in the zorblatt ledger."
 )
-
-
-class ServeProcess(ApiServer):
-    """``rag-platform serve`` (which starts the Dagster daemon) instead of bare uvicorn."""
-
-    name = "serve"
-
-    def command(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "rag_platform.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-        ]
 
 
 class Receiver:
@@ -139,7 +120,7 @@ def test_upload_search_delete_through_serve_and_its_daemon(
     store.dispose()
 
     env = platform_env({**values, "E2E_HOOK_SECRET": SECRET})
-    serve = ServeProcess(tmp_path / "logs", env=env, startup_timeout=300)
+    serve = PlatformServer(tmp_path / "logs", env=env, startup_timeout=300)
     serve.start()
     try:
         daemons = [p for p in _children(serve.server_pid()) if "dagster-daemon" in _cmdline(p)]
