@@ -4,6 +4,7 @@ webhooks when a pipeline run ends."""
 
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -11,8 +12,11 @@ from rag_platform.defs.jobs import tenant_pipeline
 from rag_platform.defs.partitions import TENANTS, tenants_partitions
 from rag_platform.lib.ingestion.sync import source_fingerprint
 from rag_platform.lib.tenants import load_registry
-from rag_platform.runs import BATCH_TAG, run_progress
+from rag_platform.runs import BATCH_TAG, batch_run, run_progress
 from rag_platform.settings import get_settings
+
+#: For how long a requested batch without a run is requested again (minutes).
+BATCH_RETRY_MINUTES = 10
 
 
 @dg.sensor(
@@ -79,28 +83,35 @@ def ingest_job_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     settings = get_settings()
     registry_ids = set(load_registry(settings.tenants_file, settings.data_dir).ids)
     known = set(context.instance.get_dynamic_partitions(TENANTS))
+    runs = []
     with MetadataStore.from_settings(settings) as store:
         store.migrate()
-        tenants = [t for t in store.ingest_jobs.pending_tenants() if t in registry_ids]
-        runs = []
-        for tenant in tenants:
+        # A batch claimed by a tick that failed before its run was created is requested again
+        # (same run key: Dagster creates each run once).
+        since = datetime.now(UTC) - timedelta(minutes=BATCH_RETRY_MINUTES)
+        for tenant, batch_id in store.ingest_jobs.recent_batches(since):
+            if tenant in registry_ids and batch_run(context.instance, batch_id) is None:
+                runs.append(_batch_request(tenant, batch_id))
+        for tenant in store.ingest_jobs.pending_tenants():
+            if tenant not in registry_ids:
+                continue
             batch_id = str(uuid.uuid4())
             if store.ingest_jobs.claim(tenant, batch_id):
-                runs.append(
-                    dg.RunRequest(
-                        partition_key=tenant,
-                        run_key=f"batch:{batch_id}",
-                        tags={BATCH_TAG: batch_id},
-                    )
-                )
-    missing = sorted({r.partition_key for r in runs if r.partition_key} - known)
+                runs.append(_batch_request(tenant, batch_id))
     if not runs:
         return dg.SensorResult(skip_reason="no pending upload or deletion")
+    missing = sorted({r.partition_key for r in runs if r.partition_key} - known)
     return dg.SensorResult(
         run_requests=runs,
         dynamic_partitions_requests=[tenants_partitions.build_add_request(missing)]
         if missing
         else [],
+    )
+
+
+def _batch_request(tenant: str, batch_id: str) -> dg.RunRequest:
+    return dg.RunRequest(
+        partition_key=tenant, run_key=f"batch:{batch_id}", tags={BATCH_TAG: batch_id}
     )
 
 

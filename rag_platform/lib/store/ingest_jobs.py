@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from rag_platform.lib.store.db import Database
 from rag_platform.lib.store.rows import from_row
@@ -123,6 +123,20 @@ class IngestJobRepository:
                     .values(batch_id=batch_id, requested_at=now)
                 )
         return ids
+
+    def recent_batches(self, since: datetime) -> list[tuple[str, str]]:
+        """``(tenant, batch_id)`` of the batches requested at or after ``since``, oldest first."""
+        stmt = (
+            select(ingest_jobs_table.c.tenant, ingest_jobs_table.c.batch_id)
+            .where(
+                ingest_jobs_table.c.batch_id.is_not(None),
+                ingest_jobs_table.c.requested_at >= since,
+            )
+            .group_by(ingest_jobs_table.c.tenant, ingest_jobs_table.c.batch_id)
+            .order_by(func.min(ingest_jobs_table.c.requested_at))
+        )
+        with self._db.transaction(write=False) as conn:
+            return [(str(t), str(b)) for t, b in conn.execute(stmt).all()]
 
     def in_batch(self, batch_id: str) -> list[IngestJob]:
         """The jobs of one batch, oldest first."""
