@@ -124,7 +124,10 @@ async def _upload(request: Request, principal: Principal, state: StateDep) -> tu
     response_model=DocumentAcceptedPublic,
     status_code=status.HTTP_202_ACCEPTED,
     openapi_extra=_UPLOAD_BODY,
-    responses={415: {"model": ErrorPublic, "description": "File type not accepted."}},
+    responses={
+        404: {"model": ErrorPublic, "description": "The key's tenant is not in the registry."},
+        415: {"model": ErrorPublic, "description": "File type not accepted."},
+    },
     summary="Upload a document",
 )
 async def create_document(
