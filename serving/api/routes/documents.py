@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from fastapi import APIRouter, Request, status
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -95,14 +96,8 @@ async def _upload(request: Request, principal: Principal, state: StateDep) -> tu
     if content_type == "application/json":
         try:
             body = DocumentTextRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            if any(e["type"] == "json_invalid" for e in exc.errors()):
-                raise ApiError(400, "malformed_json", "the request body is not valid JSON") from exc
-            details = [
-                {"loc": [str(p) for p in e["loc"]], "type": e["type"], "msg": e["msg"]}
-                for e in exc.errors()
-            ]
-            raise ApiError(422, "validation_error", "the request is not valid", details) from exc
+        except ValidationError as exc:  # 400 malformed_json or 422, in the one error shape
+            raise RequestValidationError(exc.errors()) from exc
         return await run_in_threadpool(
             state.ingest.upload,
             principal,
