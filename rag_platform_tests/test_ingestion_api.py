@@ -154,7 +154,7 @@ def test_upload_search_delete_through_serve_and_its_daemon(
         assert receiver.bad_signatures == 0
     finally:
         serve.stop(timeout=60)
-    time.sleep(0)  # the daemon is reaped by serve before it exits
+    # serve waits for its daemon before it exits: no daemon process is left
     assert all(
         not Path(f"/proc/{p}").exists() or "dagster-daemon" not in _cmdline(p) for p in daemons
     )
