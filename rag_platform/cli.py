@@ -297,7 +297,9 @@ def worker(
 def keys_create(
     tenant: Annotated[str, typer.Option(help="Tenant the key is scoped to.")],
     groups: Annotated[str, typer.Option(help="ACL groups, comma-separated.")] = "all",
-    role: Annotated[str, typer.Option(help="reader or admin.")] = "reader",
+    role: Annotated[
+        str, typer.Option(help="reader, writer (also uploads and deletes documents) or admin.")
+    ] = "reader",
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
     expires_days: Annotated[int | None, typer.Option(help="Expire after N days.")] = None,
 ) -> None:
@@ -307,8 +309,8 @@ def keys_create(
     settings = get_settings()
     if tenant not in load_registry(settings.tenants_file, settings.data_dir).ids:
         _fail(f"unknown tenant {tenant!r}")
-    if role not in ("reader", "admin"):
-        _fail("role must be reader or admin")
+    if role not in ("reader", "writer", "admin"):
+        _fail("role must be reader, writer or admin")
     expires = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
     info, plaintext = _store(settings).create_api_key(
         tenant,
@@ -343,6 +345,16 @@ def keys_revoke(key_id: str) -> None:
 # ------------------------------------------------------------------------------------------
 # index versions
 # ------------------------------------------------------------------------------------------
+
+
+@app.command("webhooks")
+def webhooks_log(
+    tenant: Annotated[str, typer.Option()],
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+) -> None:
+    """Prints the tenant's webhook delivery log, newest first: one JSON line per delivery."""
+    for d in _store().webhook_deliveries.find(tenant, limit):
+        _echo_json(d.__dict__)
 
 
 @index_app.command("list")
@@ -747,30 +759,112 @@ def costs(
 # ------------------------------------------------------------------------------------------
 
 
+#: A daemon heartbeat younger than this (seconds) means a daemon serves the instance already
+#: (Dagster's daemons beat every 30 s).
+DAEMON_HEARTBEAT_FRESH_SECONDS = 60.0
+#: How long a stopping daemon may take before it is killed (seconds).
+DAEMON_STOP_SECONDS = 30.0
+
+
+def _daemon_running(settings: Settings) -> bool:
+    """Whether a Dagster daemon heartbeats for the instance under ``RAG_HOME/dagster``."""
+    from rag_platform.runner import dagster_instance
+
+    instance = dagster_instance(settings)
+    try:
+        now = datetime.now(UTC).timestamp()
+        beats = instance.get_daemon_heartbeats().values()
+        return any(now - b.timestamp < DAEMON_HEARTBEAT_FRESH_SECONDS for b in beats)
+    finally:
+        instance.dispose()
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+
+def _start_daemon(settings: Settings) -> subprocess.Popen[bytes]:
+    """Starts ``dagster-daemon run`` on this project's workspace and instance.
+
+    The child gets SIGTERM when this process dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``),
+    so a daemon never outlives ``serve``.
+    """
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(settings.dagster_home.resolve()),
+        "RAG_HOME": str(settings.home.resolve()),
+        "RAG_TENANTS_FILE": str(settings.tenants_file.resolve()),
+    }
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dagster-daemon"),
+            "run",
+            "-w",
+            str(PROJECT_ROOT / "workspace.yaml"),
+        ],
+        env=env,
+        cwd=PROJECT_ROOT,
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+    )
+
+
+def _stop_daemon(daemon: subprocess.Popen[bytes]) -> None:
+    if daemon.poll() is None:
+        daemon.terminate()  # Dagster maps SIGTERM onto its SIGINT shutdown
+        try:
+            daemon.wait(timeout=DAEMON_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
+    no_daemon: Annotated[
+        bool,
+        typer.Option(
+            "--no-daemon",
+            help="Do not start the Dagster daemon (it runs elsewhere, e.g. its own deployment).",
+        ),
+    ] = False,
 ) -> None:
-    """Runs the query API (one process; its thread pool shares the opened index shards).
+    """Runs the query and ingestion API (one process; its thread pool shares the opened index
+    shards), and the Dagster daemon that runs the syncs of uploads, unless ``--no-daemon`` or a
+    daemon already heartbeats for the instance (``rag-platform ui``).
 
     On SIGTERM or SIGINT the server stops accepting connections, lets in-flight requests finish
     for up to ``RAG_SHUTDOWN_GRACE_SECONDS``, then runs the app's shutdown, which writes the
-    queued query-log rows (to the database, or the spool file when it is down).
+    queued query-log rows (to the database, or the spool file when it is down); then the daemon
+    it started is stopped (SIGTERM; killed after 30 s).
     """
     import uvicorn
 
     settings = get_settings()
     _store(settings).dispose()
-    uvicorn.run(
-        "serving.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=1,
-        log_config=None,
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
-    )
+    daemon = None
+    if not no_daemon:
+        if _daemon_running(settings):
+            typer.echo("a Dagster daemon already serves this instance; not starting one", err=True)
+        else:
+            daemon = _start_daemon(settings)
+    try:
+        uvicorn.run(
+            "serving.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=1,
+            log_config=None,
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        )
+    finally:
+        if daemon is not None:
+            _stop_daemon(daemon)
 
 
 @app.command()

@@ -187,6 +187,12 @@ class Settings(BaseSettings):
     )
     cache_ttl_seconds: int = Field(300, ge=0)
     max_request_bytes: int = Field(64 * 1024, ge=1024)
+    max_upload_bytes: int = Field(
+        20 * 1024 * 1024,
+        ge=1024,
+        description="Largest body of `POST /v1/documents` (bytes); a tenant's "
+        "`budgets.max_file_bytes` may lower it for its files.",
+    )
     versions_kept: int = Field(3, ge=1, description="Index versions kept for rollback per tenant.")
     shutdown_grace_seconds: int = Field(
         30,
@@ -297,6 +303,11 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Managed upload sources: ``uploads_dir / <tenant> / <upload id> / <file>``."""
+        return self.home / "uploads"
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -79,3 +79,39 @@ class TestCli:
         assert result.exit_code == 2
         result = runner.invoke(app, ["tenants", "add", "x", "--path", str(tmp_path / "missing")])
         assert result.exit_code == 2 and "not a folder" in result.output
+
+
+class TestIngestionCommands:
+    def test_writer_keys_and_the_webhook_log(self, rag_home, write_tenants) -> None:
+        from rag_platform.lib.store import MetadataStore
+
+        write_tenants({"id": "handbook"})
+        result = runner.invoke(app, ["keys", "create", "--tenant", "handbook", "--role", "writer"])
+        assert result.exit_code == 0, result.output
+        key = _last_line(result.stdout)
+        with MetadataStore.from_settings(rag_home) as store:
+            principal = store.authenticate(key)
+            assert principal is not None and principal.role == "writer" and principal.can_write
+            assert not principal.is_admin
+            store.webhook_deliveries.record(
+                delivery_id="d1",
+                tenant="handbook",
+                event="job.completed",
+                url="http://127.0.0.1:9/hook",
+                run_id="r1",
+                status="failed",
+                attempts=5,
+                status_code=None,
+                error="ConnectError",
+            )
+        bad = runner.invoke(app, ["keys", "create", "--tenant", "handbook", "--role", "owner"])
+        assert bad.exit_code == 2 and "reader, writer or admin" in bad.output
+        log = runner.invoke(app, ["webhooks", "--tenant", "handbook"])
+        assert log.exit_code == 0
+        row = json.loads(_last_line(log.stdout))
+        assert (row["delivery_id"], row["status"], row["attempts"]) == ("d1", "failed", 5)
+
+    def test_no_daemon_heartbeat_on_a_fresh_instance(self, rag_home) -> None:
+        from rag_platform.cli import _daemon_running
+
+        assert _daemon_running(rag_home) is False

@@ -178,16 +178,22 @@ class BodySizeLimitMiddleware:
     Args:
         app: the wrapped ASGI app.
         max_bytes: the largest accepted body, in bytes.
+        path_limits: a different limit for exact paths (``/v1/documents``: uploads, bounded
+            by ``Settings.max_upload_bytes``).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, path_limits: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
+        max_bytes = self.path_limits.get(scope.get("path", ""), self.max_bytes)
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
         declared = headers.get(b"content-length")
         if declared is not None:
@@ -196,8 +202,8 @@ class BodySizeLimitMiddleware:
             except ValueError:
                 await self._reject(send, 400, "bad_request", "invalid Content-Length header")
                 return
-            if length > self.max_bytes:
-                await self._reject_too_large(send)
+            if length > max_bytes:
+                await self._reject_too_large(send, max_bytes)
                 return
         chunks: list[bytes] = []
         size = 0
@@ -208,8 +214,8 @@ class BodySizeLimitMiddleware:
                 return
             body = message.get("body", b"")
             size += len(body)
-            if size > self.max_bytes:
-                await self._reject_too_large(send)
+            if size > max_bytes:
+                await self._reject_too_large(send, max_bytes)
                 return
             chunks.append(body)
             more = message.get("more_body", False)
@@ -225,12 +231,9 @@ class BodySizeLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _reject_too_large(self, send: Send) -> None:
+    async def _reject_too_large(self, send: Send, max_bytes: int) -> None:
         await self._reject(
-            send,
-            413,
-            "request_too_large",
-            f"request body exceeds the limit of {self.max_bytes} bytes",
+            send, 413, "request_too_large", f"request body exceeds the limit of {max_bytes} bytes"
         )
 
     @staticmethod

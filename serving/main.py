@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from rag_platform.settings import Settings, configure_runtime_env, get_settings
-from serving.api.routes import admin, feedback, health, query, search
+from serving.api.routes import admin, documents, feedback, health, query, search
 from serving.errors import BodySizeLimitMiddleware, install_error_handlers
 from serving.observability import Metrics, RequestContextMiddleware, configure_logging
 from serving.state import ServingState
@@ -99,12 +99,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         search.router,
         query.router,
         feedback.router,
+        documents.router,
         admin.router,
         health.router,
         health.metrics_router,
     ):
         app.include_router(router)
     # add_middleware wraps: the last added is the outermost.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_request_bytes,
+        path_limits={"/v1/documents": settings.max_upload_bytes},
+    )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

@@ -399,3 +399,62 @@ class ApiKeyPublic(BaseModel):
 
 class ApiKeysPublic(BaseModel):
     keys: list[ApiKeyPublic]
+
+
+class DocumentTextRequest(_Request):
+    """A document given as text (``POST /v1/documents`` with ``application/json``)."""
+
+    title: str = Field(..., min_length=1, max_length=500)
+    text: str = Field(..., min_length=1)
+    uri: str | None = Field(None, max_length=2000)
+    acl_groups: list[str] | None = Field(None, max_length=64)
+
+
+class DocumentAcceptedPublic(BaseModel):
+    """An upload accepted: the document id it will have, and the job that syncs it."""
+
+    doc_id: str
+    job_id: str
+
+
+class JobAcceptedPublic(BaseModel):
+    """A deletion accepted: the job that syncs it."""
+
+    job_id: str
+
+
+class JobPublic(BaseModel):
+    """An ingestion job and the Dagster run that syncs it.
+
+    ``status``: ``queued`` (no run yet, or in the run queue), ``running`` (``stage`` is the
+    step running, ``counts`` what the finished steps reported), ``published`` (the index
+    version serving the change) or ``failed`` (``stage`` and ``error`` say where and why).
+    """
+
+    job_id: str
+    run_id: str | None
+    status: Literal["queued", "running", "published", "failed"]
+    stage: str | None
+    index_version: str | None
+    error: str | None
+    kind: Literal["upload", "delete"]
+    doc_id: str
+    counts: dict[str, dict[str, int]] = Field(default_factory=dict)
+
+
+class WebhookDeliveryPublic(BaseModel):
+    """One webhook delivery of the delivery log."""
+
+    delivery_id: str
+    event: str
+    url: str
+    run_id: str
+    status: Literal["delivered", "failed"]
+    attempts: int
+    status_code: int | None
+    error: str
+    created_at: datetime
+
+
+class WebhookDeliveriesPublic(BaseModel):
+    deliveries: list[WebhookDeliveryPublic]

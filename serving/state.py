@@ -30,6 +30,7 @@ from serving.querylog import QueryLogWriter, QueryRecord
 from serving.ratelimit import RateLimiter
 from serving.registry import RegistryWatcher
 from serving.retrievers import Retrievers
+from serving.services.ingest import IngestService
 from serving.versions import PublishedVersions, TenantMemo
 
 logger = logging.getLogger("serving.state")
@@ -68,6 +69,7 @@ class ServingState:
         self.tenants = RegistryWatcher(
             settings.tenants_file, settings.data_dir, self._tenants_changed, registry=registry
         )
+        self.ingest = IngestService(settings, lambda: self.store, lambda: self.tenants.registry)
         # the lambdas look the store up on every call: a replaced store is used at once
         self.versions = PublishedVersions(
             lambda tenant: self.store.get_published_version(tenant), version_ttl_seconds
@@ -170,6 +172,7 @@ class ServingState:
         models' workers and lets go of every open index version, the cache and the store."""
         self.query_log.close()
         self.models.close()
+        self.ingest.close()
         try:
             self.retrievers.close()
         except Exception as exc:

@@ -65,8 +65,14 @@ class PlatformResource(dg.ConfigurableResource):
         return load_registry(self.settings.tenants_file, self.settings.data_dir)
 
     def tenant(self, tenant_id: str) -> TenantConfig:
-        """Raises ``KeyError`` when the tenant is not in the registry."""
-        return self.registry().get(tenant_id)
+        """The tenant's config with its managed upload source (once it has uploads).
+
+        Raises ``KeyError`` when the tenant is not in the registry.
+        """
+        from rag_platform.lib.connectors.upload import UploadStore
+
+        tenant = self.registry().get(tenant_id)
+        return UploadStore(self.settings.uploads_dir).with_upload_source(tenant)
 
     def store(self) -> "MetadataStore":
         """The metadata store (created once per run, migrated)."""

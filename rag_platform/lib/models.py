@@ -305,7 +305,7 @@ class Principal:
     key_id: str
     tenant: str
     groups: tuple[str, ...]
-    role: str  # "reader" | "admin"
+    role: str  # "reader" | "writer" | "admin"
     name: str = ""
     auth: Literal["api_key", "oidc"] = "api_key"
 
@@ -317,3 +317,8 @@ class Principal:
     def actor(self) -> str:
         """Who this is in the audit log: ``key:<key_id>`` or ``oidc:<subject>``."""
         return f"oidc:{self.name}" if self.auth == "oidc" else f"key:{self.key_id}"
+
+    @property
+    def can_write(self) -> bool:
+        """Whether the key may upload and delete documents (role ``writer`` or ``admin``)."""
+        return self.role in ("writer", "admin")

@@ -479,6 +479,52 @@ class RetentionPolicy(_Strict):
     retired_versions_days: int | None = Field(None, ge=1, le=36_500)
 
 
+#: MIME types an upload may have by default: every type the parser reads.
+DEFAULT_UPLOAD_MIME_TYPES = [
+    "application/pdf",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "text/html",
+    "text/markdown",
+    "text/plain",
+]
+
+
+class UploadPolicy(_Strict):
+    """Documents sent through ``POST /v1/documents`` (the tenant's managed ``uploads`` source,
+    ``RAG_HOME/uploads/<tenant>``). Every tenant accepts uploads unless ``enabled`` is false.
+
+    Attributes:
+        enabled: whether the API accepts uploads and deletions for the tenant.
+        allowed_mime_types: MIME types accepted (the file name's extension decides, as for a
+            filesystem source); a subset of what the parser reads.
+    """
+
+    enabled: bool = True
+    allowed_mime_types: list[str] = Field(default_factory=lambda: list(DEFAULT_UPLOAD_MIME_TYPES))
+
+
+WebhookEvent = Literal["job.completed", "index.published"]
+
+
+def _all_webhook_events() -> list[WebhookEvent]:
+    return ["job.completed", "index.published"]
+
+
+class WebhookConfig(_Strict):
+    """A receiver of the tenant's events.
+
+    Attributes:
+        url: ``http(s)://`` URL the JSON body is POSTed to.
+        secret_env: name of the environment variable (of the Dagster daemon's process) holding
+            the HMAC-SHA256 secret; the secret itself never sits in the registry.
+        events: which events to send.
+    """
+
+    url: Annotated[str, Field(pattern=r"^https?://[^\s]{1,2000}$")]
+    secret_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+    events: list[WebhookEvent] = Field(default_factory=_all_webhook_events)
+
+
 class TenantConfig(_Strict):
     """One tenant of the registry.
 
@@ -498,6 +544,8 @@ class TenantConfig(_Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     sample_questions: list[str] = Field(default_factory=list)
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
+    uploads: UploadPolicy = Field(default_factory=UploadPolicy)
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
 
     _check_default_groups = field_validator("default_acl_groups")(_valid_groups)
 

@@ -47,7 +47,13 @@ class TestDefinitions:
             "tenant_backups",
             "tenant_retention",
         }
-        assert {s.name for s in defs.sensors} == {"tenant_registry_sensor", "source_change_sensor"}
+        assert {s.name for s in defs.sensors} == {
+            "tenant_registry_sensor",
+            "source_change_sensor",
+            "ingest_job_sensor",
+            "webhook_success_sensor",
+            "webhook_failure_sensor",
+        }
         assert {s.name for s in defs.schedules} == {
             "nightly_resync",
             "daily_costs",

@@ -558,3 +558,22 @@ class MotoServer(ServerProcess):
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
         )
+
+
+class PlatformServer(ApiServer):
+    """``rag-platform serve`` (the API and the Dagster daemon it starts) instead of bare
+    uvicorn; stopping it stops the daemon too."""
+
+    name = "serve"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "rag_platform.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]

@@ -5,6 +5,7 @@
   JWT when single sign-on is configured (401 otherwise, 403 for a token whose tenant, groups or
   role is not allowed), after the per-principal and per-tenant rate limits (429 otherwise).
 - ``AdminDep``: a rate-limited principal with role ``admin`` (403 otherwise).
+- ``WriterDep``: a rate-limited principal with role ``writer`` or ``admin`` (403 otherwise).
 - ``PublishedVersionDep``: the caller's tenant's published index version (503 otherwise).
 
 The tenant comes only from the API key or the verified token: no request field, header or path
@@ -171,6 +172,22 @@ async def get_admin(principal: PrincipalDep) -> Principal:
 
 
 AdminDep = Annotated[Principal, Depends(get_admin)]
+
+
+async def get_writer(principal: PrincipalDep) -> Principal:
+    """The principal, if its role is ``writer`` or ``admin``.
+
+    Raises:
+        ApiError: 403 ``forbidden``.
+    """
+    if not principal.can_write:
+        raise ApiError(
+            403, "forbidden", "this endpoint needs an API key with role `writer` or `admin`"
+        )
+    return principal
+
+
+WriterDep = Annotated[Principal, Depends(get_writer)]
 
 
 async def get_published_version(principal: PrincipalDep, state: StateDep) -> IndexVersion:

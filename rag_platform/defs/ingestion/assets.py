@@ -117,8 +117,8 @@ def source_documents(
             ),
             "deleted_doc_ids": dg.MetadataValue.json(result.deleted[:100]),
             "bytes": int(
-                frame["content"].map(lambda c: len(c) if c else 0).sum()
-                + frame["text"].map(lambda t: len(t) if t else 0).sum()
+                frame["content"].map(lambda c: len(c) if isinstance(c, bytes) else 0).sum()
+                + frame["text"].map(lambda t: len(t) if isinstance(t, str) else 0).sum()
             ),
             "seconds": round(result.seconds, 3),
         },

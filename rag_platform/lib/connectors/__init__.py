@@ -16,6 +16,7 @@ from typing import Any
 from rag_platform.lib.connectors.base import Connector
 from rag_platform.lib.connectors.dataset import DatasetConnector
 from rag_platform.lib.connectors.filesystem import FilesystemConnector, mime_type_for
+from rag_platform.lib.connectors.upload import UploadConnector, UploadSource
 from rag_platform.lib.tenants import (
     DatasetSource,
     FilesystemSource,
@@ -63,6 +64,8 @@ def build_connector(
         TypeError: no built-in connector and no entry point for the source's type, or a plugin
             factory that returns no :class:`Connector`.
     """
+    if isinstance(source, UploadSource):  # before its base class FilesystemSource
+        return UploadConnector(source, default_acl_groups, budgets)
     if isinstance(source, FilesystemSource):
         return FilesystemConnector(source, default_acl_groups, budgets)
     if isinstance(source, DatasetSource):

@@ -5,9 +5,10 @@ This module is the source of truth for the schema; the Alembic migrations under
 ``alembic.autogenerate.compare_metadata``).
 
 Tables: ``tenants``, ``api_keys``, ``index_versions``, ``query_log``, ``feedback``,
-``audit_log``, ``usage_events``, ``document_suppressions``. Every timestamp is a timezone-aware
-UTC ``datetime`` (:class:`UTCDateTime`). JSON columns use the portable ``sqlalchemy.JSON``
-type (``JSON`` on PostgreSQL, text on SQLite).
+``audit_log``, ``usage_events``, ``document_suppressions``, ``ingest_jobs``,
+``webhook_deliveries``. Every timestamp is a timezone-aware UTC ``datetime``
+(:class:`UTCDateTime`). JSON columns use the portable ``sqlalchemy.JSON`` type (``JSON`` on
+PostgreSQL, text on SQLite).
 
 The models are used for their tables only: the repositories run Core statements and return
 plain dataclasses (mapped by :func:`rag_platform.lib.store.rows.from_row`), so no ORM object
@@ -43,7 +44,7 @@ from sqlalchemy.types import TypeDecorator
 #: ``json.loads`` produces, which a static type can only call ``Any``.
 JSONObject = dict[str, Any]
 #: Role of an API key.
-Role = Literal["reader", "admin"]
+Role = Literal["reader", "writer", "admin"]
 #: Status of an index version: ``building → built → published → retired``, or
 #: ``building|built → rejected`` (a blocking check failed); ``deleted`` once garbage collection
 #: removed its shard. The allowed transitions: :data:`rag_platform.lib.store.lifecycle.TRANSITIONS`.
@@ -57,6 +58,10 @@ UsageKind = Literal[
     "llm_completion_tokens",
     "queries",
 ]
+#: What an ingestion job asks for.
+JobKind = Literal["upload", "delete"]
+#: Outcome of one webhook delivery attempt.
+DeliveryStatus = Literal["delivered", "failed"]
 #: Roles an API key may have.
 ROLES: tuple[Role, ...] = get_args(Role)
 #: Every index-version status, in lifecycle order.
@@ -281,6 +286,49 @@ class DocumentSuppressionRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class IngestJobRow(Base):
+    """A document upload or deletion made through the API, waiting for (or mapped to) the
+    Dagster run that syncs it. ``batch_id`` is set when ``ingest_job_sensor`` requests the run
+    (the run carries the tag ``rag/batch``); several jobs of one tenant share a batch."""
+
+    __tablename__ = "ingest_jobs"
+    __table_args__ = (
+        Index(None, "tenant", "batch_id"),
+        CheckConstraint("kind IN ('upload', 'delete')", name="kind"),
+    )
+
+    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63))
+    kind: Mapped[str] = mapped_column(String(16))
+    doc_id: Mapped[str] = mapped_column(String(36))
+    key_id: Mapped[str] = mapped_column(String(12), default="")
+    batch_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    requested_at: Mapped[datetime | None] = mapped_column()
+
+
+class WebhookDeliveryRow(Base):
+    """One delivery of a webhook event to one URL: the outcome of its last attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index(None, "tenant", "created_at"),
+        CheckConstraint("status IN ('delivered', 'failed')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(String(36), unique=True)
+    tenant: Mapped[str] = mapped_column(String(63))
+    event: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 #: The Core tables the repositories query (``Model.__table__``, typed).
 tenants_table = cast(Table, Tenant.__table__)
 api_keys_table = cast(Table, ApiKey.__table__)
@@ -290,3 +338,5 @@ feedback_table = cast(Table, FeedbackRow.__table__)
 audit_log_table = cast(Table, AuditLogRow.__table__)
 usage_events_table = cast(Table, UsageEventRow.__table__)
 document_suppressions_table = cast(Table, DocumentSuppressionRow.__table__)
+ingest_jobs_table = cast(Table, IngestJobRow.__table__)
+webhook_deliveries_table = cast(Table, WebhookDeliveryRow.__table__)

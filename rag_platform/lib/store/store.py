@@ -1,12 +1,12 @@
-"""The metadata store: one facade over the repositories of its eight aggregates.
+"""The metadata store: one facade over the repositories of its ten aggregates.
 
 One :class:`MetadataStore` per process, shared by threads. Each aggregate has its repository
 (``store.tenants``, ``store.api_keys``, ``store.versions``, ``store.query_log``,
-``store.feedback``, ``store.audit_log``, ``store.usage``, ``store.suppressions``) over one
-:class:`Database` (``store.db``: engine, transactions, locks, migrations). The methods below
-are the store's public interface, each one call of a repository; every one is its own
-transaction and returns plain dataclasses (or :class:`rag_platform.lib.models.Principal`),
-never ORM objects.
+``store.feedback``, ``store.audit_log``, ``store.usage``, ``store.suppressions``,
+``store.ingest_jobs``, ``store.webhook_deliveries``) over one :class:`Database`
+(``store.db``: engine, transactions, locks, migrations). The methods below are the store's
+public interface, each one call of a repository; every one is its own transaction and returns
+plain dataclasses (or :class:`rag_platform.lib.models.Principal`), never ORM objects.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from rag_platform.lib.store.db import (
     normalize_database_url,
 )
 from rag_platform.lib.store.feedback import FeedbackEntry, FeedbackRepository
+from rag_platform.lib.store.ingest_jobs import IngestJobRepository
 from rag_platform.lib.store.lifecycle import FailedCheck
 from rag_platform.lib.store.query_log import QueryLogEntry, QueryLogRepository
 from rag_platform.lib.store.schema import JSONObject
@@ -33,6 +34,7 @@ from rag_platform.lib.store.suppressions import Suppression, SuppressionReposito
 from rag_platform.lib.store.tenants import TenantRepository
 from rag_platform.lib.store.usage import UsageRepository
 from rag_platform.lib.store.versions import IndexVersion, VersionRepository
+from rag_platform.lib.store.webhook_deliveries import WebhookDeliveryRepository
 
 if TYPE_CHECKING:
     from rag_platform.lib.index.receipt import Receipt
@@ -68,6 +70,8 @@ class MetadataStore:
         self.audit_log = AuditRepository(self.db)
         self.usage = UsageRepository(self.db)
         self.suppressions = SuppressionRepository(self.db)
+        self.ingest_jobs = IngestJobRepository(self.db)
+        self.webhook_deliveries = WebhookDeliveryRepository(self.db)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MetadataStore:

@@ -34,6 +34,8 @@ from serving.schemas import (
     ReceiptPublic,
     RollbackPublic,
     RollbackRequest,
+    WebhookDeliveriesPublic,
+    WebhookDeliveryPublic,
 )
 
 logger = logging.getLogger("serving.admin")
@@ -327,3 +329,37 @@ def revoke_api_key(key_id: str, admin: AdminDep, state: StateDep) -> ApiKeyPubli
     except Exception as exc:
         raise _unavailable(exc) from exc
     return _key_public(refreshed.get(key_id, target))
+
+
+@router.get(
+    "/webhook-deliveries",
+    response_model=WebhookDeliveriesPublic,
+    summary="Webhook delivery log of the tenant",
+)
+def list_webhook_deliveries(
+    admin: AdminDep, state: StateDep, limit: int = 100
+) -> WebhookDeliveriesPublic:
+    """The tenant's latest webhook deliveries, newest first (``limit`` 1-1000): event, URL,
+    outcome, attempts, the receiver's last HTTP status and the error."""
+    if not 1 <= limit <= 1000:
+        raise ApiError(422, "validation_error", "limit must be between 1 and 1000")
+    try:
+        rows = state.store.webhook_deliveries.find(admin.tenant, limit)
+    except Exception as exc:
+        raise _unavailable(exc) from exc
+    return WebhookDeliveriesPublic(
+        deliveries=[
+            WebhookDeliveryPublic(
+                delivery_id=r.delivery_id,
+                event=r.event,
+                url=r.url,
+                run_id=r.run_id,
+                status=r.status,
+                attempts=r.attempts,
+                status_code=r.status_code,
+                error=r.error,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+    )
