@@ -50,7 +50,7 @@ def chunk_embeddings(
             settings.resolved_models_dir,
         ),
     )
-    result = embedder.run(chunks)
+    result = embedder.run(chunks, progress=platform.progress(context, "embed"))
     stats = result.stats
     if stats.processed:
         store = platform.store()
@@ -86,7 +86,11 @@ def search_index(
     payloads and model are identical to the published version, that version is reused and
     nothing is written."""
     build = index_versions(platform).build_or_reuse(
-        context.partition_key, chunks, chunk_embeddings, run_id=context.run.run_id
+        context.partition_key,
+        chunks,
+        chunk_embeddings,
+        run_id=context.run.run_id,
+        progress=platform.progress(context, "index"),
     )
     value = build.summary()
     if build.reused:
