@@ -556,14 +556,21 @@ def demo(
     store = _store(settings)
     port = port or free_port()
     env = {**os.environ, "RAG_HOME": str(settings.home)}
-    # Started first, so its start-up overlaps the first tenant's materialization.
-    server = subprocess.Popen(
-        [sys.executable, "-m", "rag_platform.cli", "serve", "--port", str(port)], env=env
-    )
-    base = f"http://127.0.0.1:{port}"
     log_file = run_log_path(settings)
+    server_log = log_file.with_name(log_file.name.replace("materialize-", "serve-"))
+    server_log.parent.mkdir(parents=True, exist_ok=True)
     console = _progress_console()
-    typer.echo(f"Dagster events: {log_file}", err=True)
+    typer.echo(f"Dagster events: {log_file}; API log: {server_log}", err=True)
+    # Started first, so its start-up overlaps the first tenant's materialization; its request
+    # log goes to a file (to the terminal with --verbose).
+    with server_log.open("ab") as server_out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "rag_platform.cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=None if verbose else server_out,
+            stderr=None if verbose else subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
     keys: dict[str, str] = {}
     summaries: list[dict[str, Any]] = []
     first_answer: float | None = None
@@ -595,10 +602,13 @@ def demo(
                 if first_answer is None:
                     first_answer = time.perf_counter() - start
                     typer.echo(f"\ntime to first answer: {first_answer:.1f} s\n")
+        seconds = time.perf_counter() - start
+        if not keep_serving:  # stopped first, so nothing it prints follows the JSON line
+            _stop_server(server)
         _echo_json(
             {
                 "first_answer_seconds": round(first_answer, 1) if first_answer else None,
-                "seconds": round(time.perf_counter() - start, 1),
+                "seconds": round(seconds, 1),
                 "log_file": str(log_file),
                 "tenants": summaries,
             }
@@ -607,9 +617,13 @@ def demo(
             typer.echo(f"\nAPI at {base}; keys: {json.dumps(keys)}; Ctrl-C to stop.", err=True)
             server.wait()
     finally:
-        if server.poll() is None:
-            server.terminate()
-            server.wait(timeout=30)
+        _stop_server(server)
+
+
+def _stop_server(server: subprocess.Popen[bytes]) -> None:
+    if server.poll() is None:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from rag_platform.cli import app
@@ -162,3 +163,46 @@ class TestPlanAndProgress:
         assert result.exit_code == 0, result.output
         assert "STEP_SUCCESS" in result.stderr and "one parse: 1/1 documents" in result.stderr
         assert json.loads(_last_line(result.stdout))["published"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+class TestDemo:
+    def test_answers_each_tenant_once_published(self, rag_home, write_tenants, tmp_path) -> None:
+        """The real ``rag-platform demo`` (its own API server on loopback): the first tenant's
+        answer comes before the second tenant is materialized, and the last line is the JSON
+        with the time to the first answer."""
+        import os
+        import subprocess
+        import sys
+
+        from rag_platform.settings import PROJECT_ROOT
+        from rag_platform_tests.conftest import files_tenant
+
+        tenants = []
+        for name, text in (
+            ("first", "Backups are kept for 30 days."),
+            ("second", "Lunch is at noon."),
+        ):
+            folder = tmp_path / name
+            folder.mkdir()
+            (folder / f"{name}.md").write_text(f"# {name.title()}\n\n{text}\n")
+            tenants.append(files_tenant(name, folder, sample_questions=[f"What about {name}?"]))
+        write_tenants(*tenants)
+        result = subprocess.run(
+            [sys.executable, "-m", "rag_platform.cli", "demo"],
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        out = result.stdout
+        final = json.loads(_last_line(out))
+        assert 0 < final["first_answer_seconds"] < final["seconds"]
+        assert [t["tenant"] for t in final["tenants"]] == ["first", "second"]
+        # the first answer is printed before the second tenant's run summary
+        assert out.index("[first] Q: What about first?") < out.index('"tenant": "second"')
+        assert "Backups are kept for 30 days." in out and "time to first answer" in out
+        assert "serving.access" not in result.stdout + result.stderr  # the API log is a file
+        assert list((rag_home.home / "logs").glob("serve-*.log"))
