@@ -255,6 +255,8 @@ class ChunkEmbedder:
                     written_segments += 1
                     pending_hashes, pending_parts = [], []
                 report(done, len(texts))
+        else:
+            report(0, 0)  # nothing to embed: the stage is done at once
         dim = next((len(v) for v in known.values()), 0)
         out = np.zeros((len(wanted), dim), dtype=np.float32)
         for j, h in enumerate(wanted):

@@ -158,6 +158,7 @@ def run_evaluation(
             embedder_fn=embedder.embed_documents,
             limit=answer_sample,
         )
+        report(searches, searches)  # "planned" is an estimate: the stage ends at what ran
     summary = {**retrieval.summary, **{f"answer_{k_}": v for k_, v in answers["summary"].items()}}
     return {
         "summary": summary,
