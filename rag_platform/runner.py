@@ -215,9 +215,11 @@ def materialize_tenant(
     summary.published = bool(
         published and published.version == summary.index_version and "published_index" in md
     )
-    from rag_platform.lib.plan import StageRates, measured_rates
+    from rag_platform.lib.plan import MIN_SHARED_ITEMS, StageRates, measured_rates
 
     evaluation = md.get("index_evaluation", {})
     questions = None if evaluation.get("reused") else int(evaluation.get("questions") or 0)
-    StageRates(settings.home).record(tenant, measured_rates(md), questions)
+    StageRates(settings.home).record(
+        tenant, measured_rates(md), questions, shared=measured_rates(md, MIN_SHARED_ITEMS)
+    )
     return summary

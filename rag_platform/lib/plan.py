@@ -111,13 +111,30 @@ class StageRates:
         value = self.load()["questions"].get(tenant)
         return int(value) if value is not None else None
 
-    def record(self, tenant: str, rates: Mapping[str, float], questions: int | None = None) -> None:
-        """Merges one run's measured rates (stages with items and time only) and writes the
-        file atomically."""
+    def record(
+        self,
+        tenant: str,
+        rates: Mapping[str, float],
+        questions: int | None = None,
+        shared: Mapping[str, float] | None = None,
+    ) -> None:
+        """Merges one run's measured rates and writes the file atomically.
+
+        Args:
+            tenant: the tenant that ran.
+            rates: its measured rates (:func:`measured_rates`); they become the tenant's own.
+            questions: golden questions its evaluation ran (None: not evaluated).
+            shared: the rates other tenants may fall back on (default ``rates``); the runner
+                passes only stages with enough items (:data:`MIN_SHARED_ITEMS`), so a
+                one-document run's start-up cost does not become every new tenant's estimate.
+        """
         data = self.load()
-        measured = {s: round(float(r), 3) for s, r in rates.items() if s in STAGES and r > 0}
-        data["tenants"].setdefault(tenant, {}).update(measured)
-        data["last"].update(measured)
+
+        def clean(values: Mapping[str, float]) -> dict[str, float]:
+            return {s: round(float(r), 3) for s, r in values.items() if s in STAGES and r > 0}
+
+        data["tenants"].setdefault(tenant, {}).update(clean(rates))
+        data["last"].update(clean(rates if shared is None else shared))
         if questions:
             data["questions"][tenant] = int(questions)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,9 +142,16 @@ class StageRates:
         atomic_write(self.path, lambda p: p.write_text(text))
 
 
-def measured_rates(metadata: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+#: Items a stage must have processed for its rate to be shared with other tenants.
+MIN_SHARED_ITEMS = 20
+
+
+def measured_rates(
+    metadata: Mapping[str, Mapping[str, Any]], min_items: int = 1
+) -> dict[str, float]:
     """Per-stage rates of one run from its assets' metadata (``PipelineSummary.metadata``):
-    items processed now over the stage's seconds; stages that processed nothing are left out."""
+    items processed now over the stage's seconds; stages that processed fewer than
+    ``min_items`` items are left out."""
     sources = {
         "parse": ("parsed_documents", "processed", "seconds"),
         "mask": ("masked_documents", "processed", "seconds"),
@@ -146,7 +170,7 @@ def measured_rates(metadata: Mapping[str, Mapping[str, Any]]) -> dict[str, float
             seconds = float(values.get(seconds_key) or 0)
         except (TypeError, ValueError):
             continue
-        if count > 0 and seconds > 0:
+        if count >= max(1, min_items) and seconds > 0:
             out[stage] = count / seconds
     return out
 
@@ -190,7 +214,7 @@ class IngestPlan:
     def as_json(self) -> dict[str, Any]:
         """JSON-ready; the CLI's last line."""
         out = asdict(self)
-        out["estimated_seconds"] = round(self.estimated_seconds, 1)
+        out["estimated_seconds"] = round(float(self.estimated_seconds), 1)
         out["estimated_cost"] = round(self.estimated_cost, 6)
         out["seconds_by_stage"] = {k: round(v, 1) for k, v in self.seconds_by_stage.items()}
         out["problems"] = self.problems[:20]

@@ -30,7 +30,7 @@ STAGE_UNITS: dict[str, str] = {
     "chunk": "documents",
     "embed": "chunks",
     "index": "chunks",
-    "evaluate": "questions",
+    "evaluate": "searches",
 }
 
 

@@ -32,8 +32,10 @@ class TestStageRates:
         got = rates.rates_for("a")
         assert got["parse"] == 40.0 and got["embed"] == 20.0
         assert got["mask"] == DEFAULT_RATES["mask"] and rates.questions_for("a") == 12
-        # another tenant without runs takes the last measured rate of any tenant
+        # another tenant without runs takes the last shared rate of any tenant
         assert rates.rates_for("b")["embed"] == 20.0
+        rates.record("tiny", {"embed": 0.2}, shared={})  # too few items to share
+        assert rates.rates_for("tiny")["embed"] == 0.2 and rates.rates_for("b")["embed"] == 20.0
 
     def test_unreadable_file_means_defaults(self, tmp_path: Path) -> None:
         (tmp_path / "stage_rates.json").write_text("{not json")
@@ -48,6 +50,7 @@ class TestStageRates:
             "index_evaluation": {"questions": 64, "seconds": 32.0, "reused": True},
         }
         assert measured_rates(metadata) == {"parse": 5.0, "embed": 30.0}
+        assert measured_rates(metadata, min_items=20) == {"embed": 30.0}
 
 
 def _tenant(limit: int) -> TenantConfig:

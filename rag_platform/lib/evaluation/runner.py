@@ -116,7 +116,7 @@ def run_evaluation(
         ``{"summary", "retrieval", "answers", "queries"}`` (JSON-ready).
     """
     from rag_platform.lib.embedding import get_sparse_encoder
-    from rag_platform.lib.evaluation.answers import LLMConfig, evaluate_answers
+    from rag_platform.lib.evaluation.answers import LLMConfig, answer_population, evaluate_answers
     from rag_platform.lib.evaluation.metrics import evaluate_retrieval
     from rag_platform.lib.rag import build_answerer, build_embedder, build_retriever
 
@@ -133,8 +133,8 @@ def run_evaluation(
         filters = SearchFilters(acl_groups=_acl_groups_of_index(reader))
         report = progress or no_progress
         judged = sum(1 for q in golden.questions if q.has_relevance)
-        sampled = len(golden.questions) if answer_sample is None else answer_sample
-        planned = judged + min(sampled, len(golden.questions))
+        population = len(answer_population(golden))
+        planned = judged + min(population, answer_sample or population)
         searches = 0
         report(0, planned)
 
