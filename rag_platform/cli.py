@@ -201,18 +201,53 @@ def _interrupts_not_lost(resend_seconds: float = 5.0) -> Iterator[None]:
         os.close(write_fd)
 
 
+def _progress_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _run_with_progress(
+    tenant: str, settings: Settings, log_file: Path, verbose: bool, console: Any
+) -> Any:
+    """Materializes one tenant with its live stage lines, Dagster's events going to
+    ``log_file`` (and to the terminal with ``verbose``)."""
+    from rag_platform.console import StageProgressDisplay
+    from rag_platform.runner import materialize_tenant
+
+    with _interrupts_not_lost(), StageProgressDisplay(console, label=tenant):
+        return materialize_tenant(tenant, settings, log_file=log_file, console=verbose)
+
+
 @app.command()
 def materialize(
     tenant: Annotated[list[str], typer.Option(help="Tenant id (repeatable).")] = [],  # noqa: B006
     all_tenants: Annotated[bool, typer.Option("--all", help="Every tenant.")] = False,
+    plan: Annotated[
+        bool,
+        typer.Option(
+            "--plan",
+            help="Only report what a run would parse, mask, chunk and embed, its estimated "
+            "seconds and cost; nothing is run or written.",
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Also print Dagster's event stream (it always goes to the log)."
+        ),
+    ] = False,
 ) -> None:
     """Materializes each tenant's whole graph in-process (same Definitions as the Dagster UI).
 
-    The last line is a JSON summary (one object; a list when several tenants ran). SIGTERM or
-    SIGINT interrupts the run: the masking workers stop, nothing is published.
+    Shows one live line per stage (parse, mask, chunk, embed, index, evaluate: done/total,
+    rate, ETA) on stderr; Dagster's event stream goes to ``RAG_HOME/logs/materialize-<UTC
+    time>.log`` (``--verbose`` prints it too). The last line is a JSON summary (one object; a
+    list when several tenants ran). SIGTERM or SIGINT interrupts the run: the masking workers
+    stop, nothing is published. With ``--plan`` the last line is the plan instead (``to_parse``,
+    ``to_mask``, ``to_chunk``, ``to_embed``, ``estimated_seconds``, ``estimated_cost``).
     """
     from rag_platform.lib.tenants import load_registry
-    from rag_platform.runner import materialize_tenant
 
     settings = get_settings()
     registry = load_registry(settings.tenants_file, settings.data_dir)
@@ -222,10 +257,29 @@ def materialize(
     unknown = [t for t in ids if t not in registry.ids]
     if unknown:
         _fail(f"unknown tenant(s): {', '.join(unknown)}")
+    if plan:
+        from rag_platform.lib.plan import plan_tenant
+
+        plans = []
+        for t in ids:
+            result = plan_tenant(settings, registry.get(t)).as_json()
+            typer.echo(
+                f"{t}: {result['documents']} documents; would parse {result['to_parse']}, mask "
+                f"{result['to_mask']}, chunk {result['to_chunk']}, embed {result['to_embed']} "
+                f"chunks (~{result['estimated_seconds']:g} s, USD {result['estimated_cost']:.6f})",
+                err=True,
+            )
+            plans.append(result)
+        _echo_json(plans[0] if len(plans) == 1 else plans)
+        return
+    from rag_platform.runner import run_log_path
+
+    log_file = run_log_path(settings)
+    console = _progress_console()
+    typer.echo(f"Dagster events: {log_file}", err=True)
     summaries = []
     for t in ids:
-        with _interrupts_not_lost():
-            summary = materialize_tenant(t, settings)
+        summary = _run_with_progress(t, settings, log_file, verbose, console)
         summaries.append(summary.as_json())
         if len(ids) > 1:
             _echo_json(summary.as_json())
@@ -892,66 +946,120 @@ def ui(port: Annotated[int, typer.Option()] = 3000) -> None:
     )
 
 
+def _ask(base: str, key: str, question: str) -> dict[str, Any]:
+    import httpx
+
+    r = httpx.post(
+        f"{base}/v1/query",
+        json={"query": question, "top_k": 5},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=120,
+    )
+    r.raise_for_status()
+    body: dict[str, Any] = r.json()
+    return body
+
+
 @app.command()
 def demo(
     tenant: Annotated[list[str], typer.Option(help="Tenants (default: all).")] = [],  # noqa: B006
     keep_serving: Annotated[bool, typer.Option(help="Leave the API running.")] = False,
     port: Annotated[int | None, typer.Option()] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also print Dagster's event stream.")
+    ] = False,
 ) -> None:
-    """Materializes the demo tenants, starts the API, asks each tenant's sample question and
-    prints the cited answers."""
-    import httpx
+    """Starts the API, materializes the demo tenants one after the other and asks each tenant's
+    sample question as soon as that tenant is published, printing the cited answer and the time
+    to the first answer.
+
+    Stage progress and the log file are as for ``materialize``. The last line is JSON:
+    ``first_answer_seconds`` and ``seconds`` (both from the start of the first
+    materialization), the log file and each tenant's run summary.
+    """
+    import time
 
     from rag_platform.lib.net import free_port, wait_for_http
     from rag_platform.lib.tenants import load_registry
-    from rag_platform.runner import materialize_tenant
+    from rag_platform.runner import run_log_path
 
     settings = get_settings()
     registry = load_registry(settings.tenants_file, settings.data_dir)
     ids = tenant or registry.ids
+    unknown = [t for t in ids if t not in registry.ids]
+    if unknown:
+        _fail(f"unknown tenant(s): {', '.join(unknown)}")
     store = _store(settings)
-    for t in ids:
-        typer.echo(f"== materializing {t} ...", err=True)
-        summary = materialize_tenant(t, settings)
-        _echo_json(summary.as_json())
-        if store.get_published_version(t) is None:
-            _fail(f"tenant {t} has no published index (see the run above)", 1)
-    keys = {
-        t: store.create_api_key(t, registry.get(t).default_acl_groups, name="demo", actor="demo")[1]
-        for t in ids
-    }
     port = port or free_port()
     env = {**os.environ, "RAG_HOME": str(settings.home)}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "rag_platform.cli", "serve", "--port", str(port)], env=env
-    )
+    log_file = run_log_path(settings)
+    server_log = log_file.with_name(log_file.name.replace("materialize-", "serve-"))
+    server_log.parent.mkdir(parents=True, exist_ok=True)
+    console = _progress_console()
+    typer.echo(f"Dagster events: {log_file}; API log: {server_log}", err=True)
+    # Started first, so its start-up overlaps the first tenant's materialization; its request
+    # log goes to a file (to the terminal with --verbose).
+    with server_log.open("ab") as server_out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "rag_platform.cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=None if verbose else server_out,
+            stderr=None if verbose else subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
+    keys: dict[str, str] = {}
+    summaries: list[dict[str, Any]] = []
+    first_answer: float | None = None
+    ready = False
+    start = time.perf_counter()
     try:
-        try:
-            wait_for_http(f"{base}/health/ready", server, timeout=120)
-        except RuntimeError as exc:
-            _fail(f"the API did not become ready: {exc}", 1)
         for t in ids:
+            typer.echo(f"== materializing {t} ...", err=True)
+            summary = _run_with_progress(t, settings, log_file, verbose, console)
+            summaries.append(summary.as_json())
+            _echo_json(summary.as_json())
+            if store.get_published_version(t) is None:
+                _fail(f"tenant {t} has no published index (see the run above)", 1)
+            keys[t] = store.create_api_key(
+                t, registry.get(t).default_acl_groups, name="demo", actor="demo"
+            )[1]
+            if not ready:
+                try:
+                    wait_for_http(f"{base}/health/ready", server, timeout=120)
+                except RuntimeError as exc:
+                    _fail(f"the API did not become ready: {exc}", 1)
+                ready = True
             for question in registry.get(t).sample_questions[:1] or ["What is this about?"]:
-                r = httpx.post(
-                    f"{base}/v1/query",
-                    json={"query": question, "top_k": 5},
-                    headers={"Authorization": f"Bearer {keys[t]}"},
-                    timeout=120,
-                )
-                r.raise_for_status()
-                body = r.json()
+                body = _ask(base, keys[t], question)
                 typer.echo(f"\n[{t}] Q: {question}\nA: {body['answer']}")
                 for c in body.get("citations", []):
                     page = f", p. {c['page']}" if c.get("page") else ""
                     typer.echo(f"  [{c['index']}] {c['title']}{page} — {c['uri']}")
+                if first_answer is None:
+                    first_answer = time.perf_counter() - start
+                    typer.echo(f"\ntime to first answer: {first_answer:.1f} s\n")
+        seconds = time.perf_counter() - start
+        if not keep_serving:  # stopped first, so nothing it prints follows the JSON line
+            _stop_server(server)
+        _echo_json(
+            {
+                "first_answer_seconds": round(first_answer, 1) if first_answer else None,
+                "seconds": round(seconds, 1),
+                "log_file": str(log_file),
+                "tenants": summaries,
+            }
+        )
         if keep_serving:
-            typer.echo(f"\nAPI at {base}; keys: {json.dumps(keys)}; Ctrl-C to stop.")
+            typer.echo(f"\nAPI at {base}; keys: {json.dumps(keys)}; Ctrl-C to stop.", err=True)
             server.wait()
     finally:
-        if server.poll() is None:
-            server.terminate()
-            server.wait(timeout=30)
+        _stop_server(server)
+
+
+def _stop_server(server: subprocess.Popen[bytes]) -> None:
+    if server.poll() is None:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

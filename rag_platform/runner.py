@@ -1,13 +1,22 @@
 """Run the Dagster definitions in-process: the one way the CLI, the tests and the benchmarks
-materialize a tenant, so they all exercise the same assets and checks as the Dagster UI."""
+materialize a tenant, so they all exercise the same assets and checks as the Dagster UI.
+
+A run's Dagster event stream goes to the console logger (as ``dagster`` prints it) or, given a
+``log_file``, to that file (every event, DEBUG included) and to the console only when asked.
+After every run the per-stage rates it measured are recorded (``lib/plan.py``'s
+``StageRates``) for the next cost preview.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -43,6 +52,50 @@ def dagster_instance(settings: Settings | None = None) -> dg.DagsterInstance:
         shutil.copy(PROJECT_ROOT / "dagster_home" / "dagster.yaml", config)
     os.environ["DAGSTER_HOME"] = str(home)
     return dg.DagsterInstance.from_config(str(home))
+
+
+#: Open handlers of :func:`file_logger`, by path, closed when their run ends.
+_file_handlers: dict[str, logging.FileHandler] = {}
+_file_handlers_lock = threading.Lock()
+
+
+@dg.logger(
+    {
+        "path": dg.Field(str, description="The log file (appended to)."),
+        "log_level": dg.Field(str, is_required=False, default_value="DEBUG"),
+    },
+    description="Writes the run's Dagster events to a file.",
+)
+def file_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
+    """A logger appending every Dagster event of the run to ``path``."""
+    config = init_context.logger_config
+    path = str(config["path"])
+    logger = logging.Logger("dagster.file", level=logging.getLevelName(config["log_level"]))
+    with _file_handlers_lock:
+        handler = _file_handlers.get(path)
+        if handler is None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(path, encoding="utf-8")
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s - %(levelname)s - %(message)s", "%H:%M:%S")
+            )
+            _file_handlers[path] = handler
+    logger.addHandler(handler)
+    return logger
+
+
+def _close_file_logger(path: Path) -> None:
+    with _file_handlers_lock:
+        handler = _file_handlers.pop(str(path), None)
+    if handler is not None:
+        handler.close()
+
+
+def run_log_path(settings: Settings, started: float | None = None) -> Path:
+    """``RAG_HOME/logs/materialize-<UTC timestamp>.log`` for a run started at ``started``
+    (epoch seconds; default now)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+    return settings.logs_dir / f"materialize-{stamp}.log"
 
 
 @dataclass
@@ -101,13 +154,27 @@ def _metadata_values(event: Any) -> dict[str, Any]:
 
 
 def materialize_tenant(
-    tenant: str, settings: Settings | None = None, instance: dg.DagsterInstance | None = None
+    tenant: str,
+    settings: Settings | None = None,
+    instance: dg.DagsterInstance | None = None,
+    *,
+    log_file: Path | None = None,
+    console: bool = True,
 ) -> PipelineSummary:
     """Materializes the tenant's whole graph (the ``tenant_pipeline`` job).
 
     In this process (``execute_in_process``), or, when ``RAG_CELERY_BROKER_URL`` is set, with the
     job's celery executor: this process orchestrates and every step runs as a Celery task on a
     ``rag-platform worker``; ``step_workers`` then names the worker of each step.
+
+    Args:
+        tenant: tenant id.
+        settings: default ``get_settings()``.
+        instance: default the instance under ``RAG_HOME/dagster``.
+        log_file: when given (in-process runs), every Dagster event of the run (DEBUG
+            included) is appended to it, and the console gets them only when ``console`` is
+            true; a Celery run's events stay in the instance's event log (the Dagster UI).
+        console: with a ``log_file``, also print the events to the terminal (``--verbose``).
 
     Raises:
         KeyError: the tenant is not in the registry.
@@ -120,22 +187,36 @@ def materialize_tenant(
     instance = instance or dagster_instance(settings)
     if not instance.has_dynamic_partition(TENANTS, tenant):
         instance.add_dynamic_partitions(TENANTS, [tenant])
-    start = time.perf_counter()
-    if settings.celery_broker_url:
-        # Out of process: the run's executor (celery) needs a job the workers can rebuild.
-        with dg.execute_job(
-            reconstructable_pipeline(),
-            instance,
-            tags={PARTITION_TAG: tenant},
-            raise_on_error=False,
-        ) as result:
-            summary = _summarize(tenant, result, time.perf_counter() - start)
-    else:
-        job = load_definitions().resolve_job_def(PIPELINE_JOB)
-        in_process = job.execute_in_process(
-            partition_key=tenant, instance=instance, raise_on_error=False
+    job = load_definitions().resolve_job_def(PIPELINE_JOB)
+    run_config: dict[str, Any] = {}
+    if log_file is not None and not settings.celery_broker_url:
+        job = job.with_logger_defs(
+            {"console": dg.default_loggers()["console"], "file": file_logger}
         )
-        summary = _summarize(tenant, in_process, time.perf_counter() - start)
+        loggers: dict[str, Any] = {"file": {"config": {"path": str(log_file)}}}
+        if console:
+            loggers["console"] = {"config": {"log_level": "DEBUG"}}
+        run_config["loggers"] = loggers
+    start = time.perf_counter()
+    try:
+        if settings.celery_broker_url:
+            # Out of process: the run's executor (celery) needs a job the workers can rebuild;
+            # its events go to the instance's event log (the Dagster UI), not to log_file.
+            with dg.execute_job(
+                reconstructable_pipeline(),
+                instance,
+                tags={PARTITION_TAG: tenant},
+                raise_on_error=False,
+            ) as result:
+                summary = _summarize(tenant, result, time.perf_counter() - start)
+        else:
+            in_process = job.execute_in_process(
+                run_config=run_config, partition_key=tenant, instance=instance, raise_on_error=False
+            )
+            summary = _summarize(tenant, in_process, time.perf_counter() - start)
+    finally:
+        if log_file is not None and not settings.celery_broker_url:
+            _close_file_logger(log_file)
     from rag_platform.lib.store import MetadataStore
 
     store = MetadataStore.from_settings(settings)
@@ -144,10 +225,16 @@ def materialize_tenant(
         published = store.get_published_version(tenant)
     finally:
         store.dispose()
+    md = summary.metadata
     summary.published = bool(
-        published
-        and published.version == summary.index_version
-        and "published_index" in summary.metadata
+        published and published.version == summary.index_version and "published_index" in md
+    )
+    from rag_platform.lib.plan import MIN_SHARED_ITEMS, StageRates, measured_rates
+
+    evaluation = md.get("index_evaluation", {})
+    questions = None if evaluation.get("reused") else int(evaluation.get("questions") or 0)
+    StageRates(settings.home).record(
+        tenant, measured_rates(md), questions, shared=measured_rates(md, MIN_SHARED_ITEMS)
     )
     return summary
 

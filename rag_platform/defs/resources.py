@@ -12,6 +12,7 @@ from pydantic import Field, PrivateAttr
 from upath import UPath
 
 from rag_platform.lib.embedding.stage import EmbeddingSet
+from rag_platform.lib.progress import StageProgress
 from rag_platform.lib.tenants import TenantConfig, TenantRegistry, load_registry
 from rag_platform.settings import Settings, get_settings
 
@@ -82,6 +83,15 @@ class PlatformResource(dg.ConfigurableResource):
             self._store = MetadataStore.from_settings(self.settings)
             self._store.migrate()
         return self._store
+
+    def progress(self, context: dg.AssetExecutionContext, stage: str) -> StageProgress:
+        """The progress callback of one stage: a ``context.log.info`` line (done/total, rate,
+        ETA) at the start, every ``RAG_PROGRESS_LOG_SECONDS`` and at the end, so the Dagster UI
+        shows the stage's progress; every report also reaches the in-process listeners (the
+        CLI's live progress lines)."""
+        return StageProgress(
+            stage, context.log.info, log_every_seconds=self.settings.progress_log_seconds
+        )
 
     def tenant_cache_dir(self, tenant_id: str) -> Path:
         """The tenant's state folder ``RAG_HOME/cache/<tenant>`` (components create it)."""

@@ -62,7 +62,12 @@ def index_evaluation(
     tenant = platform.tenant(context.partition_key)
     start = time.perf_counter()
     result = runner.evaluate_version(
-        platform.settings, platform.store(), tenant, search_index, golden_set
+        platform.settings,
+        platform.store(),
+        tenant,
+        search_index,
+        golden_set,
+        progress=platform.progress(context, "evaluate"),
     )
     summary = result.get("summary", {})
     md = result.get("markdown") or "no golden set configured"

@@ -51,7 +51,7 @@ def chunk_embeddings(
             settings.resolved_models_dir,
         ),
     )
-    result = embedder.run(chunks)
+    result = embedder.run(chunks, progress=platform.progress(context, "embed"))
     stats = result.stats
     if stats.processed:
         store = platform.store()
@@ -94,6 +94,7 @@ def search_index(
         chunk_embeddings,
         run_id=context.run.run_id,
         provenance=build_provenance(platform.tenant(context.partition_key)),
+        progress=platform.progress(context, "index"),
     )
     value = build.summary()
     if build.reused:

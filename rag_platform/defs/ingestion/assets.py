@@ -153,7 +153,7 @@ def parsed_documents(
         budgets=tenant.budgets,
         workers=platform.settings.parse_workers,
     )
-    result = parser.run(source_documents)
+    result = parser.run(source_documents, progress=platform.progress(context, "parse"))
     for q in result.quarantined:
         context.log.warning(f"quarantined {q.uri}: {q.reason}")
     frame = result.frame
@@ -193,7 +193,7 @@ def masked_documents(
         budgets=tenant.budgets,
         workers=settings.mask_workers,
     )
-    result = masker.run(parsed_documents)
+    result = masker.run(parsed_documents, progress=platform.progress(context, "mask"))
     for q in result.quarantined:
         context.log.warning(f"quarantined {q.uri}: {q.reason}")
     return dg.Output(
@@ -225,7 +225,7 @@ def chunks(
     ``uuid5(doc_id, ordinal:content_hash)``. Blocking checks (great-expectations) guard them."""
     tenant = platform.tenant(context.partition_key)
     result = DocumentChunker(platform.tenant_cache_dir(tenant.id), tenant.chunking).run(
-        masked_documents
+        masked_documents, progress=platform.progress(context, "chunk")
     )
     frame = result.frame
     tokens = frame["token_count"] if len(frame) else pd.Series([0])

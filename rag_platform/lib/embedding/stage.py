@@ -8,6 +8,7 @@ model is never embedded again").
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import time
@@ -21,6 +22,7 @@ import pandas as pd
 from rag_platform.lib.cache import atomic_write
 from rag_platform.lib.embedding import EmbeddingBackend, embedding_identity
 from rag_platform.lib.models import StageStats
+from rag_platform.lib.progress import ProgressCallback, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -128,21 +130,36 @@ class ChunkEmbedder:
     The file of an identity no longer configured is kept, never deleted (4 bytes x dimension per
     chunk, 1.5 KB for all-MiniLM-L6-v2).
 
+    Checkpoints are append-only: every ``checkpoint_every`` texts embedded, the vectors embedded
+    since the previous checkpoint (and only those) are written as one segment file
+    ``embeddings-<slug>.segments/<n>.npz``, so the checkpoint bytes of a run are linear in the
+    texts embedded (rewriting the whole cache at each checkpoint was quadratic). A run reads the
+    cache file and every segment, so a run killed or interrupted mid-stage resumes without
+    re-embedding what its segments hold; at the end the merged set is written to the cache file
+    and the segments are removed. An unreadable segment (never written whole: writes are atomic)
+    or one of another identity is ignored.
+
     Args:
         state_dir: the tenant's state folder, which holds the cache files.
         embedder: the dense embedder (``load_embedder``); its model name and backend name the
             cache, and it is asked to embed only when something is missing.
-        checkpoint_every: texts embedded between cache saves, so an interrupted run resumes
-            where it stopped instead of starting over.
+        checkpoint_every: texts embedded between checkpoint segments.
+        progress_every: texts per ``embed_documents`` call, the grain of progress reports.
     """
 
     def __init__(
-        self, state_dir: Path, embedder: DocumentEncoder, checkpoint_every: int = 4096
+        self,
+        state_dir: Path,
+        embedder: DocumentEncoder,
+        checkpoint_every: int = 4096,
+        progress_every: int = 512,
     ) -> None:
         self.identity = embedding_identity(embedder.model_name, embedder.backend)
         self.cache_path = state_dir / f"embeddings-{model_slug(self.identity)}.npz"
+        self.segments_dir = state_dir / f"embeddings-{model_slug(self.identity)}.segments"
         self.embedder = embedder
-        self.checkpoint_every = checkpoint_every
+        self.checkpoint_every = max(1, checkpoint_every)
+        self.progress_every = max(1, min(progress_every, self.checkpoint_every))
 
     def _cached(self) -> EmbeddingSet | None:
         if not self.cache_path.exists():
@@ -154,59 +171,100 @@ class ChunkEmbedder:
             return None
         return cached if cached.model == self.identity else None
 
-    def run(self, chunks: pd.DataFrame) -> EmbeddedChunks:
+    def segment_paths(self) -> list[Path]:
+        """The checkpoint segments left by an unfinished run, oldest first."""
+        if not self.segments_dir.is_dir():
+            return []
+        return sorted(self.segments_dir.glob("*.npz"))
+
+    def _segments(self) -> list[EmbeddingSet]:
+        out = []
+        for path in self.segment_paths():
+            try:
+                segment = EmbeddingSet.load(path)
+            except Exception as exc:  # never written whole, or damaged: its texts are re-embedded
+                log.warning("ignoring unreadable embedding checkpoint %s: %s", path, exc)
+                continue
+            if segment.model == self.identity and len(segment.hashes):
+                out.append(segment)
+        return out
+
+    def _write_segment(self, number: int, hashes: list[str], parts: list[np.ndarray]) -> int:
+        """Writes one checkpoint segment; returns its size in bytes."""
+        self.segments_dir.mkdir(parents=True, exist_ok=True)
+        path = self.segments_dir / f"{number:06d}.npz"
+        EmbeddingSet(self.identity, hashes, np.vstack(parts)).save(path)
+        return path.stat().st_size
+
+    def _clear_segments(self) -> None:
+        for path in self.segment_paths():
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.segments_dir.rmdir()
+
+    def run(self, chunks: pd.DataFrame, progress: ProgressCallback | None = None) -> EmbeddedChunks:
         """Embeds the chunks frame's missing contents (``content_hash``, ``embedding_text``,
         ``token_count`` columns are read).
 
+        Args:
+            chunks: the chunks frame.
+            progress: called with ``(chunks done, chunks to embed)`` after every
+                ``progress_every`` texts (cached and checkpointed ones are not counted).
+
         Returns:
-            The embeddings of the current chunks' distinct content hashes, and stats.
+            The embeddings of the current chunks' distinct content hashes, and stats
+            (``extra`` adds ``resumed``: vectors taken from an unfinished run's checkpoint
+            segments, ``checkpoint_segments`` and ``checkpoint_bytes`` written by this run).
         """
         start = time.perf_counter()
+        report = progress or no_progress
+        known: dict[str, np.ndarray] = {}
         cached = self._cached()
+        if cached is not None:
+            known.update(zip(cached.hashes, cached.vectors, strict=True))
+        from_cache = set(known)
+        segments = self._segments()
+        for segment in segments:
+            known.update(zip(segment.hashes, segment.vectors, strict=True))
+        resumed_hashes = set(known) - from_cache
         unique = chunks.drop_duplicates("content_hash")
         wanted = unique["content_hash"].tolist()
-        have = cached.lookup() if cached is not None else {}
-        missing = unique[~unique["content_hash"].isin(have.keys())]
-        vectors_new = None
+        missing = unique[~unique["content_hash"].isin(known.keys())]
         encode_seconds = 0.0
+        written_segments = 0
+        checkpoint_bytes = 0
         if len(missing):
             texts = missing["embedding_text"].tolist()
             hashes = missing["content_hash"].tolist()
-            step = self.checkpoint_every
-            parts: list[np.ndarray] = []
-            for start_at in range(0, len(texts), step):
+            number = len(self.segment_paths())
+            pending_hashes: list[str] = []
+            pending_parts: list[np.ndarray] = []
+            report(0, len(texts))
+            for at in range(0, len(texts), self.progress_every):
                 t0 = time.perf_counter()
-                parts.append(self.embedder.embed_documents(texts[start_at : start_at + step]))
+                vectors = self.embedder.embed_documents(texts[at : at + self.progress_every])
                 encode_seconds += time.perf_counter() - t0
-                if start_at + step < len(texts):  # checkpoint all but the last slice
-                    done = start_at + len(parts[-1])
-                    old_h = cached.hashes if cached is not None else []
-                    old_v = (
-                        cached.vectors
-                        if cached is not None
-                        else np.zeros((0, parts[0].shape[1]), np.float32)
-                    )
-                    EmbeddingSet(
-                        self.identity, [*old_h, *hashes[:done]], np.vstack([old_v, *parts])
-                    ).save(self.cache_path)
-            vectors_new = np.vstack(parts)
-        if vectors_new is not None:
-            dim = vectors_new.shape[1]
-        elif cached is not None and len(cached.hashes):
-            dim = cached.vectors.shape[1]
+                batch_hashes = hashes[at : at + len(vectors)]
+                known.update(zip(batch_hashes, vectors, strict=True))
+                pending_hashes.extend(batch_hashes)
+                pending_parts.append(vectors)
+                done = at + len(vectors)
+                if len(pending_hashes) >= self.checkpoint_every and done < len(texts):
+                    checkpoint_bytes += self._write_segment(number, pending_hashes, pending_parts)
+                    number += 1
+                    written_segments += 1
+                    pending_hashes, pending_parts = [], []
+                report(done, len(texts))
         else:
-            dim = 0
+            report(0, 0)  # nothing to embed: the stage is done at once
+        dim = next((len(v) for v in known.values()), 0)
         out = np.zeros((len(wanted), dim), dtype=np.float32)
-        new_lookup = {h: i for i, h in enumerate(missing["content_hash"].tolist())}
         for j, h in enumerate(wanted):
-            if h in new_lookup:
-                assert vectors_new is not None
-                out[j] = vectors_new[new_lookup[h]]
-            else:
-                assert cached is not None
-                out[j] = cached.vectors[have[h]]
+            out[j] = known[h]
         result = EmbeddingSet(self.identity, wanted, out)
         result.save(self.cache_path)
+        self._clear_segments()  # merged: the cache file now holds every segment's vectors
+        resumed = sum(1 for h in wanted if h in resumed_hashes)
         stats = StageStats(
             processed=len(missing),
             reused=len(wanted) - len(missing),
@@ -217,6 +275,9 @@ class ChunkEmbedder:
                 "encode_seconds": round(encode_seconds, 3),
                 "chunks_per_s": round(len(missing) / encode_seconds, 1) if encode_seconds else None,
                 "model": self.identity,
+                "resumed": resumed,
+                "checkpoint_segments": written_segments,
+                "checkpoint_bytes": checkpoint_bytes,
             },
         )
         return EmbeddedChunks(result, stats)

@@ -22,6 +22,7 @@ from rag_platform.lib.evaluation.golden import (
 )
 from rag_platform.lib.index.backend import IndexReader, open_backend
 from rag_platform.lib.models import Answer, Hit, SearchFilters, make_doc_id
+from rag_platform.lib.progress import ProgressCallback, no_progress
 from rag_platform.lib.store import MetadataStore
 from rag_platform.lib.tenants import TenantConfig, load_registry
 from rag_platform.settings import Settings
@@ -89,6 +90,7 @@ def run_evaluation(
     k: int = 10,
     answer_sample: int | None = ANSWER_SAMPLE,
     version_details: dict[str, Any] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Evaluates one index version on ``golden``.
 
@@ -107,12 +109,14 @@ def run_evaluation(
         answer_sample: questions whose answers are scored (None: all).
         version_details: the version's ``details`` (its recorded embedding identity); None:
             a version embedded with the settings' backend and model.
+        progress: called with ``(searches done, searches planned)`` as questions are searched:
+            one search per judged question, one per sampled answer.
 
     Returns:
         ``{"summary", "retrieval", "answers", "queries"}`` (JSON-ready).
     """
     from rag_platform.lib.embedding import get_sparse_encoder
-    from rag_platform.lib.evaluation.answers import LLMConfig, evaluate_answers
+    from rag_platform.lib.evaluation.answers import LLMConfig, answer_population, evaluate_answers
     from rag_platform.lib.evaluation.metrics import evaluate_retrieval
     from rag_platform.lib.rag import build_answerer, build_embedder, build_retriever
 
@@ -127,9 +131,19 @@ def run_evaluation(
             get_sparse_encoder(),
         )
         filters = SearchFilters(acl_groups=_acl_groups_of_index(reader))
+        report = progress or no_progress
+        judged = sum(1 for q in golden.questions if q.has_relevance)
+        population = len(answer_population(golden))
+        planned = judged + min(population, answer_sample or population)
+        searches = 0
+        report(0, planned)
 
         def retrieve(question: str, top: int) -> list[Hit]:
-            return retriever.search(question, top, filters)
+            nonlocal searches
+            hits = retriever.search(question, top, filters)
+            searches += 1
+            report(searches, max(planned, searches))
+            return hits
 
         retrieval = evaluate_retrieval(golden, retrieve, k_values=(1, 3, 5, k, 100))
 
@@ -144,6 +158,7 @@ def run_evaluation(
             embedder_fn=embedder.embed_documents,
             limit=answer_sample,
         )
+        report(searches, searches)  # "planned" is an estimate: the stage ends at what ran
     summary = {**retrieval.summary, **{f"answer_{k_}": v for k_, v in answers["summary"].items()}}
     return {
         "summary": summary,
@@ -159,6 +174,7 @@ def evaluate_version(
     tenant: TenantConfig,
     search_index: dict[str, Any],
     golden_data: dict[str, Any],
+    progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """The ``index_evaluation`` asset's work: evaluate the new version, write the report, record
     the headline numbers on the version, and decide the gate against the published version. A
@@ -197,6 +213,7 @@ def evaluate_version(
             golden,
             k=tenant.evaluation.k,
             version_details=record.details if record is not None else None,
+            progress=progress,
         )
     published = store.get_published_version(tenant.id)
     published_summary = None

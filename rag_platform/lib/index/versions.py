@@ -33,6 +33,7 @@ from rag_platform.lib.embedding.stage import EmbeddingSet
 from rag_platform.lib.index.edge import IndexPoint, make_payload, shard_lock_path
 from rag_platform.lib.index.receipt import InventoryDocument, Payload, Receipt, reconcile
 from rag_platform.lib.models import acl_key
+from rag_platform.lib.progress import ProgressCallback, no_progress
 
 if TYPE_CHECKING:
     from rag_platform.lib.index.backend import IndexBackend
@@ -263,6 +264,7 @@ class IndexVersions:
         run_id: str = "",
         actor: str = "pipeline",
         provenance: JSONObject | None = None,
+        progress: ProgressCallback | None = None,
     ) -> IndexBuild:
         """A version holding every chunk: the published one when its fingerprint matches,
         else a new version: registered ``building`` before it is written, ``built`` once it is
@@ -278,6 +280,8 @@ class IndexVersions:
             provenance: recorded in the version's details too, for lineage (the code version
                 and the tenant configuration's fingerprint,
                 :func:`rag_platform.lib.lifecycle.lineage.build_provenance`).
+            progress: called with ``(chunks written, chunks)`` after every batch of points
+                (not called when the published version is reused).
 
         Raises:
             KeyError: a chunk's content hash has no embedding. A failed build leaves no shard
@@ -309,7 +313,7 @@ class IndexVersions:
         )
         start = time.perf_counter()
         try:
-            self._write_version(tenant, version, chunks, embeddings)
+            self._write_version(tenant, version, chunks, embeddings, progress or no_progress)
         except BaseException as exc:
             try:
                 self.backend.delete(tenant, version)
@@ -335,7 +339,12 @@ class IndexVersions:
         )
 
     def _write_version(
-        self, tenant: str, version: str, chunks: pd.DataFrame, embeddings: EmbeddingSet
+        self,
+        tenant: str,
+        version: str,
+        chunks: pd.DataFrame,
+        embeddings: EmbeddingSet,
+        progress: ProgressCallback,
     ) -> None:
         """Writes a new version: id = chunk id, the dense vector from the embedding set (never
         recomputed), the BM25 vector of the embedding text, the payload."""
@@ -345,6 +354,7 @@ class IndexVersions:
         writer = self.backend.create_writer(tenant, version, dim)
         try:
             records = list(chunks.itertuples(index=False))
+            progress(0, len(records))
             for b in range(0, len(records), self.batch_size):
                 batch = records[b : b + self.batch_size]
                 sparse = sparse_encoder.encode_documents([r.embedding_text for r in batch])
@@ -374,6 +384,7 @@ class IndexVersions:
                         for r, sv in zip(batch, sparse, strict=True)
                     ]
                 )
+                progress(b + len(batch), len(records))
         finally:
             writer.close()
 

@@ -37,6 +37,7 @@ from rag_platform.lib.models import (
     sections_from_json,
     sha256_hex,
 )
+from rag_platform.lib.progress import ProgressCallback, no_progress
 from rag_platform.lib.tenants import ChunkingConfig
 
 #: Longest title (characters) that goes into :func:`embedding_text`; longer ones are cut at a
@@ -500,8 +501,13 @@ class DocumentChunker:
             )
         return self._chunker
 
-    def run(self, masked: pd.DataFrame) -> ChunkResult:
+    def run(self, masked: pd.DataFrame, progress: ProgressCallback | None = None) -> ChunkResult:
         """Chunks every document of the masked frame (``MASKED_COLUMNS``).
+
+        Args:
+            masked: the masked frame.
+            progress: called with ``(documents done, documents)``, at most every 64 documents
+                and at the end.
 
         Returns:
             The chunks frame, the quarantined documents (also written to the quarantine file)
@@ -513,7 +519,11 @@ class DocumentChunker:
         cfg_key = config_hash(self.chunking)
         rows: list[dict[str, object]] = []
         quarantined: list[Quarantined] = []
-        for doc in masked.itertuples(index=False):
+        report = progress or no_progress
+        total = len(masked)
+        for done, doc in enumerate(masked.itertuples(index=False)):
+            if done % 64 == 0:
+                report(done, total)
             title_key = hashlib.sha256(doc.title.encode()).hexdigest()[:16]
             key = f"{doc.doc_id}:{doc.masked_hash}:{cfg_key}:{title_key}"
             cached = cast("list[_ChunkEntry] | None", cache.get(key))
@@ -559,6 +569,7 @@ class DocumentChunker:
                         "updated_at": doc.updated_at,
                     }
                 )
+        report(total, total)
         cache.save()
         save_quarantine(self.state_dir, "chunk", quarantined)
         stats.seconds = time.perf_counter() - start

@@ -43,6 +43,7 @@ from rag_platform.lib.models import (
     section_records,
     sections_from_json,
 )
+from rag_platform.lib.progress import ProgressCallback, no_progress
 from rag_platform.lib.tenants import InputBudgets, PIIPolicy
 
 log = logging.getLogger(__name__)
@@ -534,8 +535,15 @@ class DocumentMasker:
         self.masker_factory: MaskerFactory = masker_factory or MaskerSpec(policy, spacy_model)
         self.checkpoint_seconds = checkpoint_seconds
 
-    def run(self, parsed: pd.DataFrame) -> MaskedDocuments:
+    def run(
+        self, parsed: pd.DataFrame, progress: ProgressCallback | None = None
+    ) -> MaskedDocuments:
         """Masks every document of the parsed frame (``DOC_COLUMNS``).
+
+        Args:
+            parsed: the parsed frame.
+            progress: called with ``(documents done, documents)`` as documents finish (cached
+                ones count at once; a quarantined one counts as done).
 
         Returns:
             The masked frame, entity counts, the quarantined documents (also written to the
@@ -555,6 +563,8 @@ class DocumentMasker:
         records = list(parsed.itertuples(index=False))
         pending: dict[int, tuple[str, list[Section]]] = {}  # documents with text to mask
         last_save = time.monotonic()
+        report = progress or no_progress
+        total = len(records)
 
         def store(
             i: int, key: str, sections: list[Section], masked: list[tuple[str, dict[str, int]]]
@@ -585,6 +595,7 @@ class DocumentMasker:
                     pending[i] = (key, sections)
                 else:  # nothing to mask: stored as it is
                     store(i, key, sections, [(s.text, {}) for s in sections])
+            report(len(results), total)
             if pending:
                 tasks = [(i, ([s.text for s in sections],)) for i, (_, sections) in pending.items()]
                 with WorkerPool(
@@ -600,6 +611,7 @@ class DocumentMasker:
                             failures[i] = self._reason(outcome)
                         else:
                             store(i, *pending[i], outcome)
+                        report(len(results) + len(failures), total)
         finally:  # what was masked is kept, whether the run ends or fails
             cache.save()
 

@@ -26,6 +26,7 @@ from rag_platform.lib.models import (
     StageStats,
     section_records,
 )
+from rag_platform.lib.progress import ProgressCallback, no_progress
 from rag_platform.lib.tenants import InputBudgets
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,13 @@ class DocumentParser:
         self.budgets = budgets or InputBudgets()
         self.workers = workers
 
-    def run(self, sources: pd.DataFrame) -> ParseResult:
+    def run(self, sources: pd.DataFrame, progress: ProgressCallback | None = None) -> ParseResult:
         """Parses every row of the sources frame (``SOURCE_COLUMNS``).
+
+        Args:
+            sources: the sources frame.
+            progress: called with ``(documents done, documents)`` as documents finish (cached
+                ones count at once).
 
         Returns:
             The parsed frame, the quarantined documents (also written to the quarantine file)
@@ -102,6 +108,8 @@ class DocumentParser:
         records = list(sources.itertuples(index=False))
         entries: dict[int, _ParseEntry] = {}
         files: list[tuple[int, tuple[object, ...]]] = []  # (row, (document, budgets))
+        report = progress or no_progress
+        total = len(records)
         try:
             for i, src in enumerate(records):
                 cached = cast("_ParseEntry | None", cache.get(_cache_key(src)))
@@ -116,6 +124,7 @@ class DocumentParser:
                     stats.processed += 1
                 else:
                     files.append((i, (doc, self.budgets)))
+            report(len(entries), total)
             if files:
                 with WorkerPool(min(max(1, self.workers), len(files))) as pool:
                     done = pool.run(_parse_entry, files, timeout=self.budgets.parse_seconds)
@@ -123,6 +132,7 @@ class DocumentParser:
                         entries[i] = self._entry(outcome)
                         cache.put(_cache_key(records[i]), entries[i])
                         stats.processed += 1
+                        report(len(entries), total)
         finally:  # what was parsed is kept, whether the run ends or is interrupted
             cache.save()
         rows: list[dict[str, object]] = []

@@ -381,6 +381,19 @@ class SourceSync:
                     removed += count
         return removed
 
+    def known_doc_ids(self) -> set[str] | None:
+        """Doc ids the last sync of every source holds (their manifests), or None before a
+        first sync. Reads only; the cost preview (``lib/plan.py``) uses it."""
+        folders = [f for f in self._folders() if (f / "manifest.arrow").exists()]
+        if not folders:
+            return None
+        ids: set[str] = set()
+        for folder in folders:
+            manifest = _read_manifest(folder)
+            if manifest is not None:
+                ids.update(str(d) for d in manifest.column("doc_id").to_pylist())
+        return ids
+
     def rows_of(self, doc_id: str) -> pd.DataFrame:
         """The segment rows of ``doc_id`` (``SOURCE_COLUMNS`` as stored; empty after
         :meth:`forget`), whichever segment or source holds them."""

@@ -1,5 +1,6 @@
 """The embedding stage's cache: only new content is embedded, other models never reuse it, and an
-interrupted run resumes from its checkpoint. Real model (all-MiniLM-L6-v2)."""
+interrupted or killed run resumes from its checkpoint segments, written append-only. Real model
+(all-MiniLM-L6-v2)."""
 
 from __future__ import annotations
 
@@ -101,8 +102,116 @@ class TestEmbedCheckpoints:
         failing = _stage(tmp_path, _FailsOnThirdSlice(), checkpoint_every=2)
         with pytest.raises(RuntimeError, match="killed"):
             failing.run(_chunks(texts))
-        assert len(EmbeddingSet.load(failing.cache_path).hashes) == 4  # two slices checkpointed
+        assert not failing.cache_path.exists()  # checkpoints are segments, not the cache file
+        segments = [EmbeddingSet.load(p) for p in failing.segment_paths()]
+        assert [len(s.hashes) for s in segments] == [2, 2]  # one segment per checkpoint
         embedder = _CountingEmbedder()
         result = _stage(tmp_path, embedder).run(_chunks(texts))
         assert result.stats.extra["embedded"] == 1 and embedder.calls == [1]
+        assert result.stats.extra["resumed"] == 4
         assert result.embeddings.vectors.shape == (5, 384)
+        assert failing.segment_paths() == [] and not failing.segments_dir.exists()  # merged
+        merged = EmbeddingSet.load(failing.cache_path)
+        assert sorted(merged.hashes) == sorted(_chunks(texts)["content_hash"])
+
+    def test_segments_are_appended_not_rewritten(self, tmp_path: Path) -> None:
+        """Checkpoint bytes grow linearly with the texts embedded: twice the texts, about twice
+        the bytes (rewriting the whole set at every checkpoint would be about four times)."""
+        written = {}
+        for n in (32, 64):
+            texts = [f"note {i} on subject {i % 7} at run {n}" for i in range(n)]
+            stage = _stage(tmp_path / str(n), _CountingEmbedder(), checkpoint_every=4)
+            progress: list[tuple[int, int]] = []
+            result = stage.run(_chunks(texts), progress=lambda d, t, p=progress: p.append((d, t)))
+            extra = result.stats.extra
+            assert extra["checkpoint_segments"] == n // 4 - 1  # all but the last slice
+            written[n] = int(extra["checkpoint_bytes"] or 0)
+            final = stage.cache_path.stat().st_size
+            assert written[n] < 2 * final  # every vector written once (+ per-file overhead)
+            assert progress[0] == (0, n) and progress[-1] == (n, n)
+            assert [d for d, _ in progress] == sorted(d for d, _ in progress)
+        assert 1.7 < written[64] / written[32] < 2.4
+
+    def test_unreadable_segment_is_reembedded(self, tmp_path: Path) -> None:
+        texts = [f"fact {i}" for i in range(4)]
+
+        class _FailsOnSecondSlice(_CountingEmbedder):
+            def embed_documents(self, batch: list[str]) -> np.ndarray:
+                if len(self.calls) == 1:
+                    raise KeyboardInterrupt
+                return super().embed_documents(batch)
+
+        failing = _stage(tmp_path, _FailsOnSecondSlice(), checkpoint_every=2)
+        with pytest.raises(KeyboardInterrupt):
+            failing.run(_chunks(texts))
+        (segment,) = failing.segment_paths()
+        segment.write_bytes(segment.read_bytes()[:50])  # damaged on disk
+        embedder = _CountingEmbedder()
+        result = _stage(tmp_path, embedder).run(_chunks(texts))
+        assert result.stats.extra["embedded"] == 4 and result.stats.extra["resumed"] == 0
+
+
+_KILLED_SCRIPT = """
+import sys, time
+from pathlib import Path
+import numpy as np
+import pandas as pd
+from rag_platform.settings import configure_runtime_env
+configure_runtime_env()
+from rag_platform.lib.embedding import get_embedder
+from rag_platform.lib.embedding.stage import ChunkEmbedder
+
+class Slow:
+    model_name = "m"
+    backend = "torch"
+    def embed_documents(self, texts):
+        time.sleep(0.3)  # a window for the kill between checkpoints
+        return get_embedder().embed_documents(texts)
+
+texts = [f"sentence {i} of the killed run" for i in range(40)]
+frame = pd.DataFrame({"content_hash": [f"k{i}" for i in range(40)], "embedding_text": texts,
+                      "token_count": [5] * 40})
+ChunkEmbedder(Path(sys.argv[1]), Slow(), checkpoint_every=4, progress_every=4).run(frame)
+"""
+
+
+class TestKilledEmbedding:
+    def test_sigkilled_run_resumes_from_its_segments(self, tmp_path: Path) -> None:
+        import os
+        import signal
+        import subprocess
+        import sys
+        import time
+
+        state = tmp_path / "state"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _KILLED_SCRIPT, str(state)],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
+        )
+        probe = ChunkEmbedder(state, _CountingEmbedder())
+        deadline = time.monotonic() + 180
+        try:
+            while len(probe.segment_paths()) < 2:
+                assert proc.poll() is None, "the run ended before it could be killed"
+                assert time.monotonic() < deadline, "no checkpoint segment within 180 s"
+                time.sleep(0.05)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+        checkpointed = {h for p in probe.segment_paths() for h in EmbeddingSet.load(p).hashes}
+        assert 8 <= len(checkpointed) < 40 and not probe.cache_path.exists()
+        embedder = _CountingEmbedder()
+        texts = [f"sentence {i} of the killed run" for i in range(40)]
+        frame = pd.DataFrame(
+            {
+                "content_hash": [f"k{i}" for i in range(40)],
+                "embedding_text": texts,
+                "token_count": [5] * 40,
+            }
+        )
+        result = ChunkEmbedder(state, embedder).run(frame)
+        assert result.stats.extra["resumed"] == len(checkpointed)
+        assert sum(embedder.calls) == 40 - len(checkpointed)  # finished segments not re-embedded
+        fresh = get_embedder().embed_documents(texts)
+        np.testing.assert_allclose(result.embeddings.vectors, fresh, atol=1e-5)
