@@ -43,7 +43,7 @@ class TestBuildEmbedder:
 
     def test_models_dir_defaults_under_rag_home(self, tmp_path: Path) -> None:
         settings = Settings(home=tmp_path)
-        assert settings.embedding_backend == "torch"  # the default is not switched here
+        assert settings.embedding_backend == "auto"  # int8 ONNX on CPU, torch with CUDA
         assert settings.resolved_models_dir == tmp_path / "models"
 
 
