@@ -144,7 +144,9 @@ def test_s3_edits_and_deletions_reach_the_published_index(
         cafe = make_doc_id("s3kb", "bucket", "p/cafe.txt")
         assert {p["doc_id"]: p["acl_groups"] for p in payloads}[cafe] == ["staff"]
 
-        s3.put_object(Bucket="kbase", Key="p/travel.md", Body=b"# Travel\n\nFlights need approval.\n")
+        s3.put_object(
+            Bucket="kbase", Key="p/travel.md", Body=b"# Travel\n\nFlights need approval.\n"
+        )
         s3.delete_object(Bucket="kbase", Key="p/cafe.txt")
         second = materialize_tenant("s3kb", rag_home)
         assert second.success and second.published, second.failed_checks
