@@ -116,11 +116,11 @@ def test_s3_edits_and_deletions_reach_the_published_index(
 ) -> None:
     with MotoServer(tmp_path / "moto") as moto:
         s3: Any = moto.client()
-        s3.create_bucket(Bucket="kb")
-        s3.put_object(Bucket="kb", Key="p/backup.md", Body=b"# Backups\n\nKept 30 days.\n")
-        s3.put_object(Bucket="kb", Key="p/travel.md", Body=b"# Travel\n\nTrains under 500 km.\n")
+        s3.create_bucket(Bucket="kbase")
+        s3.put_object(Bucket="kbase", Key="p/backup.md", Body=b"# Backups\n\nKept 30 days.\n")
+        s3.put_object(Bucket="kbase", Key="p/travel.md", Body=b"# Travel\n\nTrains under 500 km.\n")
         s3.put_object(
-            Bucket="kb",
+            Bucket="kbase",
             Key="p/cafe.txt",
             Body=b"The cafeteria closes at 3 pm.",
             Metadata={"acl-groups": "staff"},
@@ -130,7 +130,7 @@ def test_s3_edits_and_deletions_reach_the_published_index(
         source = {
             "id": "bucket",
             "type": "s3",
-            "bucket": "kb",
+            "bucket": "kbase",
             "prefix": "p/",
             "endpoint_url": moto.url,
             "access_key_id_env": "KB_KEY",
@@ -144,8 +144,10 @@ def test_s3_edits_and_deletions_reach_the_published_index(
         cafe = make_doc_id("s3kb", "bucket", "p/cafe.txt")
         assert {p["doc_id"]: p["acl_groups"] for p in payloads}[cafe] == ["staff"]
 
-        s3.put_object(Bucket="kb", Key="p/travel.md", Body=b"# Travel\n\nFlights need approval.\n")
-        s3.delete_object(Bucket="kb", Key="p/cafe.txt")
+        s3.put_object(
+            Bucket="kbase", Key="p/travel.md", Body=b"# Travel\n\nFlights need approval.\n"
+        )
+        s3.delete_object(Bucket="kbase", Key="p/cafe.txt")
         second = materialize_tenant("s3kb", rag_home)
         assert second.success and second.published, second.failed_checks
         meta = second.metadata["source_documents"]

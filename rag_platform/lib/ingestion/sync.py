@@ -661,7 +661,11 @@ class SourceSync:
             },
         }
         atomic_write(folder / "state.json", lambda p: p.write_text(json.dumps(new_state)))
-        segment_used = self._tidy(folder, manifest, segment)
+        try:
+            segment_used = self._tidy(folder, manifest, segment)
+        except Exception as exc:  # tidying is housekeeping: the sync itself is committed
+            log.warning("could not tidy the segments of source %s: %s", source.id, exc)
+            segment_used = segment
         report.seconds = round(time.perf_counter() - start, 3)
         out.added.extend(added)
         out.changed.extend(changed)
