@@ -138,6 +138,19 @@ def full_listing_changes(
             yield doc
 
 
+def full_listing_documents(connector: Connector) -> Iterator[SourceDocument]:
+    """The documents of ``connector``'s full listing from an empty state
+    (``changes(SourceState(), full=True)``): :meth:`Connector.list_documents` of a connector
+    whose native listing is :meth:`Connector.changes`.
+
+    Raises:
+        as the connector's :meth:`Connector.changes`.
+    """
+    for item in connector.changes(SourceState(), full=True):
+        if isinstance(item, SourceDocument):
+            yield item
+
+
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 

@@ -40,6 +40,7 @@ from rag_platform.lib.connectors.base import (
     Deleted,
     SourceState,
     Unchanged,
+    full_listing_documents,
     transient_retry,
 )
 from rag_platform.lib.connectors.filesystem import glob_match, mime_type_for
@@ -264,9 +265,7 @@ class S3Connector:
         Raises:
             as :meth:`changes`.
         """
-        for item in self.changes(SourceState(), full=True):
-            if isinstance(item, SourceDocument):
-                yield item
+        yield from full_listing_documents(self)
 
     @property
     def next_cursor(self) -> str | None:

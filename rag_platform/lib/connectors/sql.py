@@ -32,6 +32,7 @@ from rag_platform.lib.connectors.base import (
     Deleted,
     SourceState,
     Unchanged,
+    full_listing_documents,
     transient_retry,
 )
 from rag_platform.lib.connectors.dataset import _acl_groups, _blank, _blank_value, _to_datetime
@@ -287,9 +288,7 @@ class SqlConnector:
         Raises:
             as :meth:`changes`.
         """
-        for item in self.changes(SourceState(), full=True):
-            if isinstance(item, SourceDocument):
-                yield item
+        yield from full_listing_documents(self)
 
     @property
     def next_cursor(self) -> str | None:
