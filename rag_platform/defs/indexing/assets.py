@@ -49,6 +49,7 @@ def chunk_embeddings(
             settings.embedding_model,
             settings.embedding_batch_size,
             settings.resolved_models_dir,
+            settings.embedding_threads,
         ),
     )
     result = embedder.run(chunks, progress=platform.progress(context, "embed"))

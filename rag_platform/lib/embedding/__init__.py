@@ -10,6 +10,7 @@ version: switching backends re-embeds, and never mixes the two kinds of vectors 
 
 from __future__ import annotations
 
+import os
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Literal
@@ -83,7 +84,11 @@ def parse_embedding_identity(identity: str) -> tuple[str, EmbeddingBackend]:
 
 
 def load_embedder(
-    backend: EmbeddingBackendChoice, model_name: str, batch_size: int, models_dir: Path
+    backend: EmbeddingBackendChoice,
+    model_name: str,
+    batch_size: int,
+    models_dir: Path,
+    threads: int | None = None,
 ) -> DenseEmbedder:
     """The process-wide dense embedder of a backend, model name and batch size.
 
@@ -97,24 +102,32 @@ def load_embedder(
         batch_size: texts per forward pass (``RAG_EMBEDDING_BATCH_SIZE``).
         models_dir: where the ONNX int8 artefact is built once and reused (``RAG_MODELS_DIR``);
             unused by PyTorch.
+        threads: intra-op threads of a forward pass (``RAG_EMBEDDING_THREADS``): PyTorch's
+            ``torch.set_num_threads`` on CPU, onnxruntime's ``intra_op_num_threads``; None:
+            ``os.cpu_count()``.
 
     Returns:
         :func:`get_embedder`'s ``Embedder`` for ``torch``, an ``OnnxInt8Embedder`` for
         ``onnx-int8``.
 
     Raises:
-        ValueError: ``batch_size`` < 1 or an unknown backend.
+        ValueError: ``batch_size`` or ``threads`` < 1, or an unknown backend.
     """
-    return _load_embedder(resolve_backend(backend), model_name, batch_size, models_dir)
+    threads = (os.cpu_count() or 1) if threads is None else threads
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return _load_embedder(resolve_backend(backend), model_name, batch_size, models_dir, threads)
 
 
 @lru_cache(maxsize=8)
 def _load_embedder(
-    backend: EmbeddingBackend, model_name: str, batch_size: int, models_dir: Path
+    backend: EmbeddingBackend, model_name: str, batch_size: int, models_dir: Path, threads: int
 ) -> DenseEmbedder:
     if backend == "torch":
-        return get_embedder(model_name, batch_size)
-    return OnnxInt8Embedder(models_dir, batch_size=batch_size, model_name=model_name)
+        return get_embedder(model_name, batch_size, threads)
+    return OnnxInt8Embedder(
+        models_dir, batch_size=batch_size, model_name=model_name, intra_op_num_threads=threads
+    )
 
 
 __all__ = [

@@ -11,6 +11,7 @@ it.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -130,9 +131,11 @@ class Embedder:
         model_name: the name recorded with embeddings (cache keys, index metadata).
         device: the torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``); default ``"cuda"`` when
             a GPU is present, else ``"cpu"``.
+        threads: intra-op threads on CPU, set with ``torch.set_num_threads`` (process-wide) when
+            the model loads; None: PyTorch's default.
 
     Raises:
-        ValueError: ``batch_size`` < 1.
+        ValueError: ``batch_size`` or ``threads`` < 1.
     """
 
     #: The backend name recorded with embeddings ("onnx-int8" for ``OnnxInt8Embedder``).
@@ -144,9 +147,13 @@ class Embedder:
         batch_size: int = 64,
         model_name: str = DEFAULT_MODEL_NAME,
         device: str | None = None,
+        threads: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.threads = threads
         self._model_path = model_path
         self.batch_size = batch_size
         self._model_name = model_name
@@ -167,6 +174,8 @@ class Embedder:
         if not path.exists():
             raise FileNotFoundError(f"embedding model folder not found: {path}")
         device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device == "cpu" and self.threads is not None:
+            torch.set_num_threads(self.threads)
         return SentenceTransformer(str(path), device=device)
 
     @property
@@ -355,22 +364,26 @@ class BatchingQueryEmbedder:
         self._thread.join(timeout=30)
 
 
-def get_embedder(model_name: str = DEFAULT_MODEL_NAME, batch_size: int = 64) -> Embedder:
+def get_embedder(
+    model_name: str = DEFAULT_MODEL_NAME, batch_size: int = 64, threads: int | None = None
+) -> Embedder:
     """The process-wide PyTorch embedder of a model name and batch size (one instance per pair;
     :func:`~rag_platform.lib.embedding.load_embedder` returns it for the ``torch`` backend).
 
     Args:
         model_name: the name recorded with embeddings (``RAG_EMBEDDING_MODEL``).
         batch_size: texts per forward pass (``RAG_EMBEDDING_BATCH_SIZE``).
+        threads: PyTorch's intra-op threads on CPU (``RAG_EMBEDDING_THREADS``); None:
+            ``os.cpu_count()``.
 
     Raises:
-        ValueError: ``batch_size`` < 1.
+        ValueError: ``batch_size`` or ``threads`` < 1.
     """
-    return _embedder(model_name, batch_size)
+    return _embedder(model_name, batch_size, (os.cpu_count() or 1) if threads is None else threads)
 
 
 @lru_cache(maxsize=4)
-def _embedder(model_name: str, batch_size: int) -> Embedder:
-    # keyed on both values however the caller passed them (``get_embedder()`` and
+def _embedder(model_name: str, batch_size: int, threads: int) -> Embedder:
+    # keyed on the values however the caller passed them (``get_embedder()`` and
     # ``get_embedder(DEFAULT_MODEL_NAME, 64)`` share one model)
-    return Embedder(batch_size=batch_size, model_name=model_name)
+    return Embedder(batch_size=batch_size, model_name=model_name, threads=threads)

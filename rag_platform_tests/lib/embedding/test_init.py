@@ -56,3 +56,20 @@ def test_one_embedder_per_backend_and_arguments(models_dir: Path) -> None:
     assert load_embedder("onnx-int8", DEFAULT_MODEL_NAME, 16, models_dir) is not onnx
     with pytest.raises(ValueError, match="batch_size"):
         load_embedder("onnx-int8", DEFAULT_MODEL_NAME, 0, models_dir)
+    with pytest.raises(ValueError, match="threads"):
+        load_embedder("onnx-int8", DEFAULT_MODEL_NAME, 32, models_dir, threads=0)
+
+
+def test_intra_op_threads_are_set_explicitly(models_dir: Path) -> None:
+    """RAG_EMBEDDING_THREADS reaches both runtimes: onnxruntime's session options and
+    PyTorch's process-wide intra-op pool (set when the model loads)."""
+    onnx = load_embedder("onnx-int8", DEFAULT_MODEL_NAME, 32, models_dir, threads=1)
+    assert isinstance(onnx, OnnxInt8Embedder) and onnx.intra_op_num_threads == 1
+    assert load_embedder("onnx-int8", DEFAULT_MODEL_NAME, 32, models_dir) is not onnx
+    before = torch.get_num_threads()
+    try:
+        embedder = Embedder(threads=1)
+        embedder.embed_query("bone density")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
