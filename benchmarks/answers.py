@@ -36,6 +36,7 @@ Prints one JSON line on stdout (diagnostics on stderr).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import statistics
@@ -171,7 +172,9 @@ class Timings:
     requests: int = 0
 
 
-def stream_answer(answerer: Any, question: str, hits: list[Any], started: float) -> tuple[Any, float]:
+def stream_answer(
+    answerer: Any, question: str, hits: list[Any], started: float
+) -> tuple[Any, float]:
     """Streams one answer; returns ``(Answer, ms to the first delta since started)``."""
     pieces = answerer.stream(question, hits)
     first: float | None = None
@@ -207,10 +210,26 @@ def fallback_share_after_kill(
     errors: list[str] = []
     with llama_server_process() as (primary_url, proc):
         endpoints = [
-            ("primary", LLMAnswerer(primary_url, model, timeout=60, max_tokens=MAX_TOKENS,
-                                    max_context_chunks=CONTEXT_K)),
-            ("fallback", LLMAnswerer(fallback_url, model, timeout=120, max_tokens=MAX_TOKENS,
-                                     max_context_chunks=CONTEXT_K)),
+            (
+                "primary",
+                LLMAnswerer(
+                    primary_url,
+                    model,
+                    timeout=60,
+                    max_tokens=MAX_TOKENS,
+                    max_context_chunks=CONTEXT_K,
+                ),
+            ),
+            (
+                "fallback",
+                LLMAnswerer(
+                    fallback_url,
+                    model,
+                    timeout=120,
+                    max_tokens=MAX_TOKENS,
+                    max_context_chunks=CONTEXT_K,
+                ),
+            ),
         ]
         for i, question in enumerate(questions):
             if i == half:
@@ -234,7 +253,9 @@ def fallback_share_after_kill(
     after = served[half:]
     before = served[:half]
     return {
-        "fallback_share_after_kill": round(after.count("fallback") / len(after), 4) if after else None,
+        "fallback_share_after_kill": round(after.count("fallback") / len(after), 4)
+        if after
+        else None,
         "requests_after_kill": len(after),
         "answered_after_kill": sum(1 for s in after if s != "none"),
         "primary_share_before_kill": round(before.count("primary") / len(before), 4)
@@ -270,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     files = sorted(p.name for p in (args.data / "docs").glob("*.pdf"))
     kept_files = {f for f in files if any(c in f for c in KEPT)}
     golden = load_golden_set(args.data / "qna_dev.csv", "sec10q")
-    classes = {q.qid: question_class(q.relevant_patterns, files, kept_files) for q in golden.questions}
+    classes = {
+        q.qid: question_class(q.relevant_patterns, files, kept_files) for q in golden.questions
+    }
     answerable = [q for q in golden.questions if classes[q.qid] == "answerable"]
     unanswerable = [q for q in golden.questions if classes[q.qid] == "unanswerable"]
     log(f"{len(answerable)} answerable, {len(unanswerable)} unanswerable dev questions")
@@ -278,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     chunks = sec_chunks(args.data / "docs", KEPT)
     embedder = build_embedder(settings)
     matrix = cached_embeddings(embedder, [c["embedding_text"] for c in chunks])
-    log(f"{len(chunks)} chunks of {len(kept_files)} filings ({time.perf_counter() - t_start:.0f} s)")
+    log(
+        f"{len(chunks)} chunks of {len(kept_files)} filings ({time.perf_counter() - t_start:.0f} s)"
+    )
     filters = SearchFilters(acl_groups=("all",))
 
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
@@ -313,7 +338,10 @@ def main(argv: list[str] | None = None) -> int:
 
             with llama_server() as url:
                 answerer = LLMAnswerer(
-                    url, MODEL_ALIAS, timeout=120, max_tokens=MAX_TOKENS,
+                    url,
+                    MODEL_ALIAS,
+                    timeout=120,
+                    max_tokens=MAX_TOKENS,
                     max_context_chunks=CONTEXT_K,
                 )
                 warm = answerable[-1].question  # the model's first request loads its caches
@@ -358,10 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for q in unans_sample:  # answered as the API would, not judged
                     hits = retrieve_for_eval(q.question, CONTEXT_K)
-                    try:
+                    with contextlib.suppress(LLMError):  # counted in phase.errors
                         answer_for_eval(q.question, hits)
-                    except LLMError:
-                        pass
                 log(f"answers done ({time.perf_counter() - t_start:.0f} s)")
                 answerer.close()
 

@@ -97,15 +97,15 @@ def sweep(
                 "min_score": threshold,
                 "refusal_precision": round(s.precision, 4),
                 "refusal_recall": round(s.recall, 4),
-                "answerable_refused": round(sum(r < threshold for r in answerable) / len(answerable), 4),
+                "answerable_refused": round(
+                    sum(r < threshold for r in answerable) / len(answerable), 4
+                ),
             }
         )
     return rows
 
 
-def squad_relevances(
-    data_dir: Path, n_golden: int, n_test: int
-) -> dict[str, Any]:
+def squad_relevances(data_dir: Path, n_golden: int, n_test: int) -> dict[str, Any]:
     """Builds the held-out corpus, retrieves every sampled question; returns the relevances
     ``{"golden", "answerable", "unanswerable", "paragraph_answerable",
     "paragraph_unanswerable"}`` and the corpus sizes."""

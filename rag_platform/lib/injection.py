@@ -213,9 +213,7 @@ class InjectionScreen:
             if not report.flagged(self.policy.threshold):
                 continue
             hold = self.policy.quarantine
-            flagged.append(
-                FlaggedDocument(doc.doc_id, doc.uri, report.score, report.matches, hold)
-            )
+            flagged.append(FlaggedDocument(doc.doc_id, doc.uri, report.score, report.matches, hold))
             if hold:
                 drop.add(doc.doc_id)
                 reason = f"prompt injection score {report.score:.2f}: " + json.dumps(

@@ -18,9 +18,9 @@ import pytest
 
 from rag_platform.lib.answer import (
     NO_ANSWER_TEXT,
+    SYSTEM_PROMPT,
     ExtractiveAnswerer,
     LLMAnswerer,
-    SYSTEM_PROMPT,
     LLMError,
     split_sentences,
 )

@@ -56,7 +56,10 @@ def test_resolve_min_score_auto_reads_the_version_details() -> None:
     assert resolve_min_score(auto, None) is None
     fixed = GroundingSettings(min_score=0.3)
     assert resolve_min_score(fixed, {"grounding": {"min_score": 0.42}}) == 0.3
-    assert resolve_min_score(GroundingSettings(min_score=None), {"grounding": {"min_score": 1}}) is None
+    assert (
+        resolve_min_score(GroundingSettings(min_score=None), {"grounding": {"min_score": 1}})
+        is None
+    )
     with pytest.raises(ValueError):
         GroundingSettings(min_score=1.5)
 

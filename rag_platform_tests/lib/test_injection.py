@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rag_platform.lib.injection import InjectionScreen, detect_injection
 from rag_platform.lib.ingestion.quarantine import quarantined_doc_ids
+from rag_platform.lib.injection import InjectionScreen, detect_injection
 from rag_platform.lib.models import MASKED_COLUMNS
 from rag_platform.lib.tenants import InjectionPolicy
 from rag_platform_tests.conftest import SCIFACT
