@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from rag_platform.lib.index.edge import EdgeIndexReader
 from rag_platform.lib.models import make_doc_id
 from rag_platform.lib.store import MetadataStore
 from rag_platform.runner import materialize_tenant
 from rag_platform_tests.conftest import SCIFACT
 from rag_platform_tests.lib.test_injection import PLANTED
+
+pytestmark = pytest.mark.slow  # a whole materialization: about 2 minutes on 2 shared cores
 
 
 def test_planted_injections_are_flagged_and_quarantined(
