@@ -273,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         "--limit", type=int, default=None, help="answer this many questions (half each class)"
     )
     parser.add_argument("--fallback-requests", type=int, default=6)
+    parser.add_argument(
+        "--kept",
+        default=",".join(KEPT),
+        help="tickers whose filings are indexed (the others' questions are unanswerable)",
+    )
     args = parser.parse_args(argv)
 
     from rag_platform.lib.answer import LLMAnswerer, LLMError
@@ -289,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     t_start = time.perf_counter()
     files = sorted(p.name for p in (args.data / "docs").glob("*.pdf"))
-    kept_files = {f for f in files if any(c in f for c in KEPT)}
+    kept = tuple(t.strip() for t in args.kept.split(",") if t.strip())
+    kept_files = {f for f in files if any(c in f for c in kept)}
     golden = load_golden_set(args.data / "qna_dev.csv", "sec10q")
     classes = {
         q.qid: question_class(q.relevant_patterns, files, kept_files) for q in golden.questions
@@ -298,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     unanswerable = [q for q in golden.questions if classes[q.qid] == "unanswerable"]
     log(f"{len(answerable)} answerable, {len(unanswerable)} unanswerable dev questions")
 
-    chunks = sec_chunks(args.data / "docs", KEPT)
+    chunks = sec_chunks(args.data / "docs", kept)
     embedder = build_embedder(settings)
     matrix = cached_embeddings(embedder, [c["embedding_text"] for c in chunks])
     log(
@@ -427,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         "judge_errors": judge_errors,
         "fallback": fallback,
         "model": MODEL_ALIAS,
+        "kept": list(kept),
         "chunks": len(chunks),
         "seconds": round(time.perf_counter() - t_start, 1),
         "median_answer_chars": statistics.median(
