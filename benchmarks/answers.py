@@ -36,10 +36,9 @@ Prints one JSON line on stdout (diagnostics on stderr).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fnmatch
 import json
-import statistics
+import signal
 import sys
 import tempfile
 import time
@@ -304,7 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     unanswerable = [q for q in golden.questions if classes[q.qid] == "unanswerable"]
     log(f"{len(answerable)} answerable, {len(unanswerable)} unanswerable dev questions")
 
-    chunks = sec_chunks(args.data / "docs", kept)
+    chunk_cache = cache_dir() / f"sec_chunks_{'_'.join(sorted(kept))}.json"
+    if chunk_cache.exists():
+        chunks = json.loads(chunk_cache.read_text())
+    else:
+        chunks = sec_chunks(args.data / "docs", kept)
+        chunk_cache.write_text(json.dumps(chunks))
     embedder = build_embedder(settings)
     matrix = cached_embeddings(embedder, [c["embedding_text"] for c in chunks])
     log(
@@ -341,6 +345,36 @@ def main(argv: list[str] | None = None) -> int:
             ans_sample = answerable[: max(1, n - n // 2)]
             unans_sample = unanswerable[: n // 2]
             phase = Timings()
+            out: dict[str, Any] = {
+                "requests": 0,
+                "errors": 0,
+                "fallback_share_after_kill": None,
+                "refusal_precision": round(scores.precision, 4),
+                "refusal_recall": round(scores.recall, 4),
+                "answer_similarity": None,
+                "faithfulness": None,
+                "ttft_p50_ms": None,
+                "ttft_p95_ms": None,
+                "total_p50_ms": None,
+                "total_p95_ms": None,
+                "min_score": min_score,
+                "refusal_questions": scores.questions,
+                "unanswerable_questions": scores.unanswerable,
+                "refused": scores.refused,
+                "model": MODEL_ALIAS,
+                "kept": list(kept),
+                "chunks": len(chunks),
+                "complete": False,
+            }
+
+            def emit(*_: Any) -> None:
+                """Prints what was measured so far (also on SIGTERM from ``timeout``)."""
+                out["seconds"] = round(time.perf_counter() - t_start, 1)
+                print(json.dumps(out), flush=True)
+                if _:  # unwinds the ``with`` blocks: the llama.cpp servers are terminated
+                    raise SystemExit(0)
+
+            signal.signal(signal.SIGTERM, emit)
 
             with llama_server() as url:
                 answerer = LLMAnswerer(
@@ -354,48 +388,33 @@ def main(argv: list[str] | None = None) -> int:
                 stream_answer(
                     answerer, warm, retriever.search(warm, CONTEXT_K, filters), time.perf_counter()
                 )
-                started: dict[str, float] = {}
-                grounded_of: dict[str, bool] = {}
-
-                def retrieve_for_eval(question: str, k: int) -> list[Any]:
-                    started[question] = time.perf_counter()
-                    result = retriever.retrieve(question, k, filters, relevance=True)
-                    grounded_of[question] = decide(
-                        bool(result.hits), result.relevance, min_score
-                    ).grounded
-                    return result.hits
-
-                def answer_for_eval(question: str, hits: list[Any]) -> Any:
+                answered: dict[str, tuple[list[Any], Any]] = {}
+                for q in [*ans_sample, *unans_sample]:  # every request as /v1/query runs it
                     phase.requests += 1
-                    t0 = started.pop(question, time.perf_counter())
-                    if not grounded_of.get(question, True):
-                        phase.total_ms.append((time.perf_counter() - t0) * 1000)
-                        return refusal("llm")
-                    try:
-                        answer, ttft = stream_answer(answerer, question, hits, t0)
-                    except LLMError as exc:
-                        phase.errors.append(str(exc))
-                        raise
-                    phase.ttft_ms.append(ttft)
+                    t0 = time.perf_counter()
+                    result = retriever.retrieve(q.question, CONTEXT_K, filters, relevance=True)
+                    if not decide(bool(result.hits), result.relevance, min_score).grounded:
+                        answer = refusal("llm")
+                    else:
+                        try:
+                            answer, ttft = stream_answer(answerer, q.question, result.hits, t0)
+                        except LLMError as exc:
+                            phase.errors.append(str(exc))
+                            continue
+                        phase.ttft_ms.append(ttft)
                     phase.total_ms.append((time.perf_counter() - t0) * 1000)
-                    return answer
-
-                sample_set = GoldenSet(name="sec10q-answerable", questions=ans_sample)
-                evaluation = evaluate_answers(
-                    sample_set,
-                    retrieve_for_eval,
-                    answer_for_eval,
-                    llm=LLMConfig(base_url=url, model=MODEL_ALIAS),
-                    embedder_fn=embedder.embed_documents,
-                    limit=None,
-                    context_k=CONTEXT_K,
-                )
-                for q in unans_sample:  # answered as the API would, not judged
-                    hits = retrieve_for_eval(q.question, CONTEXT_K)
-                    with contextlib.suppress(LLMError):  # counted in phase.errors
-                        answer_for_eval(q.question, hits)
-                log(f"answers done ({time.perf_counter() - t_start:.0f} s)")
+                    answered[q.question] = (result.hits, answer)
+                    log(f"request {phase.requests}: {phase.total_ms[-1]:.0f} ms")
+                    out.update(
+                        requests=phase.requests,
+                        errors=len(phase.errors),
+                        ttft_p50_ms=percentile(phase.ttft_ms, 50),
+                        ttft_p95_ms=percentile(phase.ttft_ms, 95),
+                        total_p50_ms=percentile(phase.total_ms, 50),
+                        total_p95_ms=percentile(phase.total_ms, 95),
+                    )
                 answerer.close()
+                log(f"answers done ({time.perf_counter() - t_start:.0f} s)")
 
                 fb_questions = [q.question for q in ans_sample][: args.fallback_requests]
                 while len(fb_questions) < args.fallback_requests:
@@ -406,43 +425,40 @@ def main(argv: list[str] | None = None) -> int:
                     url,
                     MODEL_ALIAS,
                 )
+                out.update(
+                    fallback_share_after_kill=fallback["fallback_share_after_kill"],
+                    errors=len(phase.errors) + fallback["errors"],
+                    fallback=fallback,
+                )
+                log(f"fallback done ({time.perf_counter() - t_start:.0f} s)")
+
+                # ragas over the answerable questions' answers above, judged by the same model
+                judged = [q for q in ans_sample if q.question in answered]
+                evaluation = evaluate_answers(
+                    GoldenSet(name="sec10q-answerable", questions=judged),
+                    lambda question, k: answered[question][0],
+                    lambda question, hits: answered[question][1],
+                    llm=LLMConfig(base_url=url, model=MODEL_ALIAS),
+                    embedder_fn=embedder.embed_documents,
+                    limit=None,
+                    context_k=CONTEXT_K,
+                )
 
     summary = evaluation["summary"]
-    judge_errors = sum(
-        1 for r in evaluation["per_question"] if r["error"] and r["error"].startswith("LLM judge")
-    )
-    out = {
-        "requests": phase.requests,
-        "errors": len(phase.errors) + fallback["errors"],
-        "fallback_share_after_kill": fallback["fallback_share_after_kill"],
-        "refusal_precision": round(scores.precision, 4),
-        "refusal_recall": round(scores.recall, 4),
-        "answer_similarity": round(summary["answer_similarity"], 4)
+    out.update(
+        answer_similarity=round(summary["answer_similarity"], 4)
         if "answer_similarity" in summary
         else None,
-        "faithfulness": round(summary["faithfulness"], 4) if "faithfulness" in summary else None,
-        "ttft_p50_ms": percentile(phase.ttft_ms, 50),
-        "ttft_p95_ms": percentile(phase.ttft_ms, 95),
-        "total_p50_ms": percentile(phase.total_ms, 50),
-        "total_p95_ms": percentile(phase.total_ms, 95),
-        "min_score": min_score,
-        "refusal_questions": scores.questions,
-        "unanswerable_questions": scores.unanswerable,
-        "refused": scores.refused,
-        "answered_questions": len(ans_sample),
-        "judge_errors": judge_errors,
-        "fallback": fallback,
-        "model": MODEL_ALIAS,
-        "kept": list(kept),
-        "chunks": len(chunks),
-        "seconds": round(time.perf_counter() - t_start, 1),
-        "median_answer_chars": statistics.median(
-            [len(r["answer"] or "") for r in evaluation["per_question"]]
-        )
-        if evaluation["per_question"]
-        else None,
-    }
-    print(json.dumps(out))
+        faithfulness=round(summary["faithfulness"], 4) if "faithfulness" in summary else None,
+        answered_questions=len(judged),
+        judge_errors=sum(
+            1
+            for r in evaluation["per_question"]
+            if r["error"] and r["error"].startswith("LLM judge")
+        ),
+        complete=True,
+    )
+    emit()
     return 0
 
 

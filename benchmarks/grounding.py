@@ -6,8 +6,8 @@ in title order) are held out, so their questions have no answer in the index —
 the questions of the other articles keep their gold paragraph — *answerable*. Whole articles are
 held out rather than single paragraphs because a sibling paragraph of the same article often
 answers the question too (then "unanswerable" would be wrong); the paragraph-level variant is
-measured as well (``paragraph_holdout``: each unanswerable question loses only its own paragraph)
-to show how much harder it is.
+measured as well (``paragraph_holdout``: within the kept articles, each unanswerable question
+loses only its own paragraph) to show how much harder it is.
 
 Each kept paragraph (title + ". " + text) is one chunk in a Qdrant Edge shard built with the
 platform's writer; every question goes through the platform's ``Retriever`` with the default
@@ -129,14 +129,14 @@ def squad_relevances(data_dir: Path, n_golden: int, n_test: int) -> dict[str, An
 
     embedder = Embedder(batch_size=get_settings().embedding_batch_size)
     sparse_encoder = SparseEncoder()
-    matrix = cached_embeddings(embedder, [p[1] for p in paragraphs])  # all 913, cached once
     keep = [i for i, p in enumerate(paragraphs) if p[2] not in held]
     docs = [paragraphs[i] for i in keep]
+    matrix = cached_embeddings(embedder, [p[1] for p in docs])  # the kept ones, cached once
     filters = SearchFilters(acl_groups=("all",))
     out: dict[str, Any] = {"paragraphs_indexed": len(docs), "articles_held_out": len(held)}
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
         shard = Path(tmp) / "v1"
-        build_shard(shard, docs, matrix[keep], sparse_encoder)
+        build_shard(shard, docs, matrix, sparse_encoder)
         with EdgeIndexReader(shard) as reader:
             retriever = build_retriever(
                 reader, TENANT, RetrievalSettings(), embedder, sparse_encoder
@@ -152,13 +152,14 @@ def squad_relevances(data_dir: Path, n_golden: int, n_test: int) -> dict[str, An
                     values.append(float(r.relevance if r.relevance is not None else -1.0))
                 out[name] = values
 
-    # paragraph-level hold-out: each unanswerable question loses only its own paragraph
-    index_of = {p[0]: i for i, p in enumerate(paragraphs)}
+    # paragraph-level hold-out within the kept articles: each unanswerable question loses only
+    # its own paragraph (its article's other paragraphs stay)
+    index_of = {p[0]: i for i, p in enumerate(docs)}
     sample = kept_q[n_golden : n_golden + 2 * n_test]
     para_unans = sample[n_test:]
     qvecs = embedder.embed_documents([q["question"] for q in sample])
     removed = {index_of[q["gold_doc"]] for q in para_unans}
-    visible = np.array([i not in removed for i in range(len(paragraphs))])
+    visible = np.array([i not in removed for i in range(len(docs))])
     sims = qvecs @ matrix.T
     sims[:, ~visible] = -1.0
     ans_idx = [i for i, q in enumerate(sample[:n_test]) if index_of[q["gold_doc"]] not in removed]
