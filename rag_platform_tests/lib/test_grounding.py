@@ -39,7 +39,7 @@ def test_refusal_answer_has_no_citations() -> None:
 def test_calibration_takes_the_quantile_of_the_answerable_relevances() -> None:
     relevances = [i / 100 for i in range(1, 101)]  # 0.01 .. 1.00
     threshold = calibrate_min_score(relevances, 0.05)
-    assert threshold == pytest.approx(0.0595)
+    assert threshold is not None and threshold == pytest.approx(0.0595)
     refused = sum(1 for r in relevances if r < threshold)
     assert refused == 5  # the quantile's share of answerable questions is refused
     assert calibrate_min_score([], 0.05) is None
