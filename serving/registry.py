@@ -12,7 +12,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from rag_platform.lib.tenants import PIIPolicy, RetrievalSettings, TenantRegistry, load_registry
+from rag_platform.lib.tenants import (
+    GroundingSettings,
+    InjectionPolicy,
+    PIIPolicy,
+    RetrievalSettings,
+    TenantRegistry,
+    load_registry,
+)
 
 logger = logging.getLogger("serving.registry")
 
@@ -74,6 +81,16 @@ class RegistryWatcher:
         """The tenant's PII policy; the default policy for an unknown tenant."""
         registry = self.registry
         return registry.get(tenant).pii if tenant in registry.ids else PIIPolicy()
+
+    def grounding_settings(self, tenant: str) -> GroundingSettings:
+        """The tenant's refusal threshold settings; the defaults for an unknown tenant."""
+        registry = self.registry
+        return registry.get(tenant).grounding if tenant in registry.ids else GroundingSettings()
+
+    def injection_policy(self, tenant: str) -> InjectionPolicy:
+        """The tenant's prompt-injection policy; the defaults for an unknown tenant."""
+        registry = self.registry
+        return registry.get(tenant).injection if tenant in registry.ids else InjectionPolicy()
 
     def _file_stamp(self) -> tuple[int, int] | None:
         try:

@@ -170,6 +170,14 @@ class UsagePublic(BaseModel):
     completion_tokens: int = 0
 
 
+class InjectionPublic(BaseModel):
+    """The question's prompt-injection screening (``rag_platform.lib.injection``)."""
+
+    score: float = Field(description="Detector score in [0, 1] (noisy-OR of matched patterns).")
+    flagged: bool = Field(description="Whether the score reaches the tenant's threshold.")
+    patterns: list[str] = Field(description="Names of the pattern families that matched.")
+
+
 class QueryPublic(BaseModel):
     """An answer with ``[n]`` citation markers, its citations and the hits it was built from."""
 
@@ -180,6 +188,16 @@ class QueryPublic(BaseModel):
     mode: str = Field(description="`extractive` or `llm`.")
     citations: list[CitationPublic]
     hits: list[HitPublic]
+    grounded: bool = Field(
+        description="False when the question was refused (answer: not found in the documents)."
+    )
+    refusal_reason: Literal["no_hits", "low_relevance", "injection"] | None = Field(
+        None, description="Why it was refused; null when grounded."
+    )
+    relevance: float | None = Field(
+        None, description="Dense cosine of the question and the best visible chunk."
+    )
+    injection: InjectionPublic
     usage: UsagePublic
     timings: TimingsPublic
 

@@ -216,7 +216,7 @@ class Quarantined:
 
     doc_id: str
     uri: str
-    stage: Literal["parse", "mask", "chunk"]
+    stage: Literal["parse", "mask", "chunk", "injection"]
     reason: str
 
 

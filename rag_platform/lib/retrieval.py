@@ -49,6 +49,10 @@ class RetrievalResult:
         embed_ms: dense + sparse query encoding, milliseconds.
         search_ms: the index query, milliseconds.
         dropped: hits removed by the post-check (should always be 0).
+        query_vector: the dense query embedding, shape ``(dim,)``.
+        relevance: the dense cosine similarity of the query and the best visible chunk,
+            whatever the fusion (the grounding signal, :mod:`rag_platform.lib.grounding`);
+            None when not asked for or nothing is visible.
     """
 
     hits: list[Hit]
@@ -56,6 +60,7 @@ class RetrievalResult:
     search_ms: float
     dropped: int = 0
     query_vector: np.ndarray | None = field(default=None, repr=False)
+    relevance: float | None = None
 
 
 class Retriever:
@@ -87,13 +92,17 @@ class Retriever:
         self.settings = settings
         self.tenant = tenant
 
-    def retrieve(self, query: str, top_k: int, filters: SearchFilters) -> RetrievalResult:
+    def retrieve(
+        self, query: str, top_k: int, filters: SearchFilters, relevance: bool = False
+    ) -> RetrievalResult:
         """Runs one query.
 
         Args:
             query: the user's question.
             top_k: number of hits wanted, 1..1000.
             filters: the principal's ACL groups and optional user filters.
+            relevance: also measure :attr:`RetrievalResult.relevance` (one dense-only index
+                query of limit 1 more, unless the fusion is ``dense`` already).
 
         Returns:
             :class:`RetrievalResult` with up to ``top_k`` visible hits.
@@ -108,26 +117,47 @@ class Retriever:
         dense = self.embedder.embed_query(query)
         sparse = self.sparse_encoder.encode_query(query)
         embed_ms = (time.perf_counter() - t0) * 1000.0
-        result = self.retrieve_vectors(dense, sparse, top_k, filters)
+        result = self.retrieve_vectors(dense, sparse, top_k, filters, relevance)
         result.embed_ms = embed_ms
         return result
 
     def retrieve_vectors(
-        self, dense: np.ndarray, sparse: SparseVector, top_k: int, filters: SearchFilters
+        self,
+        dense: np.ndarray,
+        sparse: SparseVector,
+        top_k: int,
+        filters: SearchFilters,
+        relevance: bool = False,
     ) -> RetrievalResult:
         """Same as :meth:`retrieve` with the query already encoded (batch evaluation)."""
         self._check_args(top_k, filters)
         t0 = time.perf_counter()
         raw = self.reader.search(dense, sparse, filters, self.tenant, self.settings, top_k)
-        search_ms = (time.perf_counter() - t0) * 1000.0
         hits = self._post_check(raw, filters)
+        best: float | None = None
+        if relevance and hits:
+            best = self._dense_relevance(dense, sparse, filters, hits)
+        search_ms = (time.perf_counter() - t0) * 1000.0
         return RetrievalResult(
             hits=hits[:top_k],
             embed_ms=0.0,
             search_ms=search_ms,
             dropped=len(raw) - len(hits),
             query_vector=dense,
+            relevance=best,
         )
+
+    def _dense_relevance(
+        self, dense: np.ndarray, sparse: SparseVector, filters: SearchFilters, hits: list[Hit]
+    ) -> float | None:
+        """The cosine of ``dense`` and the best visible chunk (the index's cosine distance)."""
+        if self.settings.fusion == "dense":
+            return float(hits[0].score)
+        dense_only = self.settings.model_copy(update={"fusion": "dense"})
+        top = self._post_check(
+            self.reader.search(dense, sparse, filters, self.tenant, dense_only, 1), filters
+        )
+        return float(top[0].score) if top else None
 
     def search(self, query: str, top_k: int, filters: SearchFilters) -> list[Hit]:
         """The hits of :meth:`retrieve` only."""

@@ -417,6 +417,47 @@ class RetrievalSettings(_Strict):
     )
 
 
+class GroundingSettings(_Strict):
+    """When ``/v1/query`` refuses: the answer is :data:`~rag_platform.lib.grounding.REFUSAL_TEXT`
+    with ``grounded: false`` when the *relevance* of the retrieval (the dense cosine similarity
+    of the question and the best visible chunk, whatever the fusion) is below ``min_score``.
+
+    ``min_score``: a cosine in [-1, 1]; ``"auto"`` (the default) takes the threshold the
+    evaluation calibrated on the golden set for the published index version (its
+    ``details.grounding.min_score``: the ``auto_quantile`` quantile of the golden questions'
+    relevance, see :func:`rag_platform.lib.grounding.calibrate_min_score`); None never refuses.
+    With ``"auto"`` and no calibrated value (no golden set) nothing is refused either.
+    The default quantile 0.05 is measured on SQuAD with half its articles held out (README,
+    "Grounding and refusal").
+    """
+
+    min_score: float | Literal["auto"] | None = "auto"
+    auto_quantile: float = Field(0.05, ge=0.0, le=0.5)
+
+    @field_validator("min_score")
+    @classmethod
+    def _cosine_range(cls, v: float | str | None) -> float | str | None:
+        if isinstance(v, float | int) and not -1.0 <= v <= 1.0:
+            raise ValueError("min_score is a cosine similarity: between -1 and 1")
+        return v
+
+
+class InjectionPolicy(_Strict):
+    """Prompt-injection screening (:mod:`rag_platform.lib.injection`).
+
+    Attributes:
+        threshold: detector score at or above which a document or a question is flagged.
+        quarantine: leave flagged documents out of the index (recorded as quarantined, stage
+            ``injection``); false keeps them indexed, flagged in the asset metadata only.
+        refuse_questions: refuse a flagged question at query time (the answer is a refusal,
+            ``grounded: false``); false answers it, flagged in the response and the query log.
+    """
+
+    threshold: float = Field(0.5, gt=0.0, le=1.0)
+    quarantine: bool = False
+    refuse_questions: bool = False
+
+
 class GoldenSetConfig(_Strict):
     """Where the tenant's golden set lives and how to read it."""
 
@@ -540,6 +581,8 @@ class TenantConfig(_Strict):
     pii: PIIPolicy = Field(default_factory=PIIPolicy)
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    grounding: GroundingSettings = Field(default_factory=GroundingSettings)
+    injection: InjectionPolicy = Field(default_factory=InjectionPolicy)
     golden_set: GoldenSetConfig | None = None
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     sample_questions: list[str] = Field(default_factory=list)

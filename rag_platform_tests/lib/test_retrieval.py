@@ -91,6 +91,32 @@ class TestRetriever:
             hits = r.search(docs[1]["title"], 3, ALL)
             assert hits[0].uri == f"scifact:{docs[1]['id']}", fusion
 
+    def test_relevance_is_the_dense_cosine_of_the_best_visible_chunk_for_every_fusion(
+        self, reader: EdgeIndexReader, docs: list[dict[str, str]]
+    ) -> None:
+        embedder = get_embedder()
+        question = docs[5]["title"]
+        dense = Retriever(
+            reader, embedder, SparseEncoder(), RetrievalSettings(fusion="dense"), TENANT
+        )
+        best = dense.retrieve(question, 1, ALL).hits[0].score  # the index's cosine
+        for fusion in ("rrf", "dbsf", "convex", "dense", "sparse"):
+            r = Retriever(
+                reader, embedder, SparseEncoder(), RetrievalSettings(fusion=fusion), TENANT
+            )
+            result = r.retrieve(question, 5, ALL, relevance=True)
+            assert result.relevance == pytest.approx(best, abs=1e-5), fusion
+            assert r.retrieve(question, 5, ALL).relevance is None  # only when asked
+        assert 0.5 < best <= 1.0
+        off_topic = dense.retrieve("Which NFL team won Super Bowl 50?", 5, ALL, relevance=True)
+        assert off_topic.relevance is not None and off_topic.relevance < best - 0.3
+        # the hidden document (group "secret") does not count for a principal without it
+        hidden = docs[8]["title"]
+        inside = dense.retrieve(hidden, 1, SearchFilters(acl_groups=("secret",)), relevance=True)
+        outside = dense.retrieve(hidden, 1, ALL, relevance=True)
+        assert inside.relevance is not None and outside.relevance is not None
+        assert outside.relevance < inside.relevance
+
     def test_post_check_drops_foreign_and_invisible_hits(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:

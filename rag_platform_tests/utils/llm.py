@@ -62,6 +62,19 @@ def llama_server(startup_timeout: float = 180.0) -> Iterator[str]:
     Raises:
         RuntimeError: the server exits or does not answer ``/v1/models`` in time.
     """
+    with llama_server_process(startup_timeout) as (base, _):
+        yield base
+
+
+@contextmanager
+def llama_server_process(
+    startup_timeout: float = 180.0,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """:func:`llama_server`, also yielding the server's process (to kill it mid-run).
+
+    Raises:
+        RuntimeError: the server exits or does not answer ``/v1/models`` in time.
+    """
     port = free_port()
     restore_default_signals()  # an ignored SIGINT/SIGTERM would survive exec: terminate() must work
     with tempfile.TemporaryFile() as log:
@@ -96,7 +109,7 @@ def llama_server(startup_timeout: float = 180.0) -> Iterator[str]:
                 log.seek(0)
                 err = log.read().decode(errors="replace")[-2000:]
                 raise RuntimeError(f"llama_cpp.server did not start ({exc}): {err}") from exc
-            yield base
+            yield base, proc
         finally:
             proc.terminate()
             try:

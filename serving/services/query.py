@@ -5,6 +5,13 @@ Usage accounting: a request's query-log row carries the LLM tokens that request 
 endpoint's ``usage`` (streams ask for it with ``include_usage``, or count with the model's
 tokenizer), and 0 for an answer served from the cache (``cache_hit`` is set on its row). A
 client that disconnects mid-stream still gets its row, with status 499.
+
+Grounding: before answering, :func:`screen` decides whether the question is refused (the
+retrieval's relevance below the tenant's calibrated ``grounding.min_score``, nothing visible, or
+a question flagged as a prompt injection by a tenant that refuses those); a refused question is
+answered by :data:`~rag_platform.lib.grounding.REFUSAL_TEXT` without calling the answerer, and
+the response says ``grounded: false``. A flagged question is logged (``serving.query`` warning
+with the query id, score and patterns) and its score returned with the answer.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from rag_platform.lib.grounding import GroundingDecision, decide, refusal, resolve_min_score
+from rag_platform.lib.injection import InjectionReport, detect_injection
 from rag_platform.lib.models import Answer, Citation, Hit
 from serving.errors import ApiError, error_body
 from serving.schemas import CitationPublic, HitPublic
@@ -33,6 +42,54 @@ CLIENT_CLOSED_REQUEST = 499
 _SENTENCE_END = re.compile(r"(?<=[.!?\]])\s+")
 
 
+@dataclass(frozen=True)
+class Screened:
+    """What is decided about a question before it is answered.
+
+    Attributes:
+        grounding: the refusal decision (:func:`rag_platform.lib.grounding.decide`).
+        injection: the question's prompt-injection report.
+        injection_flagged: whether its score reaches the tenant's ``injection.threshold``.
+    """
+
+    grounding: GroundingDecision
+    injection: InjectionReport
+    injection_flagged: bool
+
+
+def screen(state: ServingState, search: Search, question: str) -> Screened:
+    """The refusal decision and the injection screening of one ``/v1/query`` question."""
+    tenant = search.record.tenant
+    policy = state.tenants.injection_policy(tenant)
+    report = detect_injection(question)
+    flagged = report.flagged(policy.threshold)
+    if flagged:
+        logger.warning(
+            "question flagged as a prompt injection",
+            extra={
+                "tenant": tenant,
+                "query_id": search.record.query_id,
+                "injection_score": report.score,
+                "patterns": report.matches,
+            },
+        )
+    min_score = resolve_min_score(state.tenants.grounding_settings(tenant), search.version_details)
+    grounding = decide(
+        bool(search.retrieved.hits),
+        search.retrieved.relevance,
+        min_score,
+        injection_refused=flagged and policy.refuse_questions,
+    )
+    return Screened(grounding, report, flagged)
+
+
+def _respond(state: ServingState, screened: Screened, question: str, hits: list[Hit]) -> Answer:
+    """The answer of a question not in the cache: the refusal, or the answerer's."""
+    if not screened.grounding.grounded:
+        return refusal(state.models.answerer.mode)
+    return state.models.answerer.answer(question, hits, MAX_SENTENCES)
+
+
 @dataclass
 class Answered:
     """The outcome of one non-streamed ``/v1/query``.
@@ -44,6 +101,7 @@ class Answered:
         cached: whether the answer came from the query cache.
         answer_ms: time spent answering, milliseconds (0 when cached).
         total_ms: the whole request, milliseconds.
+        screened: the refusal decision and the question's injection screening.
     """
 
     search: Search
@@ -52,16 +110,18 @@ class Answered:
     cached: bool
     answer_ms: float
     total_ms: float
+    screened: Screened
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def _cached_answer(search: Search) -> Answer | None:
-    """The cached answer of a cache hit, with 0 tokens: serving it costs no LLM call."""
+def _cached_answer(search: Search, grounded: bool) -> Answer | None:
+    """The cached answer of a cache hit, with 0 tokens: serving it costs no LLM call. An entry
+    cached under the other refusal decision (the threshold changed since) is not used."""
     value = search.retrieved.cached_value
-    if value is None or "answer" not in value:
+    if value is None or "answer" not in value or value.get("grounded", True) != grounded:
         return None
     try:
         d = value["answer"]
@@ -74,10 +134,15 @@ def _cached_answer(search: Search) -> Answer | None:
         return None
 
 
-def _cache_answer(state: ServingState, search: Search, answer: Answer) -> None:
+def _cache_answer(state: ServingState, search: Search, answer: Answer, grounded: bool) -> None:
     state.cache.set(
         search.retrieved.cache_key,
-        {"hits": [asdict(h) for h in search.retrieved.hits], "answer": asdict(answer)},
+        {
+            "hits": [asdict(h) for h in search.retrieved.hits],
+            "answer": asdict(answer),
+            "relevance": search.retrieved.relevance,
+            "grounded": grounded,
+        },
     )
 
 
@@ -106,10 +171,11 @@ def answer(state: ServingState, search: Search, question: str) -> Answered:
         Exception: whatever the extractive answerer raises (logged as a 500).
     """
     hits = search.retrieved.hits
-    cached = _cached_answer(search)
+    screened = screen(state, search, question)
+    cached = _cached_answer(search, screened.grounding.grounded)
     t0 = time.perf_counter()
     try:
-        result = cached or state.models.answerer.answer(question, hits, MAX_SENTENCES)
+        result = cached or _respond(state, screened, question, hits)
     except Exception as exc:
         search.record.status_code = _failure_status(state)
         search.record.latency_ms = search.elapsed_ms()
@@ -123,13 +189,36 @@ def answer(state: ServingState, search: Search, question: str) -> Answered:
         state.metrics.answer_latency.labels(search.record.tenant, result.mode).observe(
             answer_ms / 1000
         )
-        _cache_answer(state, search, result)
+        _cache_answer(state, search, result, screened.grounding.grounded)
     citations = _safe_citations(result, hits)
     _finish_record(search, result, citations)
     state.log_query(search.record)  # queued for the query-log writer thread
     return Answered(
-        search, result, citations, cached is not None, answer_ms, search.record.latency_ms
+        search,
+        result,
+        citations,
+        cached is not None,
+        answer_ms,
+        search.record.latency_ms,
+        screened,
     )
+
+
+def grounding_fields(screened: Screened) -> dict[str, Any]:
+    """The response's (and the ``done`` event's) grounding fields: ``grounded`` (bool),
+    ``refusal_reason`` (None when grounded), ``relevance`` (dense cosine of the best visible
+    chunk, or None) and ``injection`` (the question's score and matched patterns)."""
+    g = screened.grounding
+    return {
+        "grounded": g.grounded,
+        "refusal_reason": g.reason,
+        "relevance": g.relevance,
+        "injection": {
+            "score": screened.injection.score,
+            "flagged": screened.injection_flagged,
+            "patterns": list(screened.injection.matches),
+        },
+    }
 
 
 class QueryLogOnce:
@@ -169,15 +258,17 @@ def stream(state: ServingState, search: Search, question: str, log: QueryLogOnce
     ``log`` when the stream ends, fails, or is closed early (client gone: status 499)."""
     hits = search.retrieved.hits
     record = search.record
-    cached = _cached_answer(search)
+    screened = screen(state, search, question)
+    grounded = screened.grounding.grounded
+    cached = _cached_answer(search, grounded)
     pieces: Generator[str, None, Answer] | None = None
     try:
         yield _sse("hits", {"hits": [HitPublic.from_hit(h).model_dump() for h in hits]})
         t0 = time.perf_counter()
         try:
-            if cached is not None:
-                result = cached
-                for piece in _SENTENCE_END.split(cached.text):
+            if cached is not None or not grounded:
+                result = cached or refusal(state.models.answerer.mode)
+                for piece in _SENTENCE_END.split(result.text):
                     if piece:
                         yield _sse("delta", {"text": piece + " "})
             else:
@@ -201,7 +292,7 @@ def stream(state: ServingState, search: Search, question: str, log: QueryLogOnce
             state.metrics.answer_latency.labels(record.tenant, result.mode).observe(
                 answer_ms / 1000
             )
-            _cache_answer(state, search, result)
+            _cache_answer(state, search, result, grounded)
         citations = _safe_citations(result, hits)
         yield _sse(
             "citations",
@@ -217,6 +308,7 @@ def stream(state: ServingState, search: Search, question: str, log: QueryLogOnce
                 "mode": result.mode,
                 "cached": cached is not None,
                 "answer": result.text,
+                **grounding_fields(screened),
                 "usage": {
                     "prompt_tokens": result.prompt_tokens,
                     "completion_tokens": result.completion_tokens,

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -45,6 +45,9 @@ class Retrieved:
         search_ms: the index query, milliseconds (0 on a cache hit).
         cache_key: the request's cache key.
         cached_value: the whole cache entry on a hit (``/v1/query`` keeps its answer there).
+        relevance: ``/v1/query`` only: the dense cosine of the question and the best visible
+            chunk (:attr:`rag_platform.lib.retrieval.RetrievalResult.relevance`; the cached
+            value's on a hit); None otherwise.
     """
 
     hits: list[Hit]
@@ -53,6 +56,7 @@ class Retrieved:
     search_ms: float
     cache_key: str
     cached_value: dict[str, Any] | None = None
+    relevance: float | None = None
 
 
 @dataclass
@@ -63,11 +67,14 @@ class Search:
         record: the query-log record, filled with the hits and timings so far.
         retrieved: the hits.
         started: ``time.perf_counter()`` at the start of the request, seconds.
+        version_details: the served index version's ``details`` (its calibrated grounding
+            threshold, :func:`rag_platform.lib.grounding.resolve_min_score`).
     """
 
     record: QueryRecord
     retrieved: Retrieved
     started: float
+    version_details: dict[str, Any] = field(default_factory=dict)
 
     def elapsed_ms(self) -> float:
         """Milliseconds since the request started."""
@@ -153,19 +160,22 @@ def retrieve_hits(
             excluded = set(filters.exclude_doc_ids or ())
             kept = recheck_hits(state.metrics, hits, principal)
             kept = [h for h in kept if h.doc_id not in excluded]  # erased since it was cached
-            return Retrieved(kept, True, 0.0, 0.0, key, cached)
+            relevance = cached.get("relevance")
+            relevance = float(relevance) if isinstance(relevance, int | float) else None
+            return Retrieved(kept, True, 0.0, 0.0, key, cached, relevance)
     state.metrics.cache.labels(endpoint, "miss").inc()
     if not principal.groups:
         return Retrieved([], False, 0.0, 0.0, key)
     with open_retriever(state, version) as retriever:
         try:
-            result = retriever.retrieve(query, top_k, filters)
+            result = retriever.retrieve(query, top_k, filters, relevance=endpoint == "query")
         except ValueError as exc:
             raise ApiError(422, "invalid_filters", "the filters cannot be applied") from exc
     state.metrics.embedding_latency.labels(principal.tenant).observe(result.embed_ms / 1000)
     state.metrics.retrieval_latency.labels(principal.tenant).observe(result.search_ms / 1000)
     hits = recheck_hits(state.metrics, list(result.hits), principal)
-    return Retrieved(hits, False, result.embed_ms, result.search_ms, key)
+    relevance = result.relevance if hits else None
+    return Retrieved(hits, False, result.embed_ms, result.search_ms, key, relevance=relevance)
 
 
 def filters_for_log(filters: SearchFilters) -> dict[str, Any]:
@@ -222,7 +232,7 @@ def start_search(
         raise
     record.hit_chunk_ids = [h.chunk_id for h in got.hits]
     record.embed_ms, record.search_ms, record.cache_hit = got.embed_ms, got.search_ms, got.cached
-    return Search(record, got, started)
+    return Search(record, got, started, dict(version.details or {}))
 
 
 def search(

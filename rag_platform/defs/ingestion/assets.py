@@ -17,6 +17,7 @@ from rag_platform.lib.ingestion.chunk import DocumentChunker
 from rag_platform.lib.ingestion.mask import DocumentMasker
 from rag_platform.lib.ingestion.parse import DocumentParser
 from rag_platform.lib.ingestion.sync import SourceSync
+from rag_platform.lib.injection import InjectionScreen, flagged_table
 
 GROUP = "ingestion"
 
@@ -182,8 +183,11 @@ def masked_documents(
     """Parsed documents with PII masked by Presidio under the tenant's policy (entities,
     operator, allow list, NER on or off), in ``RAG_MASK_WORKERS`` processes. Masked spans keep
     their entity type (``<PERSON>``). A document not masked within the tenant's
-    ``mask_seconds`` is quarantined (left out); the run goes on. Metadata: entity counts by
-    type, quarantined documents. Cached by content hash and policy."""
+    ``mask_seconds`` is quarantined (left out); the run goes on. Then each masked document is
+    screened for prompt-injection phrasings (``lib/injection.py``): one scoring at least the
+    tenant's ``injection.threshold`` is flagged, and left out as quarantined when the tenant's
+    ``injection.quarantine`` is on. Metadata: entity counts by type, quarantined documents,
+    flagged documents. Cached by content hash and policy."""
     tenant = platform.tenant(context.partition_key)
     settings = platform.settings
     masker = DocumentMasker(
@@ -194,17 +198,31 @@ def masked_documents(
         workers=settings.mask_workers,
     )
     result = masker.run(parsed_documents, progress=platform.progress(context, "mask"))
-    for q in result.quarantined:
+    screened = InjectionScreen(platform.tenant_cache_dir(tenant.id), tenant.injection).run(
+        result.frame
+    )
+    quarantined = [*result.quarantined, *screened.quarantined]
+    for q in quarantined:
         context.log.warning(f"quarantined {q.uri}: {q.reason}")
+    for f in screened.flagged:
+        context.log.warning(f"prompt injection suspected in {f.uri}: {f.score:.2f} {f.matches}")
     return dg.Output(
-        result.frame,
+        screened.frame,
         metadata={
-            "documents": len(result.frame),
+            "documents": len(screened.frame),
             **result.stats.as_metadata(),
-            "quarantined": len(result.quarantined),
+            "quarantined": len(quarantined),
             "quarantine": dg.MetadataValue.md(
-                _md_table([(q.uri, q.reason) for q in result.quarantined], ["uri", "reason"])
+                _md_table([(q.uri, q.reason) for q in quarantined], ["uri", "reason"])
             ),
+            "injection_flagged": len(screened.flagged),
+            "injection_quarantined": len(screened.quarantined),
+            "injection_flags": dg.MetadataValue.md(
+                _md_table(
+                    flagged_table(screened.flagged), ["uri", "score", "patterns", "quarantined"]
+                )
+            ),
+            "injection_policy": dg.MetadataValue.json(tenant.injection.model_dump(mode="json")),
             "entities_masked": sum(result.entity_counts.values()),
             "entity_counts": dg.MetadataValue.json(dict(result.entity_counts)),
             "policy": dg.MetadataValue.json(tenant.pii.model_dump(mode="json")),

@@ -113,11 +113,14 @@ def run_evaluation(
             one search per judged question, one per sampled answer.
 
     Returns:
-        ``{"summary", "retrieval", "answers", "queries"}`` (JSON-ready).
+        ``{"summary", "retrieval", "answers", "queries", "grounding"}`` (JSON-ready; ``grounding``:
+        the refusal threshold calibrated on the golden questions, see
+        :func:`rag_platform.lib.grounding.calibrate_min_score`).
     """
     from rag_platform.lib.embedding import get_sparse_encoder
     from rag_platform.lib.evaluation.answers import LLMConfig, answer_population, evaluate_answers
     from rag_platform.lib.evaluation.metrics import evaluate_retrieval
+    from rag_platform.lib.grounding import calibrate_min_score
     from rag_platform.lib.rag import build_answerer, build_embedder, build_retriever
 
     embedder = build_embedder(settings)
@@ -138,12 +141,16 @@ def run_evaluation(
         searches = 0
         report(0, planned)
 
+        relevances: dict[str, float] = {}
+
         def retrieve(question: str, top: int) -> list[Hit]:
             nonlocal searches
-            hits = retriever.search(question, top, filters)
+            result = retriever.retrieve(question, top, filters, relevance=True)
+            if result.relevance is not None:
+                relevances[question] = result.relevance
             searches += 1
             report(searches, max(planned, searches))
-            return hits
+            return result.hits
 
         retrieval = evaluate_retrieval(golden, retrieve, k_values=(1, 3, 5, k, 100))
 
@@ -160,11 +167,19 @@ def run_evaluation(
         )
         report(searches, searches)  # "planned" is an estimate: the stage ends at what ran
     summary = {**retrieval.summary, **{f"answer_{k_}": v for k_, v in answers["summary"].items()}}
+    quantile = tenant.grounding.auto_quantile
+    grounding = {
+        "signal": "dense_cosine",
+        "quantile": quantile,
+        "min_score": calibrate_min_score(list(relevances.values()), quantile),
+        "questions": len(relevances),
+    }
     return {
         "summary": summary,
         "retrieval": retrieval.to_dict(),
         "answers": answers,
         "queries": int(retrieval.summary.get("questions", 0)),
+        "grounding": grounding,
     }
 
 
@@ -248,7 +263,10 @@ def evaluate_version(
         "report_html": str(paths.html),
         "report_md": str(paths.markdown),
     }
-    store.set_version_details(tenant.id, version, {"evaluation": headline})
+    # the calibrated refusal threshold of `grounding.min_score: auto` (lib/grounding.py)
+    store.set_version_details(
+        tenant.id, version, {"evaluation": headline, "grounding": evaluation["grounding"]}
+    )
     if not gate.passed and record is not None and record.status in ("building", "built"):
         # The gate's verdict is the version's: a rejected build is never publishable, by any
         # path (the lifecycle in lib/store refuses it), not only skipped by this run.

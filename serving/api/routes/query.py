@@ -4,8 +4,9 @@ The answerer is the one :func:`rag_platform.lib.rag.build_answerer` picks (``LLM
 ``Settings.llm_base_url`` and ``llm_model`` are set, else ``ExtractiveAnswerer``). With
 ``"stream": true`` or ``Accept: text/event-stream`` the response is an SSE stream of events
 ``hits`` (the hits), ``delta`` (answer text pieces), ``citations`` and ``done`` (query id, index
-version, usage, timings); an error after the stream started is sent as an ``error`` event in
-the common error shape. The flow is :mod:`serving.services.query`.
+version, ``grounded`` and the other grounding fields, usage, timings); an error after the
+stream started is sent as an ``error`` event in the common error shape. The flow is
+:mod:`serving.services.query`.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def answer_query(
         mode=done.answer.mode,
         citations=[CitationPublic.from_citation(c) for c in done.citations],
         hits=[HitPublic.from_hit(h) for h in got.hits],
+        **service.grounding_fields(done.screened),
         usage=UsagePublic(
             prompt_tokens=done.answer.prompt_tokens,
             completion_tokens=done.answer.completion_tokens,
