@@ -234,6 +234,9 @@ class ChunkEmbedder:
         written_segments = 0
         checkpoint_bytes = 0
         if len(missing):
+            # Longest first, across the whole stage (not only within one embed_documents call):
+            # each forward pass then pads its batch to nearly its own length.
+            missing = missing.sort_values("token_count", ascending=False, kind="stable")
             texts = missing["embedding_text"].tolist()
             hashes = missing["content_hash"].tolist()
             number = len(self.segment_paths())
