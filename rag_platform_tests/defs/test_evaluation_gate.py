@@ -47,7 +47,14 @@ class TestEvaluationGate:
         assert "published_index" not in bad.metadata
 
         store = MetadataStore.from_settings(rag_home)
-        assert store.get_published_version("gated").version == good.index_version
+        published = store.get_published_version("gated")
+        assert published.version == good.index_version
+        # `grounding.min_score: auto`: the evaluation stage calibrated the refusal threshold on
+        # the golden questions and stored it with the version the API reads it from
+        grounding = published.details["grounding"]
+        assert grounding["signal"] == "dense_cosine"
+        assert grounding["questions"] == evaluation["questions"]
+        assert 0.2 < grounding["min_score"] < 0.9
         rejected = store.get_version("gated", bad.index_version)
         assert rejected is not None and rejected.status == "rejected"
         [failed] = rejected.failed_checks
@@ -66,6 +73,20 @@ class TestEvaluationGate:
             )
             assert r.status_code == 200
             assert r.json()["index_version"] == good.index_version
+            asked = {
+                q: client.post(
+                    "/v1/query", headers={"Authorization": f"Bearer {key}"}, json={"query": q}
+                ).json()
+                for q in (
+                    "Does vitamin D supplementation reduce the risk of fractures?",
+                    "Which team won the 1998 football world cup final in Paris?",
+                )
+            }
+            on_topic, off_topic = asked.values()
+            assert on_topic["grounded"] is True and on_topic["citations"]
+            assert on_topic["relevance"] >= grounding["min_score"]
+            assert off_topic["grounded"] is False and off_topic["citations"] == []
+            assert off_topic["relevance"] < grounding["min_score"]
 
         # The rejected build cannot be rolled back to from the CLI either; the versions list
         # and the receipt are one JSON line each.
