@@ -18,11 +18,15 @@ from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from opentelemetry.trace import Span, StatusCode
+
+from rag_platform.lib import tracing
 from rag_platform.lib.models import Answer, Citation, Hit
 from serving.errors import ApiError, error_body
 from serving.schemas import CitationPublic, HitPublic
 from serving.services.search import Search
 from serving.state import ServingState
+from serving.tracing import answer_attributes, generation_attributes
 
 logger = logging.getLogger("serving.query")
 
@@ -98,6 +102,16 @@ def _failure_status(state: ServingState) -> int:
     return 502 if state.models.uses_llm else 500
 
 
+def _count_failure(state: ServingState, tenant: str) -> None:
+    if state.models.uses_llm:
+        state.metrics.llm_failures.labels(tenant).inc()
+
+
+def _count_tokens(state: ServingState, tenant: str, answer: Answer) -> None:
+    state.metrics.llm_tokens.labels(tenant, "prompt").inc(answer.prompt_tokens)
+    state.metrics.llm_tokens.labels(tenant, "completion").inc(answer.completion_tokens)
+
+
 def answer(state: ServingState, search: Search, question: str) -> Answered:
     """Answers from the hits of ``search`` (or the cache), caches and logs the request.
 
@@ -109,8 +123,15 @@ def answer(state: ServingState, search: Search, question: str) -> Answered:
     cached = _cached_answer(search)
     t0 = time.perf_counter()
     try:
-        result = cached or state.models.answerer.answer(question, hits, MAX_SENTENCES)
+        if cached is not None:
+            result = cached
+        else:
+            answerer = state.models.answerer
+            with tracing.span("rag.generation", generation_attributes(answerer)) as span:
+                result = answerer.answer(question, hits, MAX_SENTENCES)
+                tracing.set_attributes(answer_attributes(result), span)
     except Exception as exc:
+        _count_failure(state, search.record.tenant)
         search.record.status_code = _failure_status(state)
         search.record.latency_ms = search.elapsed_ms()
         state.log_query(search.record)
@@ -123,6 +144,7 @@ def answer(state: ServingState, search: Search, question: str) -> Answered:
         state.metrics.answer_latency.labels(search.record.tenant, result.mode).observe(
             answer_ms / 1000
         )
+        _count_tokens(state, search.record.tenant, result)
         _cache_answer(state, search, result)
     citations = _safe_citations(result, hits)
     _finish_record(search, result, citations)
@@ -171,6 +193,7 @@ def stream(state: ServingState, search: Search, question: str, log: QueryLogOnce
     record = search.record
     cached = _cached_answer(search)
     pieces: Generator[str, None, Answer] | None = None
+    gen_span: Span | None = None
     try:
         yield _sse("hits", {"hits": [HitPublic.from_hit(h).model_dump() for h in hits]})
         t0 = time.perf_counter()
@@ -181,6 +204,10 @@ def stream(state: ServingState, search: Search, question: str, log: QueryLogOnce
                     if piece:
                         yield _sse("delta", {"text": piece + " "})
             else:
+                # not made current: each step of this generator may run in another thread
+                gen_span = tracing.start_span(
+                    "rag.generation", generation_attributes(state.models.answerer)
+                )
                 pieces = state.models.answerer.stream(question, hits)
                 while True:
                     try:
@@ -189,8 +216,15 @@ def stream(state: ServingState, search: Search, question: str, log: QueryLogOnce
                         result = stop.value
                         break
                     yield _sse("delta", {"text": delta})
-        except Exception:
+                tracing.set_attributes(answer_attributes(result), gen_span)
+                gen_span.end()
+        except Exception as exc:
             logger.exception("answer stream failed")
+            if gen_span is not None:
+                gen_span.record_exception(exc)
+                gen_span.set_status(StatusCode.ERROR)
+                gen_span.end()
+            _count_failure(state, record.tenant)
             record.status_code = _failure_status(state)
             log.finished()
             yield _sse("error", error_body("answer_failed", "the answer could not be completed"))
@@ -201,6 +235,7 @@ def stream(state: ServingState, search: Search, question: str, log: QueryLogOnce
             state.metrics.answer_latency.labels(record.tenant, result.mode).observe(
                 answer_ms / 1000
             )
+            _count_tokens(state, record.tenant, result)
             _cache_answer(state, search, result)
         citations = _safe_citations(result, hits)
         yield _sse(
@@ -232,4 +267,7 @@ def stream(state: ServingState, search: Search, question: str, log: QueryLogOnce
     finally:
         if pieces is not None:
             pieces.close()  # an LLM stream cut short releases its connection
+        if gen_span is not None and gen_span.is_recording():  # the client went away
+            gen_span.set_attribute("rag.client_disconnected", True)
+            gen_span.end()
         log()
