@@ -46,7 +46,9 @@ def run_trace_context(run_id: str, tags: dict[str, str]) -> otel_context.Context
     except ValueError:
         return otel_context.Context()
     span_id = trace_id & 0xFFFF_FFFF_FFFF_FFFF or 1
-    parent = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags.SAMPLED)
+    parent = SpanContext(
+        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED)
+    )
     return trace.set_span_in_context(NonRecordingSpan(parent))
 
 
