@@ -7,7 +7,8 @@ and route template (``POST /v1/query``). Attributes follow the HTTP semantic con
 (``http.request.method``, ``http.route``, ``url.path``, ``http.response.status_code``) plus
 ``rag.request_id`` and ``rag.tenant``; a 5xx status marks the span as an error. The stage spans
 (cache, embedding, retrieval, generation) of :mod:`serving.services` are its children, and the
-JSON logs and the query log carry its trace id.
+JSON logs and the query log carry its trace id. :func:`generation_attributes` and
+:func:`answer_attributes` give the generation span its model, endpoint and token counts.
 """
 
 from __future__ import annotations
