@@ -221,6 +221,13 @@ class Settings(BaseSettings):
         description="Label the request, latency and rate-limit metrics of `/metrics` with the "
         "tenant id (off: tenant ids never reach the metrics backend).",
     )
+    publish_max_age_seconds: int = Field(
+        26 * 3600,
+        ge=60,
+        description="Age a tenant's latest index publish may reach before `/metrics` counts it "
+        "overdue (`rag_tenants_publish_overdue`): the nightly re-sync's period (24 h) plus 2 h "
+        "for its run.",
+    )
     metrics_token: str | None = Field(
         None,
         description="When set, `/metrics` answers only requests with "

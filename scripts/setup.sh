@@ -17,6 +17,13 @@ if [ "${1:-}" = "--dev" ]; then
     $apt_get update -qq && $apt_get install -y -qq python3-doc >/dev/null \
       || echo "warning: python3-doc not installed; the web connector tests will skip" >&2
   fi
+  # The alert rules are checked with promtool (Debian's prometheus package; its daemon is not
+  # started here).
+  if ! command -v promtool >/dev/null && command -v apt-get >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then apt_get="apt-get"; else apt_get="sudo apt-get"; fi
+    $apt_get update -qq && DEBIAN_FRONTEND=noninteractive $apt_get install -y -qq prometheus >/dev/null \
+      || echo "warning: prometheus (promtool) not installed; the alert-rule tests will skip" >&2
+  fi
 fi
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"

@@ -3,7 +3,9 @@
 Run with ``uvicorn --factory serving.main:create_app`` (one process per machine: Edge shards
 open in one process only; the thread pool shares them, see DESIGN.md).
 
-Middleware, outermost first: request context (request id, access log, request metrics), then
+Middleware, outermost first: tracing (the request's server span, W3C trace context from the
+``traceparent`` header; :mod:`serving.tracing`), request context (request id, access log,
+request metrics), then
 the request-body size limit (413 before any parsing), then the routes. Every error, including
 FastAPI's validation errors and unknown routes, leaves in the one JSON shape of
 :mod:`serving.errors`.
@@ -19,11 +21,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from rag_platform.lib import tracing
 from rag_platform.settings import Settings, configure_runtime_env, get_settings
 from serving.api.routes import admin, documents, feedback, health, query, search
+from serving.api.routes.health import tenant_index_statuses
 from serving.errors import BodySizeLimitMiddleware, install_error_handlers
-from serving.observability import Metrics, RequestContextMiddleware, configure_logging
+from serving.observability import (
+    IndexStatusCollector,
+    Metrics,
+    RequestContextMiddleware,
+    configure_logging,
+)
 from serving.state import ServingState
+from serving.tracing import TracingMiddleware
 
 logger = logging.getLogger("serving.main")
 
@@ -58,6 +68,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     gc.collect()
     gc.freeze()
     app.state.serving = state
+    index_status = IndexStatusCollector(
+        lambda: tenant_index_statuses(state),
+        settings.publish_max_age_seconds,
+        settings.metrics_tenant_labels,
+    )
+    metrics.registry.register(index_status)
     logger.info(
         "serving started",
         extra={"cache": state.cache.backend, "rate_limits": state.limiter.backend},
@@ -66,6 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         app.state.serving = None
+        metrics.registry.unregister(index_status)
         await run_in_threadpool(state.close)
         logger.info("serving stopped")
 
@@ -83,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_runtime_env()
     settings = settings or get_settings()
     configure_logging()
+    tracing.configure_tracing("rag-platform-api")
     metrics = Metrics(tenant_labels=settings.metrics_tenant_labels)
     app = FastAPI(
         title="rag-platform query API",
@@ -112,4 +130,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         path_limits={"/v1/documents": settings.max_upload_bytes},
     )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(TracingMiddleware)
     return app

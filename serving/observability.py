@@ -12,6 +12,11 @@
   tenant.
 - Tenant ids label the per-tenant metrics only with ``RAG_METRICS_TENANT_LABELS=true``: they
   name customers, and every tenant multiplies the series a metrics backend stores.
+- Log records also carry ``trace_id`` and ``span_id`` of the current OpenTelemetry span
+  (:mod:`serving.tracing`; ``""`` outside one), so a log line leads to its trace.
+- The published index of each tenant (the pipeline's output, read from the metadata store at
+  scrape time by :class:`IndexStatusCollector`): readiness, version, publish time and the age
+  a publish may reach (``RAG_PUBLISH_MAX_AGE_SECONDS``), so alerts see a stale or missing index.
 """
 
 from __future__ import annotations
@@ -24,11 +29,16 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from pythonjsonlogger.json import JsonFormatter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rag_platform.lib import tracing
 
 _request_id: ContextVar[str] = ContextVar("request_id", default="-")
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -151,19 +161,181 @@ class Metrics:
             "Query-log rows not yet written to the database.",
             registry=self.registry,
         )
+        self.llm_tokens = TenantLabelled(
+            counter(
+                "rag_llm_tokens_total", "LLM tokens spent by answers (kind: prompt, completion)."
+            ),
+            ["tenant", "kind"],
+            tenant_labels,
+        )
+        self.llm_failures = TenantLabelled(
+            counter(
+                "rag_llm_failures_total",
+                "Answers whose LLM call failed (timeout, error status, unreachable endpoint).",
+            ),
+            ["tenant"],
+            tenant_labels,
+        )
+        self.llm_fallbacks = TenantLabelled(
+            counter(
+                "rag_llm_fallbacks_total",
+                "Answers served by a fallback (another model or the extractive answer), by the "
+                "reason the preferred model was skipped (timeout, http_5xx, http_429, "
+                "breaker_open, ...).",
+            ),
+            ["tenant", "reason"],
+            tenant_labels,
+        )
+        for kind in ("prompt", "completion"):  # exposed at 0 before the first LLM answer
+            if not tenant_labels:
+                self.llm_tokens.labels("-", kind)
+        if not tenant_labels:
+            self.llm_failures.labels("-")
+        self.tenant_labels = tenant_labels
+
+
+@dataclass(frozen=True)
+class TenantIndexStatus:
+    """The published index of one tenant, as the metrics show it.
+
+    Attributes:
+        tenant: tenant id.
+        ready: a version is published and its shard is there (queries can be answered).
+        version: the published version id, ``""`` when none.
+        published_at: Unix time of its latest publish, seconds (None: never published).
+        documents: documents in the published version.
+        chunks: chunks in the published version.
+    """
+
+    tenant: str
+    ready: bool
+    version: str = ""
+    published_at: float | None = None
+    documents: int = 0
+    chunks: int = 0
+
+
+class IndexStatusCollector(Collector):
+    """Gauges of every tenant's published index, computed at each scrape.
+
+    Always: ``rag_tenants`` (registered tenants), ``rag_tenants_not_ready``,
+    ``rag_tenants_publish_overdue`` (latest publish longer ago than ``max_age_seconds``; a
+    tenant never published is not ready instead),
+    ``rag_index_publish_max_age_seconds``. With tenant labels also, per tenant:
+    ``rag_tenant_ready``, ``rag_index_published_info{version}``,
+    ``rag_index_published_timestamp_seconds``, ``rag_index_published_chunks``.
+
+    Args:
+        statuses: the tenants' statuses now (may raise: the scrape then shows the tenant-free
+            gauges only, with ``rag_index_status_up 0``).
+        max_age_seconds: the age a publish may reach before it is overdue (the re-sync
+            schedule's period plus the run's time).
+        tenant_labels: emit the per-tenant gauges.
+        now: the clock, Unix seconds.
+    """
+
+    def __init__(
+        self,
+        statuses: Callable[[], Sequence[TenantIndexStatus]],
+        max_age_seconds: float,
+        tenant_labels: bool,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._statuses = statuses
+        self.max_age_seconds = max_age_seconds
+        self.tenant_labels = tenant_labels
+        self._now = now
+
+    def describe(self) -> list[Metric]:
+        """No description: the series depend on the tenants (collected at each scrape)."""
+        return []
+
+    def collect(self) -> list[Metric]:
+        """The gauges (see the class docstring)."""
+        up = GaugeMetricFamily(
+            "rag_index_status_up", "Whether the published index status could be read (1/0)."
+        )
+        max_age = GaugeMetricFamily(
+            "rag_index_publish_max_age_seconds",
+            "Age a tenant's latest publish may reach before it is overdue (seconds).",
+        )
+        max_age.add_metric([], self.max_age_seconds)
+        try:
+            statuses = list(self._statuses())
+        except Exception as exc:
+            logging.getLogger("serving.metrics").error(
+                "reading the index status failed", extra={"error": type(exc).__name__}
+            )
+            up.add_metric([], 0)
+            return [up, max_age]
+        up.add_metric([], 1)
+        now = self._now()
+        overdue = [
+            s
+            for s in statuses
+            if s.published_at is not None and now - s.published_at > self.max_age_seconds
+        ]
+        out: list[Metric] = [up, max_age]
+        for name, doc, value in (
+            ("rag_tenants", "Registered tenants.", len(statuses)),
+            (
+                "rag_tenants_not_ready",
+                "Tenants without a servable published index.",
+                sum(not s.ready for s in statuses),
+            ),
+            (
+                "rag_tenants_publish_overdue",
+                "Tenants whose latest publish is older than the publish schedule allows.",
+                len(overdue),
+            ),
+        ):
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], value)
+            out.append(g)
+        if not self.tenant_labels:
+            return out
+        ready = GaugeMetricFamily(
+            "rag_tenant_ready", "The tenant's published index is servable (1/0).", labels=["tenant"]
+        )
+        info = GaugeMetricFamily(
+            "rag_index_published_info",
+            "The tenant's published index version (value 1).",
+            labels=["tenant", "version"],
+        )
+        published = GaugeMetricFamily(
+            "rag_index_published_timestamp_seconds",
+            "Unix time of the tenant's latest publish.",
+            labels=["tenant"],
+        )
+        chunks = GaugeMetricFamily(
+            "rag_index_published_chunks",
+            "Chunks in the tenant's published index version.",
+            labels=["tenant"],
+        )
+        for s in statuses:
+            ready.add_metric([s.tenant], 1 if s.ready else 0)
+            if s.version:
+                info.add_metric([s.tenant, s.version], 1)
+                chunks.add_metric([s.tenant], s.chunks)
+            if s.published_at is not None:
+                published.add_metric([s.tenant], s.published_at)
+        return [*out, ready, info, published, chunks]
 
 
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = current_request_id()
+        if not hasattr(record, "trace_id"):
+            record.trace_id = tracing.current_trace_id()
+            record.span_id = tracing.current_span_id()
         return True
 
 
 def json_formatter() -> logging.Formatter:
     """The JSON formatter used by the service's handlers."""
     return JsonFormatter(
-        "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+        "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s %(trace_id)s %(span_id)s",
         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
     )
 
@@ -182,7 +354,8 @@ def configure_logging(level: str | int = "INFO") -> None:
 
 
 def request_id_filter() -> logging.Filter:
-    """A filter adding ``request_id`` to records (for handlers tests attach)."""
+    """A filter adding ``request_id``, ``trace_id`` and ``span_id`` to records (for handlers
+    tests attach)."""
     return _RequestIdFilter()
 
 

@@ -60,6 +60,7 @@ class QueryRecord:
     cache_hit: bool = False
     status_code: int = 200
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    trace_id: str = ""
 
 
 _STOP = object()
@@ -218,6 +219,7 @@ class QueryLogWriter:
             cache_hit=record.cache_hit,
             status_code=record.status_code,
             created_at=record.created_at,
+            trace_id=record.trace_id,
         )
 
     def _drain_backlog(self, tries: int) -> int:

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from rag_platform.lib import tracing
 from rag_platform.lib.embedding import DenseQueryEncoder, SparseEncoder, SparseVector
 from rag_platform.lib.models import Hit, SearchFilters
 from rag_platform.lib.tenants import RetrievalSettings
@@ -114,8 +115,9 @@ class Retriever:
             raise ValueError("query must be a non-empty string")
         self._check_args(top_k, filters)
         t0 = time.perf_counter()
-        dense = self.embedder.embed_query(query)
-        sparse = self.sparse_encoder.encode_query(query)
+        with tracing.span("rag.embedding", {"rag.tenant": self.tenant}):
+            dense = self.embedder.embed_query(query)
+            sparse = self.sparse_encoder.encode_query(query)
         embed_ms = (time.perf_counter() - t0) * 1000.0
         result = self.retrieve_vectors(dense, sparse, top_k, filters, relevance)
         result.embed_ms = embed_ms
@@ -132,7 +134,12 @@ class Retriever:
         """Same as :meth:`retrieve` with the query already encoded (batch evaluation)."""
         self._check_args(top_k, filters)
         t0 = time.perf_counter()
-        raw = self.reader.search(dense, sparse, filters, self.tenant, self.settings, top_k)
+        with tracing.span(
+            "rag.index.search",
+            {"rag.tenant": self.tenant, "rag.fusion": self.settings.fusion, "rag.limit": top_k},
+        ) as span:
+            raw = self.reader.search(dense, sparse, filters, self.tenant, self.settings, top_k)
+            span.set_attribute("rag.hits", len(raw))
         hits = self._post_check(raw, filters)
         best: float | None = None
         if relevance and hits:

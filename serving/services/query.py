@@ -25,6 +25,9 @@ from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from opentelemetry.trace import Span, StatusCode
+
+from rag_platform.lib import tracing
 from rag_platform.lib.grounding import GroundingDecision, decide, refusal, resolve_min_score
 from rag_platform.lib.injection import InjectionReport, detect_injection
 from rag_platform.lib.models import Answer, Citation, Hit
@@ -32,6 +35,7 @@ from serving.errors import ApiError, error_body
 from serving.schemas import CitationPublic, HitPublic
 from serving.services.search import Search
 from serving.state import ServingState
+from serving.tracing import answer_attributes, generation_attributes
 
 logger = logging.getLogger("serving.query")
 
@@ -81,13 +85,6 @@ def screen(state: ServingState, search: Search, question: str) -> Screened:
         injection_refused=flagged and policy.refuse_questions,
     )
     return Screened(grounding, report, flagged)
-
-
-def _respond(state: ServingState, screened: Screened, question: str, hits: list[Hit]) -> Answer:
-    """The answer of a question not in the cache: the refusal, or the answerer's."""
-    if not screened.grounding.grounded:
-        return refusal(state.models.answerer.mode)
-    return state.models.answerer.answer(question, hits, MAX_SENTENCES)
 
 
 @dataclass
@@ -163,6 +160,16 @@ def _failure_status(state: ServingState) -> int:
     return 502 if state.models.uses_llm else 500
 
 
+def _count_failure(state: ServingState, tenant: str) -> None:
+    if state.models.uses_llm:
+        state.metrics.llm_failures.labels(tenant).inc()
+
+
+def _count_tokens(state: ServingState, tenant: str, answer: Answer) -> None:
+    state.metrics.llm_tokens.labels(tenant, "prompt").inc(answer.prompt_tokens)
+    state.metrics.llm_tokens.labels(tenant, "completion").inc(answer.completion_tokens)
+
+
 def answer(state: ServingState, search: Search, question: str) -> Answered:
     """Answers from the hits of ``search`` (or the cache), caches and logs the request.
 
@@ -175,8 +182,17 @@ def answer(state: ServingState, search: Search, question: str) -> Answered:
     cached = _cached_answer(search, screened.grounding.grounded)
     t0 = time.perf_counter()
     try:
-        result = cached or _respond(state, screened, question, hits)
+        if cached is not None:
+            result = cached
+        elif not screened.grounding.grounded:
+            result = refusal(state.models.answerer.mode)
+        else:
+            answerer = state.models.answerer
+            with tracing.span("rag.generation", generation_attributes(answerer)) as span:
+                result = answerer.answer(question, hits, MAX_SENTENCES)
+                tracing.set_attributes(answer_attributes(result), span)
     except Exception as exc:
+        _count_failure(state, search.record.tenant)
         search.record.status_code = _failure_status(state)
         search.record.latency_ms = search.elapsed_ms()
         state.log_query(search.record)
@@ -189,6 +205,7 @@ def answer(state: ServingState, search: Search, question: str) -> Answered:
         state.metrics.answer_latency.labels(search.record.tenant, result.mode).observe(
             answer_ms / 1000
         )
+        _count_tokens(state, search.record.tenant, result)
         _cache_answer(state, search, result, screened.grounding.grounded)
     citations = _safe_citations(result, hits)
     _finish_record(search, result, citations)
@@ -262,6 +279,7 @@ def stream(state: ServingState, search: Search, question: str, log: QueryLogOnce
     grounded = screened.grounding.grounded
     cached = _cached_answer(search, grounded)
     pieces: Generator[str, None, Answer] | None = None
+    gen_span: Span | None = None
     try:
         yield _sse("hits", {"hits": [HitPublic.from_hit(h).model_dump() for h in hits]})
         t0 = time.perf_counter()
@@ -272,6 +290,10 @@ def stream(state: ServingState, search: Search, question: str, log: QueryLogOnce
                     if piece:
                         yield _sse("delta", {"text": piece + " "})
             else:
+                # not made current: each step of this generator may run in another thread
+                gen_span = tracing.start_span(
+                    "rag.generation", generation_attributes(state.models.answerer)
+                )
                 pieces = state.models.answerer.stream(question, hits)
                 while True:
                     try:
@@ -280,8 +302,15 @@ def stream(state: ServingState, search: Search, question: str, log: QueryLogOnce
                         result = stop.value
                         break
                     yield _sse("delta", {"text": delta})
-        except Exception:
+                tracing.set_attributes(answer_attributes(result), gen_span)
+                gen_span.end()
+        except Exception as exc:
             logger.exception("answer stream failed")
+            if gen_span is not None:
+                gen_span.record_exception(exc)
+                gen_span.set_status(StatusCode.ERROR)
+                gen_span.end()
+            _count_failure(state, record.tenant)
             record.status_code = _failure_status(state)
             log.finished()
             yield _sse("error", error_body("answer_failed", "the answer could not be completed"))
@@ -292,6 +321,7 @@ def stream(state: ServingState, search: Search, question: str, log: QueryLogOnce
             state.metrics.answer_latency.labels(record.tenant, result.mode).observe(
                 answer_ms / 1000
             )
+            _count_tokens(state, record.tenant, result)
             _cache_answer(state, search, result, grounded)
         citations = _safe_citations(result, hits)
         yield _sse(
@@ -324,4 +354,7 @@ def stream(state: ServingState, search: Search, question: str, log: QueryLogOnce
     finally:
         if pieces is not None:
             pieces.close()  # an LLM stream cut short releases its connection
+        if gen_span is not None and gen_span.is_recording():  # the client went away
+            gen_span.set_attribute("rag.client_disconnected", True)
+            gen_span.end()
         log()

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
+from rag_platform.lib import tracing
 from rag_platform.lib.models import Hit, Principal, SearchFilters
 from rag_platform.lib.retrieval import Retriever
 from rag_platform.lib.store import IndexVersion
@@ -149,7 +150,9 @@ def retrieve_hits(
         top_k=top_k,
         retrieval=state.tenants.retrieval_settings(principal.tenant).model_dump_json(),
     )
-    cached = state.cache.get(key)
+    with tracing.span("rag.cache.lookup", {"rag.cache.endpoint": endpoint}) as span:
+        cached = state.cache.get(key)
+        span.set_attribute("rag.cache.hit", cached is not None)
     if cached is not None:
         try:
             hits = [Hit(**h) for h in cached["hits"]]
@@ -166,11 +169,22 @@ def retrieve_hits(
     state.metrics.cache.labels(endpoint, "miss").inc()
     if not principal.groups:
         return Retrieved([], False, 0.0, 0.0, key)
-    with open_retriever(state, version) as retriever:
+    with (
+        tracing.span(
+            "rag.retrieval",
+            {
+                "rag.tenant": principal.tenant,
+                "rag.index_version": version.version,
+                "rag.top_k": top_k,
+            },
+        ) as span,
+        open_retriever(state, version) as retriever,
+    ):
         try:
             result = retriever.retrieve(query, top_k, filters, relevance=endpoint == "query")
         except ValueError as exc:
             raise ApiError(422, "invalid_filters", "the filters cannot be applied") from exc
+        span.set_attribute("rag.hits", len(result.hits))
     state.metrics.embedding_latency.labels(principal.tenant).observe(result.embed_ms / 1000)
     state.metrics.retrieval_latency.labels(principal.tenant).observe(result.search_ms / 1000)
     hits = recheck_hits(state.metrics, list(result.hits), principal)
@@ -222,7 +236,9 @@ def start_search(
         top_k=body.top_k,
         filters=logged_filters,
         index_version=version.version,
+        trace_id=tracing.current_trace_id(),
     )
+    tracing.set_attributes({"rag.tenant": principal.tenant, "rag.query_id": record.query_id})
     try:
         got = retrieve_hits(state, principal, version, endpoint, body.query, body.top_k, filters)
     except Exception as exc:

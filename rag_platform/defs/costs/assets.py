@@ -7,6 +7,7 @@ import dagster as dg
 
 from rag_platform.defs.partitions import tenant_day_partitions
 from rag_platform.defs.resources import PlatformResource
+from rag_platform.defs.tracing import materialization_span
 
 
 @dg.asset(
@@ -14,6 +15,7 @@ from rag_platform.defs.resources import PlatformResource
     kinds={"python"},
     partitions_def=tenant_day_partitions,
 )
+@materialization_span
 def tenant_daily_costs(
     context: dg.AssetExecutionContext, platform: PlatformResource
 ) -> dg.Output[dict[str, Any]]:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from rag_platform.defs.partitions import tenants_partitions
 from rag_platform.defs.resources import PlatformResource
+from rag_platform.defs.tracing import materialization_span
 from rag_platform.lib.evaluation import runner
 
 GROUP = "evaluation"
@@ -20,6 +21,7 @@ GROUP = "evaluation"
     kinds={"python"},
     partitions_def=tenants_partitions,
 )
+@materialization_span
 def golden_set(
     context: dg.AssetExecutionContext, platform: PlatformResource, source_documents: pd.DataFrame
 ) -> dg.Output[dict[str, Any]]:
@@ -49,6 +51,7 @@ def golden_set(
     kinds={"python", "ragas"},
     partitions_def=tenants_partitions,
 )
+@materialization_span
 def index_evaluation(
     context: dg.AssetExecutionContext,
     platform: PlatformResource,

@@ -12,6 +12,7 @@ import pandas as pd
 
 from rag_platform.defs.partitions import tenants_partitions
 from rag_platform.defs.resources import PlatformResource
+from rag_platform.defs.tracing import materialization_span
 from rag_platform.lib.embedding import load_embedder
 from rag_platform.lib.embedding.stage import ChunkEmbedder, EmbeddingSet
 from rag_platform.lib.index.backend import open_backend
@@ -33,6 +34,7 @@ def index_versions(platform: PlatformResource) -> IndexVersions:
     kinds={"python", "pytorch"},
     partitions_def=tenants_partitions,
 )
+@materialization_span
 def chunk_embeddings(
     context: dg.AssetExecutionContext, platform: PlatformResource, chunks: pd.DataFrame
 ) -> dg.Output[EmbeddingSet]:
@@ -75,6 +77,7 @@ def chunk_embeddings(
     kinds={"python", "qdrant"},
     partitions_def=tenants_partitions,
 )
+@materialization_span
 def search_index(
     context: dg.AssetExecutionContext,
     platform: PlatformResource,
@@ -119,6 +122,7 @@ def search_index(
     partitions_def=tenants_partitions,
     deps=["index_evaluation"],
 )
+@materialization_span
 def published_index(
     context: dg.AssetExecutionContext, platform: PlatformResource, search_index: dict[str, Any]
 ) -> dg.Output[dict[str, Any]]:

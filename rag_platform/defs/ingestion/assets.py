@@ -13,6 +13,7 @@ import pandas as pd
 
 from rag_platform.defs.partitions import tenants_partitions
 from rag_platform.defs.resources import PlatformResource
+from rag_platform.defs.tracing import materialization_span
 from rag_platform.lib.ingestion.chunk import DocumentChunker
 from rag_platform.lib.ingestion.mask import DocumentMasker
 from rag_platform.lib.ingestion.parse import DocumentParser
@@ -48,6 +49,7 @@ def _md_table(rows: Sequence[Sequence[object]], header: Sequence[str], limit: in
         )
     ],
 )
+@materialization_span
 def source_documents(
     context: dg.AssetExecutionContext, platform: PlatformResource
 ) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
@@ -141,6 +143,7 @@ def source_documents(
     kinds={"python", "pandas"},
     partitions_def=tenants_partitions,
 )
+@materialization_span
 def parsed_documents(
     context: dg.AssetExecutionContext, platform: PlatformResource, source_documents: pd.DataFrame
 ) -> dg.Output[pd.DataFrame]:
@@ -177,6 +180,7 @@ def parsed_documents(
     kinds={"python", "presidio"},
     partitions_def=tenants_partitions,
 )
+@materialization_span
 def masked_documents(
     context: dg.AssetExecutionContext, platform: PlatformResource, parsed_documents: pd.DataFrame
 ) -> dg.Output[pd.DataFrame]:
@@ -235,6 +239,7 @@ def masked_documents(
     kinds={"python", "pandas"},
     partitions_def=tenants_partitions,
 )
+@materialization_span
 def chunks(
     context: dg.AssetExecutionContext, platform: PlatformResource, masked_documents: pd.DataFrame
 ) -> dg.Output[pd.DataFrame]:

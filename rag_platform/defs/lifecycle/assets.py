@@ -6,6 +6,7 @@ import dagster as dg
 
 from rag_platform.defs.partitions import tenants_partitions
 from rag_platform.defs.resources import PlatformResource
+from rag_platform.defs.tracing import materialization_span
 from rag_platform.lib.index.backend import open_backend
 from rag_platform.lib.lifecycle.retention import RetentionSweep
 
@@ -15,6 +16,7 @@ from rag_platform.lib.lifecycle.retention import RetentionSweep
     kinds={"python"},
     partitions_def=tenants_partitions,
 )
+@materialization_span
 def retention_sweep(
     context: dg.AssetExecutionContext, platform: PlatformResource
 ) -> dg.Output[dict[str, Any]]:

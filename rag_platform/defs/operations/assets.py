@@ -4,6 +4,7 @@ import dagster as dg
 
 from rag_platform.defs.partitions import tenants_partitions
 from rag_platform.defs.resources import PlatformResource
+from rag_platform.defs.tracing import materialization_span
 
 
 @dg.asset(
@@ -12,6 +13,7 @@ from rag_platform.defs.resources import PlatformResource
     partitions_def=tenants_partitions,
     deps=["published_index"],
 )
+@materialization_span
 def tenant_backup(
     context: dg.AssetExecutionContext, platform: PlatformResource
 ) -> dg.MaterializeResult:

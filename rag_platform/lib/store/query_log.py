@@ -29,7 +29,8 @@ from rag_platform.lib.store.tenants import check_tenant
 class QueryLogEntry:
     """One row of the query log (keyword-only construction).
 
-    Times are milliseconds; ``question_masked`` must already be PII-masked by the caller.
+    Times are milliseconds; ``question_masked`` must already be PII-masked by the caller;
+    ``trace_id`` is the request's W3C trace id (32 hex digits, ``""`` when not traced).
     """
 
     query_id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -49,6 +50,7 @@ class QueryLogEntry:
     cache_hit: bool = False
     status_code: int = 200
     created_at: datetime = field(default_factory=utcnow)
+    trace_id: str = ""
 
 
 class QueryLogRepository:

@@ -211,6 +211,8 @@ class QueryLogRow(Base):
     cache_hit: Mapped[bool] = mapped_column(Boolean, default=False)
     status_code: Mapped[int] = mapped_column(Integer, default=200)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: W3C trace id (32 hex digits) of the request; "" when it was not traced.
+    trace_id: Mapped[str] = mapped_column(String(32), default="", server_default="")
 
 
 class FeedbackRow(Base):

@@ -12,7 +12,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving.api.deps import StateDep
 from serving.errors import ApiError
+from serving.observability import TenantIndexStatus
 from serving.schemas import DependencyStatusPublic, LivePublic, ReadyPublic
+from serving.state import ServingState
 
 logger = logging.getLogger("serving.health")
 
@@ -80,6 +82,31 @@ def _index_status(state: StateDep, db_ok: bool) -> DependencyStatusPublic:
             status="down", detail=f"published shards missing for {len(missing)} tenant(s)"
         )
     return DependencyStatusPublic(status="ok")
+
+
+def tenant_index_statuses(state: ServingState) -> list[TenantIndexStatus]:
+    """Every registered tenant's published index, for :class:`IndexStatusCollector`.
+
+    Raises:
+        Exception: whatever the store raises when the database is down.
+    """
+    out: list[TenantIndexStatus] = []
+    for tenant in sorted(state.tenants.registry.ids):
+        version = state.published_version(tenant)
+        if version is None:
+            out.append(TenantIndexStatus(tenant, ready=False))
+            continue
+        out.append(
+            TenantIndexStatus(
+                tenant,
+                ready=state.backend.exists(version.path),
+                version=version.version,
+                published_at=version.published_at.timestamp() if version.published_at else None,
+                documents=version.documents,
+                chunks=version.chunks,
+            )
+        )
+    return out
 
 
 @metrics_router.get("/metrics", include_in_schema=False)
