@@ -216,6 +216,7 @@ class TestPostgres:
                 tmp_path / "src",
                 tenants_file=tmp_path / "src" / "tenants.yaml",
                 database_url=src_url,
+                master_key_file=tmp_path / "master.key",  # a restore needs the backup's key
             )
             settings.tenants_file.write_text(yaml.safe_dump({"tenants": [scifact_tenant(TENANT)]}))
             store = new_store(settings)
@@ -241,6 +242,7 @@ class TestPostgres:
                 tmp_path / "dst",
                 tenants_file=tmp_path / "dst" / "tenants.yaml",
                 database_url=dst_url,
+                master_key_file=tmp_path / "master.key",  # a restore needs the backup's key
             )
             dst = new_store(target)
             try:
