@@ -53,6 +53,7 @@ def file_text(path: Path, cipher: TenantCipher | None = None) -> str:
         frame = pd.read_parquet(io.BytesIO(data))
         if cipher is not None:
             frame = frame.map(lambda v: _open_cell(cipher, v))
+        frame = frame.map(lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
         return frame.to_json(default_handler=str)
     return data.decode("utf-8", "replace")
 
