@@ -806,14 +806,7 @@ class TenantEraser:
             ValueError: a bad tenant id.
         """
         check_tenant(tenant)
-        home = self.settings.home
-
-        def rel(path: Path) -> str:
-            try:
-                return str(path.relative_to(home))
-            except ValueError:
-                return str(path)
-
+        rel = TenantFiles(self.settings, tenant).rel
         removed = [
             Removal("data_keys", "data_keys (destroyed)", self.store.keyring.destroy(tenant))
         ]
