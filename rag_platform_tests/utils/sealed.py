@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -17,6 +18,7 @@ from rag_platform.lib.crypto import (
     is_sealed,
     is_sealed_text,
 )
+from rag_platform.settings import Settings
 
 _PURPOSES = (PURPOSE_ASSET, PURPOSE_CACHE, PURPOSE_SYNC, PURPOSE_SYNC_STATE)
 
@@ -65,3 +67,17 @@ def files_mentioning(root: Path, needle: str, cipher: TenantCipher | None = None
         for path in sorted(p for p in root.rglob("*") if p.is_file())
         if needle in file_text(path, cipher)
     ]
+
+
+def stored_asset(settings: Settings, asset: str, tenant: str) -> Any:
+    """The value of a stored asset partition, opened through the tenant's cipher and decoded
+    as the IO manager does (:func:`rag_platform.defs.resources.decode_asset`)."""
+    from rag_platform.defs.resources import decode_asset
+    from rag_platform.lib.store import MetadataStore
+
+    store = MetadataStore.from_settings(settings)
+    try:
+        path = settings.storage_dir / asset / tenant
+        return decode_asset(store.keyring.cipher(tenant).open(path.read_bytes(), PURPOSE_ASSET))
+    finally:
+        store.dispose()
