@@ -235,17 +235,18 @@ def next_key_file(path: Path) -> Path:
 
 def master_keys_from_settings(settings: Settings) -> list[MasterKey]:
     """The configured master key first, then keys that may still wrap rows (a rotation's staged
-    key file). Empty when ``RAG_ENCRYPTION_AT_REST`` is off.
+    key file). With ``RAG_ENCRYPTION_AT_REST`` off the key file is not generated (only an
+    existing one is read, so data sealed earlier stays readable): empty when there is none.
 
     Order of precedence: ``RAG_KMS_KEY_ID``, ``RAG_MASTER_KEY``, the key file.
     """
-    if not settings.encryption_at_rest:
-        return []
     if settings.kms_key_id:
         return [AwsKmsMasterKey(settings.kms_key_id, settings.kms_endpoint_url)]
     if settings.master_key is not None:
         return [LocalMasterKey.from_base64(settings.master_key.get_secret_value())]
     path = settings.resolved_master_key_file
+    if not settings.encryption_at_rest and not path.exists():
+        return []
     keys: list[MasterKey] = [read_or_create_key_file(path)]
     staged = next_key_file(path)
     if staged.exists():
@@ -290,8 +291,8 @@ def rotate_master_key(
         SealedDataError: a data key does not unwrap under the configured master keys (nothing
             changed).
     """
-    if not keyring.enabled:
-        raise ValueError("encryption at rest is disabled (RAG_ENCRYPTION_AT_REST=false)")
+    if not keyring.masters:
+        raise ValueError("no master key is configured (RAG_ENCRYPTION_AT_REST=false)")
     file_mode = not settings.kms_key_id and settings.master_key is None
     if new is None and not file_mode:
         raise ValueError(
@@ -367,7 +368,9 @@ class Keyring:
     Args:
         keys: the ``data_keys`` table.
         masters: the configured master key first, then keys that may still wrap rows; empty:
-            encryption disabled (:meth:`cipher` seals nothing, sealed data fails to open).
+            nothing is sealed and sealed data fails to open.
+        seal: whether new data is sealed (``RAG_ENCRYPTION_AT_REST``); off, data sealed
+            earlier still opens with ``masters``.
         cache_size: most unwrapped keys held in memory (least recently used dropped first).
         cache_seconds: how long an unwrapped key is trusted before the table is read again, so
             a data key destroyed by another process stops opening blobs within this time.
@@ -379,9 +382,11 @@ class Keyring:
         masters: list[MasterKey],
         cache_size: int = 1024,
         cache_seconds: float = 60.0,
+        seal: bool = True,
     ) -> None:
         self._keys = keys
         self.masters = list(masters)
+        self.seal = seal
         self._cache: OrderedDict[tuple[str, int], tuple[float, AESGCM]] = OrderedDict()
         self._current: dict[str, int] = {}
         self._size = cache_size
@@ -390,12 +395,12 @@ class Keyring:
 
     @property
     def enabled(self) -> bool:
-        """Whether a master key is configured (new data is sealed)."""
-        return bool(self.masters)
+        """Whether new data is sealed (a master key is configured and sealing is on)."""
+        return bool(self.masters) and self.seal
 
     def cipher(self, tenant: str) -> TenantCipher:
-        """The tenant's cipher (seals nothing when encryption is disabled)."""
-        return TenantCipher(tenant, self if self.enabled else None)
+        """The tenant's cipher (seals nothing when encryption is disabled; still opens)."""
+        return TenantCipher(tenant, self)
 
     # -- keys --------------------------------------------------------------------------
 
@@ -455,10 +460,10 @@ class Keyring:
         never reused, a new version replaces it.
 
         Raises:
-            SealedDataError: encryption disabled, or the master key cannot unwrap the key.
+            SealedDataError: no master key, or the master key cannot unwrap the key.
         """
-        if not self.enabled:
-            raise SealedDataError("encryption at rest is disabled: no master key")
+        if not self.masters:
+            raise SealedDataError("no master key is configured")
         version = self._current.get(tenant)
         if version is not None:
             aead = self._cached(tenant, version)

@@ -177,13 +177,21 @@ def test_stage_cache_values_are_sealed(store: MetadataStore, tmp_path: Path) -> 
 
 def test_key_file_is_generated_once_with_mode_0600(rag_home: Settings) -> None:
     path = rag_home.resolved_master_key_file
-    assert not path.exists()
+    off = rag_home.model_copy(update={"encryption_at_rest": False})
+    assert master_keys_from_settings(off) == [] and not path.exists()  # off: nothing generated
     [first] = master_keys_from_settings(rag_home)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     [second] = master_keys_from_settings(rag_home)
     assert first.key_id == second.key_id == read_or_create_key_file(path).key_id
-    off = rag_home.model_copy(update={"encryption_at_rest": False})
-    assert master_keys_from_settings(off) == []
+    # turned off later: nothing new is sealed, what was sealed still opens
+    sealed = MetadataStore.from_settings(rag_home)
+    sealed.migrate()
+    blob = sealed.keyring.cipher("acme").seal(b"text", "cache")
+    plain = MetadataStore.from_settings(off)
+    assert plain.keyring.cipher("acme").seal(b"new", "cache") == b"new"
+    assert plain.keyring.cipher("acme").open(blob, "cache") == b"text"
+    sealed.dispose()
+    plain.dispose()
 
 
 def test_rotation_in_key_file_mode_replaces_the_file(rag_home: Settings) -> None:

@@ -56,6 +56,8 @@ class MetadataStore:
         master_keys: The master key (then keys that may still wrap data keys) of
             :attr:`keyring`: question and comment text is sealed with the tenant's data key.
             None or empty: stored as plaintext (sealed rows then fail to open).
+        seal: Whether new text is sealed (``RAG_ENCRYPTION_AT_REST``); off, sealed rows still
+            open with ``master_keys``.
 
     Raises:
         ValueError: For an unsupported or malformed URL, or an empty pepper.
@@ -65,13 +67,17 @@ class MetadataStore:
     """
 
     def __init__(
-        self, url: str, pepper: str = "dev", master_keys: list[MasterKey] | None = None
+        self,
+        url: str,
+        pepper: str = "dev",
+        master_keys: list[MasterKey] | None = None,
+        seal: bool = True,
     ) -> None:
         if not pepper:
             raise ValueError("the key pepper must not be empty")
         self.db = Database(url)
         self.data_keys = DataKeyRepository(self.db)
-        self.keyring = Keyring(self.data_keys, master_keys or [])
+        self.keyring = Keyring(self.data_keys, master_keys or [], seal=seal)
         self.tenants = TenantRepository(self.db)
         self.api_keys = ApiKeyRepository(self.db, pepper)
         self.versions = VersionRepository(self.db)
@@ -97,7 +103,12 @@ class MetadataStore:
         """
         url = normalize_database_url(settings.resolved_database_url)
         create_sqlite_folder(url)
-        return cls(url, pepper=settings.key_pepper, master_keys=master_keys_from_settings(settings))
+        return cls(
+            url,
+            pepper=settings.key_pepper,
+            master_keys=master_keys_from_settings(settings),
+            seal=settings.encryption_at_rest,
+        )
 
     @property
     def url(self) -> str:
