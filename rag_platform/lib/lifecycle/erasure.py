@@ -823,6 +823,9 @@ class TenantEraser:
         self.backend.release_tenant(tenant)
         shards = self.backend.collect_garbage(tenant, set())
         removed.append(Removal("index", "index versions", len(shards)))
+        edge_dir = self.settings.index_dir / tenant
+        if edge_dir.is_dir() and not any(edge_dir.iterdir()):
+            edge_dir.rmdir()
         with self.store.db.transaction() as conn:
             for table, column in reversed(tenant_tables()):
                 if table.name in _KEPT_TABLES:
@@ -869,7 +872,8 @@ def verify_tenant_erasure(settings: Settings, store: MetadataStore, tenant: str)
 
     Checks: ``data_keys`` (no live data key, and a blob sealed under its last key does not
     open), ``caches`` (no state folder), ``assets`` (no stored partition), ``rows`` (no row of
-    any table but the audit log and the destroyed keys).
+    any table but the audit log and the destroyed keys), ``index`` (no Qdrant Edge shard: one
+    an API process still holds is reported, and deleted by a later garbage collection).
     """
     checks: list[Check] = []
     latest = store.data_keys.latest(tenant)
@@ -903,4 +907,9 @@ def verify_tenant_erasure(settings: Settings, store: MetadataStore, tenant: str)
             if count:
                 found.append(f"{table.name}: {count} row(s)")
     checks.append(Check("rows", not found, "; ".join(found) or "nothing left"))
+    edge_dir = settings.index_dir / tenant
+    shards = sorted(p.name for p in edge_dir.iterdir() if p.is_dir()) if edge_dir.is_dir() else []
+    checks.append(
+        Check("index", not shards, f"shards left (in use): {shards}" if shards else "no shard left")
+    )
     return Verification(checks)
