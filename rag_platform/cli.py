@@ -396,6 +396,44 @@ def keys_revoke(key_id: str) -> None:
     _echo_json({"revoked": key_id})
 
 
+@keys_app.command("rotate-master")
+def keys_rotate_master(
+    new_key_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the new master key (32 bytes, base64)."),
+    ] = None,
+    new_kms_key_id: Annotated[
+        str | None, typer.Option(help="Wrap under this AWS KMS key (RAG_KMS_ENDPOINT_URL).")
+    ] = None,
+) -> None:
+    """Re-wraps every tenant's data key under a new master key; the sealed data is not touched.
+    With the default key file (RAG_HOME/keys/master.key) the new key is generated and replaces
+    it; with RAG_MASTER_KEY or RAG_KMS_KEY_ID give the new key, then set it. Last line JSON."""
+    from rag_platform.lib.crypto import (
+        AwsKmsMasterKey,
+        LocalMasterKey,
+        MasterKey,
+        SealedDataError,
+        rotate_master_key,
+    )
+
+    settings = get_settings()
+    if new_key_file is not None and new_kms_key_id is not None:
+        _fail("give --new-key-file or --new-kms-key-id, not both")
+    new: MasterKey | None = None
+    try:
+        if new_key_file is not None:
+            new = LocalMasterKey.from_base64(new_key_file.read_text())
+        elif new_kms_key_id is not None:
+            new = AwsKmsMasterKey(new_kms_key_id, settings.kms_endpoint_url)
+        store = _store(settings)
+        summary = rotate_master_key(settings, store.keyring, new)
+    except (OSError, ValueError, SealedDataError) as exc:
+        _fail(str(exc))
+    store.audit("keys.rotate_master", None, "cli", summary)
+    _echo_json({"rotated": True, **summary})
+
+
 # ------------------------------------------------------------------------------------------
 # index versions
 # ------------------------------------------------------------------------------------------
@@ -660,6 +698,27 @@ def erase_principal(
     _known_tenant(settings, tenant)
     try:
         receipt = PrincipalEraser(settings, _store(settings)).run(tenant, principal, actor="cli")
+    except ValueError as exc:
+        _fail(str(exc))
+    _echo_json(receipt.to_dict())
+    if not receipt.verification.passed:
+        raise typer.Exit(1)
+
+
+@erase_app.command("tenant")
+def erase_tenant(tenant: Annotated[str, typer.Option()]) -> None:
+    """Erases a tenant by crypto-shredding: destroys its data keys (everything sealed under
+    them is unreadable for good), then removes its caches, stored assets, uploads, index
+    versions, rows (the audit log keeps the receipt) and registry entry. Last line: the JSON
+    receipt (also in the audit log); exit 1 when its verification failed."""
+    from rag_platform.lib.index.backend import open_backend
+    from rag_platform.lib.lifecycle.erasure import TenantEraser
+
+    settings = get_settings()
+    try:
+        receipt = TenantEraser(settings, _store(settings), open_backend(settings)).run(
+            tenant, actor="cli"
+        )
     except ValueError as exc:
         _fail(str(exc))
     _echo_json(receipt.to_dict())

@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The checkout (or installed package) root: defaults live beside it.
@@ -271,6 +271,31 @@ class Settings(BaseSettings):
         "`s3://bucket/prefix`; default RAG_HOME/backups.",
     )
 
+    # Encryption at rest (rag_platform/lib/crypto.py)
+    encryption_at_rest: bool = Field(
+        True,
+        description="Seal document text in the content caches, sync state and stored assets, "
+        "and question/comment text in the metadata store, with per-tenant data keys.",
+    )
+    master_key: SecretStr | None = Field(
+        None,
+        description="The master key wrapping the tenants' data keys: 32 bytes, base64. Default: "
+        "the key file RAG_MASTER_KEY_FILE (generated on first use).",
+    )
+    master_key_file: Path | None = Field(
+        None,
+        description="File holding the master key (base64, mode 0600); default "
+        "RAG_HOME/keys/master.key, generated on first use when RAG_MASTER_KEY is unset.",
+    )
+    kms_key_id: str | None = Field(
+        None,
+        description="An AWS KMS key id or ARN: data keys are wrapped by KMS instead of a local "
+        "master key (RAG_MASTER_KEY and the key file are then unused).",
+    )
+    kms_endpoint_url: str | None = Field(
+        None, description="KMS endpoint (a KMS-compatible server); default AWS's."
+    )
+
     @property
     def resolved_backup_url(self) -> str:
         """``backup_url``, or ``RAG_HOME/backups``."""
@@ -304,6 +329,11 @@ class Settings(BaseSettings):
         return self
 
     # Derived paths -------------------------------------------------------------------------
+    @property
+    def resolved_master_key_file(self) -> Path:
+        """``master_key_file``, or ``RAG_HOME/keys/master.key``."""
+        return self.master_key_file or self.home / "keys" / "master.key"
+
     @property
     def dagster_home(self) -> Path:
         return self.home / "dagster"

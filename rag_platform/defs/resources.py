@@ -1,5 +1,6 @@
 """Resources: the platform (settings, tenant registry, metadata store) and the Parquet IO
-manager that stores intermediate assets under the platform's ``RAG_HOME/storage``."""
+manager that stores intermediate assets under the platform's ``RAG_HOME/storage``, each tenant's
+partitions sealed with its data key (:mod:`rag_platform.lib.crypto`)."""
 
 import io
 import json
@@ -11,6 +12,7 @@ import pandas as pd
 from pydantic import Field, PrivateAttr
 from upath import UPath
 
+from rag_platform.lib.crypto import NO_CIPHER, PURPOSE_ASSET, TenantCipher
 from rag_platform.lib.embedding.stage import EmbeddingSet
 from rag_platform.lib.progress import StageProgress
 from rag_platform.lib.tenants import TenantConfig, TenantRegistry, load_registry
@@ -93,34 +95,72 @@ class PlatformResource(dg.ConfigurableResource):
             stage, context.log.info, log_every_seconds=self.settings.progress_log_seconds
         )
 
+    def cipher(self, tenant_id: str) -> TenantCipher:
+        """The tenant's cipher (its data key, wrapped by the master key of the settings);
+        seals nothing when ``RAG_ENCRYPTION_AT_REST`` is off."""
+        return self.store().keyring.cipher(tenant_id)
+
     def tenant_cache_dir(self, tenant_id: str) -> Path:
         """The tenant's state folder ``RAG_HOME/cache/<tenant>`` (components create it)."""
         return self.settings.cache_dir / tenant_id
 
 
+def encode_asset(obj: Any) -> bytes:
+    """An asset value's stored bytes: a DataFrame as Parquet, an embedding set as ``.npz``,
+    anything else as JSON."""
+    if isinstance(obj, pd.DataFrame):
+        buf = io.BytesIO()
+        obj.to_parquet(buf, index=False)
+        return buf.getvalue()
+    if isinstance(obj, EmbeddingSet):
+        return obj.to_bytes()
+    return json.dumps(obj, default=str).encode()
+
+
+def decode_asset(data: bytes) -> Any:
+    """The value of :func:`encode_asset`'s bytes (told apart by their magic bytes)."""
+    if data[:4] == b"PAR1":
+        return pd.read_parquet(io.BytesIO(data))
+    if data[:2] == b"PK":
+        return EmbeddingSet.from_bytes(data)
+    return json.loads(data)
+
+
+def _partition_tenant(context: dg.OutputContext | dg.InputContext, path: UPath) -> str | None:
+    """The tenant of the partition stored at ``path``, or None for an unpartitioned asset.
+
+    The IO manager stores a partition at ``<asset>/<tenant>`` and a tenant × day partition at
+    ``<asset>/<day>/<tenant>`` (dimensions in name order), so the file name is the tenant; read
+    from the path, it is right also when one input loads several partitions.
+    """
+    return path.name if context.has_asset_partitions else None
+
+
 class _FrameIOManager(dg.UPathIOManager):
-    """DataFrames as Parquet, embedding sets as ``.npz``, everything else as JSON."""
+    """:func:`encode_asset`'s bytes, sealed with the partition's tenant's data key.
+
+    Args:
+        ciphers: tenant id → its cipher (None: nothing sealed).
+    """
 
     extension = ""
 
+    def __init__(self, base_path: UPath, ciphers: Any = None) -> None:
+        super().__init__(base_path=base_path)
+        self._ciphers = ciphers
+
+    def _cipher(self, context: dg.OutputContext | dg.InputContext, path: UPath) -> TenantCipher:
+        tenant = _partition_tenant(context, path)
+        if tenant is None or self._ciphers is None:
+            return NO_CIPHER
+        return self._ciphers(tenant)
+
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(obj, pd.DataFrame):
-            buf = io.BytesIO()
-            obj.to_parquet(buf, index=False)
-            path.write_bytes(buf.getvalue())
-        elif isinstance(obj, EmbeddingSet):
-            path.write_bytes(obj.to_bytes())
-        else:
-            path.write_text(json.dumps(obj, default=str))
+        path.write_bytes(self._cipher(context, path).seal(encode_asset(obj), PURPOSE_ASSET))
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
-        data = path.read_bytes()
-        if data[:4] == b"PAR1":
-            return pd.read_parquet(io.BytesIO(data))
-        if data[:2] == b"PK":
-            return EmbeddingSet.from_bytes(data)
-        return json.loads(data)
+        return decode_asset(self._cipher(context, path).open(path.read_bytes(), PURPOSE_ASSET))
 
 
 class AssetStorageIOManager(dg.ConfigurableIOManagerFactory):
@@ -137,7 +177,7 @@ class AssetStorageIOManager(dg.ConfigurableIOManagerFactory):
     def create_io_manager(self, context: dg.InitResourceContext) -> _FrameIOManager:
         base = Path(self.base_path) if self.base_path else self.platform.settings.storage_dir
         base.mkdir(parents=True, exist_ok=True)
-        return _FrameIOManager(base_path=UPath(base))
+        return _FrameIOManager(UPath(base), self.platform.cipher)
 
 
 @dg.definitions

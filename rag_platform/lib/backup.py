@@ -9,7 +9,9 @@ Layout of a backup (a local folder, or the same keys under ``s3://bucket/prefix/
     index/<version>/...           the published Qdrant Edge shard (a closed, immutable directory),
                                   or, with RAG_QDRANT_URL, points.jsonl: every point of the
                                   published collection with its vectors and payload
-    cache/...                     RAG_HOME/cache/<tenant> (content caches, quarantine)
+    cache/...                     RAG_HOME/cache/<tenant> (content caches, quarantine; as sealed
+                                  on disk: the tenant's wrapped data key is in
+                                  metadata/data_keys.jsonl, so a restore needs the master key)
 
 :class:`TenantBackup` writes one; :class:`TenantRestore` verifies every checksum (and that no
 file was added, removed or is a link, and that every path stays inside the backup) before it
@@ -514,7 +516,8 @@ class TenantRestore:
 
         Raises:
             BackupError: The backup does not verify (nothing is written), or the tenant exists
-                and ``force`` is False, or the server backend is configured.
+                and ``force`` is False, or the server backend is configured, or its data keys
+                are wrapped by a master key this RAG_HOME does not have (nothing is written).
         """
         with _local_copy(source) as folder:
             backup = verify_backup(folder)
@@ -524,6 +527,7 @@ class TenantRestore:
                 raise BackupError(
                     f"tenant {tenant!r} exists here; restore with --force to replace it"
                 )
+            self._check_master_keys(folder)
             target_kind = "server" if self.settings.qdrant_url else "edge"
             if backup.index_version is not None and backup.backend != target_kind:
                 raise BackupError(
@@ -549,6 +553,26 @@ class TenantRestore:
         return RestoreReceipt(
             tenant, source, backup.index_version, backup.files, rows, exists, backup.manifest_sha256
         )
+
+    def _check_master_keys(self, folder: Path) -> None:
+        """Refuses a backup whose live data keys (``metadata/data_keys.jsonl``) are wrapped by a
+        master key that is not configured here: its sealed caches and text could not be read.
+        """
+        path = folder / "metadata" / "data_keys.jsonl"
+        if not path.exists():
+            return
+        needed = {
+            str(row["master_key_id"])
+            for row in map(json.loads, path.read_text().splitlines())
+            if row.get("wrapped")
+        }
+        have = {m.key_id for m in self.store.keyring.masters}
+        if needed - have:
+            raise BackupError(
+                "the backup's data keys are wrapped by master key "
+                f"{', '.join(sorted(needed - have))}; configure it (RAG_MASTER_KEY, "
+                "RAG_MASTER_KEY_FILE or RAG_KMS_KEY_ID) before restoring"
+            )
 
     def _exists(self, tenant: str) -> bool:
         registry = self.settings.tenants_file

@@ -18,6 +18,8 @@ from pathlib import Path
 import pandas as pd
 from pydantic import BaseModel
 
+from rag_platform.lib.crypto import NO_CIPHER, PURPOSE_CACHE, TenantCipher
+
 log = logging.getLogger(__name__)
 
 
@@ -53,12 +55,23 @@ class StageCache:
     entries of deleted or edited documents are pruned and the file never grows without bound.
     Writes are atomic. A corrupt file is discarded with a warning and rebuilt, never fatal.
 
+    Each value is sealed with the tenant's data key (:mod:`rag_platform.lib.crypto`, purpose
+    ``cache``) when ``put``, and opened when read by ``get``; keys (content hashes and doc ids)
+    stay plain, so erasure prunes entries without opening them. A value written before
+    encryption was enabled is read as it is and sealed when next put.
+
     Args:
-        path: the Parquet file (``key``, ``value`` columns; values are JSON text).
+        path: the Parquet file (``key``, ``value`` columns; values are JSON text, sealed).
+        cipher: the tenant's cipher; default: none (values stored as plain JSON text).
+
+    Raises:
+        rag_platform.lib.crypto.SealedDataError: from ``get``, when a sealed value does not
+            open (another tenant's file, tampered, or the data key destroyed).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cipher: TenantCipher = NO_CIPHER) -> None:
         self.path = path
+        self.cipher = cipher
         self._old: dict[str, str] = {}
         self._new: dict[str, str] = {}
         if path.exists():
@@ -74,11 +87,11 @@ class StageCache:
         if raw is None:
             return None
         self._new[key] = raw
-        return json.loads(raw)
+        return json.loads(self.cipher.open_text(raw, PURPOSE_CACHE))
 
     def put(self, key: str, value: object) -> None:
         """Stores a JSON-serialisable ``value`` under ``key`` (written by the next ``save``)."""
-        self._new[key] = json.dumps(value)
+        self._new[key] = self.cipher.seal_text(json.dumps(value), PURPOSE_CACHE)
 
     def save(self) -> None:
         """Writes the keys used since opening, atomically; the others are pruned."""

@@ -7,7 +7,6 @@ the backend of the version it searches, whatever its own setting."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
@@ -17,6 +16,7 @@ from rag_platform.lib.store import IndexVersion, MetadataStore
 from rag_platform.runner import PipelineSummary, materialize_tenant
 from rag_platform.settings import Settings, get_settings
 from rag_platform_tests.conftest import SCIFACT, TenantWriter, scifact_tenant
+from rag_platform_tests.utils.sealed import stored_asset
 from serving.main import create_app
 
 TENANT = "sci"
@@ -48,7 +48,7 @@ def _version(settings: Settings, version: str) -> IndexVersion:
 
 def _stored_vectors(settings: Settings, identity: str) -> dict[str, np.ndarray]:
     """Chunk id → the dense vector the pipeline indexed for it under ``identity``."""
-    chunks = pd.read_parquet(settings.storage_dir / "chunks" / TENANT)
+    chunks = stored_asset(settings, "chunks", TENANT)
     cache = EmbeddingSet.load(
         settings.cache_dir / TENANT / f"embeddings-{model_slug(identity)}.npz"
     )

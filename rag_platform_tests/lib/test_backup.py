@@ -56,8 +56,14 @@ def search_hits(settings: Settings, key: str, questions: list[str]) -> list[list
         return out
 
 
-def home_settings(home: Path) -> Settings:
-    return make_settings(home, tenants_file=home / "tenants.yaml")
+def home_settings(home: Path, master_key_file: Path | None = None) -> Settings:
+    """Settings of a RAG_HOME; the homes of one test share one master key file (beside them)
+    unless ``master_key_file`` says otherwise: a restore needs the backup's master key."""
+    return make_settings(
+        home,
+        tenants_file=home / "tenants.yaml",
+        master_key_file=master_key_file or home.parent / "master.key",
+    )
 
 
 @pytest.fixture
@@ -116,6 +122,28 @@ class TestBackupRestore:
             assert search_hits(target, key, questions[:2]) == before[:2]
             assert len(dst_store.list_api_keys(TENANT)) == 1
             assert dst_store.verify_audit().intact
+        finally:
+            dst_store.dispose()
+
+    def test_restore_needs_the_backups_master_key(
+        self, source: tuple[Settings, MetadataStore, str], tmp_path: Path
+    ) -> None:
+        settings, store, _ = source
+        sealed = store.keyring.cipher(TENANT).seal(b"cached text", "cache")
+        TenantBackup(settings, store).run(TENANT, str(tmp_path / "bk"))
+        other = home_settings(tmp_path / "other", master_key_file=tmp_path / "other.key")
+        other_store = new_store(other)
+        try:
+            with pytest.raises(BackupError, match="master key"):
+                TenantRestore(other, other_store).run(str(tmp_path / "bk"))
+            assert not (other.index_dir / TENANT).exists()  # nothing written
+        finally:
+            other_store.dispose()
+        target = home_settings(tmp_path / "dst")  # the same master key file
+        dst_store = new_store(target)
+        try:
+            TenantRestore(target, dst_store).run(str(tmp_path / "bk"))
+            assert dst_store.keyring.cipher(TENANT).open(sealed, "cache") == b"cached text"
         finally:
             dst_store.dispose()
 
@@ -188,6 +216,7 @@ class TestPostgres:
                 tmp_path / "src",
                 tenants_file=tmp_path / "src" / "tenants.yaml",
                 database_url=src_url,
+                master_key_file=tmp_path / "master.key",  # a restore needs the backup's key
             )
             settings.tenants_file.write_text(yaml.safe_dump({"tenants": [scifact_tenant(TENANT)]}))
             store = new_store(settings)
@@ -213,6 +242,7 @@ class TestPostgres:
                 tmp_path / "dst",
                 tenants_file=tmp_path / "dst" / "tenants.yaml",
                 database_url=dst_url,
+                master_key_file=tmp_path / "master.key",  # a restore needs the backup's key
             )
             dst = new_store(target)
             try:
@@ -364,6 +394,14 @@ class TestBackupAfterDagsterRun:
         assert code == 0, output
         assert s3_receipt is not None and s3_receipt["files"] == folder_receipt["files"]
 
+        # another RAG_HOME has another master key: the sealed backup is refused, not garbled
+        home = tmp_path / "restored-other-master"
+        monkeypatch.setenv("RAG_HOME", str(home))
+        monkeypatch.setenv("RAG_TENANTS_FILE", str(home / "tenants.yaml"))
+        code, _, output = _cli(["restore", "--from", str(tmp_path / "bk")])
+        assert code == 2 and "master key" in output, output
+        # the operator brings the master key along, as RAG_MASTER_KEY or its key file
+        monkeypatch.setenv("RAG_MASTER_KEY_FILE", str(rag_home.resolved_master_key_file))
         for n, source in enumerate([str(tmp_path / "bk"), "s3://backups/nightly/sci"]):
             home = tmp_path / f"restored-{n}"
             monkeypatch.setenv("RAG_HOME", str(home))

@@ -63,7 +63,9 @@ def source_documents(
     metadata store) are left out until released. Per source: last sync, cursor and counts."""
     tenant = platform.tenant(context.partition_key)
     suppressed = platform.store().suppressed_doc_ids(tenant.id)
-    result = SourceSync(platform.tenant_cache_dir(tenant.id), suppressed).run(tenant)
+    result = SourceSync(
+        platform.tenant_cache_dir(tenant.id), suppressed, platform.cipher(tenant.id)
+    ).run(tenant)
     frame = result.frame
     if result.problems:
         context.log.warning(f"{len(result.problems)} source problem(s): {result.problems[:5]}")
@@ -156,6 +158,7 @@ def parsed_documents(
         platform.tenant_cache_dir(tenant.id),
         budgets=tenant.budgets,
         workers=platform.settings.parse_workers,
+        cipher=platform.cipher(tenant.id),
     )
     result = parser.run(source_documents, progress=platform.progress(context, "parse"))
     for q in result.quarantined:
@@ -200,6 +203,7 @@ def masked_documents(
         spacy_model=settings.spacy_model,
         budgets=tenant.budgets,
         workers=settings.mask_workers,
+        cipher=platform.cipher(tenant.id),
     )
     result = masker.run(parsed_documents, progress=platform.progress(context, "mask"))
     screened = InjectionScreen(platform.tenant_cache_dir(tenant.id), tenant.injection).run(
@@ -247,9 +251,9 @@ def chunks(
     model's tokenizer), keeping each chunk's heading path and page. Ids are content-derived:
     ``uuid5(doc_id, ordinal:content_hash)``. Blocking checks (great-expectations) guard them."""
     tenant = platform.tenant(context.partition_key)
-    result = DocumentChunker(platform.tenant_cache_dir(tenant.id), tenant.chunking).run(
-        masked_documents, progress=platform.progress(context, "chunk")
-    )
+    result = DocumentChunker(
+        platform.tenant_cache_dir(tenant.id), tenant.chunking, platform.cipher(tenant.id)
+    ).run(masked_documents, progress=platform.progress(context, "chunk"))
     frame = result.frame
     tokens = frame["token_count"] if len(frame) else pd.Series([0])
     return dg.Output(

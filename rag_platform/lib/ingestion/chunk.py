@@ -26,6 +26,7 @@ import pandas as pd
 from tokenizers import Encoding, Tokenizer
 
 from rag_platform.lib.cache import StageCache, config_hash
+from rag_platform.lib.crypto import NO_CIPHER, TenantCipher
 from rag_platform.lib.ingestion.quarantine import save_quarantine
 from rag_platform.lib.models import (
     CHUNK_COLUMNS,
@@ -484,10 +485,14 @@ class DocumentChunker:
             quarantine records ``quarantine_chunk.json``.
         chunking: the tenant's chunking configuration (``max_tokens``, ``overlap_tokens``,
             ``min_tokens``).
+        cipher: the tenant's cipher, sealing the cached chunks at rest; default none.
     """
 
-    def __init__(self, state_dir: Path, chunking: ChunkingConfig) -> None:
+    def __init__(
+        self, state_dir: Path, chunking: ChunkingConfig, cipher: TenantCipher = NO_CIPHER
+    ) -> None:
         self.state_dir = state_dir
+        self.cipher = cipher
         self.chunking = chunking
         self._chunker: Chunker | None = None
 
@@ -514,7 +519,7 @@ class DocumentChunker:
             and stats.
         """
         start = time.perf_counter()
-        cache = StageCache(self.state_dir / "chunks.parquet")
+        cache = StageCache(self.state_dir / "chunks.parquet", self.cipher)
         stats = StageStats()
         cfg_key = config_hash(self.chunking)
         rows: list[dict[str, object]] = []

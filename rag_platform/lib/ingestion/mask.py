@@ -32,6 +32,7 @@ from typing import Any, TypedDict, cast
 import pandas as pd
 
 from rag_platform.lib.cache import StageCache, config_hash
+from rag_platform.lib.crypto import NO_CIPHER, TenantCipher
 from rag_platform.lib.ingestion.quarantine import save_quarantine
 from rag_platform.lib.ingestion.workers import TaskFailure, WorkerPool
 from rag_platform.lib.models import (
@@ -516,6 +517,7 @@ class DocumentMasker:
         masker_factory: builds the masker in each worker; default ``MaskerSpec(policy,
             spacy_model)``. It must be picklable.
         checkpoint_seconds: most seconds between cache saves while masking.
+        cipher: the tenant's cipher, sealing the cached texts at rest; default none.
     """
 
     def __init__(
@@ -527,8 +529,10 @@ class DocumentMasker:
         workers: int = 1,
         masker_factory: MaskerFactory | None = None,
         checkpoint_seconds: float = 30.0,
+        cipher: TenantCipher = NO_CIPHER,
     ) -> None:
         self.state_dir = state_dir
+        self.cipher = cipher
         self.policy = policy
         self.budgets = budgets or InputBudgets()
         self.workers = workers
@@ -555,7 +559,7 @@ class DocumentMasker:
             BrokenProcessPool: the worker processes cannot start (or die outside any document).
         """
         start = time.perf_counter()
-        cache = StageCache(self.state_dir / "masked.parquet")
+        cache = StageCache(self.state_dir / "masked.parquet", self.cipher)
         stats = StageStats()
         policy_key = config_hash(self.policy)
         results: dict[int, _MaskEntry] = {}

@@ -15,6 +15,7 @@ from typing import Any, TypedDict, cast
 import pandas as pd
 
 from rag_platform.lib.cache import StageCache
+from rag_platform.lib.crypto import NO_CIPHER, TenantCipher
 from rag_platform.lib.ingestion.formats import ParseError, parse_document
 from rag_platform.lib.ingestion.quarantine import save_quarantine
 from rag_platform.lib.ingestion.workers import TaskFailure, WorkerPool
@@ -81,12 +82,18 @@ class DocumentParser:
         budgets: the tenant's input budgets (``TenantConfig.budgets``); defaults when None.
         workers: most worker processes parsing files (``RAG_PARSE_WORKERS``); at least one is
             used whenever a file needs parsing, so the time budget always holds.
+        cipher: the tenant's cipher, sealing the cached texts at rest; default none.
     """
 
     def __init__(
-        self, state_dir: Path, budgets: InputBudgets | None = None, workers: int = 1
+        self,
+        state_dir: Path,
+        budgets: InputBudgets | None = None,
+        workers: int = 1,
+        cipher: TenantCipher = NO_CIPHER,
     ) -> None:
         self.state_dir = state_dir
+        self.cipher = cipher
         self.budgets = budgets or InputBudgets()
         self.workers = workers
 
@@ -103,7 +110,7 @@ class DocumentParser:
             and stats.
         """
         start = time.perf_counter()
-        cache = StageCache(self.state_dir / "parsed.parquet")
+        cache = StageCache(self.state_dir / "parsed.parquet", self.cipher)
         stats = StageStats()
         records = list(sources.itertuples(index=False))
         entries: dict[int, _ParseEntry] = {}

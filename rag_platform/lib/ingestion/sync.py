@@ -13,6 +13,12 @@ State, per source, under the tenant's state folder (``RAG_HOME/cache/<tenant>/sy
 - ``state.json``: the connector's cursor, the last sync and last full sync (ISO UTC times) and
   the last sync's counts.
 
+At rest (with a cipher, :mod:`rag_platform.lib.crypto`): each segment row's ``content`` and
+``text`` are sealed one by one (purpose ``sync``), so the ``doc_id`` filters and the streamed
+writes keep working; ``state.json`` is sealed whole (``sync-state``). The manifest holds ids,
+hashes, ACL keys and versions only, and stays plain. Rows written before encryption are read as
+they are and sealed when a compaction rewrites them.
+
 A sync commits a source atomically once its listing is complete: the new segment first, then the
 manifest (rename), then the state; segments no longer referenced are deleted afterwards and the
 segments are compacted into one when they hold more than twice the live rows. An interrupted
@@ -60,6 +66,14 @@ from rag_platform.lib.cache import atomic_write
 from rag_platform.lib.connectors import build_connector
 from rag_platform.lib.connectors.base import Deleted, SourceState, Unchanged
 from rag_platform.lib.connectors.filesystem import FilesystemConnector
+from rag_platform.lib.crypto import (
+    NO_CIPHER,
+    PURPOSE_SYNC,
+    PURPOSE_SYNC_STATE,
+    TenantCipher,
+    is_sealed,
+    is_sealed_text,
+)
 from rag_platform.lib.models import SOURCE_COLUMNS, SourceDocument, acl_key, make_doc_id
 from rag_platform.lib.tenants import DatasetSource, FilesystemSource, GitSource, TenantConfig
 
@@ -185,6 +199,7 @@ class SyncResult:
     documents: int = 0
     parts: list[_Part] = field(default_factory=list, repr=False)
     suppressed: list[str] = field(default_factory=list)
+    cipher: TenantCipher = field(default=NO_CIPHER, repr=False)
 
     @cached_property
     def frame(self) -> pd.DataFrame:
@@ -197,8 +212,13 @@ class SyncResult:
         # Plain Python objects, as connectors yield them: lists of groups, None for no value.
         frame = frame.astype(object)
         frame["acl_groups"] = frame["acl_groups"].map(list)
-        for column in ("content", "text"):
-            frame[column] = frame[column].map(lambda v: v if isinstance(v, bytes | str) else None)
+        cipher = self.cipher
+        frame["content"] = frame["content"].map(
+            lambda v: cipher.open(v, PURPOSE_SYNC) if isinstance(v, bytes) else None
+        )
+        frame["text"] = frame["text"].map(
+            lambda v: cipher.open_text(v, PURPOSE_SYNC) if isinstance(v, str) else None
+        )
         return frame[SOURCE_COLUMNS].reset_index(drop=True)
 
 
@@ -339,10 +359,18 @@ class SourceSync:
             :data:`SYNC_DIR`, updated by every run.
         suppressed: ids of erased documents (``MetadataStore.suppressed_doc_ids``): left out
             of the frame and the manifests as if the sources did not hold them, until released.
+        cipher: the tenant's cipher: seals the rows' content and text and the state files;
+            default none (plain).
     """
 
-    def __init__(self, state_dir: Path, suppressed: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        suppressed: frozenset[str] = frozenset(),
+        cipher: TenantCipher = NO_CIPHER,
+    ) -> None:
         self.state_dir = state_dir
+        self.cipher = cipher
         self.snapshot_path = state_dir / SNAPSHOT_FILE
         self.sync_dir = state_dir / SYNC_DIR
         self.suppressed = suppressed
@@ -395,8 +423,8 @@ class SourceSync:
         return ids
 
     def rows_of(self, doc_id: str) -> pd.DataFrame:
-        """The segment rows of ``doc_id`` (``SOURCE_COLUMNS`` as stored; empty after
-        :meth:`forget`), whichever segment or source holds them."""
+        """The segment rows of ``doc_id`` (``SOURCE_COLUMNS`` as stored, ``content`` and
+        ``text`` sealed; empty after :meth:`forget`), whichever segment or source holds them."""
         frames = []
         for folder in self._folders():
             for segment in sorted(folder.glob("*.parquet")):
@@ -420,10 +448,15 @@ class SourceSync:
         return self.sync_dir / _source_key(source_id)
 
     def read_state(self, source_id: str) -> dict[str, Any]:
-        """The source's ``state.json`` (``{}`` before its first sync or when unreadable)."""
+        """The source's ``state.json`` (``{}`` before its first sync or when unreadable).
+
+        Raises:
+            rag_platform.lib.crypto.SealedDataError: the sealed state does not open (another
+                tenant's, tampered, or the data key destroyed): never read as a first sync.
+        """
         path = self.source_dir(source_id) / "state.json"
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(self.cipher.read_file(path, PURPOSE_SYNC_STATE))
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
@@ -484,7 +517,7 @@ class SourceSync:
         """
         start = time.perf_counter()
         self.sync_dir.mkdir(parents=True, exist_ok=True)
-        result = SyncResult([], [], [], [], [], {}, 0.0)
+        result = SyncResult([], [], [], [], [], {}, 0.0, cipher=self.cipher)
         order: list[str] = []
         for source in tenant.sources:
             if source.id in result.sources:
@@ -581,6 +614,7 @@ class SourceSync:
                     seen.add(doc_id)
                     gone.discard(doc_id)
                     row = _row(tenant.id, source.id, doc_id, item)
+                    self._seal_row(row)
                     i = known.index.get(item.native_id)
                     if i is None:
                         row["change"] = "added"
@@ -660,7 +694,9 @@ class SourceSync:
                 for k in ("listed", "added", "changed", "deleted", "unchanged", "problems")
             },
         }
-        atomic_write(folder / "state.json", lambda p: p.write_text(json.dumps(new_state)))
+        self.cipher.write_file(
+            folder / "state.json", json.dumps(new_state).encode(), PURPOSE_SYNC_STATE
+        )
         try:
             segment_used = self._tidy(folder, manifest, segment)
         except Exception as exc:  # tidying is housekeeping: the sync itself is committed
@@ -673,6 +709,36 @@ class SourceSync:
         out.acl_changed.extend(acl_changed)
         out.problems.extend(problems)
         return report, segment_used
+
+    def _seal_row(self, row: dict[str, Any]) -> None:
+        """Seals a segment row's ``content`` and ``text`` in place (no-op without a cipher)."""
+        if not self.cipher.enabled:
+            return
+        if isinstance(row["content"], bytes):
+            row["content"] = self.cipher.seal(row["content"], PURPOSE_SYNC)
+        if isinstance(row["text"], str):
+            row["text"] = self.cipher.seal_text(row["text"], PURPOSE_SYNC)
+
+    def _seal_table(self, table: pa.Table) -> pa.Table:
+        """``table`` with any plaintext ``content``/``text`` cell (written before encryption)
+        sealed; sealed cells are kept as they are."""
+        if not self.cipher.enabled or not table.num_rows:
+            return table
+        cipher = self.cipher
+        content = [
+            cipher.seal(v, PURPOSE_SYNC) if isinstance(v, bytes) and not is_sealed(v) else v
+            for v in table.column("content").to_pylist()
+        ]
+        text = [
+            cipher.seal_text(v, PURPOSE_SYNC) if isinstance(v, str) and not is_sealed_text(v) else v
+            for v in table.column("text").to_pylist()
+        ]
+        table = table.set_column(
+            table.schema.get_field_index("content"), "content", pa.array(content, pa.large_binary())
+        )
+        return table.set_column(
+            table.schema.get_field_index("text"), "text", pa.array(text, pa.large_string())
+        )
 
     def _tidy(self, folder: Path, manifest: pa.Table, segment: str) -> str | None:
         """Deletes unreferenced segments; compacts the segments into one when they hold more
@@ -698,9 +764,8 @@ class SourceSync:
                 with pq.ParquetFile(folder / name) as f:
                     for batch in f.iter_batches(batch_size=10_000):
                         table = pa.Table.from_batches([batch])
-                        writer.write_table(
-                            table.filter(pc.is_in(table.column("doc_id"), value_set=live))
-                        )
+                        table = table.filter(pc.is_in(table.column("doc_id"), value_set=live))
+                        writer.write_table(self._seal_table(table))
         finally:
             writer.close()
         in_older = pc.is_in(manifest.column("segment"), value_set=pa.array(older, pa.string()))

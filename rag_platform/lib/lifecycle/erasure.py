@@ -20,6 +20,10 @@ A principal (:class:`PrincipalEraser`, the API key id) loses its query-log rows 
 on them), the feedback it gave, and its records in the query-log spool file. The platform has no
 conversations table; the receipt says so.
 
+A tenant (:class:`TenantEraser`) is crypto-shredded: its data keys are destroyed, so everything
+sealed under them (:mod:`rag_platform.lib.crypto`) is unreadable wherever a copy lies; then its
+caches, stored assets, uploads, index versions, rows and registry entry are removed.
+
 Each erasure ends with a verification (:func:`verify_document_erasure`,
 :func:`verify_principal_erasure`) whose result is part of the receipt written to the audit log
 (action ``erasure.document`` / ``erasure.principal``).
@@ -27,8 +31,10 @@ Each erasure ends with a verification (:func:`verify_document_erasure`,
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -37,13 +43,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
+from sqlalchemy import func, select
 
+from rag_platform.lib.backup import tenant_tables
 from rag_platform.lib.cache import atomic_write
+from rag_platform.lib.crypto import (
+    NO_CIPHER,
+    PURPOSE_ASSET,
+    PURPOSE_CACHE,
+    SealedDataError,
+    TenantCipher,
+)
 from rag_platform.lib.embedding.stage import EmbeddingSet
 from rag_platform.lib.index.backend import IndexBackend
 from rag_platform.lib.ingestion.sync import SYNC_DIR, SourceSync
 from rag_platform.lib.models import SearchFilters
 from rag_platform.lib.store import MetadataStore
+from rag_platform.lib.store.tenants import check_tenant
 from rag_platform.lib.tenants import RetrievalSettings
 from rag_platform.settings import Settings
 
@@ -114,7 +130,7 @@ class ErasureReceipt:
 
     Attributes:
         erasure_id: a new UUID.
-        kind: ``document`` or ``principal``.
+        kind: ``document``, ``principal`` or ``tenant``.
         tenant: tenant id.
         subject: the doc id or the principal (API key id).
         actor: who asked (``cli``, ``key:<id>``).
@@ -129,7 +145,7 @@ class ErasureReceipt:
     """
 
     erasure_id: str
-    kind: Literal["document", "principal"]
+    kind: Literal["document", "principal", "tenant"]
     tenant: str
     subject: str
     actor: str
@@ -161,29 +177,47 @@ class ErasureReceipt:
 # ------------------------------------------------------------------------------------------
 
 
-def _read_parquet(path: Path) -> pd.DataFrame | None:
+# Stored assets are sealed whole (purpose ``asset``); the content caches are plain Parquet files
+# whose values are sealed one by one. ``cipher`` opens the former and leaves the latter as read.
+
+
+def _read_bytes(path: Path, cipher: TenantCipher) -> bytes | None:
+    """A file's plaintext; None when it is missing. A sealed file that does not open raises:
+    it is never taken for an empty one."""
     if not path.is_file():
         return None
+    return cipher.open(path.read_bytes(), PURPOSE_ASSET)
+
+
+def _read_parquet(path: Path, cipher: TenantCipher = NO_CIPHER) -> pd.DataFrame | None:
+    data = _read_bytes(path, cipher)
+    if data is None or data[:4] != b"PAR1":
+        return None
     try:
-        return pd.read_parquet(path)
-    except Exception as exc:  # not a Parquet file (JSON, npz) or unreadable
+        return pd.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # unreadable
         log.debug("not a readable Parquet file %s: %s", path, exc)
         return None
 
 
-def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
-    atomic_write(path, lambda p: frame.to_parquet(p, index=False))
+def _write_parquet(path: Path, frame: pd.DataFrame, cipher: TenantCipher) -> None:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    cipher.write_file(path, buf.getvalue(), PURPOSE_ASSET)
 
 
-def _filter_frame(path: Path, drop: Callable[[pd.DataFrame], pd.Series]) -> int:
-    """Rewrites the Parquet file without the rows ``drop`` selects; returns how many went."""
-    frame = _read_parquet(path)
+def _filter_frame(
+    path: Path, drop: Callable[[pd.DataFrame], pd.Series], cipher: TenantCipher = NO_CIPHER
+) -> int:
+    """Rewrites the Parquet file without the rows ``drop`` selects; returns how many went.
+    A stored asset (``cipher`` given) is written back sealed."""
+    frame = _read_parquet(path, cipher)
     if frame is None or not len(frame):
         return 0
     mask = drop(frame)
     removed = int(mask.sum())
     if removed:
-        _write_parquet(path, frame[~mask].reset_index(drop=True))
+        _write_parquet(path, frame[~mask].reset_index(drop=True), cipher)
     return removed
 
 
@@ -199,32 +233,35 @@ def _prefix_mask(frame: pd.DataFrame, prefixes: set[str]) -> pd.Series:
     return keys.map(lambda k: k.split(":", 1)[0] in prefixes)
 
 
-def _is_npz(path: Path) -> bool:
-    with path.open("rb") as f:
-        return f.read(2) == b"PK"
+def _load_embeddings(path: Path, cipher: TenantCipher) -> EmbeddingSet | None:
+    data = _read_bytes(path, cipher)
+    if data is None or data[:2] != b"PK":
+        return None
+    return EmbeddingSet.from_bytes(data)
 
 
-def _filter_embeddings(path: Path, hashes: set[str]) -> int:
+def _filter_embeddings(path: Path, hashes: set[str], cipher: TenantCipher = NO_CIPHER) -> int:
     """Rewrites an embedding set without the vectors of ``hashes``; returns how many went."""
-    if not hashes or not path.is_file() or not _is_npz(path):
+    emb = _load_embeddings(path, cipher) if hashes else None
+    if emb is None:
         return 0
-    emb = EmbeddingSet.load(path)
     keep = [i for i, h in enumerate(emb.hashes) if h not in hashes]
     removed = len(emb.hashes) - len(keep)
     if removed:
-        EmbeddingSet(emb.model, [emb.hashes[i] for i in keep], emb.vectors[keep]).save(path)
+        kept = EmbeddingSet(emb.model, [emb.hashes[i] for i in keep], emb.vectors[keep])
+        cipher.write_file(path, kept.to_bytes(), PURPOSE_ASSET)
     return removed
 
 
-def _embedding_hashes(path: Path) -> set[str]:
-    if not path.is_file() or not _is_npz(path):
-        return set()
-    return set(EmbeddingSet.load(path).hashes)
+def _embedding_hashes(path: Path, cipher: TenantCipher = NO_CIPHER) -> set[str]:
+    emb = _load_embeddings(path, cipher)
+    return set(emb.hashes) if emb is not None else set()
 
 
-def _json_file(path: Path) -> Any:
+def _json_file(path: Path, cipher: TenantCipher = NO_CIPHER) -> Any:
     try:
-        return json.loads(path.read_text("utf-8"))
+        data = _read_bytes(path, cipher)
+        return json.loads(data) if data is not None else None
     except (OSError, ValueError, UnicodeDecodeError):
         return None
 
@@ -240,9 +277,9 @@ def _scrub_quarantine(path: Path, doc_id: str) -> int:
     return len(records) - len(kept)
 
 
-def _scrub_golden(path: Path, doc_id: str) -> int:
+def _scrub_golden(path: Path, doc_id: str, cipher: TenantCipher) -> int:
     """Drops ``doc_id`` from every question's relevance in a stored golden set (JSON)."""
-    data = _json_file(path)
+    data = _json_file(path, cipher)
     if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
         return 0
     removed = 0
@@ -252,13 +289,12 @@ def _scrub_golden(path: Path, doc_id: str) -> int:
             del rel[doc_id]
             removed += 1
     if removed:
-        text = json.dumps(data, default=str)
-        atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+        cipher.write_file(path, json.dumps(data, default=str).encode(), PURPOSE_ASSET)
     return removed
 
 
-def _golden_mentions(path: Path, doc_id: str) -> int:
-    data = _json_file(path)
+def _golden_mentions(path: Path, doc_id: str, cipher: TenantCipher) -> int:
+    data = _json_file(path, cipher)
     if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
         return 0
     return sum(
@@ -303,9 +339,11 @@ class TenantFiles:
     Args:
         settings: platform settings (``cache_dir``, ``storage_dir``, ``home``).
         tenant: tenant id.
+        cipher: the tenant's cipher (opens the sealed assets and cache values).
     """
 
-    def __init__(self, settings: Settings, tenant: str) -> None:
+    def __init__(self, settings: Settings, tenant: str, cipher: TenantCipher = NO_CIPHER) -> None:
+        self.cipher = cipher
         self.home = settings.home
         self.state_dir = settings.cache_dir / tenant
         self.storage_dir = settings.storage_dir
@@ -371,7 +409,7 @@ class DocumentEraser:
             ValueError: ``doc_id`` is not a document id, or a bad tenant id.
         """
         doc_id = check_doc_id(doc_id)
-        files = TenantFiles(self.settings, tenant)
+        files = TenantFiles(self.settings, tenant, self.store.keyring.cipher(tenant))
         trace = self._trace(files, tenant, doc_id)
         self.store.suppress_document(
             tenant, doc_id, trace.source_id, trace.uri, reason or "erasure request", actor
@@ -404,7 +442,7 @@ class DocumentEraser:
         knows them (read before anything is removed)."""
         trace = DocumentTrace()
         frames = [SourceSync(files.state_dir).rows_of(doc_id)]
-        frames += [_read_parquet(path) for _, path in files.asset_files()]
+        frames += [_read_parquet(path, files.cipher) for _, path in files.asset_files()]
         for frame in frames:
             rows = _doc_rows(frame, doc_id)
             if not len(rows):
@@ -421,7 +459,8 @@ class DocumentEraser:
         if chunk_cache is not None:
             for value in chunk_cache[_prefix_mask(chunk_cache, {doc_id})]["value"]:
                 try:
-                    trace.chunk_hashes.update(str(c["content_hash"]) for c in json.loads(value))
+                    chunks = json.loads(files.cipher.open_text(value, PURPOSE_CACHE))
+                    trace.chunk_hashes.update(str(c["content_hash"]) for c in chunks)
                 except (ValueError, KeyError, TypeError):
                     continue
         return trace
@@ -445,13 +484,14 @@ class DocumentEraser:
             note("cache", path, _filter_embeddings(path, trace.chunk_hashes))
         for path in files.quarantine_files():
             note("cache", path, _scrub_quarantine(path, doc_id))
+        cipher = files.cipher
         for asset, path in files.asset_files():
             if asset == "golden_set":
-                note("golden_candidates", path, _scrub_golden(path, doc_id))
-            elif _read_parquet(path) is not None:
-                note("asset", path, _filter_frame(path, lambda f: _doc_mask(f, doc_id)))
+                note("golden_candidates", path, _scrub_golden(path, doc_id, cipher))
+            elif _read_parquet(path, cipher) is not None:
+                note("asset", path, _filter_frame(path, lambda f: _doc_mask(f, doc_id), cipher))
             else:
-                note("asset", path, _filter_embeddings(path, trace.chunk_hashes))
+                note("asset", path, _filter_embeddings(path, trace.chunk_hashes, cipher))
         return removed
 
 
@@ -494,7 +534,7 @@ def verify_document_erasure(
         The verification (``passed`` when every check passed).
     """
     doc_id = check_doc_id(doc_id)
-    files = TenantFiles(settings, tenant)
+    files = TenantFiles(settings, tenant, store.keyring.cipher(tenant))
     trace = trace or _recorded_trace(store, tenant, doc_id)
     checks: list[Check] = []
     suppression = next((s for s in store.list_suppressions(tenant) if s.doc_id == doc_id), None)
@@ -537,14 +577,14 @@ def verify_document_erasure(
     found = []
     for asset, path in files.asset_files():
         if asset == "golden_set":
-            if n := _golden_mentions(path, doc_id):
+            if n := _golden_mentions(path, doc_id, files.cipher):
                 found.append(f"{files.rel(path)}: {n} question(s)")
             continue
-        frame = _read_parquet(path)
+        frame = _read_parquet(path, files.cipher)
         if frame is not None:
             if n := len(_doc_rows(frame, doc_id)):
                 found.append(f"{files.rel(path)}: {n} row(s)")
-        elif left := _embedding_hashes(path) & trace.chunk_hashes:
+        elif left := _embedding_hashes(path, files.cipher) & trace.chunk_hashes:
             found.append(f"{files.rel(path)}: {len(left)} vector(s)")
     checks.append(Check("assets", not found, "; ".join(found) or "nothing left"))
 
@@ -712,3 +752,164 @@ def verify_principal_erasure(
             Check("spool", not spooled, f"{len(spooled)} record(s) left"),
         ]
     )
+
+
+# ------------------------------------------------------------------------------------------
+# tenants (crypto-shredding)
+# ------------------------------------------------------------------------------------------
+
+#: Tables whose tenant rows an erased tenant keeps: the audit log (the hash chain and the
+#: receipt itself) and the destroyed data keys (so a key version is never reused).
+_KEPT_TABLES = ("audit_log", "data_keys")
+
+
+def _tenant_asset_files(settings: Settings, tenant: str) -> list[Path]:
+    """Every stored asset partition of the tenant: ``<asset>/<tenant>`` and, for tenant × day
+    partitions, ``<asset>/<day>/<tenant>``."""
+    storage = settings.storage_dir
+    if not storage.is_dir():
+        return []
+    found = [p for p in storage.glob(f"*/{tenant}") if p.is_file()]
+    found += [p for p in storage.glob(f"*/*/{tenant}") if p.is_file()]
+    return sorted(found)
+
+
+def _count_files(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+class TenantEraser:
+    """Erases a whole tenant: destroys its data keys first (crypto-shredding: every sealed
+    cache value, sync row, stored asset, question and comment of it is unreadable from then on,
+    wherever a copy lies; a backup carries its own wrapped copy of the data key, readable only
+    under the master key it was taken with), then removes what can be removed: the state folder
+    ``RAG_HOME/cache/<tenant>``, its stored asset partitions, its uploads, its index versions
+    (shards or collections) and its rows of every table but the audit log, and its registry
+    entry (so no sensor or schedule ingests it again). The receipt (action ``erasure.tenant``)
+    goes to the audit log.
+
+    Args:
+        settings: platform settings.
+        store: the metadata store (migrated).
+        backend: the index backend (the tenant's versions are deleted through it).
+    """
+
+    def __init__(self, settings: Settings, store: MetadataStore, backend: IndexBackend) -> None:
+        self.settings = settings
+        self.store = store
+        self.backend = backend
+
+    def run(self, tenant: str, actor: str = "cli") -> ErasureReceipt:
+        """Crypto-shreds and removes the tenant; returns the receipt (as audited).
+
+        Raises:
+            ValueError: a bad tenant id.
+        """
+        check_tenant(tenant)
+        rel = TenantFiles(self.settings, tenant).rel
+        removed = [
+            Removal("data_keys", "data_keys (destroyed)", self.store.keyring.destroy(tenant))
+        ]
+        state_dir = self.settings.cache_dir / tenant
+        removed.append(Removal("cache", rel(state_dir), _count_files(state_dir)))
+        shutil.rmtree(state_dir, ignore_errors=True)
+        assets = _tenant_asset_files(self.settings, tenant)
+        for path in assets:
+            path.unlink(missing_ok=True)
+        removed.append(Removal("asset", rel(self.settings.storage_dir), len(assets)))
+        uploads = self.settings.uploads_dir / tenant
+        removed.append(Removal("uploads", rel(uploads), _count_files(uploads)))
+        shutil.rmtree(uploads, ignore_errors=True)
+        self.backend.release_tenant(tenant)
+        shards = self.backend.collect_garbage(tenant, set())
+        removed.append(Removal("index", "index versions", len(shards)))
+        edge_dir = self.settings.index_dir / tenant
+        if edge_dir.is_dir() and not any(edge_dir.iterdir()):
+            edge_dir.rmdir()
+        with self.store.db.transaction() as conn:
+            for table, column in reversed(tenant_tables()):
+                if table.name in _KEPT_TABLES:
+                    continue
+                rows = conn.execute(table.delete().where(table.c[column] == tenant)).rowcount
+                removed.append(Removal("rows", table.name, int(rows)))
+        removed.append(
+            Removal("registry", rel(self.settings.tenants_file), self._unregister(tenant))
+        )
+        verification = verify_tenant_erasure(self.settings, self.store, tenant)
+        receipt = ErasureReceipt(
+            erasure_id=str(uuid.uuid4()),
+            kind="tenant",
+            tenant=tenant,
+            subject=tenant,
+            actor=actor,
+            at=datetime.now(UTC),
+            removed=[r for r in removed if r.items],
+            verification=verification,
+            pending=[c.detail for c in verification.checks if not c.passed],
+        )
+        self.store.audit("erasure.tenant", tenant, actor, receipt.to_dict())
+        return receipt
+
+    def _unregister(self, tenant: str) -> int:
+        import yaml
+
+        path = self.settings.tenants_file
+        if not path.exists():
+            return 0
+        raw = yaml.safe_load(path.read_text()) or {}
+        entries = raw.get("tenants", []) or []
+        kept = [e for e in entries if not (isinstance(e, dict) and e.get("id") == tenant)]
+        if len(kept) == len(entries):
+            return 0
+        raw["tenants"] = kept
+        text = yaml.safe_dump(raw, sort_keys=False)
+        atomic_write(path, lambda p: p.write_text(text))
+        return len(entries) - len(kept)
+
+
+def verify_tenant_erasure(settings: Settings, store: MetadataStore, tenant: str) -> Verification:
+    """Proves an erased tenant's data is gone or unreadable.
+
+    Checks: ``data_keys`` (no live data key, and a blob sealed under its last key does not
+    open), ``caches`` (no state folder), ``assets`` (no stored partition), ``rows`` (no row of
+    any table but the audit log and the destroyed keys), ``index`` (no Qdrant Edge shard: one
+    an API process still holds is reported, and deleted by a later garbage collection).
+    """
+    checks: list[Check] = []
+    latest = store.data_keys.latest(tenant)
+    live = latest is not None and latest.wrapped is not None
+    if latest is None:
+        detail = "the tenant never had a data key"
+    elif live:
+        detail = f"data key {latest.version} is live"
+    else:
+        try:  # the destroyed key must refuse to open anything sealed under it
+            store.keyring.key(tenant, latest.version)
+            detail, live = f"data key {latest.version} still unwraps", True
+        except SealedDataError as exc:
+            detail = f"data key {latest.version} destroyed: {exc}"
+    checks.append(Check("data_keys", not live, detail))
+    state_dir = settings.cache_dir / tenant
+    left = _count_files(state_dir)
+    checks.append(Check("caches", not left, f"{left} file(s) left" if left else "nothing left"))
+    assets = _tenant_asset_files(settings, tenant)
+    checks.append(
+        Check("assets", not assets, f"{len(assets)} file(s) left" if assets else "nothing left")
+    )
+    found: list[str] = []
+    with store.db.transaction(write=False) as conn:
+        for table, column in tenant_tables():
+            if table.name in _KEPT_TABLES:
+                continue
+            count = conn.execute(
+                select(func.count()).select_from(table).where(table.c[column] == tenant)
+            ).scalar_one()
+            if count:
+                found.append(f"{table.name}: {count} row(s)")
+    checks.append(Check("rows", not found, "; ".join(found) or "nothing left"))
+    edge_dir = settings.index_dir / tenant
+    shards = sorted(p.name for p in edge_dir.iterdir() if p.is_dir()) if edge_dir.is_dir() else []
+    checks.append(
+        Check("index", not shards, f"shards left (in use): {shards}" if shards else "no shard left")
+    )
+    return Verification(checks)

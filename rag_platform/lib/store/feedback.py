@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import delete, select
 
+from rag_platform.lib.crypto import PURPOSE_FEEDBACK, Keyring
 from rag_platform.lib.store.db import Database, NotFoundError
 from rag_platform.lib.store.rows import check_text, from_row, to_values
 from rag_platform.lib.store.schema import as_utc, feedback_table, query_log_table, utcnow
@@ -32,10 +33,19 @@ class FeedbackRepository:
 
     Args:
         db: The database handle.
+        keyring: Seals ``comment`` at rest (plaintext when it has no master key).
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, keyring: Keyring | None = None) -> None:
         self._db = db
+        self._keyring = keyring
+
+    def _open(self, entry: FeedbackEntry) -> FeedbackEntry:
+        if self._keyring is None or not entry.comment:
+            return entry
+        return replace(
+            entry, comment=self._keyring.open_text(entry.tenant, entry.comment, PURPOSE_FEEDBACK)
+        )
 
     def add(
         self,
@@ -78,12 +88,15 @@ class FeedbackRepository:
             comment=comment,
             created_at=utcnow(),
         )
+        values = to_values(entry)
+        if self._keyring is not None and comment:  # before the transaction: it may add a key
+            values["comment"] = self._keyring.seal_text(tenant, comment, PURPOSE_FEEDBACK)
         owner_stmt = select(query_log_table.c.tenant).where(query_log_table.c.query_id == query_id)
         with self._db.transaction() as conn:
             owner = conn.scalar(owner_stmt)
             if owner is None or owner != tenant:
                 raise NotFoundError(f"no query {query_id!r} for tenant {tenant!r}")
-            conn.execute(feedback_table.insert().values(**to_values(entry)))
+            conn.execute(feedback_table.insert().values(**values))
         return entry.feedback_id
 
     def find(self, tenant: str, query_id: str | None = None) -> list[FeedbackEntry]:
@@ -93,7 +106,8 @@ class FeedbackRepository:
             stmt = stmt.where(feedback_table.c.query_id == query_id)
         stmt = stmt.order_by(feedback_table.c.created_at, feedback_table.c.feedback_id)
         with self._db.transaction(write=False) as conn:
-            return [from_row(FeedbackEntry, r) for r in conn.execute(stmt).mappings()]
+            rows = [from_row(FeedbackEntry, r) for r in conn.execute(stmt).mappings()]
+        return [self._open(e) for e in rows]
 
     def delete(
         self, tenant: str, *, key_id: str | None = None, before: datetime | None = None

@@ -8,11 +8,12 @@ cost rollup sums its token columns (:mod:`rag_platform.lib.store.usage`).
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sqlalchemy import delete, select
 
+from rag_platform.lib.crypto import PURPOSE_QUERY_LOG, Keyring
 from rag_platform.lib.store.db import Database, dialect_insert
 from rag_platform.lib.store.rows import check_text, from_row, to_values
 from rag_platform.lib.store.schema import (
@@ -29,8 +30,10 @@ from rag_platform.lib.store.tenants import check_tenant
 class QueryLogEntry:
     """One row of the query log (keyword-only construction).
 
-    Times are milliseconds; ``question_masked`` must already be PII-masked by the caller;
-    ``trace_id`` is the request's W3C trace id (32 hex digits, ``""`` when not traced).
+    Times are milliseconds; ``question_masked`` must already be PII-masked by the caller. The
+    repository seals it with the tenant's data key on write and opens it on read, so an entry
+    always holds the plaintext. ``trace_id`` is the request's W3C trace id (32 hex digits, ``""``
+    when not traced).
     """
 
     query_id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -58,10 +61,26 @@ class QueryLogRepository:
 
     Args:
         db: The database handle.
+        keyring: Seals ``question_masked`` at rest (plaintext when it has no master key).
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, keyring: Keyring | None = None) -> None:
         self._db = db
+        self._keyring = keyring
+
+    def _seal(self, entry: QueryLogEntry) -> dict[str, object]:
+        values = to_values(entry)
+        if self._keyring is not None and entry.question_masked:
+            values["question_masked"] = self._keyring.seal_text(
+                entry.tenant, entry.question_masked, PURPOSE_QUERY_LOG
+            )
+        return values
+
+    def _open(self, entry: QueryLogEntry) -> QueryLogEntry:
+        if self._keyring is None or not entry.question_masked:
+            return entry
+        question = self._keyring.open_text(entry.tenant, entry.question_masked, PURPOSE_QUERY_LOG)
+        return replace(entry, question_masked=question)
 
     def append(self, entries: list[QueryLogEntry]) -> int:
         """Append query-log rows in one transaction (one multi-row INSERT).
@@ -75,27 +94,34 @@ class QueryLogRepository:
         Raises:
             ValueError: A bad tenant id or query id (nothing is written).
             sqlalchemy.exc.OperationalError: The database cannot be reached.
+            rag_platform.lib.crypto.SealedDataError: The tenant's data key cannot be unwrapped.
         """
         for entry in entries:
             check_tenant(entry.tenant)
             check_text(entry.query_id, "query_id", 36)
         if not entries:
             return 0
+        rows = [self._seal(e) for e in entries]  # before the transaction: it may add a key
         with self._db.transaction() as conn:
             stmt = (
                 dialect_insert(conn, query_log_table)
                 .on_conflict_do_nothing(index_elements=["query_id"])
                 .returning(query_log_table.c.query_id)
             )
-            written = conn.execute(stmt, [to_values(e) for e in entries]).all()
+            written = conn.execute(stmt, rows).all()
         return len(written)
 
     def get(self, query_id: str) -> QueryLogEntry | None:
-        """One query-log row, or None."""
+        """One query-log row, or None.
+
+        Raises:
+            rag_platform.lib.crypto.SealedDataError: its question does not open (the tenant's
+                data key destroyed, or the row tampered with).
+        """
         stmt = select(query_log_table).where(query_log_table.c.query_id == query_id)
         with self._db.transaction(write=False) as conn:
             row = conn.execute(stmt).mappings().first()
-        return from_row(QueryLogEntry, row) if row is not None else None
+        return self._open(from_row(QueryLogEntry, row)) if row is not None else None
 
     def find(
         self, tenant: str, since: datetime | None = None, until: datetime | None = None
@@ -114,7 +140,8 @@ class QueryLogRepository:
             stmt = stmt.where(query_log_table.c.created_at < as_utc(until))
         stmt = stmt.order_by(query_log_table.c.created_at, query_log_table.c.query_id)
         with self._db.transaction(write=False) as conn:
-            return [from_row(QueryLogEntry, r) for r in conn.execute(stmt).mappings()]
+            rows = [from_row(QueryLogEntry, r) for r in conn.execute(stmt).mappings()]
+        return [self._open(e) for e in rows]
 
     def delete(
         self, tenant: str, *, key_id: str | None = None, before: datetime | None = None

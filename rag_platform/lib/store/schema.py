@@ -6,7 +6,7 @@ This module is the source of truth for the schema; the Alembic migrations under
 
 Tables: ``tenants``, ``api_keys``, ``index_versions``, ``query_log``, ``feedback``,
 ``audit_log``, ``usage_events``, ``document_suppressions``, ``ingest_jobs``,
-``webhook_deliveries``. Every timestamp is a timezone-aware UTC ``datetime``
+``webhook_deliveries``, ``data_keys``. Every timestamp is a timezone-aware UTC ``datetime``
 (:class:`UTCDateTime`). JSON columns use the portable ``sqlalchemy.JSON`` type (``JSON`` on
 PostgreSQL, text on SQLite).
 
@@ -331,6 +331,25 @@ class WebhookDeliveryRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class DataKeyRow(Base):
+    """A tenant's data key, stored only wrapped by the master key (:mod:`rag_platform.lib.crypto`).
+
+    ``wrapped`` is the base64 of the wrapped key and ``master_key_id`` names the master key that
+    wraps it; destroying the key (crypto-shredding) sets ``wrapped`` to NULL and
+    ``destroyed_at``, so the version is never reused and data sealed under it never opens.
+    """
+
+    __tablename__ = "data_keys"
+
+    tenant: Mapped[str] = mapped_column(String(63), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    wrapped: Mapped[str | None] = mapped_column(Text)
+    master_key_id: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    rotated_at: Mapped[datetime | None] = mapped_column()
+    destroyed_at: Mapped[datetime | None] = mapped_column()
+
+
 #: The Core tables the repositories query (``Model.__table__``, typed).
 tenants_table = cast(Table, Tenant.__table__)
 api_keys_table = cast(Table, ApiKey.__table__)
@@ -342,3 +361,4 @@ usage_events_table = cast(Table, UsageEventRow.__table__)
 document_suppressions_table = cast(Table, DocumentSuppressionRow.__table__)
 ingest_jobs_table = cast(Table, IngestJobRow.__table__)
 webhook_deliveries_table = cast(Table, WebhookDeliveryRow.__table__)
+data_keys_table = cast(Table, DataKeyRow.__table__)

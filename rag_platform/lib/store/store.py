@@ -1,9 +1,10 @@
-"""The metadata store: one facade over the repositories of its ten aggregates.
+"""The metadata store: one facade over the repositories of its eleven aggregates.
 
 One :class:`MetadataStore` per process, shared by threads. Each aggregate has its repository
 (``store.tenants``, ``store.api_keys``, ``store.versions``, ``store.query_log``,
 ``store.feedback``, ``store.audit_log``, ``store.usage``, ``store.suppressions``,
-``store.ingest_jobs``, ``store.webhook_deliveries``) over one :class:`Database`
+``store.ingest_jobs``, ``store.webhook_deliveries``, ``store.data_keys`` behind
+``store.keyring``) over one :class:`Database`
 (``store.db``: engine, transactions, locks, migrations). The methods below are the store's
 public interface, each one call of a repository; every one is its own transaction and returns
 plain dataclasses (or :class:`rag_platform.lib.models.Principal`), never ORM objects.
@@ -16,9 +17,11 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
+from rag_platform.lib.crypto import Keyring, MasterKey, master_keys_from_settings
 from rag_platform.lib.models import Principal
 from rag_platform.lib.store.api_keys import ApiKeyInfo, ApiKeyRepository
 from rag_platform.lib.store.audit import AuditEntry, AuditRepository, ChainReport
+from rag_platform.lib.store.data_keys import DataKeyRepository
 from rag_platform.lib.store.db import (
     Database,
     NotFoundError,
@@ -50,6 +53,11 @@ class MetadataStore:
             connection and suits single-threaded tests only.
         pepper: Server-side secret mixed into API-key hashes (``Settings.key_pepper``). Keys
             created under one pepper do not authenticate under another.
+        master_keys: The master key (then keys that may still wrap data keys) of
+            :attr:`keyring`: question and comment text is sealed with the tenant's data key.
+            None or empty: stored as plaintext (sealed rows then fail to open).
+        seal: Whether new text is sealed (``RAG_ENCRYPTION_AT_REST``); off, sealed rows still
+            open with ``master_keys``.
 
     Raises:
         ValueError: For an unsupported or malformed URL, or an empty pepper.
@@ -58,15 +66,23 @@ class MetadataStore:
     propagate from every method except :meth:`ping`.
     """
 
-    def __init__(self, url: str, pepper: str = "dev") -> None:
+    def __init__(
+        self,
+        url: str,
+        pepper: str = "dev",
+        master_keys: list[MasterKey] | None = None,
+        seal: bool = True,
+    ) -> None:
         if not pepper:
             raise ValueError("the key pepper must not be empty")
         self.db = Database(url)
+        self.data_keys = DataKeyRepository(self.db)
+        self.keyring = Keyring(self.data_keys, master_keys or [], seal=seal)
         self.tenants = TenantRepository(self.db)
         self.api_keys = ApiKeyRepository(self.db, pepper)
         self.versions = VersionRepository(self.db)
-        self.query_log = QueryLogRepository(self.db)
-        self.feedback = FeedbackRepository(self.db)
+        self.query_log = QueryLogRepository(self.db, self.keyring)
+        self.feedback = FeedbackRepository(self.db, self.keyring)
         self.audit_log = AuditRepository(self.db)
         self.usage = UsageRepository(self.db)
         self.suppressions = SuppressionRepository(self.db)
@@ -75,16 +91,24 @@ class MetadataStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MetadataStore:
-        """The store configured by ``settings.resolved_database_url`` and ``key_pepper``.
+        """The store configured by ``settings.resolved_database_url``, ``key_pepper`` and the
+        master key (:func:`rag_platform.lib.crypto.master_keys_from_settings`: none when
+        ``RAG_ENCRYPTION_AT_REST`` is off; the key file is generated on first use).
 
         Creates the parent folder of a SQLite database file. Does not migrate.
 
         Raises:
-            ValueError: For an unsupported or malformed URL, or an empty pepper.
+            ValueError: For an unsupported or malformed URL, an empty pepper, or a master key
+                that is not base64 of 32 bytes.
         """
         url = normalize_database_url(settings.resolved_database_url)
         create_sqlite_folder(url)
-        return cls(url, pepper=settings.key_pepper)
+        return cls(
+            url,
+            pepper=settings.key_pepper,
+            master_keys=master_keys_from_settings(settings),
+            seal=settings.encryption_at_rest,
+        )
 
     @property
     def url(self) -> str:
@@ -247,6 +271,22 @@ class MetadataStore:
     def list_versions(self, tenant: str) -> list[IndexVersion]:
         """All versions of ``tenant``, newest first (every status, ``deleted`` included)."""
         return self.versions.find(tenant)
+
+    # Encryption at rest: Keyring over DataKeyRepository -----------------------------------
+
+    def seal_text(self, tenant: str, text: str, purpose: str) -> str:
+        """``text`` sealed with the tenant's data key for ``purpose`` (unchanged when
+        encryption is disabled); see :class:`rag_platform.lib.crypto.Keyring`."""
+        return self.keyring.seal_text(tenant, text, purpose)
+
+    def open_text(self, tenant: str, text: str, purpose: str) -> str:
+        """The plaintext of text sealed by :meth:`seal_text` (plain text as it is).
+
+        Raises:
+            rag_platform.lib.crypto.SealedDataError: wrong tenant or purpose, tampered, or
+                the data key destroyed (:class:`~rag_platform.lib.crypto.KeyDestroyedError`).
+        """
+        return self.keyring.open_text(tenant, text, purpose)
 
     # Query log and feedback: QueryLogRepository, FeedbackRepository ------------------------
 

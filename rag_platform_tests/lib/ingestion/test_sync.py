@@ -3,15 +3,20 @@ previous documents instead of losing them."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from rag_platform.lib.crypto import LocalMasterKey, SealedDataError, TenantCipher, is_sealed
 from rag_platform.lib.ingestion import sync as sync_module
 from rag_platform.lib.ingestion.sync import SourceSync, source_fingerprint
 from rag_platform.lib.models import make_doc_id
+from rag_platform.lib.store import MetadataStore
 from rag_platform.lib.tenants import TenantConfig
+from rag_platform_tests.utils.sealed import files_mentioning
 
 
 def _tenant(a: Path, b: Path) -> TenantConfig:
@@ -151,3 +156,56 @@ class TestSyncState:
         result = sync.run(only_alpha)
         assert result.deleted == [make_doc_id("two", "beta", "three.md")]
         assert not sync.source_dir("beta").exists()
+
+
+class TestSealedSyncState:
+    """The sync state at rest under a tenant's cipher (a real keyring over SQLite)."""
+
+    @pytest.fixture
+    def cipher(self, tmp_path: Path) -> Iterator[TenantCipher]:
+        store = MetadataStore(
+            f"sqlite:///{tmp_path / 'meta.db'}", master_keys=[LocalMasterKey(os.urandom(32))]
+        )
+        store.migrate()
+        yield store.keyring.cipher("two")
+        store.dispose()
+
+    def test_rows_and_state_are_sealed_and_read_back(
+        self, tmp_path: Path, cipher: TenantCipher
+    ) -> None:
+        a, b = _folders(tmp_path)
+        state = tmp_path / "state"
+        first = SourceSync(state, cipher=cipher).run(_tenant(a, b))
+        assert len(first.added) == 3
+        assert sorted(first.frame["content"].map(bytes.decode)) == [
+            "# One\n\nThe first document.\n",
+            "# Three\n\nThe third document.\n",
+            "# Two\n\nThe second document.\n",
+        ]
+        assert files_mentioning(state, "document") == []  # nothing readable on disk
+        assert files_mentioning(state, "first document", cipher) != []
+        for path in state.glob("sync/*/state.json"):
+            assert is_sealed(path.read_bytes())
+        # an unchanged re-sync reads its sealed state and rows: nothing to process
+        again = SourceSync(state, cipher=cipher).run(_tenant(a, b))
+        assert not again.added and not again.changed and len(again.frame) == 3
+        # the erasure helpers work on sealed rows without opening them
+        doc = make_doc_id("two", "alpha", "one.md")
+        assert SourceSync(state).holds(doc) == 2  # one segment row, one manifest row
+        assert SourceSync(state).forget({doc}) == 1
+        # another tenant's cipher, or none, never reads the sealed state as empty
+        with pytest.raises(SealedDataError):
+            SourceSync(state).read_state("alpha")
+
+    def test_plain_state_of_an_earlier_version_is_read_then_sealed(
+        self, tmp_path: Path, cipher: TenantCipher
+    ) -> None:
+        a, b = _folders(tmp_path)
+        state = tmp_path / "state"
+        SourceSync(state).run(_tenant(a, b))  # written before encryption
+        (a / "two.md").write_text("# Two\n\nEdited.\n")
+        second = SourceSync(state, cipher=cipher).run(_tenant(a, b))
+        assert second.changed == [make_doc_id("two", "alpha", "two.md")]
+        assert any("Edited." in c.decode() for c in second.frame["content"])
+        for path in state.glob("sync/*/state.json"):
+            assert is_sealed(path.read_bytes())  # rewritten sealed

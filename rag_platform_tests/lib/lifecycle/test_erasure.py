@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -18,8 +17,9 @@ from rag_platform.lib.lifecycle.erasure import PrincipalEraser, verify_document_
 from rag_platform.lib.models import make_doc_id
 from rag_platform.lib.store import MetadataStore, QueryLogEntry
 from rag_platform.runner import materialize_tenant
-from rag_platform.settings import Settings
+from rag_platform.settings import Settings, get_settings
 from rag_platform_tests.lib.lifecycle.conftest import MARKER, TENANT
+from rag_platform_tests.utils.sealed import files_mentioning
 from rag_platform_tests.utils.services import fresh_postgres_database
 from serving.main import create_app
 
@@ -31,18 +31,13 @@ def _last_json(output: str) -> dict:
 
 
 def _files_mentioning(root: Path, needle: str) -> list[str]:
-    """Every file under ``root`` whose content (Parquet frames and cache values read back,
-    other files as bytes) holds ``needle``."""
-    found = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        if data[:4] == b"PAR1":
-            text = pd.read_parquet(path).to_json()
-        else:
-            text = data.decode("utf-8", "replace")
-        if needle in text:
-            found.append(str(path.relative_to(root)))
-    return found
+    """Every file under ``root`` whose content, read through the tenant's cipher (Parquet
+    frames and cache values opened, other files as bytes), holds ``needle``."""
+    store = MetadataStore.from_settings(get_settings())
+    try:
+        return files_mentioning(root, needle, store.keyring.cipher(TENANT))
+    finally:
+        store.dispose()
 
 
 @pytest.mark.slow
