@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from rag_platform.settings import Settings, configure_runtime_env, get_settings
-from serving.api.routes import admin, documents, feedback, health, query, search
+from serving.api.routes import admin, conversations, documents, feedback, health, query, search
 from serving.errors import BodySizeLimitMiddleware, install_error_handlers
 from serving.observability import Metrics, RequestContextMiddleware, configure_logging
 from serving.state import ServingState
@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         search.router,
         query.router,
+        conversations.router,
         feedback.router,
         documents.router,
         admin.router,

@@ -60,6 +60,9 @@ class QueryRecord:
     cache_hit: bool = False
     status_code: int = 200
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    endpoint: str = ""
+    experiment: str = ""
+    variant: str = ""
 
 
 _STOP = object()
@@ -218,6 +221,9 @@ class QueryLogWriter:
             cache_hit=record.cache_hit,
             status_code=record.status_code,
             created_at=record.created_at,
+            endpoint=record.endpoint,
+            experiment=record.experiment,
+            variant=record.variant,
         )
 
     def _drain_backlog(self, tries: int) -> int:

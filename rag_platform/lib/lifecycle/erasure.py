@@ -17,8 +17,8 @@ A document (:class:`DocumentEraser`) is
    candidates the evaluation would look for).
 
 A principal (:class:`PrincipalEraser`, the API key id) loses its query-log rows (with all feedback
-on them), the feedback it gave, and its records in the query-log spool file. The platform has no
-conversations table; the receipt says so.
+on them), the feedback it gave, its conversations (with their messages), the golden-set
+candidates made from its queries, and its records in the query-log spool file.
 
 Each erasure ends with a verification (:func:`verify_document_erasure`,
 :func:`verify_principal_erasure`) whose result is part of the receipt written to the audit log
@@ -75,7 +75,7 @@ class Removal:
 
     Attributes:
         where: the kind of place: ``suppression_list``, ``cache``, ``asset``, ``query_log``,
-            ``feedback``, ``spool``.
+            ``feedback``, ``conversations``, ``golden_candidates``, ``spool``.
         path: the file (relative to ``RAG_HOME``) or table.
         items: rows, cache entries or vectors removed.
     """
@@ -656,7 +656,8 @@ class PrincipalEraser:
 
     def run(self, tenant: str, principal: str, actor: str = "cli") -> ErasureReceipt:
         """Deletes the principal's query-log rows (with all feedback on them), the feedback it
-        gave and its spooled query-log records; verifies; writes the receipt to the audit log
+        gave, its conversations, the golden-set candidates of its queries and its spooled
+        query-log records; verifies; writes the receipt to the audit log
         (action ``erasure.principal``).
 
         Raises:
@@ -666,6 +667,8 @@ class PrincipalEraser:
             raise ValueError("principal must be an API key id (1-200 characters)")
         queries, feedback_on = self.store.query_log.delete(tenant, key_id=principal)
         feedback = self.store.feedback.delete(tenant, key_id=principal)
+        conversations, messages = self.store.conversations.delete(tenant, key_id=principal)
+        candidates = self.store.golden_candidates.delete(tenant, key_id=principal)
         lines = _spool_lines(self.spool_path)
         kept = [line for line in lines if not _spool_matches(line, tenant, principal)]
         if len(kept) != len(lines):
@@ -675,6 +678,9 @@ class PrincipalEraser:
             Removal("query_log", "query_log", queries),
             Removal("feedback", "feedback (on its queries)", feedback_on),
             Removal("feedback", "feedback (given by it)", feedback),
+            Removal("conversations", "conversations", conversations),
+            Removal("conversations", "conversation_messages", messages),
+            Removal("golden_candidates", "golden_candidates", candidates),
             Removal("spool", "spool/query_log.jsonl", len(lines) - len(kept)),
         ]
         verification = verify_principal_erasure(self.settings, self.store, tenant, principal)
@@ -687,7 +693,6 @@ class PrincipalEraser:
             at=datetime.now(UTC),
             removed=[r for r in removed if r.items],
             verification=verification,
-            pending=["conversations: the platform stores none (no such table)"],
         )
         self.store.audit("erasure.principal", tenant, actor, receipt.to_dict())
         return receipt
@@ -696,19 +701,25 @@ class PrincipalEraser:
 def verify_principal_erasure(
     settings: Settings, store: MetadataStore, tenant: str, principal: str
 ) -> Verification:
-    """Proves no query-log row, feedback row or spooled record of the principal is left.
+    """Proves no query-log row, feedback row, conversation, golden-set candidate or spooled
+    record of the principal is left.
 
     Returns:
-        Checks ``query_log``, ``feedback`` and ``spool``.
+        Checks ``query_log``, ``feedback``, ``conversations``, ``golden_candidates`` and
+        ``spool``.
     """
     queries = [q for q in store.list_queries(tenant) if q.key_id == principal]
     feedback = [f for f in store.list_feedback(tenant) if f.key_id == principal]
+    conversations = store.conversations.count(tenant, principal)
+    candidates = [c for c in store.golden_candidates.find(tenant) if c.key_id == principal]
     spool = settings.home / "spool" / "query_log.jsonl"
     spooled = [line for line in _spool_lines(spool) if _spool_matches(line, tenant, principal)]
     return Verification(
         [
             Check("query_log", not queries, f"{len(queries)} row(s) left"),
             Check("feedback", not feedback, f"{len(feedback)} row(s) left"),
+            Check("conversations", not conversations, f"{conversations} conversation(s) left"),
+            Check("golden_candidates", not candidates, f"{len(candidates)} row(s) left"),
             Check("spool", not spooled, f"{len(spooled)} record(s) left"),
         ]
     )

@@ -30,6 +30,8 @@ class QueryLogEntry:
     """One row of the query log (keyword-only construction).
 
     Times are milliseconds; ``question_masked`` must already be PII-masked by the caller.
+    ``endpoint`` is ``search``, ``query`` or ``conversation``; ``experiment`` and ``variant``
+    name the retrieval variant the principal was assigned (``""`` outside an experiment).
     """
 
     query_id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -49,6 +51,9 @@ class QueryLogEntry:
     cache_hit: bool = False
     status_code: int = 200
     created_at: datetime = field(default_factory=utcnow)
+    endpoint: str = ""
+    experiment: str = ""
+    variant: str = ""
 
 
 class QueryLogRepository:

@@ -27,7 +27,7 @@ from rag_platform_tests.utils.services import (
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 #: The newest migration.
-HEAD = "0006"
+HEAD = "0008"
 
 
 def _alembic(conn: Connection, action: str, revision: str) -> None:
