@@ -8,6 +8,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from rag_platform.lib.answer import Answerer
+from rag_platform.lib.conversation import QuestionRewriter
 from rag_platform.lib.embedding import (
     BatchingQueryEmbedder,
     DenseEmbedder,
@@ -15,7 +16,6 @@ from rag_platform.lib.embedding import (
     embedding_identity,
     get_sparse_encoder,
 )
-from rag_platform.lib.conversation import QuestionRewriter
 from rag_platform.lib.rag import build_answerer, build_embedder, build_rewriter
 from rag_platform.lib.store import IndexVersion
 from rag_platform.lib.tenants import PIIPolicy

@@ -11,7 +11,10 @@ The rule: the first question, and a question that is self-contained (at least
 :data:`MIN_CONTENT_WORDS` content words and no anaphoric word such as *it*, *they*, *this*,
 *there* or an opening *and* / *what about*), are kept as they are. Any other follow-up is
 anchored to the previous standalone question: ``Regarding "<previous>": <follow-up>``, so both
-the sparse (BM25) and the dense query carry the topic the follow-up refers to.
+the sparse (BM25) and the dense query carry the topic the follow-up refers to. A chain of
+follow-ups keeps the first anchor and the last :data:`KEPT_FOLLOW_UPS` follow-ups
+(``Regarding "<topic>": <follow-up 2> <follow-up 3>``), and a standalone question never exceeds
+:data:`MAX_STANDALONE_CHARS` (the anchor is shortened first).
 """
 
 from __future__ import annotations
@@ -31,22 +34,109 @@ RewriteKind = Literal["none", "rule", "llm"]
 MIN_CONTENT_WORDS = 3
 #: Turns of history (user and assistant messages) the LLM sees.
 LLM_HISTORY_MESSAGES = 6
-#: Longest standalone question accepted from the LLM (characters).
-MAX_STANDALONE_CHARS = 1000
+#: Longest standalone question (characters; the query API's limit).
+MAX_STANDALONE_CHARS = 2000
+#: Follow-ups of a chain kept after the anchor by the rule.
+KEPT_FOLLOW_UPS = 2
 
 _WORD = re.compile(r"[A-Za-z0-9']+")
+_ANCHORED = re.compile(r'^Regarding "(?P<anchor>.*)": (?P<rest>.*)$', re.DOTALL)
 _ANAPHORA = frozenset(
-    "it its it's they them their theirs this that these those he him his she her hers "
-    "there such same former latter one ones".split()
+    [
+        "it",
+        "its",
+        "it's",
+        "they",
+        "them",
+        "their",
+        "theirs",
+        "this",
+        "that",
+        "these",
+        "those",
+        "he",
+        "him",
+        "his",
+        "she",
+        "her",
+        "hers",
+        "there",
+        "such",
+        "same",
+        "former",
+        "latter",
+        "one",
+        "ones",
+    ]
 )
 _OPENINGS = re.compile(
     r"^\s*(and|but|also|so|then|what about|how about|and what|why not|what else|more)\b",
     re.IGNORECASE,
 )
 _FUNCTION_WORDS = frozenset(
-    "a an and are as at be been but by can could do does did for from had has have how i if in "
-    "into is was were what when where which who whom why will with would you your me my we our "
-    "of on or not no to the than about any some more most tell explain give please".split()
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "been",
+        "but",
+        "by",
+        "can",
+        "could",
+        "do",
+        "does",
+        "did",
+        "for",
+        "from",
+        "had",
+        "has",
+        "have",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "was",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "whom",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+        "me",
+        "my",
+        "we",
+        "our",
+        "of",
+        "on",
+        "or",
+        "not",
+        "no",
+        "to",
+        "the",
+        "than",
+        "about",
+        "any",
+        "some",
+        "more",
+        "most",
+        "tell",
+        "explain",
+        "give",
+        "please",
+    ]
 )
 
 
@@ -88,6 +178,18 @@ def _previous_question(history: list[Turn]) -> str | None:
     return None
 
 
+def _follow_ups(history: list[Turn]) -> list[str]:
+    """The user's messages since the last one that stood on its own, oldest first."""
+    out: list[str] = []
+    for turn in reversed(history):
+        if turn.role != "user":
+            continue
+        if not _ANCHORED.match(turn.standalone or ""):
+            break
+        out.append(turn.content.strip())
+    return out[::-1]
+
+
 def needs_context(question: str) -> bool:
     """Whether ``question`` refers to something said before: an anaphoric word, a follow-up
     opening (*and*, *what about*, ...), or fewer than :data:`MIN_CONTENT_WORDS` content
@@ -105,11 +207,19 @@ class RuleRewriter:
 
     def rewrite(self, history: list[Turn], question: str) -> Rewrite:
         """The standalone form of ``question`` given ``history`` (oldest first)."""
-        question = question.strip()
+        question = question.strip()[:MAX_STANDALONE_CHARS]
         previous = _previous_question(history)
         if previous is None or not needs_context(question):
             return Rewrite(question, "none")
-        return Rewrite(f'Regarding "{previous.strip()}": {question}', "rule")
+        anchor, follow_ups = previous.strip(), [question]
+        chained = _ANCHORED.match(anchor)
+        if chained is not None:
+            previous_follow_ups = _follow_ups(history)
+            anchor = chained.group("anchor")
+            follow_ups = [*previous_follow_ups[-(KEPT_FOLLOW_UPS - 1) :], question]
+        tail = " ".join(follow_ups)
+        room = MAX_STANDALONE_CHARS - len(tail) - len('Regarding "": ')
+        return Rewrite(f'Regarding "{anchor[: max(room, 0)]}": {tail}', "rule")
 
     def close(self) -> None:
         """Nothing to release."""

@@ -32,7 +32,9 @@ def test_low_rated_queries_become_golden_questions_of_the_next_gate(
     _, key = store.create_api_key(TENANT, ["all"])
     auth = {"Authorization": f"Bearer {key}"}
     with TestClient(create_app(rag_home)) as api:
-        bad = api.post("/v1/query", json={"query": "vitamin D and bone density", "top_k": 3}, headers=auth)
+        bad = api.post(
+            "/v1/query", json={"query": "vitamin D and bone density", "top_k": 3}, headers=auth
+        )
         good = api.post("/v1/query", json={"query": "stem cells", "top_k": 3}, headers=auth)
         assert bad.status_code == good.status_code == 200
         for body, rating, comment in ((bad, 1, "wrong study"), (good, 5, "")):
@@ -56,7 +58,9 @@ def test_low_rated_queries_become_golden_questions_of_the_next_gate(
     assert rerun.metadata["added"].value == 0  # one candidate per query, ever
 
     cli = CliRunner()
-    listed = cli.invoke(cli_app, ["golden", "candidates", "--tenant", TENANT, "--status", "pending"])
+    listed = cli.invoke(
+        cli_app, ["golden", "candidates", "--tenant", TENANT, "--status", "pending"]
+    )
     assert listed.exit_code == 0, listed.output
     [candidate] = [json.loads(line) for line in listed.stdout.splitlines()]
     assert candidate["question"] == "vitamin D and bone density"
@@ -71,8 +75,14 @@ def test_low_rated_queries_become_golden_questions_of_the_next_gate(
     accepted = cli.invoke(
         cli_app,
         [
-            "golden", "accept", "--tenant", TENANT,
-            "--candidate", candidate["candidate_id"], "--doc-id", relevant,
+            "golden",
+            "accept",
+            "--tenant",
+            TENANT,
+            "--candidate",
+            candidate["candidate_id"],
+            "--doc-id",
+            relevant,
         ],
     )
     assert accepted.exit_code == 0, accepted.output

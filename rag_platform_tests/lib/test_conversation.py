@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import pytest
 
-from rag_platform.lib.conversation import LLMRewriter, RuleRewriter, Turn, needs_context
+from rag_platform.lib.conversation import (
+    MAX_STANDALONE_CHARS,
+    LLMRewriter,
+    RuleRewriter,
+    Turn,
+    needs_context,
+)
 from rag_platform.lib.net import free_port
 from rag_platform.lib.rag import build_rewriter
 from rag_platform_tests.serving.factories import make_settings
 
 HISTORY = [
-    Turn("user", "Does vitamin D reduce the risk of hip fractures?", "Does vitamin D reduce the risk of hip fractures?"),
+    Turn(
+        "user",
+        "Does vitamin D reduce the risk of hip fractures?",
+        "Does vitamin D reduce the risk of hip fractures?",
+    ),
     Turn("assistant", "Vitamin D with calcium reduced hip fractures in older women [1]."),
 ]
 
@@ -28,7 +38,10 @@ class TestRule:
 
     @pytest.mark.parametrize(
         "question",
-        ["Which genes regulate insulin secretion in pancreatic beta cells?", "Statins and muscle pain"],
+        [
+            "Which genes regulate insulin secretion in pancreatic beta cells?",
+            "Statins and muscle pain",
+        ],
     )
     def test_self_contained_questions_are_kept(self, question: str) -> None:
         assert not needs_context(question)
@@ -38,10 +51,18 @@ class TestRule:
     def test_first_question_is_kept_even_if_short(self) -> None:
         assert RuleRewriter().rewrite([], " Why? ").question == "Why?"
 
-    def test_uses_the_rewritten_previous_question(self) -> None:
-        history = [*HISTORY, Turn("user", "And in men?", 'Regarding "X": And in men?')]
-        got = RuleRewriter().rewrite(history, "Is it dose dependent?")
-        assert got.question.startswith('Regarding "Regarding "X": And in men?"')
+    def test_a_chain_keeps_the_topic_and_the_last_follow_ups(self) -> None:
+        rule, history = RuleRewriter(), list(HISTORY)
+        for follow_up in ("And in men?", "Is it dose dependent?", "Any side effects?"):
+            got = rule.rewrite(history, follow_up)
+            history += [Turn("user", follow_up, got.question), Turn("assistant", "…")]
+        topic = HISTORY[0].content
+        assert got.question == f'Regarding "{topic}": Is it dose dependent? Any side effects?'
+
+    def test_never_longer_than_the_query_limit(self) -> None:
+        long = [Turn("user", "x" * 2000, "x" * 2000)]
+        got = RuleRewriter().rewrite(long, "And " + "why " * 400)
+        assert got.kind == "rule" and len(got.question) <= MAX_STANDALONE_CHARS
 
 
 class TestLLMRewriter:

@@ -48,7 +48,9 @@ class TestAssignment:
         rrf = tenant.variant_retrieval("rrf")
         assert (rrf.fusion, rrf.rrf_k, rrf.dense_prefetch) == ("rrf", 2, 50)
         assert tenant.variant_retrieval("control") == tenant.retrieval
-        key = next(f"{i:012x}" for i in range(100) if bucket("acme", "fusion-2026", f"{i:012x}") >= 0.5)
+        key = next(
+            f"{i:012x}" for i in range(100) if bucket("acme", "fusion-2026", f"{i:012x}") >= 0.5
+        )
         got = assign(tenant, key, tenant.retrieval)
         assert (got.experiment, got.variant, got.retrieval) == ("fusion-2026", "rrf", rrf)
 
@@ -97,10 +99,14 @@ def _log(store: MetadataStore, variant: str, n: int, rating: int, refused: int, 
     ]
     store.log_queries(entries)
     for e in entries:
-        store.add_feedback(e.query_id, "acme", e.key_id, rating if e.latency_ms % 2 else rating - 1, "answer")
+        store.add_feedback(
+            e.query_id, "acme", e.key_id, rating if e.latency_ms % 2 else rating - 1, "answer"
+        )
 
 
-@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+@pytest.mark.parametrize(
+    "db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
+)
 def test_report_finds_a_real_difference_and_no_false_one(db: str, tmp_path: Path) -> None:
     def run(url: str) -> None:
         store = MetadataStore(url)
@@ -108,7 +114,9 @@ def test_report_finds_a_real_difference_and_no_false_one(db: str, tmp_path: Path
         store.upsert_tenant("acme")
         _log(store, "control", 40, 3, 4, 100.0)
         _log(store, "rrf", 40, 5, 20, 100.0)
-        store.log_queries([QueryLogEntry(tenant="acme", endpoint="query", experiment="old", variant="x")])
+        store.log_queries(
+            [QueryLogEntry(tenant="acme", endpoint="query", experiment="old", variant="x")]
+        )
         report = experiment_report(store, _tenant())
         assert report["queries"] == 80
         control, rrf = report["variants"]["control"], report["variants"]["rrf"]
@@ -117,7 +125,9 @@ def test_report_finds_a_real_difference_and_no_false_one(db: str, tmp_path: Path
         assert rrf["mean_rating"] > control["mean_rating"]
         tests = report["tests"]
         assert tests["rating"]["test"] == "mann-whitney-u" and tests["rating"]["p_value"] < 0.001
-        assert tests["refusal_rate"]["test"] == "chi-square" and tests["refusal_rate"]["significant"]
+        assert (
+            tests["refusal_rate"]["test"] == "chi-square" and tests["refusal_rate"]["significant"]
+        )
         assert not tests["latency"]["significant"]  # the same latencies in both
         assert report["significant"] == ["rating", "refusal_rate"]
         store.dispose()

@@ -29,9 +29,7 @@ FIRST = "Does vitamin D supplementation change bone mineral density?"
 def _registry(home: Path) -> Path:
     path = home / "tenants.yaml"
     path.write_text(
-        yaml.safe_dump(
-            {"tenants": [{"id": TENANT_A, "experiment": EXPERIMENT}, {"id": TENANT_B}]}
-        )
+        yaml.safe_dump({"tenants": [{"id": TENANT_A, "experiment": EXPERIMENT}, {"id": TENANT_B}]})
     )
     return path
 
@@ -77,7 +75,10 @@ class TestConversations:
         assert {c["chunk_id"] for c in first["citations"]} <= {h["chunk_id"] for h in first["hits"]}
         follow = _ask(api, key, cid, "And what about in older women?", top_k=5)
         assert follow["rewrite"] == "rule"
-        assert FIRST in follow["standalone_question"] and "older women" in follow["standalone_question"]
+        assert (
+            FIRST in follow["standalone_question"]
+            and "older women" in follow["standalone_question"]
+        )
         assert follow["hits"] and follow["query_id"] != first["query_id"]
         self_contained = _ask(api, key, cid, "Which genes regulate insulin secretion in mice?")
         assert self_contained["rewrite"] == "none"
@@ -123,7 +124,10 @@ class TestConversations:
             "/v1/conversations/00000000-0000-0000-0000-000000000000",
             headers=bearer(conv_world.keys["a_reader"]),
         )
-        assert unknown.status_code == 404 and unknown.json() ["error"]["code"] == "conversation_not_found"
+        assert (
+            unknown.status_code == 404
+            and unknown.json()["error"]["code"] == "conversation_not_found"
+        )
         # nothing was appended by the refused message
         mine = api.get(f"/v1/conversations/{cid}", headers=bearer(conv_world.keys["a_reader"]))
         assert len(mine.json()["messages"]) == 2

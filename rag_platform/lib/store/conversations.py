@@ -233,7 +233,9 @@ class ConversationRepository:
         )
         if key_id is not None:
             stmt = stmt.where(conversations_table.c.key_id == key_id)
-        stmt = stmt.order_by(conversations_table.c.created_at, conversations_table.c.conversation_id)
+        stmt = stmt.order_by(
+            conversations_table.c.created_at, conversations_table.c.conversation_id
+        )
         with self._db.transaction(write=False) as conn:
             ids = [(r.conversation_id, r.key_id) for r in conn.execute(stmt)]
         return [self.get(tenant, k, c) for c, k in ids]

@@ -75,8 +75,7 @@ def _from_row(row: object) -> GoldenCandidate:
         key_id=r["key_id"],
         question=open_text(tenant, r["question_masked"]),
         retrieved=[
-            {**c, "text": open_text(tenant, str(c.get("text", "")))}
-            for c in (r["retrieved"] or [])
+            {**c, "text": open_text(tenant, str(c.get("text", "")))} for c in (r["retrieved"] or [])
         ],
         index_version=r["index_version"],
         rating=r["rating"],
@@ -224,7 +223,9 @@ class GoldenCandidateRepository:
             .values(
                 status=status,
                 relevant_doc_ids=docs if status == "accepted" else [],
-                reference_answer=seal_text(tenant, reference_answer if status == "accepted" else ""),
+                reference_answer=seal_text(
+                    tenant, reference_answer if status == "accepted" else ""
+                ),
                 reviewer=reviewer,
                 reviewed_at=utcnow(),
             )

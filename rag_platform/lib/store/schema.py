@@ -6,7 +6,8 @@ This module is the source of truth for the schema; the Alembic migrations under
 
 Tables: ``tenants``, ``api_keys``, ``index_versions``, ``query_log``, ``feedback``,
 ``audit_log``, ``usage_events``, ``document_suppressions``, ``ingest_jobs``,
-``webhook_deliveries``, ``conversations``, ``conversation_messages``, ``golden_candidates``. Every timestamp is a timezone-aware UTC ``datetime``
+``webhook_deliveries``, ``conversations``, ``conversation_messages``, ``golden_candidates``.
+Every timestamp is a timezone-aware UTC ``datetime``
 (:class:`UTCDateTime`). JSON columns use the portable ``sqlalchemy.JSON`` type (``JSON`` on
 PostgreSQL, text on SQLite).
 

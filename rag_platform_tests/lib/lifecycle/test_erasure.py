@@ -16,9 +16,9 @@ from rag_platform.cli import app
 from rag_platform.lib.index.backend import open_backend
 from rag_platform.lib.lifecycle.erasure import PrincipalEraser, verify_document_erasure
 from rag_platform.lib.models import make_doc_id
+from rag_platform.lib.store import MetadataStore, QueryLogEntry
 from rag_platform.lib.store.conversations import ConversationMessage
 from rag_platform.lib.store.golden_candidates import GoldenCandidate
-from rag_platform.lib.store import MetadataStore, QueryLogEntry
 from rag_platform.runner import materialize_tenant
 from rag_platform.settings import Settings
 from rag_platform_tests.lib.lifecycle.conftest import MARKER, TENANT
@@ -180,8 +180,12 @@ def test_principal_erasure(rag_home: Settings, backend: str, tmp_path: Path) -> 
         kept = convs.create(TENANT, "bbbbbbbbbbbb", "theirs")
         store.golden_candidates.add(
             [
-                GoldenCandidate(tenant=TENANT, query_id=mine.query_id, key_id="aaaaaaaaaaaa", rating=1),
-                GoldenCandidate(tenant=TENANT, query_id=other.query_id, key_id="bbbbbbbbbbbb", rating=2),
+                GoldenCandidate(
+                    tenant=TENANT, query_id=mine.query_id, key_id="aaaaaaaaaaaa", rating=1
+                ),
+                GoldenCandidate(
+                    tenant=TENANT, query_id=other.query_id, key_id="bbbbbbbbbbbb", rating=2
+                ),
             ]
         )
         spool = settings.home / "spool" / "query_log.jsonl"
