@@ -97,7 +97,7 @@ class TestConversations:
         row = conv_world.store.get_query(follow["query_id"])
         assert row is not None and row.endpoint == "conversation"
         assert row.question_masked == follow["standalone_question"]
-        assert row.cited_chunk_ids == messages[3]["citations"]
+        assert row.cited_chunk_ids == list(dict.fromkeys(messages[3]["citations"]))
 
     def test_stored_text_is_pii_masked(self, api: TestClient, conv_world: World) -> None:
         key = conv_world.keys["a_reader"]
