@@ -216,3 +216,71 @@ def test_conversations_on_postgresql(tmp_path: Path) -> None:
                 assert other.status_code == 404
         finally:
             world.store.dispose()
+
+
+def _jsonl(text: str) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+class TestLifecycleAndReview:
+    def test_exports_hold_the_principals_conversations(
+        self, api: TestClient, conv_world: World
+    ) -> None:
+        key = conv_world.keys["a_reader"]
+        cid = _conversation(api, key)
+        _ask(api, key, cid, FIRST)
+        admin = bearer(conv_world.keys["a_admin"])
+        tenant = _jsonl(api.get("/v1/admin/export", headers=admin).text)
+        exported = [r for r in tenant if r["type"] == "conversation"]
+        assert cid in {r["conversation_id"] for r in exported}
+        [mine] = [r for r in exported if r["conversation_id"] == cid]
+        assert [m["role"] for m in mine["messages"]] == ["user", "assistant"]
+        reader_id, secret_id = conv_world.key_ids["a_reader"], conv_world.key_ids["a_secret"]
+        own = _jsonl(api.get(f"/v1/admin/principals/{reader_id}/export", headers=admin).text)
+        assert cid in {r.get("conversation_id") for r in own if r["type"] == "conversation"}
+        other = _jsonl(api.get(f"/v1/admin/principals/{secret_id}/export", headers=admin).text)
+        assert not [r for r in other if r["type"] == "conversation"]
+
+    def test_admin_reviews_candidates_of_its_tenant_only(
+        self, api: TestClient, conv_world: World
+    ) -> None:
+        from rag_platform.lib.evaluation.candidates import CandidateCollector
+
+        reader = bearer(conv_world.keys["a_reader"])
+        asked = api.post("/v1/query", json={"query": "statins and cholesterol"}, headers=reader)
+        assert asked.status_code == 200
+        r = api.post(
+            "/v1/feedback",
+            json={"query_id": asked.json()["query_id"], "rating": 1, "comment": "off topic"},
+            headers=reader,
+        )
+        assert r.status_code == 201
+        state = api.app.state.serving  # type: ignore[attr-defined]
+        got = CandidateCollector(conv_world.store, state.backend).run(TENANT_A)
+        assert got.added == 1
+        admin = bearer(conv_world.keys["a_admin"])
+        listed = api.get("/v1/admin/golden-candidates?status=pending", headers=admin).json()
+        [candidate] = [c for c in listed["candidates"] if c["query_id"] == asked.json()["query_id"]]
+        assert (candidate["rating"], candidate["comment"]) == (1, "off topic")
+        assert [c["chunk_id"] for c in candidate["retrieved"]] == [
+            h["chunk_id"] for h in asked.json()["hits"]
+        ]
+        cid = candidate["candidate_id"]
+        assert api.get("/v1/admin/golden-candidates", headers=reader).status_code == 403
+        other = bearer(conv_world.keys["b_admin"])
+        refused = api.post(f"/v1/admin/golden-candidates/{cid}/reject", headers=other)
+        assert refused.status_code == 404
+        assert refused.json()["error"]["code"] == "candidate_not_found"
+        empty = api.post(f"/v1/admin/golden-candidates/{cid}/accept", json={}, headers=admin)
+        assert empty.status_code == 422
+        doc = asked.json()["hits"][0]["doc_id"]
+        ok = api.post(
+            f"/v1/admin/golden-candidates/{cid}/accept",
+            json={"relevant_doc_ids": [doc]},
+            headers=admin,
+        )
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["status"] == "accepted" and ok.json()["relevant_doc_ids"] == [doc]
+        assert ok.json()["reviewer"] == f"key:{conv_world.key_ids['a_admin']}"
