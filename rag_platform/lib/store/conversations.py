@@ -206,6 +206,7 @@ class ConversationRepository:
                     [
                         {
                             "conversation_id": conversation_id,
+                            "tenant": tenant,
                             "ordinal": m.ordinal,
                             "role": m.role,
                             "content_masked": seal_text(tenant, m.content),

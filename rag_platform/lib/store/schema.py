@@ -351,7 +351,8 @@ class ConversationRow(Base):
 class ConversationMessageRow(Base):
     """One turn of a conversation: the user's message (with the standalone question it was
     rewritten into) or the assistant's answer (with its citations and query-log id). Text is
-    stored PII-masked only."""
+    stored PII-masked only. ``tenant`` repeats the conversation's, so per-tenant backups and
+    restores carry the messages."""
 
     __tablename__ = "conversation_messages"
     __table_args__ = (
@@ -363,6 +364,7 @@ class ConversationMessageRow(Base):
     conversation_id: Mapped[str] = mapped_column(
         String(36), ForeignKey("conversations.conversation_id", ondelete="CASCADE")
     )
+    tenant: Mapped[str] = mapped_column(String(63))
     ordinal: Mapped[int] = mapped_column(Integer)
     role: Mapped[str] = mapped_column(String(16))
     content_masked: Mapped[str] = mapped_column(Text, default="")

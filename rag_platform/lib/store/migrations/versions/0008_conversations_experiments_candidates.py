@@ -5,7 +5,8 @@ Revises: 0006
 Create Date: 2026-12-01
 
 - ``conversations`` and ``conversation_messages``: per-principal conversation memory of
-  ``/v1/conversations`` (text PII-masked), messages deleted with their conversation.
+  ``/v1/conversations`` (text PII-masked), messages deleted with their conversation (they
+  carry the tenant too, for per-tenant backups).
 - ``query_log``: ``endpoint`` (``search``, ``query``, ``conversation``), ``experiment`` and
   ``variant`` (the retrieval variant a principal was assigned), ``''`` for older rows.
 - ``golden_candidates``: low-rated queries proposed for the golden set and their review.
@@ -56,6 +57,7 @@ def upgrade() -> None:
         "conversation_messages",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("conversation_id", sa.String(length=36), nullable=False),
+        sa.Column("tenant", sa.String(length=63), nullable=False),
         sa.Column("ordinal", sa.Integer(), nullable=False),
         sa.Column("role", sa.String(length=16), nullable=False),
         sa.Column("content_masked", sa.Text(), nullable=False),
