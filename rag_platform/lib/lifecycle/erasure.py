@@ -11,7 +11,8 @@ A document (:class:`DocumentEraser`) is
    per-source manifests and segments under ``sync/``), the parse and mask caches (keyed by its
    content hash), the chunk cache (keyed by its doc id), the embedding caches (its chunks'
    content hashes) and the quarantine records;
-3. removed from the intermediate assets the Dagster IO manager wrote under
+3. removed from the golden-set candidates (their retrieved chunks and relevance), and from
+   the intermediate assets the Dagster IO manager wrote under
    ``RAG_HOME/storage/<asset>/<tenant>``: its rows of every Parquet frame, its chunks' vectors of
    the embedding set, and its relevance judgements in the stored golden set (the golden
    candidates the evaluation would look for).
@@ -378,6 +379,13 @@ class DocumentEraser:
         )
         removed = [Removal("suppression_list", "document_suppressions", 1)]
         removed += self._purge(files, doc_id, trace)
+        removed.append(
+            Removal(
+                "golden_candidates",
+                "golden_candidates",
+                self.store.golden_candidates.scrub_document(tenant, doc_id),
+            )
+        )
         verification = verify_document_erasure(
             self.settings, self.store, self.backend, tenant, doc_id, trace
         )
@@ -474,9 +482,10 @@ def verify_document_erasure(
     """Proves nothing of an erased document is left where the platform keeps it.
 
     Checks: ``suppressed`` (on the suppression list); ``caches`` (no sync-snapshot row, no
-    parse/mask/chunk cache entry, no embedding of its chunks, no quarantine record);
-    ``assets`` (no row of any stored Parquet frame, no vector of its chunks in a stored
-    embedding set, no golden-set relevance); ``new_versions`` (no index version created after
+    parse/mask/chunk cache entry, no embedding of its chunks, no quarantine record); ``assets``
+    (no row of any stored Parquet frame, no vector of its chunks in a stored embedding set, no
+    golden-set relevance); ``golden_candidates`` (no golden-set candidate names it among its
+    retrieved chunks or relevant documents); ``new_versions`` (no index version created after
     the erasure holds a point of it); ``search`` (a search of the published version under the
     API's filter, with the document's own vectors as the query, returns none of its chunks:
     without the exclusion it would rank first). ``published_version`` reports, without failing,
@@ -547,6 +556,8 @@ def verify_document_erasure(
         elif left := _embedding_hashes(path) & trace.chunk_hashes:
             found.append(f"{files.rel(path)}: {len(left)} vector(s)")
     checks.append(Check("assets", not found, "; ".join(found) or "nothing left"))
+    named = store.golden_candidates.mentions(tenant, doc_id)
+    checks.append(Check("golden_candidates", not named, f"{named} candidate(s) name it"))
 
     # index versions
     # released: the versions built since its (last) erasure

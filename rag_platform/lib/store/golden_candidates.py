@@ -235,6 +235,42 @@ class GoldenCandidateRepository:
                 raise NotFoundError(f"no golden-set candidate {candidate_id[:40]!r}")
         return self.get(tenant, candidate_id)
 
+    def scrub_document(self, tenant: str, doc_id: str) -> int:
+        """Removes an erased document from the tenant's candidates: its retrieved chunks (ids
+        and text) and its relevance.
+
+        Returns:
+            How many candidates changed.
+        """
+        changed = 0
+        with self._db.transaction() as conn:
+            rows = conn.execute(
+                select(
+                    golden_candidates_table.c.candidate_id,
+                    golden_candidates_table.c.retrieved,
+                    golden_candidates_table.c.relevant_doc_ids,
+                ).where(golden_candidates_table.c.tenant == tenant)
+            ).all()
+            for cid, retrieved, relevant in rows:
+                kept = [r for r in retrieved or [] if r.get("doc_id") != doc_id]
+                docs = [d for d in relevant or [] if d != doc_id]
+                if len(kept) != len(retrieved or []) or len(docs) != len(relevant or []):
+                    conn.execute(
+                        update(golden_candidates_table)
+                        .where(golden_candidates_table.c.candidate_id == cid)
+                        .values(retrieved=kept, relevant_doc_ids=docs)
+                    )
+                    changed += 1
+        return changed
+
+    def mentions(self, tenant: str, doc_id: str) -> int:
+        """How many of the tenant's candidates still name ``doc_id`` (retrieved or relevant)."""
+        return sum(
+            1
+            for c in self.find(tenant)
+            if doc_id in c.relevant_doc_ids or any(r.get("doc_id") == doc_id for r in c.retrieved)
+        )
+
     def delete(self, tenant: str, *, key_id: str) -> int:
         """Deletes the candidates made from one principal's queries (erasure).
 

@@ -108,3 +108,18 @@ class TestGoldenCandidates:
         assert [c.query_id for c in repo.find("acme", "pending")] == [q2]
         assert repo.delete("acme", key_id=ME) == 1
         assert [c.query_id for c in repo.find("acme")] == [q2]
+
+    def test_an_erased_document_is_scrubbed_from_candidates(self, store: MetadataStore) -> None:
+        q1, q2 = log_query(store), log_query(store)
+        repo = store.golden_candidates
+        chunk = {"chunk_id": "c1", "doc_id": "gone", "title": "T", "text": "secret text"}
+        other = {"chunk_id": "c2", "doc_id": "kept", "title": "U", "text": "fine"}
+        first = GoldenCandidate(tenant="acme", query_id=q1, retrieved=[chunk, other], rating=1)
+        repo.add([first, GoldenCandidate(tenant="acme", query_id=q2, retrieved=[other], rating=1)])
+        repo.review("acme", first.candidate_id, "accepted", "ml", relevant_doc_ids=["gone", "kept"])
+        assert repo.mentions("acme", "gone") == 1
+        assert repo.scrub_document("acme", "gone") == 1
+        assert repo.mentions("acme", "gone") == 0
+        got = repo.get("acme", first.candidate_id)
+        assert (got.retrieved, got.relevant_doc_ids) == ([other], ["kept"])
+        assert "secret text" not in str(repo.find("acme"))
