@@ -51,6 +51,16 @@ export_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(export_app, name="export")
+experiments_app = typer.Typer(
+    help="Online experiments of retrieval variants (``experiment`` in tenants.yaml).",
+    no_args_is_help=True,
+)
+app.add_typer(experiments_app, name="experiments")
+golden_app = typer.Typer(
+    help="Golden-set candidates from low-rated queries: list, accept, reject.",
+    no_args_is_help=True,
+)
+app.add_typer(golden_app, name="golden")
 
 
 @app.callback()
@@ -865,6 +875,127 @@ def costs(
 
     d = date.fromisoformat(day) if day else datetime.now(UTC).date()
     _echo_json(tenant_day_rollup(_store(), tenant, d, PriceTable.load(get_settings().home)))
+
+
+# ------------------------------------------------------------------------------------------
+# experiments, golden-set candidates
+# ------------------------------------------------------------------------------------------
+
+
+def _tenant_config(settings: Settings, tenant: str) -> Any:
+    from rag_platform.lib.tenants import load_registry
+
+    registry = load_registry(settings.tenants_file, settings.data_dir)
+    if tenant not in registry.ids:
+        _fail(f"unknown tenant {tenant!r}")
+    return registry.get(tenant)
+
+
+@experiments_app.command("report")
+def experiments_report(
+    tenant: Annotated[str, typer.Option()],
+    experiment: Annotated[
+        str | None, typer.Option(help="Experiment id; default the tenant's configured one.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only queries from this ISO date-time (UTC) on.")
+    ] = None,
+) -> None:
+    """Per variant: queries, mean rating, refusal rate and latency, joined from the query log
+    and the feedback, and whether the differences are significant (Mann-Whitney U on ratings
+    and latencies, chi-square on refusals; alpha 0.05). A table, then the JSON as last line."""
+    from rag_platform.lib.experiments import experiment_report
+
+    settings = get_settings()
+    config = _tenant_config(settings, tenant)
+    try:
+        start = datetime.fromisoformat(since) if since else None
+        report = experiment_report(_store(settings), config, experiment, start)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"experiment {report['experiment']} of {tenant}: {report['queries']} queries")
+    for name, v in report["variants"].items():
+        typer.echo(
+            f"  {name:<16} queries {v['queries']:>6}  rated {v['rated']:>5}  "
+            f"mean rating {v['mean_rating'] if v['mean_rating'] is not None else '-':>6}  "
+            f"refusal rate {v['refusal_rate'] if v['refusal_rate'] is not None else '-':>6}  "
+            f"p50 {v['latency_ms_p50'] if v['latency_ms_p50'] is not None else '-'} ms"
+        )
+    for measure, t in report["tests"].items():
+        verdict = "significant" if t["significant"] else "not significant"
+        typer.echo(f"  {measure}: {t['test']} p={t['p_value']} ({verdict})")
+    _echo_json(report)
+
+
+def _candidate_json(c: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(c)
+
+
+@golden_app.command("candidates")
+def golden_candidates_list(
+    tenant: Annotated[str, typer.Option()],
+    status: Annotated[
+        str | None, typer.Option(help="pending, accepted or rejected; default all.")
+    ] = None,
+) -> None:
+    """Lists the tenant's golden-set candidates (one JSON object per line: question, retrieved
+    chunks, rating, comment, status)."""
+    settings = get_settings()
+    _known_tenant(settings, tenant)
+    if status not in (None, "pending", "accepted", "rejected"):
+        _fail("--status must be pending, accepted or rejected")
+    for c in _store(settings).golden_candidates.find(tenant, status):  # type: ignore[arg-type]
+        _echo_json(_candidate_json(c))
+
+
+def _review(
+    tenant: str, candidate: str, status: str, doc_ids: list[str], reference: str, reviewer: str
+) -> None:
+    from rag_platform.lib.store import NotFoundError
+
+    settings = get_settings()
+    _known_tenant(settings, tenant)
+    try:
+        done = _store(settings).golden_candidates.review(
+            tenant,
+            candidate,
+            status,  # type: ignore[arg-type]
+            reviewer,
+            relevant_doc_ids=doc_ids,
+            reference_answer=reference,
+        )
+    except NotFoundError as exc:
+        _fail(str(exc))
+    except ValueError as exc:
+        _fail(str(exc))
+    _echo_json(_candidate_json(done))
+
+
+@golden_app.command("accept")
+def golden_accept(
+    tenant: Annotated[str, typer.Option()],
+    candidate: Annotated[str, typer.Option(help="The candidate id.")],
+    doc_id: Annotated[
+        list[str] | None, typer.Option("--doc-id", help="A document that answers (repeatable).")
+    ] = None,
+    reference_answer: Annotated[str, typer.Option(help="The reviewed answer.")] = "",
+    reviewer: Annotated[str, typer.Option(help="Who reviewed it.")] = "cli",
+) -> None:
+    """Accepts a candidate into the golden set (needs --doc-id and/or --reference-answer); the
+    next golden_set materialization includes it. Last line: the candidate as JSON."""
+    _review(tenant, candidate, "accepted", list(doc_id or []), reference_answer, reviewer)
+
+
+@golden_app.command("reject")
+def golden_reject(
+    tenant: Annotated[str, typer.Option()],
+    candidate: Annotated[str, typer.Option(help="The candidate id.")],
+    reviewer: Annotated[str, typer.Option(help="Who reviewed it.")] = "cli",
+) -> None:
+    """Rejects a candidate (it is never proposed again). Last line: the candidate as JSON."""
+    _review(tenant, candidate, "rejected", [], "", reviewer)
 
 
 # ------------------------------------------------------------------------------------------

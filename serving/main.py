@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from rag_platform.lib import tracing
 from rag_platform.settings import Settings, configure_runtime_env, get_settings
-from serving.api.routes import admin, documents, feedback, health, query, search
+from serving.api.routes import admin, conversations, documents, feedback, health, query, search
 from serving.api.routes.health import tenant_index_statuses
 from serving.errors import BodySizeLimitMiddleware, install_error_handlers
 from serving.observability import (
@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         search.router,
         query.router,
+        conversations.router,
         feedback.router,
         documents.router,
         admin.router,

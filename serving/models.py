@@ -8,6 +8,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from rag_platform.lib.answer import Answerer
+from rag_platform.lib.conversation import QuestionRewriter
 from rag_platform.lib.embedding import (
     BatchingQueryEmbedder,
     DenseEmbedder,
@@ -15,7 +16,7 @@ from rag_platform.lib.embedding import (
     embedding_identity,
     get_sparse_encoder,
 )
-from rag_platform.lib.rag import build_answerer, build_embedder
+from rag_platform.lib.rag import build_answerer, build_embedder, build_rewriter
 from rag_platform.lib.store import IndexVersion
 from rag_platform.lib.tenants import PIIPolicy
 from rag_platform.settings import Settings
@@ -46,6 +47,7 @@ class Models:
         self._lock = threading.Lock()
         self._query_embedders: dict[str, BatchingQueryEmbedder] = {}
         self._answerer: Answerer | None = None
+        self._rewriter: QuestionRewriter | None = None
         self._maskers: dict[str, PIIMasker] = {}
 
     @property
@@ -87,6 +89,14 @@ class Models:
             return self._answerer
 
     @property
+    def rewriter(self) -> QuestionRewriter:
+        """The conversations' follow-up rewriter (:func:`~rag_platform.lib.rag.build_rewriter`)."""
+        with self._lock:
+            if self._rewriter is None:
+                self._rewriter = build_rewriter(self.settings)
+            return self._rewriter
+
+    @property
     def uses_llm(self) -> bool:
         """Whether answers come from the configured LLM endpoint."""
         return self.answerer.mode == "llm"
@@ -113,7 +123,10 @@ class Models:
         """Stops the batching workers and closes the answerer's clients."""
         with self._lock:
             query_embedders, answerer = list(self._query_embedders.values()), self._answerer
+            rewriter = self._rewriter
         for query_embedder in query_embedders:
             query_embedder.close()
         if answerer is not None:
             answerer.close()
+        if rewriter is not None:
+            rewriter.close()

@@ -61,6 +61,9 @@ class QueryRecord:
     status_code: int = 200
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     trace_id: str = ""
+    endpoint: str = ""
+    experiment: str = ""
+    variant: str = ""
 
 
 _STOP = object()
@@ -220,6 +223,9 @@ class QueryLogWriter:
             status_code=record.status_code,
             created_at=record.created_at,
             trace_id=record.trace_id,
+            endpoint=record.endpoint,
+            experiment=record.experiment,
+            variant=record.variant,
         )
 
     def _drain_backlog(self, tries: int) -> int:

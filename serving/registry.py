@@ -17,6 +17,7 @@ from rag_platform.lib.tenants import (
     InjectionPolicy,
     PIIPolicy,
     RetrievalSettings,
+    TenantConfig,
     TenantRegistry,
     load_registry,
 )
@@ -76,6 +77,11 @@ class RegistryWatcher:
         """The tenant's retrieval settings; the defaults for an unknown tenant."""
         registry = self.registry
         return registry.get(tenant).retrieval if tenant in registry.ids else RetrievalSettings()
+
+    def tenant(self, tenant: str) -> TenantConfig | None:
+        """The tenant's configuration; None for a tenant not in the registry."""
+        registry = self.registry
+        return registry.get(tenant) if tenant in registry.ids else None
 
     def pii_policy(self, tenant: str) -> PIIPolicy:
         """The tenant's PII policy; the default policy for an unknown tenant."""

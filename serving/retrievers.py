@@ -56,9 +56,16 @@ class Retrievers:
             yield reader
 
     @contextmanager
-    def open_retriever(self, version: IndexVersion) -> Iterator[Retriever]:
+    def open_retriever(
+        self, version: IndexVersion, retrieval: RetrievalSettings | None = None
+    ) -> Iterator[Retriever]:
         """A retriever over ``version``, its reader held open for the ``with`` block (one
         retriever per tenant, rebuilt when the version or its reader changes).
+
+        Args:
+            version: the published version.
+            retrieval: settings other than the tenant's (an experiment's variant): a retriever
+                with them over the same reader (building one costs nothing: no model, no I/O).
 
         Raises:
             Exception: whatever opening the version raises.
@@ -77,6 +84,10 @@ class Retrievers:
                     self._built[version.tenant] = (version.version, reader, retriever)
                 else:
                     retriever = built[2]
+            if retrieval is not None and retrieval != retriever.settings:
+                retriever = build_retriever(
+                    reader, version.tenant, retrieval, retriever.embedder, retriever.sparse_encoder
+                )
             yield retriever
 
     def forget(self, tenants: list[str]) -> None:

@@ -476,3 +476,111 @@ class WebhookDeliveryPublic(BaseModel):
 
 class WebhookDeliveriesPublic(BaseModel):
     deliveries: list[WebhookDeliveryPublic]
+
+
+class ConversationCreateRequest(_Request):
+    """A new conversation; ``title`` is optional (stored PII-masked)."""
+
+    title: str = Field("", max_length=200)
+
+
+class MessageRequest(_Request):
+    """A user message: the first question or a follow-up (rewritten into a standalone question
+    from the conversation's history before retrieval)."""
+
+    content: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="The message.")
+    top_k: int = Field(10, ge=1, le=100, description="Number of hits to retrieve.")
+    filters: SearchFiltersRequest = Field(default_factory=SearchFiltersRequest)
+
+    @field_validator("content")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("content must not be blank")
+        if "\x00" in v:
+            raise ValueError("content must not contain NUL characters")
+        return v
+
+
+class MessagePublic(BaseModel):
+    """One stored turn (text as stored: PII-masked)."""
+
+    ordinal: int
+    role: Literal["user", "assistant"]
+    content: str
+    standalone_question: str | None = Field(
+        None, description="For a user message: the standalone question it was rewritten into."
+    )
+    rewrite: str | None = Field(None, description="`none`, `rule` or `llm` (user messages).")
+    query_id: str | None = None
+    citations: list[str] = Field(default_factory=list, description="Cited chunk ids.")
+    created_at: datetime
+
+
+class ConversationPublic(BaseModel):
+    """A conversation of the caller, with its messages, oldest first."""
+
+    conversation_id: str
+    title: str
+    created_at: datetime
+    updated_at: datetime
+    messages: list[MessagePublic]
+
+
+class ConversationAnswerPublic(BaseModel):
+    """The answer to one message: the standalone question retrieved for, the answer with
+    ``[n]`` citations, and the hits."""
+
+    conversation_id: str
+    query_id: str
+    index_version: str
+    question: str
+    standalone_question: str
+    rewrite: Literal["none", "rule", "llm"]
+    answer: str
+    mode: str
+    cached: bool
+    citations: list[CitationPublic]
+    hits: list[HitPublic]
+    usage: UsagePublic
+    timings: TimingsPublic
+
+
+class RetrievedChunkPublic(BaseModel):
+    """A chunk a candidate's query retrieved (document, title and text empty when the index
+    version that answered is gone)."""
+
+    chunk_id: str
+    doc_id: str = ""
+    title: str = ""
+    text: str = ""
+
+
+class GoldenCandidatePublic(BaseModel):
+    """A low-rated query proposed for the golden set, and its review."""
+
+    candidate_id: str
+    query_id: str
+    question: str = Field(description="As logged: PII-masked.")
+    retrieved: list[RetrievedChunkPublic]
+    index_version: str
+    rating: int
+    comment: str
+    status: Literal["pending", "accepted", "rejected"]
+    relevant_doc_ids: list[str]
+    reference_answer: str
+    reviewer: str
+    reviewed_at: datetime | None
+    created_at: datetime
+
+
+class GoldenCandidatesPublic(BaseModel):
+    candidates: list[GoldenCandidatePublic]
+
+
+class CandidateAcceptRequest(_Request):
+    """Accepting a candidate: the documents that answer its question and/or the reviewed
+    answer (at least one)."""
+
+    relevant_doc_ids: list[str] = Field(default_factory=list, max_length=100)
+    reference_answer: str = Field("", max_length=20_000)

@@ -1,5 +1,6 @@
 """Jobs: the per-tenant pipeline (sync to publish), its cost preview (``tenant_plan``), the
-per-tenant-day cost rollup, the per-tenant backup and the per-tenant retention sweep."""
+per-tenant-day cost rollup, the per-tenant backup, the per-tenant retention sweep and the
+per-tenant golden-set candidates from feedback."""
 
 import dagster as dg
 
@@ -43,6 +44,14 @@ tenant_retention = dg.define_asset_job(
     partitions_def=tenants_partitions,
     description="Apply one tenant's retention policy: query log, feedback, audit log, "
     "quarantine records, retired index versions.",
+)
+
+#: Low-rated queries → golden-set candidates (``golden_candidates``).
+tenant_feedback = dg.define_asset_job(
+    "tenant_feedback",
+    selection=dg.AssetSelection.groups("feedback"),
+    partitions_def=tenants_partitions,
+    description="Turn one tenant's low-rated queries into golden-set candidates for review.",
 )
 
 

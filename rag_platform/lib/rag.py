@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from rag_platform.lib.answer import Answerer, ExtractiveAnswerer, LLMAnswerer, TokenCounter
+from rag_platform.lib.conversation import LLMRewriter, QuestionRewriter, RuleRewriter
 from rag_platform.lib.embedding import (
     DenseEmbedder,
     DenseQueryEncoder,
@@ -118,3 +119,17 @@ def build_answerer(
             count_tokens=count_tokens or embedding_token_counter(),
         )
     return ExtractiveAnswerer(embedder)
+
+
+def build_rewriter(settings: Settings) -> QuestionRewriter:
+    """The follow-up rewriter of conversations: ``LLMRewriter`` on the answer's endpoint when
+    ``settings.llm_base_url`` and ``llm_model`` are set (falling back to the rule when the call
+    fails), else the deterministic ``RuleRewriter``."""
+    if settings.llm_base_url and settings.llm_model:
+        return LLMRewriter(
+            settings.llm_base_url,
+            settings.llm_model,
+            api_key=settings.llm_api_key,
+            timeout=settings.llm_timeout_seconds,
+        )
+    return RuleRewriter()

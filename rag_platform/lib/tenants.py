@@ -458,6 +458,61 @@ class InjectionPolicy(_Strict):
     refuse_questions: bool = False
 
 
+_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class ExperimentVariant(_Strict):
+    """One arm of a retrieval experiment.
+
+    Attributes:
+        name: the variant's name, recorded in the query log (``control``, ``rrf-k2``).
+        share: its share of the tenant's principals, in (0, 1]; the shares of an experiment
+            sum to 1.
+        retrieval: fields of :class:`RetrievalSettings` that this variant changes (``fusion``,
+            ``rrf_k``, ``dense_weight``, ``sparse_weight``, ``dense_prefetch``, ...), over the
+            tenant's ``retrieval``; empty for the control.
+    """
+
+    name: Annotated[str, Field(pattern=_NAME_PATTERN)]
+    share: float = Field(gt=0.0, le=1.0)
+    retrieval: dict[str, Any] = Field(default_factory=dict)
+
+
+class RetrievalExperiment(_Strict):
+    """An online A/B (or A/B/n) test of retrieval settings (``experiment`` in tenants.yaml).
+
+    Each principal (API key) is assigned one variant for the whole experiment, deterministically
+    from ``sha256(tenant:experiment:key_id)`` (:func:`rag_platform.lib.experiments.assign`), so
+    its answers stay consistent and its feedback is attributable; ``rag-platform experiments
+    report`` compares the variants.
+
+    Attributes:
+        id: the experiment's name, recorded in the query log with the variant.
+        enabled: false stops assigning (every request uses the tenant's ``retrieval``).
+        variants: at least two, shares summing to 1, names unique.
+    """
+
+    id: Annotated[str, Field(pattern=_NAME_PATTERN)]
+    enabled: bool = True
+    variants: list[ExperimentVariant] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _check_variants(self) -> RetrievalExperiment:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"experiment {self.id!r}: variant names must be unique")
+        total = sum(v.share for v in self.variants)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"experiment {self.id!r}: variant shares sum to {total:g}, not 1")
+        for v in self.variants:
+            unknown = set(v.retrieval) - set(RetrievalSettings.model_fields)
+            if unknown:
+                raise ValueError(
+                    f"variant {v.name!r}: unknown retrieval settings {sorted(unknown)}"
+                )
+        return self
+
+
 class GoldenSetConfig(_Strict):
     """Where the tenant's golden set lives and how to read it."""
 
@@ -506,7 +561,7 @@ class RetentionPolicy(_Strict):
     schedule, ``lib/lifecycle/retention.py``).
 
     Defaults: query log 90 days (with the feedback on the deleted queries), feedback 365,
-    conversations 365 (the platform stores none yet: nothing to delete), audit log 365,
+    conversations 365 (since their last message, with their messages), audit log 365,
     quarantine records 30 (a stage's quarantine file not rewritten for that long), retired index
     versions: none beyond the ``RAG_VERSIONS_KEPT`` rollback targets, and with
     ``retired_versions_days`` set, not even those once retired for longer.
@@ -589,8 +644,33 @@ class TenantConfig(_Strict):
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
     uploads: UploadPolicy = Field(default_factory=UploadPolicy)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
+    experiment: RetrievalExperiment | None = None
 
     _check_default_groups = field_validator("default_acl_groups")(_valid_groups)
+
+    @model_validator(mode="after")
+    def _check_experiment(self) -> TenantConfig:
+        if self.experiment is not None:
+            for v in self.experiment.variants:
+                self.variant_retrieval(v.name)  # raises on settings out of bounds
+        return self
+
+    def variant_retrieval(self, variant: str) -> RetrievalSettings:
+        """The retrieval settings of one variant of the tenant's experiment: the tenant's
+        ``retrieval`` with the variant's changes.
+
+        Raises:
+            KeyError: no experiment, or no such variant.
+            pydantic.ValidationError: the variant's settings are out of bounds.
+        """
+        if self.experiment is None:
+            raise KeyError(f"tenant {self.id!r} has no experiment")
+        for v in self.experiment.variants:
+            if v.name == variant:
+                return RetrievalSettings.model_validate(
+                    {**self.retrieval.model_dump(), **v.retrieval}
+                )
+        raise KeyError(f"no variant {variant!r} in experiment {self.experiment.id!r}")
 
 
 class TenantRegistry(_Strict):

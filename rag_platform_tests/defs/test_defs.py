@@ -10,6 +10,7 @@ class TestDefinitions:
         assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == [
             "chunk_embeddings",
             "chunks",
+            "golden_candidates",
             "golden_set",
             "index_evaluation",
             "masked_documents",
@@ -46,6 +47,7 @@ class TestDefinitions:
             "tenant_costs",
             "tenant_backups",
             "tenant_retention",
+            "tenant_feedback",
         }
         assert {s.name for s in defs.sensors} == {
             "tenant_registry_sensor",
@@ -59,6 +61,7 @@ class TestDefinitions:
             "daily_costs",
             "nightly_backup",
             "daily_retention",
+            "daily_golden_candidates",
         }
 
     def test_every_pipeline_asset_is_partitioned_by_tenant(self) -> None:
@@ -73,4 +76,5 @@ class TestDefinitions:
                 "costs",
                 "operations",
                 "lifecycle",
+                "feedback",
             }

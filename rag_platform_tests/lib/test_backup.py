@@ -232,6 +232,15 @@ class TestPostgres:
             )
             store.log_queries([entry])
             store.add_feedback(entry.query_id, TENANT, info.key_id, 4, "helpful", "good")
+            from rag_platform.lib.store.conversations import ConversationMessage
+
+            conv = store.conversations.create(TENANT, info.key_id, "t")
+            store.conversations.append(
+                TENANT,
+                info.key_id,
+                conv.conversation_id,
+                [ConversationMessage(0, "user", "q?"), ConversationMessage(0, "assistant", "a")],
+            )
             store.record_usage(TENANT, "queries", 3.0, at=datetime(2026, 11, 30, 12, tzinfo=UTC))
             store.audit("tenant.sync", "other", "sensor", {})  # another tenant: not backed up
             receipt = TenantBackup(settings, store).run(TENANT, str(tmp_path / "bk"))
@@ -255,6 +264,8 @@ class TestPostgres:
                     ["a", "b"],
                 )
                 assert [f.comment for f in dst.list_feedback(TENANT)] == ["good"]
+                got = dst.conversations.get(TENANT, info.key_id, conv.conversation_id)
+                assert [m.content for m in got.messages] == ["q?", "a"]
                 assert dst.usage_by_day(TENANT, datetime(2026, 11, 30).date())["queries"] == 3.0
                 assert dst.verify_audit().intact
                 assert not dst.list_audit("other")

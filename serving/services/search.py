@@ -19,9 +19,11 @@ from datetime import datetime
 from typing import Any, Literal
 
 from rag_platform.lib import tracing
+from rag_platform.lib.experiments import Assignment, assign
 from rag_platform.lib.models import Hit, Principal, SearchFilters
 from rag_platform.lib.retrieval import Retriever
 from rag_platform.lib.store import IndexVersion
+from rag_platform.lib.tenants import RetrievalSettings
 from serving.cache import cache_key
 from serving.errors import ApiError, database_unavailable
 from serving.observability import Metrics
@@ -33,6 +35,8 @@ logger = logging.getLogger("serving.search")
 
 #: The endpoints that share this flow (part of the cache key).
 Endpoint = Literal["search", "query"]
+#: What the query log records as the endpoint (a conversation turn answers as ``query``).
+LoggedEndpoint = Literal["search", "query", "conversation"]
 
 
 @dataclass
@@ -96,14 +100,17 @@ def recheck_hits(metrics: Metrics, hits: list[Hit], principal: Principal) -> lis
 
 
 @contextmanager
-def open_retriever(state: ServingState, version: IndexVersion) -> Iterator[Retriever]:
-    """A retriever over ``version``, its shard held open for the ``with`` block (call it from
-    the thread pool: opening a shard reads the disk).
+def open_retriever(
+    state: ServingState, version: IndexVersion, retrieval: RetrievalSettings | None = None
+) -> Iterator[Retriever]:
+    """A retriever over ``version`` (with ``retrieval`` settings when given, else the
+    tenant's), its shard held open for the ``with`` block (call it from the thread pool:
+    opening a shard reads the disk).
 
     Raises:
         ApiError: 503 ``index_unavailable`` when the version's shard cannot be opened.
     """
-    cm = state.retrievers.open_retriever(version)
+    cm = state.retrievers.open_retriever(version, retrieval)
     try:
         retriever = cm.__enter__()
     except Exception as exc:
@@ -133,9 +140,11 @@ def retrieve_hits(
     query: str,
     top_k: int,
     filters: SearchFilters,
+    retrieval: RetrievalSettings | None = None,
 ) -> Retrieved:
     """Cache look-up, else retrieval on the version's shard (opened only on a cache miss);
-    hits re-checked either way.
+    hits re-checked either way. ``retrieval``: the settings to retrieve with (an experiment's
+    variant); default the tenant's. They are part of the cache key.
 
     Raises:
         ApiError: 422 ``invalid_filters`` when the index refuses the filters,
@@ -148,7 +157,9 @@ def retrieve_hits(
         query=query,
         filters=filters,
         top_k=top_k,
-        retrieval=state.tenants.retrieval_settings(principal.tenant).model_dump_json(),
+        retrieval=(
+            retrieval or state.tenants.retrieval_settings(principal.tenant)
+        ).model_dump_json(),
     )
     with tracing.span("rag.cache.lookup", {"rag.cache.endpoint": endpoint}) as span:
         cached = state.cache.get(key)
@@ -178,7 +189,7 @@ def retrieve_hits(
                 "rag.top_k": top_k,
             },
         ) as span,
-        open_retriever(state, version) as retriever,
+        open_retriever(state, version, retrieval) as retriever,
     ):
         try:
             result = retriever.retrieve(query, top_k, filters, relevance=endpoint == "query")
@@ -202,16 +213,29 @@ def filters_for_log(filters: SearchFilters) -> dict[str, Any]:
     return out
 
 
+def assignment_of(state: ServingState, principal: Principal) -> Assignment:
+    """The principal's variant of its tenant's experiment (or the tenant's settings)."""
+    return assign(
+        state.tenants.tenant(principal.tenant),
+        principal.key_id,
+        state.tenants.retrieval_settings(principal.tenant),
+    )
+
+
 def start_search(
     state: ServingState,
     principal: Principal,
     version: IndexVersion,
     endpoint: Endpoint,
     body: SearchRequest,
+    logged_endpoint: LoggedEndpoint | None = None,
 ) -> Search:
     """Starts the request's query-log record and retrieves its hits (see :func:`retrieve_hits`).
 
-    The tenant's erased documents are excluded inside the index query.
+    The tenant's erased documents are excluded inside the index query. A principal of a tenant
+    running an experiment retrieves with its variant's settings
+    (:func:`rag_platform.lib.experiments.assign`); the record names the experiment and variant,
+    and the endpoint (``logged_endpoint``, default ``endpoint``).
     On failure the record is logged (status and latency filled) and the error re-raised.
 
     Raises:
@@ -237,10 +261,22 @@ def start_search(
         filters=logged_filters,
         index_version=version.version,
         trace_id=tracing.current_trace_id(),
+        endpoint=logged_endpoint or endpoint,
     )
     tracing.set_attributes({"rag.tenant": principal.tenant, "rag.query_id": record.query_id})
     try:
-        got = retrieve_hits(state, principal, version, endpoint, body.query, body.top_k, filters)
+        assignment = assignment_of(state, principal)
+        record.experiment, record.variant = assignment.experiment, assignment.variant
+        got = retrieve_hits(
+            state,
+            principal,
+            version,
+            endpoint,
+            body.query,
+            body.top_k,
+            filters,
+            assignment.retrieval,
+        )
     except Exception as exc:
         record.status_code = exc.status_code if isinstance(exc, ApiError) else 500
         record.latency_ms = (time.perf_counter() - started) * 1000

@@ -27,9 +27,10 @@ def golden_set(
 ) -> dg.Output[dict[str, Any]]:
     """The tenant's golden set (questions with relevant document ids, file-name patterns,
     reference contexts and answers), read from the JSONL, CSV or BEIR folder named in the tenant
-    registry, with relevance resolved to this tenant's document ids."""
+    registry, with relevance resolved to this tenant's document ids, plus the golden-set
+    candidates from feedback an ML team accepted (``golden_candidates``)."""
     tenant = platform.tenant(context.partition_key)
-    golden = runner.load_tenant_golden_set(tenant, source_documents)
+    golden = runner.tenant_golden_set(tenant, source_documents, platform.store())
     if golden is None:
         return dg.Output(
             {"name": None, "questions": []}, metadata={"questions": 0, "configured": False}
@@ -41,6 +42,7 @@ def golden_set(
             "questions": len(golden.questions),
             "with_relevant_docs": with_relevance,
             "with_reference_answer": sum(1 for q in golden.questions if q.reference_answer),
+            "from_feedback": sum(1 for q in golden.questions if q.question_type == "feedback"),
             "source": str(tenant.golden_set.path) if tenant.golden_set else "",
         },
     )

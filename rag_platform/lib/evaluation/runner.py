@@ -68,6 +68,34 @@ def load_tenant_golden_set(
     return resolve_relevance(golden, docs, doc_id_for, known_only=True)
 
 
+def tenant_golden_set(
+    tenant: TenantConfig, documents: pd.DataFrame, store: MetadataStore
+) -> GoldenSet | None:
+    """The ``golden_set`` asset's work: the tenant's golden set (:func:`load_tenant_golden_set`)
+    plus its accepted feedback candidates
+    (:func:`~rag_platform.lib.evaluation.candidates.with_accepted_candidates`), relevance limited
+    to the documents of ``documents``. None when there is neither."""
+    from rag_platform.lib.evaluation.candidates import with_accepted_candidates
+
+    golden = load_tenant_golden_set(tenant, documents)
+    accepted = store.golden_candidates.find(tenant.id, "accepted")
+    known = set(documents["doc_id"]) if "doc_id" in documents.columns else None
+    return with_accepted_candidates(golden, accepted, known)
+
+
+def golden_fingerprint(golden_data: dict[str, Any]) -> str:
+    """A SHA-256 of the golden set's questions (ids, text, relevance, reference answers): an
+    evaluation is reused only for the same index version *and* the same golden set."""
+    import hashlib
+    import json
+
+    canonical = [
+        [q.get("qid"), q.get("question"), q.get("relevant_doc_ids"), q.get("reference_answer")]
+        for q in golden_data.get("questions", [])
+    ]
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
 def _golden_from_dict(data: dict[str, Any]) -> GoldenSet:
     return GoldenSet(
         questions=[GoldenQuestion(**q) for q in data.get("questions", [])],
@@ -195,15 +223,21 @@ def evaluate_version(
     the headline numbers on the version, and decide the gate against the published version. A
     new version the gate fails is rejected in the store with the gate's reasons.
 
-    A version that was already evaluated (an unchanged index reused) is not evaluated again.
+    A version that was already evaluated on the same golden set (an unchanged index reused,
+    no candidate accepted since) is not evaluated again.
     """
     from rag_platform.lib.evaluation.gate import check_gate
     from rag_platform.lib.evaluation.report import load_history, write_report
 
     version = search_index["version"]
     record = store.get_version(tenant.id, version)
-    if search_index.get("reused") and record is not None and "evaluation" in (record.details or {}):
-        previous = record.details["evaluation"]
+    fingerprint = golden_fingerprint(golden_data)
+    previous = (record.details or {}).get("evaluation") if record is not None else None
+    if (
+        search_index.get("reused")
+        and isinstance(previous, dict)
+        and previous.get("golden_fingerprint", fingerprint) == fingerprint
+    ):
         return {
             **previous,
             "version": version,
@@ -262,6 +296,7 @@ def evaluate_version(
         "queries": evaluation["queries"],
         "report_html": str(paths.html),
         "report_md": str(paths.markdown),
+        "golden_fingerprint": fingerprint,
     }
     # the calibrated refusal threshold of `grounding.min_score: auto` (lib/grounding.py)
     store.set_version_details(

@@ -11,14 +11,15 @@ A document (:class:`DocumentEraser`) is
    per-source manifests and segments under ``sync/``), the parse and mask caches (keyed by its
    content hash), the chunk cache (keyed by its doc id), the embedding caches (its chunks'
    content hashes) and the quarantine records;
-3. removed from the intermediate assets the Dagster IO manager wrote under
+3. removed from the golden-set candidates (their retrieved chunks and relevance), and from
+   the intermediate assets the Dagster IO manager wrote under
    ``RAG_HOME/storage/<asset>/<tenant>``: its rows of every Parquet frame, its chunks' vectors of
    the embedding set, and its relevance judgements in the stored golden set (the golden
    candidates the evaluation would look for).
 
 A principal (:class:`PrincipalEraser`, the API key id) loses its query-log rows (with all feedback
-on them), the feedback it gave, and its records in the query-log spool file. The platform has no
-conversations table; the receipt says so.
+on them), the feedback it gave, its conversations (with their messages), the golden-set
+candidates made from its queries, and its records in the query-log spool file.
 
 A tenant (:class:`TenantEraser`) is crypto-shredded: its data keys are destroyed, so everything
 sealed under them (:mod:`rag_platform.lib.crypto`) is unreadable wherever a copy lies; then its
@@ -91,7 +92,7 @@ class Removal:
 
     Attributes:
         where: the kind of place: ``suppression_list``, ``cache``, ``asset``, ``query_log``,
-            ``feedback``, ``spool``.
+            ``feedback``, ``conversations``, ``golden_candidates``, ``spool``.
         path: the file (relative to ``RAG_HOME``) or table.
         items: rows, cache entries or vectors removed.
     """
@@ -416,6 +417,13 @@ class DocumentEraser:
         )
         removed = [Removal("suppression_list", "document_suppressions", 1)]
         removed += self._purge(files, doc_id, trace)
+        removed.append(
+            Removal(
+                "golden_candidates",
+                "golden_candidates",
+                self.store.golden_candidates.scrub_document(tenant, doc_id),
+            )
+        )
         verification = verify_document_erasure(
             self.settings, self.store, self.backend, tenant, doc_id, trace
         )
@@ -514,9 +522,10 @@ def verify_document_erasure(
     """Proves nothing of an erased document is left where the platform keeps it.
 
     Checks: ``suppressed`` (on the suppression list); ``caches`` (no sync-snapshot row, no
-    parse/mask/chunk cache entry, no embedding of its chunks, no quarantine record);
-    ``assets`` (no row of any stored Parquet frame, no vector of its chunks in a stored
-    embedding set, no golden-set relevance); ``new_versions`` (no index version created after
+    parse/mask/chunk cache entry, no embedding of its chunks, no quarantine record); ``assets``
+    (no row of any stored Parquet frame, no vector of its chunks in a stored embedding set, no
+    golden-set relevance); ``golden_candidates`` (no golden-set candidate names it among its
+    retrieved chunks or relevant documents); ``new_versions`` (no index version created after
     the erasure holds a point of it); ``search`` (a search of the published version under the
     API's filter, with the document's own vectors as the query, returns none of its chunks:
     without the exclusion it would rank first). ``published_version`` reports, without failing,
@@ -587,6 +596,8 @@ def verify_document_erasure(
         elif left := _embedding_hashes(path, files.cipher) & trace.chunk_hashes:
             found.append(f"{files.rel(path)}: {len(left)} vector(s)")
     checks.append(Check("assets", not found, "; ".join(found) or "nothing left"))
+    named = store.golden_candidates.mentions(tenant, doc_id)
+    checks.append(Check("golden_candidates", not named, f"{named} candidate(s) name it"))
 
     # index versions
     # released: the versions built since its (last) erasure
@@ -696,7 +707,8 @@ class PrincipalEraser:
 
     def run(self, tenant: str, principal: str, actor: str = "cli") -> ErasureReceipt:
         """Deletes the principal's query-log rows (with all feedback on them), the feedback it
-        gave and its spooled query-log records; verifies; writes the receipt to the audit log
+        gave, its conversations, the golden-set candidates of its queries and its spooled
+        query-log records; verifies; writes the receipt to the audit log
         (action ``erasure.principal``).
 
         Raises:
@@ -706,6 +718,8 @@ class PrincipalEraser:
             raise ValueError("principal must be an API key id (1-200 characters)")
         queries, feedback_on = self.store.query_log.delete(tenant, key_id=principal)
         feedback = self.store.feedback.delete(tenant, key_id=principal)
+        conversations, messages = self.store.conversations.delete(tenant, key_id=principal)
+        candidates = self.store.golden_candidates.delete(tenant, key_id=principal)
         lines = _spool_lines(self.spool_path)
         kept = [line for line in lines if not _spool_matches(line, tenant, principal)]
         if len(kept) != len(lines):
@@ -715,6 +729,9 @@ class PrincipalEraser:
             Removal("query_log", "query_log", queries),
             Removal("feedback", "feedback (on its queries)", feedback_on),
             Removal("feedback", "feedback (given by it)", feedback),
+            Removal("conversations", "conversations", conversations),
+            Removal("conversations", "conversation_messages", messages),
+            Removal("golden_candidates", "golden_candidates", candidates),
             Removal("spool", "spool/query_log.jsonl", len(lines) - len(kept)),
         ]
         verification = verify_principal_erasure(self.settings, self.store, tenant, principal)
@@ -727,7 +744,6 @@ class PrincipalEraser:
             at=datetime.now(UTC),
             removed=[r for r in removed if r.items],
             verification=verification,
-            pending=["conversations: the platform stores none (no such table)"],
         )
         self.store.audit("erasure.principal", tenant, actor, receipt.to_dict())
         return receipt
@@ -736,19 +752,25 @@ class PrincipalEraser:
 def verify_principal_erasure(
     settings: Settings, store: MetadataStore, tenant: str, principal: str
 ) -> Verification:
-    """Proves no query-log row, feedback row or spooled record of the principal is left.
+    """Proves no query-log row, feedback row, conversation, golden-set candidate or spooled
+    record of the principal is left.
 
     Returns:
-        Checks ``query_log``, ``feedback`` and ``spool``.
+        Checks ``query_log``, ``feedback``, ``conversations``, ``golden_candidates`` and
+        ``spool``.
     """
     queries = [q for q in store.list_queries(tenant) if q.key_id == principal]
     feedback = [f for f in store.list_feedback(tenant) if f.key_id == principal]
+    conversations = store.conversations.count(tenant, principal)
+    candidates = [c for c in store.golden_candidates.find(tenant) if c.key_id == principal]
     spool = settings.home / "spool" / "query_log.jsonl"
     spooled = [line for line in _spool_lines(spool) if _spool_matches(line, tenant, principal)]
     return Verification(
         [
             Check("query_log", not queries, f"{len(queries)} row(s) left"),
             Check("feedback", not feedback, f"{len(feedback)} row(s) left"),
+            Check("conversations", not conversations, f"{conversations} conversation(s) left"),
+            Check("golden_candidates", not candidates, f"{len(candidates)} row(s) left"),
             Check("spool", not spooled, f"{len(spooled)} record(s) left"),
         ]
     )

@@ -12,13 +12,18 @@ Each line is one JSON object with a ``type`` field:
 - ``api_key``: key metadata (id, name, groups, role, dates; never the secret or its hash);
 - ``query``: query-log rows (the masked question, cited and hit chunk ids, index version,
   timings); ``feedback``: ratings and comments (its kind as ``feedback_type``);
+- ``conversation``: conversations with their messages (PII-masked as stored: role, content,
+  standalone question, query id, cited chunk ids);
+- ``golden_candidate``: golden-set candidates made from the tenant's (the principal's) rated
+  queries, with their review;
 - ``index_version``: every index version with its details (run id, receipt);
 - ``suppression``: erased documents still on the suppression list;
 - ``audit``: audit-log rows (of the tenant; for a principal, those it made, ``actor``
   ``key:<id>``);
 - ``summary`` (last line): the number of records per type.
 
-A principal's archive holds its key, its queries, the feedback it gave and its audit rows.
+A principal's archive holds its key, its queries, the feedback it gave, its conversations, the
+golden-set candidates made from its queries and its audit rows.
 Datetimes are ISO 8601 UTC strings.
 """
 
@@ -98,6 +103,10 @@ class Exporter:
                 yield _record("query", query)
             for feedback in self.store.list_feedback(tid):
                 yield _record("feedback", feedback)
+            for conversation in self.store.conversations.find(tid):
+                yield _record("conversation", conversation)
+            for candidate in self.store.golden_candidates.find(tid):
+                yield _record("golden_candidate", candidate)
             for version in self.store.list_versions(tid):
                 yield _record("index_version", version)
             for suppression in self.store.list_suppressions(tid):
@@ -113,7 +122,8 @@ class Exporter:
 
     def principal_records(self, tenant: str, principal: str) -> Iterator[Record]:
         """Every record of a principal's archive: its API key, its queries, the feedback it
-        gave, the audit rows it made (actor ``key:<principal>``); summary last.
+        gave, its conversations, the golden-set candidates of its queries, the audit rows it
+        made (actor ``key:<principal>``); summary last.
 
         Raises:
             KeyError: no API key ``principal`` in ``tenant``.
@@ -131,6 +141,11 @@ class Exporter:
             for feedback in self.store.list_feedback(tenant):
                 if feedback.key_id == principal:
                     yield _record("feedback", feedback)
+            for conversation in self.store.conversations.find(tenant, principal):
+                yield _record("conversation", conversation)
+            for candidate in self.store.golden_candidates.find(tenant):
+                if candidate.key_id == principal:
+                    yield _record("golden_candidate", candidate)
             for entry in self.store.list_audit(tenant):
                 if entry.actor == f"key:{principal}":
                     yield _record("audit", entry)

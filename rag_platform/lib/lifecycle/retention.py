@@ -6,7 +6,8 @@
 - ``query_log``: query-log rows older than ``query_log_days``, with the feedback on them
   (``feedback_on_deleted_queries``);
 - ``feedback``: feedback rows older than ``feedback_days``;
-- ``conversations``: the platform stores no conversations; always 0;
+- ``conversations``: conversations not updated for ``conversations_days``, with their
+  messages (``conversation_messages``);
 - ``audit_log``: the audit log is one hash chain for the whole platform (``rag-platform audit
   verify``), so retention deletes only its oldest rows: those older than the tenant's
   ``audit_log_days`` *and* every other tenant's (``chain_audit_days``), through
@@ -43,6 +44,7 @@ RETENTION_KINDS = (
     "feedback_on_deleted_queries",
     "feedback",
     "conversations",
+    "conversation_messages",
     "audit_log",
     "quarantine",
     "retired_versions",
@@ -114,6 +116,7 @@ class RetentionSweep:
         cut = {
             "query_log": now - timedelta(days=policy.query_log_days),
             "feedback": now - timedelta(days=policy.feedback_days),
+            "conversations": now - timedelta(days=policy.conversations_days),
             "audit_log": now - timedelta(days=max(policy.audit_log_days, chain_audit_days or 0)),
             "quarantine": now - timedelta(days=policy.quarantine_days),
         }
@@ -125,6 +128,9 @@ class RetentionSweep:
             tid, before=cut["query_log"]
         )
         deleted["feedback"] = self.store.feedback.delete(tid, before=cut["feedback"])
+        deleted["conversations"], deleted["conversation_messages"] = (
+            self.store.conversations.delete(tid, before=cut["conversations"])
+        )
         deleted["audit_log"] = self.store.audit_log.prune(cut["audit_log"], actor="retention")
         deleted["quarantine"] = self._expire_quarantine(tid, cut["quarantine"])
         versions = self._expire_versions(tid, cut.get("retired_versions"))

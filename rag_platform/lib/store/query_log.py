@@ -33,7 +33,9 @@ class QueryLogEntry:
     Times are milliseconds; ``question_masked`` must already be PII-masked by the caller. The
     repository seals it with the tenant's data key on write and opens it on read, so an entry
     always holds the plaintext. ``trace_id`` is the request's W3C trace id (32 hex digits, ``""``
-    when not traced).
+    when not traced). ``endpoint`` is ``search``, ``query`` or ``conversation``; ``experiment``
+    and ``variant`` name the retrieval variant the principal was assigned (``""`` outside an
+    experiment).
     """
 
     query_id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -54,6 +56,9 @@ class QueryLogEntry:
     status_code: int = 200
     created_at: datetime = field(default_factory=utcnow)
     trace_id: str = ""
+    endpoint: str = ""
+    experiment: str = ""
+    variant: str = ""
 
 
 class QueryLogRepository:

@@ -6,7 +6,8 @@ This module is the source of truth for the schema; the Alembic migrations under
 
 Tables: ``tenants``, ``api_keys``, ``index_versions``, ``query_log``, ``feedback``,
 ``audit_log``, ``usage_events``, ``document_suppressions``, ``ingest_jobs``,
-``webhook_deliveries``, ``data_keys``. Every timestamp is a timezone-aware UTC ``datetime``
+``webhook_deliveries``, ``data_keys``, ``conversations``, ``conversation_messages``,
+``golden_candidates``. Every timestamp is a timezone-aware UTC ``datetime``
 (:class:`UTCDateTime`). JSON columns use the portable ``sqlalchemy.JSON`` type (``JSON`` on
 PostgreSQL, text on SQLite).
 
@@ -213,6 +214,9 @@ class QueryLogRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     #: W3C trace id (32 hex digits) of the request; "" when it was not traced.
     trace_id: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    endpoint: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    experiment: Mapped[str] = mapped_column(String(63), default="", server_default="")
+    variant: Mapped[str] = mapped_column(String(63), default="", server_default="")
 
 
 class FeedbackRow(Base):
@@ -350,6 +354,76 @@ class DataKeyRow(Base):
     destroyed_at: Mapped[datetime | None] = mapped_column()
 
 
+class ConversationRow(Base):
+    """A conversation of one principal (``tenant``, ``key_id``); its messages are
+    ``conversation_messages`` rows, deleted with it."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (Index(None, "tenant", "key_id"), Index(None, "tenant", "updated_at"))
+
+    conversation_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63))
+    key_id: Mapped[str] = mapped_column(String(12))
+    title_masked: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ConversationMessageRow(Base):
+    """One turn of a conversation: the user's message (with the standalone question it was
+    rewritten into) or the assistant's answer (with its citations and query-log id). Text is
+    stored PII-masked only. ``tenant`` repeats the conversation's, so per-tenant backups and
+    restores carry the messages."""
+
+    __tablename__ = "conversation_messages"
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "ordinal"),
+        CheckConstraint("role IN ('user', 'assistant')", name="role"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("conversations.conversation_id", ondelete="CASCADE")
+    )
+    tenant: Mapped[str] = mapped_column(String(63))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    content_masked: Mapped[str] = mapped_column(Text, default="")
+    standalone_masked: Mapped[str] = mapped_column(Text, default="")
+    rewrite: Mapped[str] = mapped_column(String(16), default="")
+    query_id: Mapped[str] = mapped_column(String(36), default="")
+    citations: Mapped[list[str]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GoldenCandidateRow(Base):
+    """A low-rated query proposed for the tenant's golden set, waiting for review (``pending``)
+    or reviewed (``accepted`` with its relevance or reference answer, or ``rejected``)."""
+
+    __tablename__ = "golden_candidates"
+    __table_args__ = (
+        UniqueConstraint("tenant", "query_id"),
+        Index(None, "tenant", "status"),
+        CheckConstraint("status IN ('pending', 'accepted', 'rejected')", name="status"),
+    )
+
+    candidate_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63))
+    query_id: Mapped[str] = mapped_column(String(36))
+    key_id: Mapped[str] = mapped_column(String(12), default="")
+    question_masked: Mapped[str] = mapped_column(Text, default="")
+    retrieved: Mapped[list[JSONObject]] = mapped_column(JSON, default=list)
+    index_version: Mapped[str] = mapped_column(String(100), default="")
+    rating: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    relevant_doc_ids: Mapped[list[str]] = mapped_column(default=list)
+    reference_answer: Mapped[str] = mapped_column(Text, default="")
+    reviewer: Mapped[str] = mapped_column(String(200), default="")
+    reviewed_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 #: The Core tables the repositories query (``Model.__table__``, typed).
 tenants_table = cast(Table, Tenant.__table__)
 api_keys_table = cast(Table, ApiKey.__table__)
@@ -362,3 +436,6 @@ document_suppressions_table = cast(Table, DocumentSuppressionRow.__table__)
 ingest_jobs_table = cast(Table, IngestJobRow.__table__)
 webhook_deliveries_table = cast(Table, WebhookDeliveryRow.__table__)
 data_keys_table = cast(Table, DataKeyRow.__table__)
+conversations_table = cast(Table, ConversationRow.__table__)
+conversation_messages_table = cast(Table, ConversationMessageRow.__table__)
+golden_candidates_table = cast(Table, GoldenCandidateRow.__table__)

@@ -1,10 +1,11 @@
-"""The metadata store: one facade over the repositories of its eleven aggregates.
+"""The metadata store: one facade over the repositories of its aggregates.
 
 One :class:`MetadataStore` per process, shared by threads. Each aggregate has its repository
 (``store.tenants``, ``store.api_keys``, ``store.versions``, ``store.query_log``,
 ``store.feedback``, ``store.audit_log``, ``store.usage``, ``store.suppressions``,
 ``store.ingest_jobs``, ``store.webhook_deliveries``, ``store.data_keys`` behind
-``store.keyring``) over one :class:`Database`
+``store.keyring``, ``store.conversations``, ``store.golden_candidates``) over one
+:class:`Database`
 (``store.db``: engine, transactions, locks, migrations). The methods below are the store's
 public interface, each one call of a repository; every one is its own transaction and returns
 plain dataclasses (or :class:`rag_platform.lib.models.Principal`), never ORM objects.
@@ -21,6 +22,7 @@ from rag_platform.lib.crypto import Keyring, MasterKey, master_keys_from_setting
 from rag_platform.lib.models import Principal
 from rag_platform.lib.store.api_keys import ApiKeyInfo, ApiKeyRepository
 from rag_platform.lib.store.audit import AuditEntry, AuditRepository, ChainReport
+from rag_platform.lib.store.conversations import ConversationRepository
 from rag_platform.lib.store.data_keys import DataKeyRepository
 from rag_platform.lib.store.db import (
     Database,
@@ -29,6 +31,7 @@ from rag_platform.lib.store.db import (
     normalize_database_url,
 )
 from rag_platform.lib.store.feedback import FeedbackEntry, FeedbackRepository
+from rag_platform.lib.store.golden_candidates import GoldenCandidateRepository
 from rag_platform.lib.store.ingest_jobs import IngestJobRepository
 from rag_platform.lib.store.lifecycle import FailedCheck
 from rag_platform.lib.store.query_log import QueryLogEntry, QueryLogRepository
@@ -88,6 +91,8 @@ class MetadataStore:
         self.suppressions = SuppressionRepository(self.db)
         self.ingest_jobs = IngestJobRepository(self.db)
         self.webhook_deliveries = WebhookDeliveryRepository(self.db)
+        self.conversations = ConversationRepository(self.db, self.keyring)
+        self.golden_candidates = GoldenCandidateRepository(self.db, self.keyring)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MetadataStore:

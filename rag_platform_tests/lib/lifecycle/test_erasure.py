@@ -16,6 +16,8 @@ from rag_platform.lib.index.backend import open_backend
 from rag_platform.lib.lifecycle.erasure import PrincipalEraser, verify_document_erasure
 from rag_platform.lib.models import make_doc_id
 from rag_platform.lib.store import MetadataStore, QueryLogEntry
+from rag_platform.lib.store.conversations import ConversationMessage
+from rag_platform.lib.store.golden_candidates import GoldenCandidate
 from rag_platform.runner import materialize_tenant
 from rag_platform.settings import Settings, get_settings
 from rag_platform_tests.lib.lifecycle.conftest import MARKER, TENANT
@@ -162,6 +164,25 @@ def test_principal_erasure(rag_home: Settings, backend: str, tmp_path: Path) -> 
         other = QueryLogEntry(tenant=TENANT, key_id="bbbbbbbbbbbb", question_masked="their q")
         store.log_queries([mine, other])
         store.add_feedback(other.query_id, TENANT, "aaaaaaaaaaaa", 1, "answer", "mine")
+        convs = store.conversations
+        gone = convs.create(TENANT, "aaaaaaaaaaaa", "mine")
+        convs.append(
+            TENANT,
+            "aaaaaaaaaaaa",
+            gone.conversation_id,
+            [ConversationMessage(0, "user", "q"), ConversationMessage(0, "assistant", "a")],
+        )
+        kept = convs.create(TENANT, "bbbbbbbbbbbb", "theirs")
+        store.golden_candidates.add(
+            [
+                GoldenCandidate(
+                    tenant=TENANT, query_id=mine.query_id, key_id="aaaaaaaaaaaa", rating=1
+                ),
+                GoldenCandidate(
+                    tenant=TENANT, query_id=other.query_id, key_id="bbbbbbbbbbbb", rating=2
+                ),
+            ]
+        )
         spool = settings.home / "spool" / "query_log.jsonl"
         spool.parent.mkdir(parents=True, exist_ok=True)
         spool.write_text(
@@ -175,8 +196,18 @@ def test_principal_erasure(rag_home: Settings, backend: str, tmp_path: Path) -> 
         assert {(r.where, r.items) for r in receipt.removed} == {
             ("query_log", 1),
             ("feedback", 1),
+            ("conversations", 1),
+            ("conversations", 2),  # its messages
+            ("golden_candidates", 1),
             ("spool", 1),
         }
+        assert {c.name for c in receipt.verification.checks} >= {
+            "conversations",
+            "golden_candidates",
+        }
+        assert [c.conversation_id for c in convs.find(TENANT)] == [kept.conversation_id]
+        assert [c.key_id for c in store.golden_candidates.find(TENANT)] == ["bbbbbbbbbbbb"]
+        assert receipt.pending == []
         assert [q.query_id for q in store.list_queries(TENANT)] == [other.query_id]
         assert store.list_feedback(TENANT) == []
         assert "spooled" not in spool.read_text() and "kept" in spool.read_text()

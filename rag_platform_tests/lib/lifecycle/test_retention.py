@@ -17,8 +17,10 @@ from sqlalchemy import update
 from rag_platform.lib.index.backend import open_backend
 from rag_platform.lib.lifecycle.retention import RETENTION_KINDS, RetentionSweep
 from rag_platform.lib.store import MetadataStore, QueryLogEntry
+from rag_platform.lib.store.conversations import ConversationMessage
 from rag_platform.lib.store.schema import (
     audit_log_table,
+    conversations_table,
     feedback_table,
     index_versions_table,
     query_log_table,
@@ -47,6 +49,17 @@ def _sweep_world(settings: Settings) -> tuple[MetadataStore, dict[str, Any]]:
     store.log_queries([old, recent])
     store.add_feedback(old.query_id, TENANT, "k", 5, "answer")
     stale_feedback = store.add_feedback(recent.query_id, TENANT, "k", 1, "answer")
+    stale_conv = store.conversations.create(TENANT, "k", "old")
+    store.conversations.append(
+        TENANT, "k", stale_conv.conversation_id, [ConversationMessage(0, "user", "old q")]
+    )
+    fresh_conv = store.conversations.create(TENANT, "k", "recent")
+    with store.engine.begin() as conn:  # last message 366 days ago: beyond 365 days
+        conn.execute(
+            update(conversations_table)
+            .where(conversations_table.c.conversation_id == stale_conv.conversation_id)
+            .values(updated_at=NOW - timedelta(days=366))
+        )
     store.audit("old.action", TENANT, "t", {})
     _age(store, query_log_table, query_log_table.c.query_id == old.query_id, 91)
     _age(store, feedback_table, feedback_table.c.feedback_id == stale_feedback, 366)
@@ -55,7 +68,12 @@ def _sweep_world(settings: Settings) -> tuple[MetadataStore, dict[str, Any]]:
     old_rows = len(store.list_audit())
     _age(store, audit_log_table, audit_log_table.c.id > 0, 400)
     store.audit("recent.action", TENANT, "t", {})
-    return store, {"old": old.query_id, "recent": recent.query_id, "old_audit_rows": old_rows}
+    return store, {
+        "old": old.query_id,
+        "recent": recent.query_id,
+        "old_audit_rows": old_rows,
+        "fresh_conversation": fresh_conv.conversation_id,
+    }
 
 
 @pytest.mark.parametrize(
@@ -92,7 +110,8 @@ def test_sweep_deletes_what_the_policy_no_longer_keeps(
             "query_log": 1,
             "feedback_on_deleted_queries": 1,
             "feedback": 1,
-            "conversations": 0,
+            "conversations": 1,
+            "conversation_messages": 1,
             "audit_log": ids["old_audit_rows"],
             "quarantine": 2,
             "retired_versions": 2,  # v1: beyond the 3 kept; v2: retired for over 7 days
@@ -100,6 +119,9 @@ def test_sweep_deletes_what_the_policy_no_longer_keeps(
         assert result.deleted_versions == ["v1", "v2"]
         assert [q.query_id for q in store.list_queries(TENANT)] == [ids["recent"]]
         assert store.list_feedback(TENANT) == []
+        assert [c.conversation_id for c in store.conversations.find(TENANT)] == [
+            ids["fresh_conversation"]
+        ]
         assert not stale.exists() and fresh.exists()
         status = {v.version: v.status for v in store.list_versions(TENANT)}
         assert status == {"v1": "deleted", "v2": "deleted", "v3": "retired", "v4": "published"}

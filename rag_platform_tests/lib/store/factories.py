@@ -16,6 +16,9 @@ TABLES = {
     "audit_log",
     "usage_events",
     "document_suppressions",
+    "conversations",
+    "conversation_messages",
+    "golden_candidates",
 }
 
 

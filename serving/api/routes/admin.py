@@ -23,11 +23,14 @@ from serving.schemas import (
     COMMON_ERRORS,
     ApiKeyPublic,
     ApiKeysPublic,
+    CandidateAcceptRequest,
     DocumentPublic,
     DocumentsPublic,
     ErasureReceiptPublic,
     ErrorPublic,
     FailedCheckPublic,
+    GoldenCandidatePublic,
+    GoldenCandidatesPublic,
     IndexVersionPublic,
     IndexVersionsPublic,
     LineagePublic,
@@ -363,3 +366,82 @@ def list_webhook_deliveries(
             for r in rows
         ]
     )
+
+
+_CANDIDATE_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorPublic, "description": "No such candidate in this tenant."},
+    422: {"model": ErrorPublic, "description": "Accepted without documents or answer."},
+}
+
+
+def _candidate_public(c: Any) -> GoldenCandidatePublic:
+    from dataclasses import asdict
+
+    return GoldenCandidatePublic.model_validate(asdict(c))
+
+
+@router.get(
+    "/golden-candidates",
+    response_model=GoldenCandidatesPublic,
+    summary="Golden-set candidates from low-rated queries",
+)
+def list_golden_candidates(
+    admin: AdminDep, state: StateDep, status: str | None = None
+) -> GoldenCandidatesPublic:
+    """The tenant's golden-set candidates (``status``: pending, accepted or rejected; default
+    all), oldest first: question, retrieved chunks, rating, comment and review."""
+    if status not in (None, "pending", "accepted", "rejected"):
+        raise ApiError(422, "validation_error", "status must be pending, accepted or rejected")
+    try:
+        found = state.store.golden_candidates.find(admin.tenant, status)  # type: ignore[arg-type]
+    except Exception as exc:
+        raise _unavailable(exc) from exc
+    return GoldenCandidatesPublic(candidates=[_candidate_public(c) for c in found])
+
+
+def _review(
+    admin: Any, state: Any, candidate_id: str, status: str, body: CandidateAcceptRequest | None
+) -> GoldenCandidatePublic:
+    try:
+        done = state.store.golden_candidates.review(
+            admin.tenant,
+            candidate_id,
+            status,
+            admin.actor,
+            relevant_doc_ids=body.relevant_doc_ids if body else None,
+            reference_answer=body.reference_answer if body else "",
+        )
+    except NotFoundError as exc:
+        raise ApiError(404, "candidate_not_found", "no such candidate in your tenant") from exc
+    except ValueError as exc:
+        raise ApiError(422, "validation_error", str(exc)) from exc
+    except Exception as exc:
+        raise _unavailable(exc) from exc
+    return _candidate_public(done)
+
+
+@router.post(
+    "/golden-candidates/{candidate_id}/accept",
+    response_model=GoldenCandidatePublic,
+    responses=_CANDIDATE_NOT_FOUND,
+    summary="Accept a golden-set candidate",
+)
+def accept_golden_candidate(
+    candidate_id: str, body: CandidateAcceptRequest, admin: AdminDep, state: StateDep
+) -> GoldenCandidatePublic:
+    """Accepts the candidate with the documents that answer it and/or a reference answer; the
+    tenant's next ``golden_set`` materialization includes it."""
+    return _review(admin, state, candidate_id, "accepted", body)
+
+
+@router.post(
+    "/golden-candidates/{candidate_id}/reject",
+    response_model=GoldenCandidatePublic,
+    responses=_CANDIDATE_NOT_FOUND,
+    summary="Reject a golden-set candidate",
+)
+def reject_golden_candidate(
+    candidate_id: str, admin: AdminDep, state: StateDep
+) -> GoldenCandidatePublic:
+    """Rejects the candidate; it is never proposed again."""
+    return _review(admin, state, candidate_id, "rejected", None)

@@ -1,7 +1,7 @@
 """The query log keeps the request's trace id: ``query_log.trace_id``.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-01
 
 The 32-hex-digit W3C trace id of the request that wrote the row (``""`` for rows written before
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009"
-down_revision: str | None = "0007"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
