@@ -12,7 +12,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from rag_platform.lib.tenants import PIIPolicy, RetrievalSettings, TenantRegistry, load_registry
+from rag_platform.lib.tenants import (
+    GenerationConfig,
+    PIIPolicy,
+    RetrievalSettings,
+    TenantRegistry,
+    load_registry,
+)
 
 logger = logging.getLogger("serving.registry")
 
@@ -69,6 +75,12 @@ class RegistryWatcher:
         """The tenant's retrieval settings; the defaults for an unknown tenant."""
         registry = self.registry
         return registry.get(tenant).retrieval if tenant in registry.ids else RetrievalSettings()
+
+    def generation(self, tenant: str) -> GenerationConfig:
+        """The tenant's generation settings (model routes, budget); defaults for an unknown
+        tenant."""
+        registry = self.registry
+        return registry.get(tenant).generation if tenant in registry.ids else GenerationConfig()
 
     def pii_policy(self, tenant: str) -> PIIPolicy:
         """The tenant's PII policy; the default policy for an unknown tenant."""
