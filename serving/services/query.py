@@ -260,22 +260,28 @@ class StreamSession:
         """Stops the worker, releases the slot and submits the record, unless done before.
 
         Args:
-            wait: wait (up to :data:`PUMP_STOP_SECONDS`) for a stopped worker's partial answer
-                and tokens; the stream's own ``finally`` passes False (it may run wherever the
-                generator is collected, the event loop included).
+            wait: for a stream cut short, wait (up to :data:`PUMP_STOP_SECONDS`) for the
+                stopped worker's partial answer and tokens here; False does that wait in a
+                thread of its own (the stream's ``finally`` may run wherever the generator is
+                collected, the event loop included, and before the background task).
         """
         with self._lock:
             if self._logged:
                 return
             self._logged = True
         self.stop.set()
+        if not self._finished and not wait:
+            threading.Thread(target=self._submit, name="stream-end", daemon=True).start()
+            return
+        self._submit()
+
+    def _submit(self) -> None:
         record = self._search.record
         if not self._finished:
             record.status_code = CLIENT_CLOSED_REQUEST
             record.latency_ms = self._search.elapsed_ms()
             pump = self.pump
-            stopped = pump is not None and pump.join(PUMP_STOP_SECONDS if wait else 0)
-            if pump is not None and stopped and pump.result is not None:
+            if pump is not None and pump.join(PUMP_STOP_SECONDS) and pump.result is not None:
                 partial = pump.result
                 record.prompt_tokens = partial.prompt_tokens
                 record.completion_tokens = partial.completion_tokens
