@@ -221,20 +221,25 @@ class TcpProxy:
                 threading.Thread(target=self._pump, args=(a, b, side, ended), daemon=True).start()
 
     def _pump(self, src: Any, dst: Any, side: str, ended: list[str]) -> None:
+        closer = side  # src's end of file or reset: its side closed the connection
         try:
             while data := src.recv(65536):
                 if side == "upstream":
                     with self._lock:
                         self.upstream_bytes += len(data)
                         self.upstream_data += data
-                dst.sendall(data)
+                try:
+                    dst.sendall(data)
+                except OSError:  # dst is gone: the other side closed it
+                    closer = "client" if side == "upstream" else "upstream"
+                    break
         except OSError:
             pass
         finally:
             with self._lock:
                 if not ended:  # the first side to close the connection
-                    ended.append(side)
-                    self.ended.append(side)
+                    ended.append(closer)
+                    self.ended.append(closer)
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.close()
