@@ -155,53 +155,40 @@ class TestBudgets:
             datetime(2027, 1, 1, tzinfo=UTC),
         )
 
-    def test_an_exhausted_budget_is_a_429_until_the_month_ends(self, llm_url: str) -> None:  # noqa: F811
-        with fast_home() as home:
-            registry = home / "tenants.yaml"
-            write_registry(
-                registry,
-                {
-                    TENANT_A: {
-                        "models": [{"name": "m", "base_url": llm_url, "model": "m"}],
-                        "monthly_token_budget": 200,
-                    },
-                    TENANT_B: {"monthly_token_budget": 200},
-                },
-            )
-            w = build_world(home, tenants_file=registry)
-            start, resets_at = month_bounds(datetime.now(UTC))
-            # last month's spend does not count; this month's 140 + 100 does (query log + event)
-            w.store.log_queries(
-                [
-                    QueryLogEntry(
-                        tenant=TENANT_A,
-                        prompt_tokens=5000,
-                        created_at=start - timedelta(seconds=1),
-                    ),
-                    QueryLogEntry(tenant=TENANT_A, prompt_tokens=100, completion_tokens=40),
-                ]
-            )
-            assert w.store.llm_tokens(TENANT_A, start) == 140
-            with TestClient(create_app(w.settings)) as c:
-                doc = w.docs[TENANT_A][4]
-                first = ask(c, w.keys["a_reader"], doc.title)
-                assert first.status_code == 200 and first.json()["model"] == "m"  # 140 < 200
-                w.store.record_usage(TENANT_A, "llm_completion_tokens", 100)
-                assert w.store.llm_tokens(TENANT_A, start) == 240
-                c.app.state.serving.budgets._memo.clear()  # type: ignore[attr-defined]
-                for stream in (False, True):
-                    r = ask(c, w.keys["a_reader"], doc.title + " later", stream=stream)
-                    assert r.status_code == 429, r.text
-                    err = r.json()["error"]
-                    assert err["code"] == "budget_exhausted"
-                    assert err["details"] == [
-                        {"budget": 200, "used": 240, "resets_at": resets_at.isoformat()}
-                    ]
-                    wait = (resets_at - datetime.now(UTC)).total_seconds()
-                    assert abs(int(r.headers["Retry-After"]) - wait) < 60
-                # another tenant's budget is its own
-                assert ask(c, w.keys["b_reader"], "vitamin").status_code == 200
-            w.store.dispose()
+    def test_an_exhausted_budget_is_a_429_until_the_month_ends(
+        self, client: TestClient, routed_world: World
+    ) -> None:
+        w = routed_world  # globex: monthly_token_budget 1000 (acme: none)
+        start, resets_at = month_bounds(datetime.now(UTC))
+        # last month's spend does not count; this month's 600 + 300 + 200 does (log + event)
+        w.store.log_queries(
+            [
+                QueryLogEntry(
+                    tenant=TENANT_B, prompt_tokens=5000, created_at=start - timedelta(seconds=1)
+                ),
+                QueryLogEntry(tenant=TENANT_B, prompt_tokens=600, completion_tokens=300),
+            ]
+        )
+        assert w.store.llm_tokens(TENANT_B, start) == 900
+        budgets = client.app.state.serving.budgets  # type: ignore[attr-defined]
+        budgets._memo.clear()
+        doc = w.docs[TENANT_B][4]
+        assert ask(client, w.keys["b_reader"], doc.title).status_code == 200  # 900 < 1000
+        w.store.record_usage(TENANT_B, "llm_completion_tokens", 200)
+        assert w.store.llm_tokens(TENANT_B, start) == 1100
+        budgets._memo.clear()  # (the spend is re-read every 5 s)
+        for stream in (False, True):
+            r = ask(client, w.keys["b_reader"], doc.title + " later", stream=stream)
+            assert r.status_code == 429, r.text
+            err = r.json()["error"]
+            assert err["code"] == "budget_exhausted"
+            assert err["details"] == [
+                {"budget": 1000, "used": 1100, "resets_at": resets_at.isoformat()}
+            ]
+            wait = (resets_at - datetime.now(UTC)).total_seconds()
+            assert abs(int(r.headers["Retry-After"]) - wait) < 60
+        # another tenant's budget is its own (acme has none)
+        assert ask(client, w.keys["a_reader"], "vitamin budget").status_code == 200
 
 
 class TestStreams:
