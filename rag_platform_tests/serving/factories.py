@@ -214,6 +214,7 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            upstream.settimeout(None)  # the 2 s bound connecting only: a slow reply is no fault
             with self._lock:
                 self._conns += [client, upstream]
             ended: list[str] = []
