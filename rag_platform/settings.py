@@ -195,11 +195,31 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Connect + read timeout of one LLM call (a slow model needs more)."
     )
     llm_max_tokens: int = Field(512, ge=1, le=32768, description="Most tokens an answer may have.")
+    llm_max_retries: int = Field(
+        1,
+        ge=0,
+        le=5,
+        description="Further attempts of the RAG_LLM_BASE_URL route after a timeout, a "
+        "connection failure, a 5xx or a 429 (a tenant's `generation.models` set their own).",
+    )
 
     # Serving
     rate_limit_per_key: str = Field("120/minute", description="`limits` rate string per API key.")
     rate_limit_per_tenant: str = Field(
         "1200/minute", description="`limits` rate string per tenant."
+    )
+    max_streams_per_key: int = Field(
+        4, ge=1, le=10_000, description="Most concurrent answer streams (SSE) per API key."
+    )
+    max_streams_per_tenant: int = Field(
+        32, ge=1, le=100_000, description="Most concurrent answer streams of all keys of a tenant."
+    )
+    stream_heartbeat_seconds: float = Field(
+        15.0,
+        gt=0,
+        le=300,
+        description="An SSE comment line (`: heartbeat`) is sent after this many seconds "
+        "without an event, so proxies keep a slow stream open.",
     )
     cache_ttl_seconds: int = Field(300, ge=0)
     max_request_bytes: int = Field(64 * 1024, ge=1024)

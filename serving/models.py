@@ -1,10 +1,12 @@
 """The API's models, each built once on first use: the dense embedders, a batching query
-embedder around each, the BM25 sparse encoder, the answerer and the per-tenant PII maskers."""
+embedder around each, the BM25 sparse encoder, the per-tenant answerers (model routes with
+their circuit breakers) and the per-tenant PII maskers."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rag_platform.lib.answer import Answerer
@@ -17,8 +19,9 @@ from rag_platform.lib.embedding import (
     get_sparse_encoder,
 )
 from rag_platform.lib.rag import build_answerer, build_embedder, build_rewriter
+from rag_platform.lib.routing import RoutingObserver
 from rag_platform.lib.store import IndexVersion
-from rag_platform.lib.tenants import PIIPolicy
+from rag_platform.lib.tenants import GenerationConfig, PIIPolicy
 from rag_platform.settings import Settings
 
 if TYPE_CHECKING:
@@ -40,13 +43,19 @@ class Models:
     Args:
         settings: platform settings (embedding backend, model, batch sizes, LLM endpoint,
             spaCy model).
+        observer_for: ``tenant -> observer`` of the tenant's model routing (the LLM metrics).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        observer_for: Callable[[str], RoutingObserver] | None = None,
+    ) -> None:
         self.settings = settings
+        self.observer_for = observer_for
         self._lock = threading.Lock()
         self._query_embedders: dict[str, BatchingQueryEmbedder] = {}
-        self._answerer: Answerer | None = None
+        self._answerers: dict[str, Answerer] = {}
         self._rewriter: QuestionRewriter | None = None
         self._maskers: dict[str, PIIMasker] = {}
 
@@ -80,13 +89,23 @@ class Models:
                 self._query_embedders[identity] = batcher
             return batcher
 
-    @property
-    def answerer(self) -> Answerer:
-        """The answerer :func:`~rag_platform.lib.rag.build_answerer` picks for the settings."""
+    def answerer_for(self, tenant: str, generation: GenerationConfig) -> Answerer:
+        """The tenant's answerer (:func:`~rag_platform.lib.rag.build_answerer` with its
+        ``generation`` block), built once until :meth:`forget_tenants`: its routes' circuit
+        breakers remember failures across requests.
+
+        Raises:
+            KeyError: a route's ``api_key_env`` is not set.
+        """
         with self._lock:
-            if self._answerer is None:
-                self._answerer = build_answerer(self.settings, self.embedder)
-            return self._answerer
+            answerer = self._answerers.get(tenant)
+            if answerer is None:
+                observe = self.observer_for(tenant) if self.observer_for else None
+                answerer = build_answerer(
+                    self.settings, self.embedder, generation=generation, observe=observe
+                )
+                self._answerers[tenant] = answerer
+            return answerer
 
     @property
     def rewriter(self) -> QuestionRewriter:
@@ -96,14 +115,9 @@ class Models:
                 self._rewriter = build_rewriter(self.settings)
             return self._rewriter
 
-    @property
-    def uses_llm(self) -> bool:
-        """Whether answers come from the configured LLM endpoint."""
-        return self.answerer.mode == "llm"
-
     def masker(self, tenant: str, policy: PIIPolicy) -> PIIMasker:
         """The tenant's ``PIIMasker`` for ``policy`` (built once per tenant until
-        :meth:`forget_maskers`; Presidio loads on first use)."""
+        :meth:`forget_tenants`; Presidio loads on first use)."""
         from rag_platform.lib.ingestion.mask import PIIMasker
 
         with self._lock:
@@ -113,20 +127,25 @@ class Models:
                 self._maskers[tenant] = masker
             return masker
 
-    def forget_maskers(self, tenants: list[str]) -> None:
-        """Drops the maskers of ``tenants`` (their PII policy may have changed)."""
+    def forget_tenants(self, tenants: list[str]) -> None:
+        """Drops the maskers and answerers of ``tenants`` (their PII policy or model routes
+        may have changed; new answerers start with closed circuits). A dropped answerer is not
+        closed: requests still using it finish, and its HTTP clients go with it."""
         with self._lock:
             for tenant in tenants:
+                self._answerers.pop(tenant, None)
                 self._maskers.pop(tenant, None)
 
     def close(self) -> None:
         """Stops the batching workers and closes the answerer's clients."""
         with self._lock:
-            query_embedders, answerer = list(self._query_embedders.values()), self._answerer
+            query_embedders = list(self._query_embedders.values())
+            answerers = list(self._answerers.values())
+            self._answerers.clear()
             rewriter = self._rewriter
         for query_embedder in query_embedders:
             query_embedder.close()
-        if answerer is not None:
+        for answerer in answerers:
             answerer.close()
         if rewriter is not None:
             rewriter.close()

@@ -47,6 +47,16 @@ _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+#: LLM call buckets in seconds: 50 ms to 2 min (a small model on a busy CPU is slow).
+LLM_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+_HTTP_5XX = re.compile(r"^http_5\d\d$")
+
+
+def reason_label(reason: str) -> str:
+    """A failure reason as a metric label: ``http_5xx`` for any 5xx (bounded cardinality)."""
+    return "http_5xx" if _HTTP_5XX.match(reason) else reason
+
+
 def current_request_id() -> str:
     """The id of the request being served in this context (``"-"`` outside a request)."""
     return _request_id.get()
@@ -151,6 +161,28 @@ class Metrics:
             ["tenant"],
             tenant_labels,
         )
+        self.llm_latency = Histogram(
+            "rag_llm_request_seconds",
+            "LLM calls (one attempt of a model route) by route name and outcome (ok or the "
+            "failure reason), seconds; a stream's call lasts until its first token.",
+            ["model", "outcome"],
+            buckets=LLM_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.llm_tokens = TenantLabelled(
+            counter("rag_llm_tokens_total", "LLM tokens spent by answers, by model and kind."),
+            ["model", "kind", "tenant"],
+            tenant_labels,
+        )
+        self.llm_fallbacks = TenantLabelled(
+            counter(
+                "rag_llm_fallbacks_total",
+                "Answers a fallback gave (next_model or extractive), by the first route's "
+                "failure reason.",
+            ),
+            ["fallback", "reason", "tenant"],
+            tenant_labels,
+        )
         self.query_log_failures = Counter(
             "rag_query_log_failures_total",
             "Query-log batch writes that failed (the rows stay queued for retry).",
@@ -161,35 +193,16 @@ class Metrics:
             "Query-log rows not yet written to the database.",
             registry=self.registry,
         )
-        self.llm_tokens = TenantLabelled(
-            counter(
-                "rag_llm_tokens_total", "LLM tokens spent by answers (kind: prompt, completion)."
-            ),
-            ["tenant", "kind"],
-            tenant_labels,
-        )
         self.llm_failures = TenantLabelled(
             counter(
                 "rag_llm_failures_total",
-                "Answers whose LLM call failed (timeout, error status, unreachable endpoint).",
+                "Failed attempts of a model route (timeout, error status, unreachable endpoint, "
+                "open circuit); the answer then comes from the next route or the extractive one.",
             ),
             ["tenant"],
             tenant_labels,
         )
-        self.llm_fallbacks = TenantLabelled(
-            counter(
-                "rag_llm_fallbacks_total",
-                "Answers served by a fallback (another model or the extractive answer), by the "
-                "reason the preferred model was skipped (timeout, http_5xx, http_429, "
-                "breaker_open, ...).",
-            ),
-            ["tenant", "reason"],
-            tenant_labels,
-        )
-        for kind in ("prompt", "completion"):  # exposed at 0 before the first LLM answer
-            if not tenant_labels:
-                self.llm_tokens.labels("-", kind)
-        if not tenant_labels:
+        if not tenant_labels:  # exposed at 0 before the first failure
             self.llm_failures.labels("-")
         self.tenant_labels = tenant_labels
 
@@ -320,6 +333,31 @@ class IndexStatusCollector(Collector):
             if s.published_at is not None:
                 published.add_metric([s.tenant], s.published_at)
         return [*out, ready, info, published, chunks]
+
+
+class RoutingMetrics:
+    """A tenant's model-routing events as metrics (a ``RoutingObserver`` of
+    :mod:`rag_platform.lib.routing`): attempt latency per route and outcome, fallbacks by
+    reason.
+
+    Args:
+        metrics: the app's metrics.
+        tenant: the tenant whose answerer reports (a label only with tenant labels on).
+    """
+
+    def __init__(self, metrics: Metrics, tenant: str) -> None:
+        self.metrics = metrics
+        self.tenant = tenant
+
+    def attempt(self, route: str, outcome: str, seconds: float) -> None:
+        """Observes one attempt of ``route`` (a failure also counts in ``llm_failures``)."""
+        self.metrics.llm_latency.labels(route, reason_label(outcome)).observe(seconds)
+        if outcome != "ok":
+            self.metrics.llm_failures.labels(self.tenant).inc()
+
+    def fallback(self, code: str, reason: str) -> None:
+        """Counts one answer given by a fallback."""
+        self.metrics.llm_fallbacks.labels(code, reason_label(reason), self.tenant).inc()
 
 
 class _RequestIdFilter(logging.Filter):

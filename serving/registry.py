@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rag_platform.lib.tenants import (
+    GenerationConfig,
     GroundingSettings,
     InjectionPolicy,
     PIIPolicy,
@@ -82,6 +83,12 @@ class RegistryWatcher:
         """The tenant's configuration; None for a tenant not in the registry."""
         registry = self.registry
         return registry.get(tenant) if tenant in registry.ids else None
+
+    def generation(self, tenant: str) -> GenerationConfig:
+        """The tenant's generation settings (model routes, budget); defaults for an unknown
+        tenant."""
+        registry = self.registry
+        return registry.get(tenant).generation if tenant in registry.ids else GenerationConfig()
 
     def pii_policy(self, tenant: str) -> PIIPolicy:
         """The tenant's PII policy; the default policy for an unknown tenant."""

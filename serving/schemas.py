@@ -186,6 +186,20 @@ class QueryPublic(BaseModel):
     cached: bool
     answer: str
     mode: str = Field(description="`extractive` or `llm`.")
+    model: str = Field(
+        description="What answered: the tenant's model route name (the platform endpoint's "
+        "model name when the tenant declares none), or `extractive`."
+    )
+    fallback: Literal["next_model", "extractive"] | None = Field(
+        None,
+        description="null when the first choice answered; `next_model` when a later model "
+        "route did; `extractive` when every route failed.",
+    )
+    fallback_reason: str | None = Field(
+        None,
+        description="Why, route by route, e.g. `all models failed (primary: timeout; "
+        "secondary: circuit open)`; null without a fallback.",
+    )
     citations: list[CitationPublic]
     hits: list[HitPublic]
     grounded: bool = Field(
@@ -235,7 +249,12 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorPublic, "description": "Missing, unknown, revoked or expired API key."},
     413: {"model": ErrorPublic, "description": "Request body too large."},
     422: {"model": ErrorPublic, "description": "Invalid request."},
-    429: {"model": ErrorPublic, "description": "Rate limit exceeded (see Retry-After)."},
+    429: {
+        "model": ErrorPublic,
+        "description": "Rate limit exceeded, too many concurrent streams, or (`/v1/query`) "
+        "the monthly token budget is used up (`budget_exhausted`, details `resets_at`); "
+        "see Retry-After.",
+    },
     503: {"model": ErrorPublic, "description": "No published index, or a store is down."},
 }
 

@@ -10,7 +10,8 @@ One ``ServingState`` lives on ``app.state.serving`` from startup to shutdown (se
   version, and one (:class:`~serving.versions.TenantMemo`) of its erased documents;
 - :class:`~serving.retrievers.Retrievers`: the index backend (Qdrant Edge shard pool, or the
   Qdrant server) and a retriever per open version;
-- the query cache, the rate limiter and the :class:`~serving.querylog.QueryLogWriter`;
+- the query cache, the rate limiter, the concurrent-stream slots, the token budgets and the
+  :class:`~serving.querylog.QueryLogWriter`;
 - the :class:`~rag_platform.lib.auth.oidc.OidcVerifier` when single sign-on is configured.
 """
 
@@ -23,11 +24,12 @@ from rag_platform.lib.index.backend import IndexBackend, open_backend
 from rag_platform.lib.store import IndexVersion, MetadataStore
 from rag_platform.lib.tenants import TenantRegistry
 from rag_platform.settings import Settings
+from serving.budgets import TokenBudgets
 from serving.cache import MemoryQueryCache, RedisQueryCache, make_cache
 from serving.models import Models
-from serving.observability import Metrics
+from serving.observability import Metrics, RoutingMetrics
 from serving.querylog import QueryLogWriter, QueryRecord
-from serving.ratelimit import RateLimiter
+from serving.ratelimit import RateLimiter, StreamSlots
 from serving.registry import RegistryWatcher
 from serving.retrievers import Retrievers
 from serving.services.ingest import IngestService
@@ -65,7 +67,7 @@ class ServingState:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.store = store if store is not None else MetadataStore.from_settings(settings)
-        self.models = Models(settings)
+        self.models = Models(settings, lambda tenant: RoutingMetrics(self.metrics, tenant))
         self.tenants = RegistryWatcher(
             settings.tenants_file, settings.data_dir, self._tenants_changed, registry=registry
         )
@@ -88,6 +90,13 @@ class ServingState:
         self.limiter = RateLimiter(
             settings.rate_limit_per_key, settings.rate_limit_per_tenant, settings.redis_url
         )
+        self.streams = StreamSlots(
+            settings.max_streams_per_key,
+            settings.max_streams_per_tenant,
+            settings.redis_url,
+            lease_seconds=max(60.0, 4 * settings.stream_heartbeat_seconds),
+        )
+        self.budgets = TokenBudgets(lambda tenant, since: self.store.llm_tokens(tenant, since))
         self.query_log = QueryLogWriter(
             lambda entries: self.store.log_queries(entries),
             self.mask_question,
@@ -119,7 +128,7 @@ class ServingState:
         return self.retrievers.backend
 
     def _tenants_changed(self, tenants: list[str]) -> None:
-        self.models.forget_maskers(tenants)
+        self.models.forget_tenants(tenants)
         self.retrievers.forget(tenants)
 
     def published_version(self, tenant: str) -> IndexVersion | None:
@@ -179,4 +188,5 @@ class ServingState:
             logger.warning("closing the index readers failed", extra={"error": str(exc)})
         if isinstance(self.cache, RedisQueryCache):
             self.cache.close()
+        self.streams.close()
         self.store.dispose()

@@ -112,9 +112,12 @@ class Answerer(Protocol):
         """The answer to ``question`` from ``hits`` (best first), with ``[n]`` citations."""
         ...
 
-    def stream(self, question: str, hits: list[Hit]) -> Generator[str, None, Answer]:
+    def stream(
+        self, question: str, hits: list[Hit], stop: threading.Event | None = None
+    ) -> Generator[str, None, Answer]:
         """Yields the answer's text pieces in order; returns the whole :class:`Answer` (its
-        citations and token counts) when exhausted."""
+        citations and token counts) when exhausted, or early, with what was generated so far,
+        once ``stop`` is set (the client went away)."""
         ...
 
     def close(self) -> None:
@@ -266,15 +269,22 @@ class ExtractiveAnswerer:
         return Answer(text=" ".join(parts), citations=citations, mode="extractive")
 
     def stream(
-        self, question: str, hits: list[Hit], max_sentences: int = 3
+        self,
+        question: str,
+        hits: list[Hit],
+        stop: threading.Event | None = None,
+        max_sentences: int = 3,
     ) -> Generator[str, None, Answer]:
-        """:meth:`answer`, sent sentence by sentence (each piece ends with a space).
+        """:meth:`answer`, sent sentence by sentence (each piece ends with a space); ``stop``
+        ends it after the current piece.
 
         Returns:
             The answer (no LLM tokens).
         """
         answer = self.answer(question, hits, max_sentences)
         for piece in _STREAM_PIECE.split(answer.text):
+            if stop is not None and stop.is_set():
+                break
             if piece:
                 yield piece + " "
         return answer
@@ -284,7 +294,31 @@ class ExtractiveAnswerer:
 
 
 class LLMError(RuntimeError):
-    """The LLM endpoint failed (HTTP error, timeout, or a response without an answer)."""
+    """The LLM endpoint failed (HTTP error, timeout, or a response without an answer).
+
+    Args:
+        message: what failed (never the API key).
+        reason: a short code of the failure: ``timeout``, ``connection``, ``http_<status>``
+            (e.g. ``http_503``, ``http_429``) or ``malformed``.
+
+    Attributes:
+        reason: as given.
+        retryable: whether trying the same endpoint again may succeed: a timeout, a
+            connection failure, a 5xx or a 429 (not another 4xx or a malformed response).
+    """
+
+    def __init__(self, message: str, reason: str = "error") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retryable = reason in ("timeout", "connection", "http_429") or reason.startswith(
+            "http_5"
+        )
+
+    @classmethod
+    def from_http(cls, exc: httpx.HTTPError) -> LLMError:
+        """The error of a transport failure: ``timeout`` or ``connection``."""
+        reason = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection"
+        return cls(f"LLM endpoint unreachable or timed out: {exc!r}", reason)
 
 
 SYSTEM_PROMPT = (
@@ -426,13 +460,14 @@ class LLMAnswerer:
             data = response.json()
             content = data["choices"][0]["message"]["content"] or ""
         except httpx.HTTPStatusError as exc:
+            status = exc.response.status_code
             raise LLMError(
-                f"LLM endpoint returned HTTP {exc.response.status_code}: {exc.response.text[:200]}"
+                f"LLM endpoint returned HTTP {status}: {exc.response.text[:200]}", f"http_{status}"
             ) from exc
         except httpx.HTTPError as exc:
-            raise LLMError(f"LLM endpoint unreachable or timed out: {exc}") from exc
+            raise LLMError.from_http(exc) from exc
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise LLMError(f"LLM response has no answer: {exc}") from exc
+            raise LLMError(f"LLM response has no answer: {exc}", "malformed") from exc
         usage = data.get("usage") or {}
         text, citations = self.cite(content, context)
         return Answer(
@@ -476,8 +511,14 @@ class LLMAnswerer:
             )
         return cleaned, citations
 
-    def stream(self, question: str, hits: list[Hit]) -> Generator[str, None, Answer]:
+    def stream(
+        self, question: str, hits: list[Hit], stop: threading.Event | None = None
+    ) -> Generator[str, None, Answer]:
         """Streams the answer as text deltas (the server's Server-Sent Events).
+
+        Once ``stop`` is set the stream stops reading at the next event and closes the
+        connection (the server stops generating: llama.cpp and vLLM abort a request whose
+        client is gone), and returns what it has: the text so far and its tokens.
 
         Yields:
             Non-empty content deltas in order. With no hits, yields :data:`NO_ANSWER_TEXT`
@@ -507,9 +548,12 @@ class LLMAnswerer:
                 if response.status_code >= 400:
                     response.read()
                     raise LLMError(
-                        f"LLM endpoint returned HTTP {response.status_code}: {response.text[:200]}"
+                        f"LLM endpoint returned HTTP {response.status_code}: {response.text[:200]}",
+                        f"http_{response.status_code}",
                     )
                 for line in response.iter_lines():
+                    if stop is not None and stop.is_set():
+                        break
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
@@ -527,7 +571,7 @@ class LLMAnswerer:
                         parts.append(delta)
                         yield delta
         except httpx.HTTPError as exc:
-            raise LLMError(f"LLM endpoint unreachable or timed out: {exc}") from exc
+            raise LLMError.from_http(exc) from exc
         streamed = "".join(parts)
         text, citations = self.cite(streamed, context)
         if usage is not None:

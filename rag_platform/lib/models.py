@@ -285,13 +285,24 @@ class Citation:
 
 @dataclass
 class Answer:
-    """An answer with its citations; ``text`` carries ``[n]`` markers that index ``citations``."""
+    """An answer with its citations; ``text`` carries ``[n]`` markers that index ``citations``.
+
+    ``model`` names what answered: a model route's name (see
+    :class:`~rag_platform.lib.tenants.ModelRoute`), ``"extractive"``, or ``""`` when the
+    answerer does not say. ``fallback`` is None when the first choice answered, ``"next_model"``
+    when a later route of the list did, ``"extractive"`` when every route failed; then
+    ``fallback_reason`` says why, route by route (``"primary: timeout; secondary: circuit
+    open"``).
+    """
 
     text: str
     citations: list[Citation]
     mode: str  # "extractive" or "llm"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    model: str = ""
+    fallback: str | None = None
+    fallback_reason: str | None = None
 
 
 @dataclass(frozen=True)

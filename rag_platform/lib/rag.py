@@ -19,7 +19,8 @@ from rag_platform.lib.embedding import (
 )
 from rag_platform.lib.ingestion.chunk import load_tokenizer
 from rag_platform.lib.retrieval import Retriever, SearchableIndex
-from rag_platform.lib.tenants import RetrievalSettings
+from rag_platform.lib.routing import RoutedAnswerer, RoutingObserver, build_routes
+from rag_platform.lib.tenants import GenerationConfig, ModelRoute, RetrievalSettings
 from rag_platform.settings import Settings
 
 
@@ -98,27 +99,77 @@ def embedding_token_counter() -> TokenCounter:
 
 
 def build_answerer(
-    settings: Settings, embedder: DenseEmbedder, count_tokens: TokenCounter | None = None
+    settings: Settings,
+    embedder: DenseEmbedder,
+    count_tokens: TokenCounter | None = None,
+    generation: GenerationConfig | None = None,
+    observe: RoutingObserver | None = None,
 ) -> Answerer:
-    """``LLMAnswerer`` when ``settings.llm_base_url`` and ``llm_model`` are set (with
-    ``llm_api_key``, ``llm_timeout_seconds`` and ``llm_max_tokens``), else ``ExtractiveAnswerer``.
+    """The answerer of the query path.
+
+    Without ``generation`` (the golden-set evaluation): ``LLMAnswerer`` when
+    ``settings.llm_base_url`` and ``llm_model`` are set (with ``llm_api_key``,
+    ``llm_timeout_seconds`` and ``llm_max_tokens``), else ``ExtractiveAnswerer``.
+
+    With a tenant's ``generation`` block (the API): a ``RoutedAnswerer`` over its ``models``,
+    or, when it declares none, over the settings' endpoint as one route named
+    ``settings.llm_model`` (``llm_max_retries`` retries); the extractive answerer is the last
+    resort. With no models and no endpoint configured, ``ExtractiveAnswerer``.
 
     Args:
         settings: the platform settings.
         embedder: the dense embedder (the extractive answerer scores sentences with it).
         count_tokens: the LLM's tokenizer as a counter, for streams whose endpoint reports no
             ``usage``; default the embedding model's tokenizer (an estimate).
+        generation: the tenant's generation settings (routes, breaker).
+        observe: called after each attempt of a route (see ``RoutedAnswerer``).
+
+    Raises:
+        KeyError: a route's ``api_key_env`` is not set in the environment.
     """
-    if settings.llm_base_url and settings.llm_model:
-        return LLMAnswerer(
-            settings.llm_base_url,
-            settings.llm_model,
-            api_key=settings.llm_api_key,
-            timeout=settings.llm_timeout_seconds,
+    has_endpoint = bool(settings.llm_base_url and settings.llm_model)
+    if generation is None:
+        if has_endpoint:
+            assert settings.llm_base_url and settings.llm_model
+            return LLMAnswerer(
+                settings.llm_base_url,
+                settings.llm_model,
+                api_key=settings.llm_api_key,
+                timeout=settings.llm_timeout_seconds,
+                max_tokens=settings.llm_max_tokens,
+                count_tokens=count_tokens or embedding_token_counter(),
+            )
+        return ExtractiveAnswerer(embedder)
+    if not generation.models and not has_endpoint:
+        return ExtractiveAnswerer(embedder)
+    counter = count_tokens or embedding_token_counter()
+    if generation.models:
+        routes = build_routes(
+            generation.models,
+            generation.breaker,
             max_tokens=settings.llm_max_tokens,
-            count_tokens=count_tokens or embedding_token_counter(),
+            count_tokens=counter,
         )
-    return ExtractiveAnswerer(embedder)
+    else:
+        assert settings.llm_base_url and settings.llm_model
+        (route,) = build_routes(
+            [
+                ModelRoute(
+                    name="default",
+                    base_url=settings.llm_base_url,
+                    model=settings.llm_model,
+                    timeout_seconds=settings.llm_timeout_seconds,
+                    max_retries=settings.llm_max_retries,
+                )
+            ],
+            generation.breaker,
+            max_tokens=settings.llm_max_tokens,
+            count_tokens=counter,
+        )
+        route.name = settings.llm_model
+        route.answerer.api_key = settings.llm_api_key
+        routes = [route]
+    return RoutedAnswerer(routes, ExtractiveAnswerer(embedder), observe)
 
 
 def build_rewriter(settings: Settings) -> QuestionRewriter:

@@ -14,6 +14,11 @@ Example::
             include: ["*.pdf"]
         pii: {entities: [PERSON, EMAIL_ADDRESS], operator: replace}
         chunking: {max_tokens: 200, overlap_tokens: 32}
+        generation:
+          models:
+            - {name: primary, base_url: http://vllm:8000/v1, model: qwen2.5-7b-instruct}
+            - {name: secondary, base_url: http://ollama:11434/v1, model: "qwen2.5:0.5b"}
+          monthly_token_budget: 2000000
 """
 
 from __future__ import annotations
@@ -621,6 +626,76 @@ class WebhookConfig(_Strict):
     events: list[WebhookEvent] = Field(default_factory=_all_webhook_events)
 
 
+class ModelRoute(_Strict):
+    """One OpenAI-compatible endpoint and model of a tenant's ordered model list.
+
+    Attributes:
+        name: the route's label, unique in the list: the ``model`` a query response reports
+            and the ``model`` label of the LLM metrics.
+        base_url: the endpoint, e.g. ``http://vllm:8000/v1`` (``/v1`` optional).
+        model: the model name sent to the endpoint.
+        api_key_env: name of the environment variable (of the API process) holding the key
+            sent as ``Authorization: Bearer``; None: no key. The key never sits in the registry.
+        timeout_seconds: connect and read timeout of one call (a stream's read timeout is the
+            longest wait for its next chunk).
+        max_retries: further attempts after a timeout, a connection failure, a 5xx or a 429,
+            with exponential back-off starting at ``retry_backoff_seconds`` (tenacity).
+        retry_backoff_seconds: the first back-off; each further one doubles, up to 4 s.
+    """
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$")]
+    base_url: Annotated[str, Field(pattern=r"^https?://[^\s]{1,2000}$")]
+    model: Annotated[str, Field(min_length=1, max_length=200)]
+    api_key_env: Annotated[str, Field(pattern=_ENV_NAME)] | None = None
+    timeout_seconds: float = Field(30.0, gt=0.0, le=600.0)
+    max_retries: int = Field(1, ge=0, le=5)
+    retry_backoff_seconds: float = Field(0.2, ge=0.0, le=10.0)
+
+
+class BreakerConfig(_Strict):
+    """The circuit breaker of each model route (pybreaker).
+
+    Attributes:
+        fail_max: consecutive failed calls (each attempt counts) that open the circuit.
+        reset_timeout_seconds: how long an open circuit refuses calls before one trial call
+            (half-open) may close it again.
+    """
+
+    fail_max: int = Field(3, ge=1, le=100)
+    reset_timeout_seconds: float = Field(30.0, gt=0.0, le=3600.0)
+
+
+class GenerationConfig(_Strict):
+    """How a tenant's answers are generated: an ordered model list (an allowlist: no other
+    model answers for the tenant), its circuit breakers, and a monthly LLM token budget.
+
+    With no ``models``, the platform's ``RAG_LLM_BASE_URL`` / ``RAG_LLM_MODEL`` is the one
+    route (and with neither, answers are extractive). When every route fails the extractive
+    answer is served, flagged ``fallback: "extractive"``.
+
+    Attributes:
+        models: routes tried in order; the next one answers on a timeout, a connection
+            failure, an HTTP error (5xx, 429, other 4xx) or an open circuit.
+        monthly_token_budget: LLM tokens (prompt + completion) the tenant may spend per UTC
+            calendar month, counted from the query log and the LLM usage events; None: no
+            budget. Over it, ``/v1/query`` answers 429 ``budget_exhausted`` until the month ends.
+        breaker: the per-route circuit breaker settings.
+    """
+
+    models: list[ModelRoute] = Field(default_factory=list)
+    monthly_token_budget: int | None = Field(None, ge=0)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, v: list[ModelRoute]) -> list[ModelRoute]:
+        names = [m.name for m in v]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"duplicate model route names: {sorted(dupes)}")
+        return v
+
+
 class TenantConfig(_Strict):
     """One tenant of the registry.
 
@@ -645,6 +720,7 @@ class TenantConfig(_Strict):
     uploads: UploadPolicy = Field(default_factory=UploadPolicy)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     experiment: RetrievalExperiment | None = None
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
 
     _check_default_groups = field_validator("default_acl_groups")(_valid_groups)
 

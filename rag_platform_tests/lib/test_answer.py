@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Generator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -76,7 +77,9 @@ class TestExtractiveAnswerer:
 
     def test_stream_sends_the_answer_sentence_by_sentence(self) -> None:
         a = ExtractiveAnswerer(get_embedder())
-        deltas, ans = drain(a.stream("What does vitamin D deficiency cause?", HITS, 2))
+        deltas, ans = drain(
+            a.stream("What does vitamin D deficiency cause?", HITS, max_sentences=2)
+        )
         assert ans == a.answer("What does vitamin D deficiency cause?", HITS, 2)
         assert len(deltas) > 1 and "".join(deltas).strip() == ans.text
         assert (ans.prompt_tokens, ans.completion_tokens) == (0, 0)
@@ -129,6 +132,9 @@ class _FakeChat(BaseHTTPRequestHandler):
     """OpenAI-compatible /v1/chat/completions: JSON, SSE, or an error on request."""
 
     requests: list[dict[str, Any]] = []
+    #: model name -> the HTTP status it answers with
+    errors: dict[str, int] = {"broken": 503, "busy": 429, "unknown": 404}
+    slow_seconds = 3.0
     reply = "Vitamin D deficiency causes rickets [1] and poor calcium uptake [2]. See also [9]."
 
     def log_message(self, *args: Any) -> None:
@@ -139,11 +145,15 @@ class _FakeChat(BaseHTTPRequestHandler):
         _FakeChat.requests.append(
             {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
         )
-        if body["model"] == "broken":
-            self.send_response(503)
+        if body["model"] in _FakeChat.errors:
+            self.send_response(_FakeChat.errors[body["model"]])
             self.end_headers()
             self.wfile.write(b'{"error": "overloaded"}')
             return
+        if body["model"] == "slow":  # slower than the callers' timeouts
+            time.sleep(_FakeChat.slow_seconds)
+        if body["model"] == "slow-stream":  # a first token after a long silence
+            time.sleep(_FakeChat.slow_seconds)
         if body.get("stream"):
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")

@@ -21,7 +21,8 @@ from rag_platform.lib.rag import (
     build_retriever,
     embedding_token_counter,
 )
-from rag_platform.lib.tenants import RetrievalSettings
+from rag_platform.lib.routing import RoutedAnswerer
+from rag_platform.lib.tenants import BreakerConfig, GenerationConfig, ModelRoute, RetrievalSettings
 from rag_platform.settings import Settings
 from rag_platform_tests.serving.factories import build_shard, chunk_ids, scifact_docs
 
@@ -74,6 +75,37 @@ class TestBuildAnswerer:
         # streams without usage fall back to the embedding tokenizer's count
         assert llm.count_tokens is not None and llm.count_tokens("vitamin d deficiency") == 3
         llm.close()
+
+    def test_a_tenant_generation_block_routes_over_its_models_or_the_platform_endpoint(
+        self,
+    ) -> None:
+        platform = Settings(
+            llm_base_url="http://127.0.0.1:9/v1", llm_model="m", llm_api_key="sk", llm_max_retries=2
+        )
+        routed = build_answerer(platform, get_embedder(), generation=GenerationConfig())
+        assert isinstance(routed, RoutedAnswerer) and routed.mode == "llm"
+        (route,) = routed.routes
+        assert (route.name, route.answerer.api_key, route.max_retries) == ("m", "sk", 2)
+        own = GenerationConfig(
+            models=[
+                ModelRoute(name="a", base_url="http://127.0.0.1:9", model="x"),
+                ModelRoute(name="b", base_url="http://127.0.0.1:9", model="y", timeout_seconds=3),
+            ],
+            breaker=BreakerConfig(fail_max=5),
+        )
+        mine = build_answerer(platform, get_embedder(), generation=own)
+        assert isinstance(mine, RoutedAnswerer)
+        assert [(r.name, r.answerer.model, r.answerer.api_key) for r in mine.routes] == [
+            ("a", "x", None),  # the platform's key is not sent to a tenant's own endpoints
+            ("b", "y", None),
+        ]
+        assert mine.routes[1].answerer._client.timeout.read == 3
+        assert {r.breaker.fail_max for r in mine.routes} == {5}
+        nothing = Settings(llm_base_url=None, llm_model=None)
+        plain = build_answerer(nothing, get_embedder(), generation=GenerationConfig())
+        assert isinstance(plain, ExtractiveAnswerer)
+        routed.close()
+        mine.close()
 
     def test_embedding_token_counter_counts_word_pieces(self) -> None:
         count = embedding_token_counter()

@@ -176,6 +176,10 @@ class TcpProxy:
 
     ``stop()`` closes the listening socket and every forwarded connection, so clients see
     their connections reset and new connections refused, exactly as if the service died.
+
+    ``ended`` records, per forwarded connection, which side closed it first (``"client"`` or
+    ``"upstream"``), and ``upstream_data`` (``upstream_bytes`` long) what the service sent: a
+    test can see that a client hung up on a response still being produced.
     """
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
@@ -191,6 +195,9 @@ class TcpProxy:
         self._conns: list[Any] = []
         self._lock = threading.Lock()
         self._stopped = False
+        self.ended: list[str] = []
+        self.upstream_bytes = 0
+        self.upstream_data = bytearray()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -207,19 +214,33 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            upstream.settimeout(None)  # the 2 s bound connecting only: a slow reply is no fault
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            ended: list[str] = []
+            for a, b, side in ((client, upstream, "client"), (upstream, client, "upstream")):
+                threading.Thread(target=self._pump, args=(a, b, side, ended), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: Any, dst: Any) -> None:
+    def _pump(self, src: Any, dst: Any, side: str, ended: list[str]) -> None:
+        closer = side  # src's end of file or reset: its side closed the connection
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
+                if side == "upstream":
+                    with self._lock:
+                        self.upstream_bytes += len(data)
+                        self.upstream_data += data
+                try:
+                    dst.sendall(data)
+                except OSError:  # dst is gone: the other side closed it
+                    closer = "client" if side == "upstream" else "upstream"
+                    break
         except OSError:
             pass
         finally:
+            with self._lock:
+                if not ended:  # the first side to close the connection
+                    ended.append(closer)
+                    self.ended.append(closer)
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.close()

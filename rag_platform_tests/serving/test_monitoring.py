@@ -147,9 +147,12 @@ class TestNoDrift:
         self, client: TestClient
     ) -> None:
         metrics = client.app.state.metrics  # type: ignore[attr-defined]
-        metrics.llm_fallbacks.labels(TENANT_A, "timeout").inc()
+        metrics.llm_fallbacks.labels("next_model", "timeout", TENANT_A).inc()
         text = client.get("/metrics").text
-        assert f'rag_llm_fallbacks_total{{reason="timeout",tenant="{TENANT_A}"}} 1.0' in text
+        assert (
+            f'rag_llm_fallbacks_total{{fallback="next_model",reason="timeout",tenant="{TENANT_A}"}}'
+            " 1.0" in text
+        )
 
 
 class TestIndexStatus:

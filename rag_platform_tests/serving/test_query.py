@@ -15,6 +15,8 @@ from rag_platform_tests.serving.test_auth import assert_error
 def parse_sse(text: str) -> list[tuple[str, dict[str, object]]]:
     events = []
     for block in text.strip().split("\n\n"):
+        if block.startswith(":"):
+            continue  # an SSE comment: a heartbeat
         lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
         events.append((lines["event"], json.loads(lines["data"])))
     return events

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from rag_platform_tests.utils.services import (
     require_redis,
 )
 from serving.main import create_app
-from serving.ratelimit import RateLimiter
+from serving.ratelimit import RateLimiter, StreamLease, StreamSlots
 
 CLOSED_REDIS = "redis://127.0.0.1:1/0"
 
@@ -122,3 +123,51 @@ class TestRateLimitsInTheApp:
         finally:
             proxy.stop()
             w.store.dispose()
+
+
+class TestStreamSlots:
+    def test_in_process_slots_per_key_and_per_tenant(self) -> None:
+        slots = StreamSlots(per_key=2, per_tenant=3)
+        a1, a2, a3 = (slots.acquire("t", "a") for _ in range(3))
+        assert isinstance(a1, StreamLease) and isinstance(a2, StreamLease)
+        assert not isinstance(a3, StreamLease) and a3.scope == "streams_per_key"
+        b1, b2 = slots.acquire("t", "b"), slots.acquire("t", "b")
+        assert isinstance(b1, StreamLease)
+        assert not isinstance(b2, StreamLease) and b2.scope == "streams_per_tenant"
+        assert isinstance(slots.acquire("other", "c"), StreamLease)  # another tenant
+        a1.release()
+        a1.release()  # idempotent: frees one slot only
+        assert slots.active("t", "a") == (1, 2)
+        assert isinstance(slots.acquire("t", "b"), StreamLease)
+
+    @pytest.mark.integration
+    def test_redis_slots_are_shared_between_processes_and_expire(self) -> None:
+        url = require_redis()
+        prefix = unique("rag-streams-test")
+        a = StreamSlots(1, 10, url, lease_seconds=0.5, key_prefix=prefix)
+        b = StreamSlots(1, 10, url, lease_seconds=0.5, key_prefix=prefix)  # another process
+        held = a.acquire("t", "k")
+        assert isinstance(held, StreamLease) and held.backend == "redis"
+        refused = b.acquire("t", "k")
+        assert not isinstance(refused, StreamLease) and refused.backend == "redis"
+        held.release()
+        again = b.acquire("t", "k")
+        assert isinstance(again, StreamLease)
+        # a process that dies holding a slot: its lease runs out unrenewed
+        time.sleep(0.6)
+        assert b.active("t", "k") == (0, 0)
+        assert isinstance(a.acquire("t", "k"), StreamLease)
+        client = redis.Redis.from_url(url)
+        client.delete(f"{prefix}:key:k", f"{prefix}:tenant:t")
+        client.close()
+        a.close()
+        b.close()
+
+    def test_redis_down_counts_in_process(self) -> None:
+        slots = StreamSlots(1, 10, CLOSED_REDIS)
+        held = slots.acquire("t", "k")
+        assert isinstance(held, StreamLease) and held.backend == "memory"
+        refused = slots.acquire("t", "k")
+        assert not isinstance(refused, StreamLease) and refused.scope == "streams_per_key"
+        held.release()
+        assert isinstance(slots.acquire("t", "k"), StreamLease)

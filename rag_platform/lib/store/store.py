@@ -359,6 +359,11 @@ class MetadataStore:
         """Usage of ``tenant`` on UTC day ``day`` per kind; see :meth:`UsageRepository.by_day`."""
         return self.usage.by_day(tenant, day)
 
+    def llm_tokens(self, tenant: str, since: datetime, until: datetime | None = None) -> int:
+        """LLM tokens ``tenant`` spent in ``[since, until)``; see
+        :meth:`UsageRepository.llm_tokens`."""
+        return self.usage.llm_tokens(tenant, since, until)
+
     # Erased documents: SuppressionRepository -------------------------------------------------
 
     def suppress_document(

@@ -106,3 +106,32 @@ class UsageRepository:
         totals["llm_completion_tokens"] += float(completion)
         totals["queries"] += float(count)
         return totals
+
+    def llm_tokens(self, tenant: str, since: datetime, until: datetime | None = None) -> int:
+        """LLM tokens (prompt + completion) ``tenant`` spent with ``since <= at < until``: the
+        query log's token columns (every answer the API gave, streamed ones included) plus the
+        ``llm_prompt_tokens`` / ``llm_completion_tokens`` usage events (LLM-judged evaluation),
+        the same sources as :meth:`by_day`.
+
+        Args:
+            tenant: Tenant id.
+            since: Inclusive lower bound (naive = UTC).
+            until: Exclusive upper bound (naive = UTC); None: no bound.
+        """
+        start = as_utc(since)
+        queries = select(
+            func.coalesce(func.sum(_q.c.prompt_tokens + _q.c.completion_tokens), 0)
+        ).where(_q.c.tenant == tenant, _q.c.created_at >= start)
+        events = select(func.coalesce(func.sum(_u.c.quantity), 0.0)).where(
+            _u.c.tenant == tenant,
+            _u.c.kind.in_(("llm_prompt_tokens", "llm_completion_tokens")),
+            _u.c.at >= start,
+        )
+        if until is not None:
+            end = as_utc(until)
+            queries = queries.where(_q.c.created_at < end)
+            events = events.where(_u.c.at < end)
+        with self._db.transaction(write=False) as conn:
+            from_queries = conn.execute(queries).scalar_one()
+            from_events = conn.execute(events).scalar_one()
+        return int(from_queries or 0) + int(math.ceil(float(from_events or 0.0)))
