@@ -292,10 +292,12 @@ class TestServerBackend:
         published collection's points are exported and rebuilt under the alias."""
         from rag_platform.lib.index.backend import open_backend
 
+        master_key = tmp_path / "master.key"  # a restore needs the backup's master key
         settings = make_settings(
             tmp_path / "src",
             tenants_file=tmp_path / "src" / "tenants.yaml",
             qdrant_url=str(tmp_path / "qdrant-src"),
+            master_key_file=master_key,
         )
         settings.tenants_file.write_text(yaml.safe_dump({"tenants": [scifact_tenant(TENANT)]}))
         store = new_store(settings)
@@ -322,8 +324,9 @@ class TestServerBackend:
             tmp_path / "dst",
             tenants_file=tmp_path / "dst" / "tenants.yaml",
             qdrant_url=str(tmp_path / "qdrant-dst"),
+            master_key_file=master_key,
         )
-        edge_target = home_settings(tmp_path / "edge")
+        edge_target = home_settings(tmp_path / "edge")  # the same master key file
         edge_store = new_store(edge_target)
         with pytest.raises(BackupError, match="server index"):
             TenantRestore(edge_target, edge_store).run(str(tmp_path / "bk"))
