@@ -20,11 +20,10 @@ the same local model, over the answerable questions; ``refusal_precision`` / ``r
 count an unanswerable question refused as a true positive.
 
 ``fallback_share_after_kill`` (:func:`fallback_share_after_kill`): a second llama.cpp server is
-started as the primary, the first one is the fallback; the requests go through an ordered list
-of the two (primary first, the next one on an endpoint error) and the primary is killed after
-half of them; the share is the requests after the kill that the fallback answered. The ordered
-list here is this benchmark's own two-element loop: the platform's model routing (retries,
-circuit breakers) is built separately.
+started as the primary, the first one is the fallback; the requests go through the platform's
+model router (``lib/routing.py``: the routes primary → fallback with retries and circuit
+breakers, the extractive answer last) and the primary is killed after half of them; the share is
+the requests after the kill that the fallback route answered.
 
 Usage::
 
@@ -193,62 +192,58 @@ def fallback_share_after_kill(
     retrieve: Callable[[str], list[Any]],
     fallback_url: str,
     model: str,
+    embedder: Any,
 ) -> dict[str, Any]:
-    """Starts a second llama.cpp server as the primary (the running one is the fallback), sends
-    ``questions`` through the ordered list primary → fallback, kills the primary after half.
+    """Starts a second llama.cpp server as the primary (the running one is the fallback) and
+    streams ``questions`` through the platform's router (:class:`~rag_platform.lib.routing.
+    RoutedAnswerer` over the routes ``primary`` → ``fallback``, with their circuit breakers and
+    the extractive answer last), killing the primary after half of them.
 
     Returns:
         ``{"fallback_share_after_kill", "requests_after_kill", "answered_after_kill",
-        "errors", "primary_share_before_kill"}``.
+        "extractive_after_kill", "errors", "primary_share_before_kill"}``: shares of the
+        requests whose answer came from the ``fallback`` route (after the kill) or the
+        ``primary`` (before it); an error is a request that raised.
     """
-    from rag_platform.lib.answer import LLMAnswerer, LLMError
+    from rag_platform.lib.answer import ExtractiveAnswerer
+    from rag_platform.lib.routing import RoutedAnswerer, build_routes
+    from rag_platform.lib.tenants import BreakerConfig, ModelRoute
     from rag_platform_tests.utils.llm import llama_server_process
 
     half = len(questions) // 2
     served: list[str] = []
     errors: list[str] = []
     with llama_server_process() as (primary_url, proc):
-        endpoints = [
-            (
-                "primary",
-                LLMAnswerer(
-                    primary_url,
-                    model,
-                    timeout=60,
-                    max_tokens=MAX_TOKENS,
-                    max_context_chunks=CONTEXT_K,
+        routes = build_routes(
+            [
+                ModelRoute(name="primary", base_url=primary_url, model=model, timeout_seconds=60),
+                ModelRoute(
+                    name="fallback", base_url=fallback_url, model=model, timeout_seconds=120
                 ),
-            ),
-            (
-                "fallback",
-                LLMAnswerer(
-                    fallback_url,
-                    model,
-                    timeout=120,
-                    max_tokens=MAX_TOKENS,
-                    max_context_chunks=CONTEXT_K,
-                ),
-            ),
-        ]
-        for i, question in enumerate(questions):
-            if i == half:
-                proc.kill()
-                proc.wait(timeout=30)
-                log(f"primary killed after {i} requests")
-            hits = retrieve(question)
-            for name, answerer in endpoints:
+            ],
+            BreakerConfig(),
+            max_tokens=MAX_TOKENS,
+        )
+        for route in routes:
+            route.answerer.max_context_chunks = CONTEXT_K
+        router = RoutedAnswerer(routes, ExtractiveAnswerer(embedder))
+        try:
+            for i, question in enumerate(questions):
+                if i == half:
+                    proc.kill()
+                    proc.wait(timeout=30)
+                    log(f"primary killed after {i} requests")
+                hits = retrieve(question)
                 try:
-                    stream_answer(answerer, question, hits, time.perf_counter())
-                except LLMError as exc:
-                    log(f"{name} failed: {exc}")
+                    answer, _ = stream_answer(router, question, hits, time.perf_counter())
+                except Exception as exc:  # the router must not raise: count it
+                    log(f"request failed: {exc}")
+                    served.append("none")
+                    errors.append(question)
                     continue
-                served.append(name)
-                break
-            else:
-                served.append("none")
-                errors.append(question)
-        for _, answerer in endpoints:
-            answerer.close()
+                served.append(answer.model or answer.mode)
+        finally:
+            router.close()
     after = served[half:]
     before = served[:half]
     return {
@@ -257,6 +252,7 @@ def fallback_share_after_kill(
         else None,
         "requests_after_kill": len(after),
         "answered_after_kill": sum(1 for s in after if s != "none"),
+        "extractive_after_kill": after.count("extractive"),
         "primary_share_before_kill": round(before.count("primary") / len(before), 4)
         if before
         else None,
@@ -424,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                     lambda question: retriever.search(question, CONTEXT_K, filters),
                     url,
                     MODEL_ALIAS,
+                    embedder,
                 )
                 out.update(
                     fallback_share_after_kill=fallback["fallback_share_after_kill"],
