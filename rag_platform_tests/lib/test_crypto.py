@@ -24,7 +24,16 @@ from rag_platform.lib.crypto import (
     rotate_master_key,
 )
 from rag_platform.lib.store import MetadataStore, QueryLogEntry
-from rag_platform.lib.store.schema import data_keys_table, feedback_table, query_log_table
+from rag_platform.lib.store.conversations import ConversationMessage
+from rag_platform.lib.store.golden_candidates import GoldenCandidate
+from rag_platform.lib.store.schema import (
+    conversation_messages_table,
+    conversations_table,
+    data_keys_table,
+    feedback_table,
+    golden_candidates_table,
+    query_log_table,
+)
 from rag_platform.settings import Settings
 from rag_platform_tests.utils.services import fresh_postgres_database
 
@@ -91,6 +100,47 @@ def test_text_columns_hold_no_plaintext_and_read_back(store: MetadataStore) -> N
     assert store.open_text("acme", sealed, "conversation") == "a conversation turn"
     with pytest.raises(SealedDataError):
         store.open_text("globex", sealed, "conversation")
+
+
+def test_conversation_and_candidate_text_is_sealed(store: MetadataStore) -> None:
+    """Conversation titles and turns and golden-set candidates (question, retrieved text,
+    comments) are stored sealed with the tenant's key, and read back as written."""
+    store.upsert_tenant("acme")
+    conv = store.conversations.create("acme", "k1", "Jane's leave")
+    turns = [
+        ConversationMessage(0, "user", QUESTION, standalone=QUESTION, rewrite="none"),
+        ConversationMessage(0, "assistant", "Jane gets 25 days [1].", query_id="q1"),
+    ]
+    store.conversations.append("acme", "k1", conv.conversation_id, turns)
+    entry = QueryLogEntry(tenant="acme", key_id="k1", question_masked=QUESTION)
+    store.log_queries([entry])
+    retrieved = [{"chunk_id": "c1", "doc_id": "d1", "text": "Jane Roe: 25 days of leave"}]
+    candidate = GoldenCandidate(
+        tenant="acme",
+        query_id=entry.query_id,
+        key_id="k1",
+        question=QUESTION,
+        retrieved=retrieved,
+        rating=1,
+        comment="Jane is wrong",
+    )
+    assert store.golden_candidates.add([candidate]) == 1
+    with store.engine.connect() as conn:
+        raw = [
+            *conn.execute(select(conversations_table.c.title_masked)).scalars(),
+            *conn.execute(select(conversation_messages_table.c.content_masked)).scalars(),
+            *conn.execute(select(conversation_messages_table.c.standalone_masked)).scalars(),
+            *conn.execute(
+                select(golden_candidates_table.c.question_masked, golden_candidates_table.c.comment)
+            ).one(),
+            conn.execute(select(golden_candidates_table.c.retrieved)).scalar_one()[0]["text"],
+        ]
+    assert [r for r in raw if r and (not r.startswith("rgs1:") or "Jane" in r)] == []
+    got = store.conversations.get("acme", "k1", conv.conversation_id)
+    assert got.title == "Jane's leave"
+    assert [m.content for m in got.messages] == [QUESTION, "Jane gets 25 days [1]."]
+    [back] = store.golden_candidates.find("acme")
+    assert (back.question, back.comment, back.retrieved) == (QUESTION, "Jane is wrong", retrieved)
 
 
 def test_rows_written_before_encryption_stay_readable(tmp_path: Path) -> None:

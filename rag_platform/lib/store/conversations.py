@@ -53,7 +53,7 @@ class TextSealer:
         """The stored form of ``text``."""
         if self._keyring is None or not text:
             return text
-        return self._keyring.self._text.seal(tenant, text, self._purpose)
+        return self._keyring.seal_text(tenant, text, self._purpose)
 
     def open(self, tenant: str, stored: str) -> str:
         """The plaintext of a stored value.
@@ -64,7 +64,7 @@ class TextSealer:
         """
         if self._keyring is None or not stored:
             return stored
-        return self._keyring.self._text.open(tenant, stored, self._purpose)
+        return self._keyring.open_text(tenant, stored, self._purpose)
 
 
 @dataclass
@@ -128,13 +128,15 @@ class ConversationRepository:
         check_text(title, "title", 200, allow_empty=True)
         now = utcnow()
         conv = Conversation(str(uuid.uuid4()), tenant, key_id, title, now, now)
+        # sealed before the transaction: the tenant's first seal writes its data key
+        sealed_title = self._text.seal(tenant, title)
         with self._db.transaction() as conn:
             conn.execute(
                 conversations_table.insert().values(
                     conversation_id=conv.conversation_id,
                     tenant=tenant,
                     key_id=key_id,
-                    title_masked=self._text.seal(tenant, title),
+                    title_masked=sealed_title,
                     created_at=now,
                     updated_at=now,
                 )
@@ -219,6 +221,11 @@ class ConversationRepository:
                 raise ValueError(f"unknown message role {m.role!r}")
             check_text(m.content, "message", MAX_MESSAGE_CHARS, allow_empty=True)
         now = utcnow()
+        # sealed before the transaction: the tenant's first seal writes its data key
+        sealed = [
+            (self._text.seal(tenant, m.content), self._text.seal(tenant, m.standalone))
+            for m in messages
+        ]
         with self._db.transaction() as conn:
             self._owned(conn, tenant, key_id, conversation_id)
             last = conn.scalar(
@@ -238,14 +245,14 @@ class ConversationRepository:
                             "tenant": tenant,
                             "ordinal": m.ordinal,
                             "role": m.role,
-                            "content_masked": self._text.seal(tenant, m.content),
-                            "standalone_masked": self._text.seal(tenant, m.standalone),
+                            "content_masked": content,
+                            "standalone_masked": standalone,
                             "rewrite": m.rewrite,
                             "query_id": m.query_id,
                             "citations": list(m.citations),
                             "created_at": now,
                         }
-                        for m in messages
+                        for m, (content, standalone) in zip(messages, sealed, strict=True)
                     ],
                 )
             conn.execute(
