@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,16 +221,61 @@ class IngestPlan:
         return out
 
 
-def _read_cache_keys(path: Path) -> dict[str, str]:
-    """A :class:`~rag_platform.lib.cache.StageCache` file's key → JSON text, read-only."""
+def _read_cache_keys(path: Path, open_value: Callable[[str], str] = str) -> dict[str, str]:
+    """A :class:`~rag_platform.lib.cache.StageCache` file's key → JSON text, read-only;
+    ``open_value`` opens a value sealed at rest (see :class:`CacheValueOpener`)."""
     if not path.exists():
         return {}
     try:
         frame = pd.read_parquet(path)
-        return dict(zip(frame["key"], frame["value"], strict=True))
+        return {k: open_value(v) for k, v in zip(frame["key"], frame["value"], strict=True)}
     except Exception as exc:  # unreadable: the run would rebuild it, so everything is missing
         log.warning("plan: unreadable cache %s: %s", path, exc)
         return {}
+
+
+class CacheValueOpener:
+    """Opens stage-cache values of a tenant sealed at rest (plaintext values as they are).
+
+    The metadata store (for the tenant's data key) is opened only at the first sealed value, so
+    a plan over empty caches touches no database and no key file; :meth:`close` closes it again
+    (SQLite then removes its ``-wal`` and ``-shm`` files: the plan leaves ``RAG_HOME`` as it
+    was).
+
+    Args:
+        settings: where the metadata store and master key are.
+        tenant: the tenant whose data key seals the values.
+    """
+
+    def __init__(self, settings: Settings, tenant: str) -> None:
+        self.settings = settings
+        self.tenant = tenant
+        self._store: Any = None
+        self._cipher: Any = None
+
+    def __call__(self, raw: str) -> str:
+        """The plaintext of one value.
+
+        Raises:
+            rag_platform.lib.crypto.SealedDataError: a value that does not open under the
+                tenant's key.
+        """
+        from rag_platform.lib.crypto import PURPOSE_CACHE, TenantCipher, is_sealed_text
+
+        if not is_sealed_text(raw):
+            return raw
+        if self._cipher is None:
+            from rag_platform.lib.store import MetadataStore
+
+            self._store = MetadataStore.from_settings(self.settings)
+            self._cipher = TenantCipher(self.tenant, self._store.keyring)
+        return str(self._cipher.open_text(raw, PURPOSE_CACHE))
+
+    def close(self) -> None:
+        """Closes the metadata store if it was opened."""
+        if self._store is not None:
+            self._store.dispose()
+            self._store = self._cipher = None
 
 
 def _embedded_hashes(state_dir: Path, identity: str) -> set[str]:
@@ -267,6 +312,7 @@ class IngestPlanner:
         rates: items per second per stage (:meth:`StageRates.rates_for`).
         prices: the price table.
         questions: golden questions an evaluation would run (0: no golden set).
+        open_value: opens stage-cache values sealed at rest (:class:`CacheValueOpener`).
     """
 
     def __init__(
@@ -276,8 +322,10 @@ class IngestPlanner:
         rates: Mapping[str, float],
         prices: PriceTable,
         questions: int = 0,
+        open_value: Callable[[str], str] = str,
     ) -> None:
         self.state_dir = state_dir
+        self.open_value = open_value
         self.identity = identity
         self.rates = dict(rates)
         self.prices = prices
@@ -291,9 +339,9 @@ class IngestPlanner:
                 run would).
         """
         plan = IngestPlan(tenant=tenant.id, rates=self.rates)
-        parsed = _read_cache_keys(self.state_dir / "parsed.parquet")
-        masked = _read_cache_keys(self.state_dir / "masked.parquet")
-        chunked = _read_cache_keys(self.state_dir / "chunks.parquet")
+        parsed = _read_cache_keys(self.state_dir / "parsed.parquet", self.open_value)
+        masked = _read_cache_keys(self.state_dir / "masked.parquet", self.open_value)
+        chunked = _read_cache_keys(self.state_dir / "chunks.parquet", self.open_value)
         embedded = _embedded_hashes(self.state_dir, self.identity)
         policy_key = config_hash(tenant.pii)
         cfg = tenant.chunking
@@ -418,11 +466,16 @@ def plan_tenant(settings: Settings, tenant: TenantConfig) -> IngestPlan:
     identity = embedding_identity(
         settings.embedding_model, resolve_backend(settings.embedding_backend)
     )
+    opener = CacheValueOpener(settings, tenant.id)
     planner = IngestPlanner(
         settings.cache_dir / tenant.id,
         identity,
         rates.rates_for(tenant.id),
         PriceTable.load(settings.home),
         questions=questions,
+        open_value=opener,
     )
-    return planner.run(tenant)
+    try:
+        return planner.run(tenant)
+    finally:
+        opener.close()

@@ -165,7 +165,9 @@ def test_retention_job_run_reports_counts_and_schedule_covers_every_tenant(
     assert mat.asset_key.to_user_string() == "retention_sweep"
     assert md["deleted_query_log"] == 1 and md["deleted_feedback"] == 1
     assert md["deleted_audit_log"] == ids["old_audit_rows"]
-    assert md["deleted_total"] == 3 + ids["old_audit_rows"]
+    # the stale conversation and its one message
+    assert md["deleted_conversations"] == 1 and md["deleted_conversation_messages"] == 1
+    assert md["deleted_total"] == 5 + ids["old_audit_rows"]
     assert len(store.list_queries(TENANT)) == 1
 
     schedule = next(s for s in defs.schedules if s.name == "daily_retention")
