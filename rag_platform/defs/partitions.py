@@ -18,3 +18,13 @@ tenant_day_partitions = dg.MultiPartitionsDefinition(
         "day": dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1),
     }
 )
+
+
+def daily_run_per_tenant(context: dg.ScheduleEvaluationContext, kind: str) -> list[dg.RunRequest]:
+    """One run request per tenant partition for the schedule's UTC day, with the run key
+    ``<kind>:<tenant>:<YYYY-MM-DD>`` (a tick evaluated twice never starts a second run)."""
+    day = context.scheduled_execution_time.strftime("%Y-%m-%d")
+    return [
+        dg.RunRequest(partition_key=t, run_key=f"{kind}:{t}:{day}")
+        for t in context.instance.get_dynamic_partitions(TENANTS)
+    ]

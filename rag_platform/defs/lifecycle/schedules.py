@@ -3,7 +3,7 @@
 import dagster as dg
 
 from rag_platform.defs.jobs import tenant_retention
-from rag_platform.defs.partitions import TENANTS
+from rag_platform.defs.partitions import daily_run_per_tenant
 
 
 @dg.schedule(
@@ -14,8 +14,4 @@ from rag_platform.defs.partitions import TENANTS
     description="Apply every tenant's retention policy (one run per tenant).",
 )
 def daily_retention(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
-    day = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    return [
-        dg.RunRequest(partition_key=t, run_key=f"retention:{t}:{day}")
-        for t in context.instance.get_dynamic_partitions(TENANTS)
-    ]
+    return daily_run_per_tenant(context, "retention")
