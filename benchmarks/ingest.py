@@ -97,6 +97,22 @@ def _stage(result: Any) -> dict[str, float]:
     }
 
 
+def _read_asset(asset: str, tenant: str) -> Any:
+    """An asset partition as the IO manager stored it (opened with the tenant's data key)."""
+    from rag_platform.defs.resources import decode_asset
+    from rag_platform.lib.crypto import PURPOSE_ASSET
+    from rag_platform.lib.store import MetadataStore
+    from rag_platform.settings import get_settings
+
+    settings = get_settings()
+    store = MetadataStore.from_settings(settings)
+    try:
+        data = (settings.storage_dir / asset / tenant).read_bytes()
+        return decode_asset(store.keyring.cipher(tenant).open(data, PURPOSE_ASSET))
+    finally:
+        store.dispose()
+
+
 def _bare_encode(backend: str, texts: list[str]) -> float:
     from rag_platform.lib.embedding import load_embedder
     from rag_platform.settings import get_settings
@@ -141,9 +157,7 @@ def main() -> None:
     resync = _materialize(args.tenant, "onnx-int8")
     switched = _materialize(args.tenant, "torch")
 
-    import pandas as pd
-
-    chunks = pd.read_parquet(get_settings().storage_dir / "chunks" / args.tenant)
+    chunks = _read_asset("chunks", args.tenant)
     texts = chunks.drop_duplicates("content_hash")["embedding_text"].tolist()
     backends = {"onnx-int8": _stage(first), "torch": _stage(switched)}
     for name in backends:
