@@ -207,6 +207,40 @@ class ExtractiveAnswerer:
         known.update(fresh)
         return vectors[0], np.stack([known[s] for s in sentences])
 
+    def _candidates(self, hits: list[Hit]) -> list[tuple[str, Hit]]:
+        """The sentences of the top ``max_hits`` hits, each with its hit."""
+        candidates: list[tuple[str, Hit]] = []
+        for hit in hits[: self.max_hits]:
+            text = hit.text.strip()
+            sentences = split_sentences(text) or ([text] if text else [])
+            candidates.extend((s, hit) for s in sentences)
+        return candidates
+
+    def prime(self, questions: list[tuple[str, list[Hit]]]) -> int:
+        """Embeds, in one call, every sentence the answers to ``questions`` will score that the
+        sentence cache does not hold yet (a batch evaluation: one length-sorted call pads far
+        less than one small call per answer). No-op without a sentence cache.
+
+        Args:
+            questions: ``(question, hits)`` pairs, as later passed to :meth:`answer`.
+
+        Returns:
+            The number of sentences embedded now.
+        """
+        if self._vectors is None:
+            return 0
+        sentences = dict.fromkeys(s for _, hits in questions for s, _ in self._candidates(hits))
+        with self._lock:
+            missing = [s for s in sentences if self._vectors.get(s) is None]
+        missing = missing[: int(self._vectors.maxsize)]  # more would evict what was just embedded
+        if not missing:
+            return 0
+        vectors = self.embedder.embed_documents(missing)
+        with self._lock:
+            for sentence, vector in zip(missing, vectors, strict=True):
+                self._vectors[sentence] = vector
+        return len(missing)
+
     def answer(self, question: str, hits: list[Hit], max_sentences: int = 3) -> Answer:
         """Answers ``question`` from ``hits``.
 
@@ -222,11 +256,7 @@ class ExtractiveAnswerer:
             raise ValueError("question must be a non-empty string")
         if max_sentences < 1:
             raise ValueError("max_sentences must be >= 1")
-        candidates: list[tuple[str, Hit]] = []
-        for hit in hits[: self.max_hits]:
-            text = hit.text.strip()
-            sentences = split_sentences(text) or ([text] if text else [])
-            candidates.extend((s, hit) for s in sentences)
+        candidates = self._candidates(hits)
         if not candidates:
             return Answer(text=NO_ANSWER_TEXT, citations=[], mode="extractive")
 

@@ -300,3 +300,29 @@ def test_sentence_vectors_are_cached_and_answers_unchanged() -> None:
     assert second == uncached.answer("How is calcium absorbed?", HITS)
     tiny = ExtractiveAnswerer(embedder, sentence_cache=2)
     assert tiny.answer("How is calcium absorbed?", HITS) == second
+
+
+def test_prime_embeds_every_sentence_in_one_call_and_answers_stay_the_same() -> None:
+    """After ``prime`` over two questions' hits, each answer embeds only its question; the
+    answers are those of an answerer that was never primed."""
+    embedder = get_embedder()
+    calls: list[int] = []
+
+    class Counting:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(embedder, name)
+
+        def embed_documents(self, texts: list[str]) -> Any:
+            calls.append(len(texts))
+            return embedder.embed_documents(texts)
+
+    questions = ["What does vitamin D deficiency cause?", "How is calcium absorbed?"]
+    primed = ExtractiveAnswerer(Counting())  # type: ignore[arg-type]
+    sentences = primed.prime([(q, HITS) for q in questions])
+    assert sentences > 1 and calls == [sentences]
+    assert primed.prime([(questions[0], HITS)]) == 0 and calls == [sentences]  # all cached
+    plain = ExtractiveAnswerer(embedder, sentence_cache=0)
+    for q in questions:
+        assert primed.answer(q, HITS) == plain.answer(q, HITS)
+    assert calls[1:] == [1, 1]  # the questions only
+    assert ExtractiveAnswerer(embedder, sentence_cache=0).prime([(questions[0], HITS)]) == 0

@@ -90,6 +90,7 @@ def evaluate_answers(
     limit: int | None = DEFAULT_ANSWER_SAMPLE,
     *,
     context_k: int = DEFAULT_CONTEXT_K,
+    prepare: Callable[[list[tuple[str, list[Hit]]]], None] | None = None,
 ) -> dict[str, Any]:
     """Answer a sample of golden questions and score contexts and answers with ragas.
 
@@ -103,6 +104,10 @@ def evaluate_answers(
         limit: evaluate a seeded random sample of this many questions (kept in file order) of
             the judged questions (every question when none is judged); None evaluates them all.
         context_k: retrieved chunks passed to the answerer and scored as contexts.
+        prepare: called once with every sampled ``(question, hits)`` after all retrievals and
+            before the first answer (e.g. ``ExtractiveAnswerer.prime``: all sentences embedded
+            in one length-sorted batch instead of one small batch per answer); its failure only
+            costs that speed-up.
 
     Returns:
         ``{"summary": {metric: mean}, "per_question": [...], "sample_size", "population",
@@ -145,6 +150,7 @@ def evaluate_answers(
     contexts_of: dict[str, list[str]] = {}
     prompt_tokens = completion_tokens = 0
     latencies: list[float] = []
+    retrieved: list[tuple[list[Hit] | None, float]] = []  # (hits or None on error, ms)
     for q in sample:
         row: dict[str, Any] = {
             "qid": q.qid,
@@ -164,13 +170,30 @@ def evaluate_answers(
         per_question.append(row)
         started = time.perf_counter()
         try:
-            hits = list(retrieve(q.question, context_k))[:context_k]
+            found = list(retrieve(q.question, context_k))[:context_k]
+        except Exception as exc:  # one failing question must not drop the others
+            logger.warning("retrieval for golden question %s failed: %s", q.qid, exc)
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            retrieved.append((None, 0.0))
+            continue
+        retrieved.append((found, (time.perf_counter() - started) * 1000.0))
+    if prepare is not None:
+        try:
+            prepare([(q.question, h) for q, (h, _) in zip(sample, retrieved, strict=True) if h])
+        except Exception as exc:  # only the batching is lost: each answer embeds its own
+            logger.warning("preparing the answers in one batch failed: %s", exc)
+    for q, row, (maybe_hits, retrieval_ms) in zip(sample, per_question, retrieved, strict=True):
+        if maybe_hits is None:
+            continue
+        hits = maybe_hits
+        started = time.perf_counter()
+        try:
             result = answer(q.question, hits)
         except Exception as exc:  # one failing question must not drop the others
             logger.warning("answering golden question %s failed: %s", q.qid, exc)
             row["error"] = f"{type(exc).__name__}: {exc}"
             continue
-        row["latency_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
+        row["latency_ms"] = round(retrieval_ms + (time.perf_counter() - started) * 1000.0, 3)
         latencies.append(row["latency_ms"])
         row["answer"], row["mode"] = result.text, result.mode
         prompt_tokens += result.prompt_tokens

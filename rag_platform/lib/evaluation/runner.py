@@ -192,6 +192,7 @@ def run_evaluation(
             llm=LLMConfig.from_settings(settings),
             embedder_fn=embedder.embed_documents,
             limit=answer_sample,
+            prepare=getattr(answerer, "prime", None),
         )
         report(searches, searches)  # "planned" is an estimate: the stage ends at what ran
     summary = {**retrieval.summary, **{f"answer_{k_}": v for k_, v in answers["summary"].items()}}

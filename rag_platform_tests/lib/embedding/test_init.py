@@ -3,6 +3,8 @@ identity, and the process-wide embedders of ``load_embedder`` (real models, load
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,24 @@ def test_auto_is_torch_on_a_gpu_and_onnx_int8_otherwise() -> None:
     assert resolve_backend("onnx-int8") == "onnx-int8"
     with pytest.raises(ValueError, match="unknown embedding backend"):
         resolve_backend("tensorrt")  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or Path("/proc/driver/nvidia").exists(),
+    reason="needs Linux without an NVIDIA driver",
+)
+def test_auto_without_a_gpu_driver_does_not_import_torch() -> None:
+    # the API and the pipeline's ONNX steps then never pay torch's import (about 2 s, 300 MB)
+    code = (
+        "import sys\n"
+        "from rag_platform.lib.embedding import resolve_backend\n"
+        "assert resolve_backend('auto') == 'onnx-int8'\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "False"
 
 
 def test_identity_keeps_the_plain_name_for_torch_and_round_trips() -> None:

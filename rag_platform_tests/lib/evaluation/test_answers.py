@@ -122,6 +122,32 @@ class TestEvaluateAnswers:
         assert out["errors"] == 1
         assert out["embedding_model"].startswith("caller-provided")
 
+    def test_prepare_sees_every_retrieval_before_the_first_answer(self) -> None:
+        events: list[str] = []
+
+        def prepare(batch: list[tuple[str, list[Hit]]]) -> None:
+            events.append(f"prepare:{len(batch)}")
+
+        def answering(question: str, hits: list[Hit]) -> Answer:
+            events.append("answer")
+            return answer(question, hits)
+
+        out = evaluate_answers(
+            GOLDEN, retrieve, answering, embedder_fn=_bag_of_letters, prepare=prepare
+        )
+        assert events == ["prepare:3", "answer", "answer", "answer"]
+        assert out["errors"] == 0
+
+    def test_a_failing_prepare_loses_no_answer(self) -> None:
+        def broken(batch: list[tuple[str, list[Hit]]]) -> None:
+            raise RuntimeError("batch embedding failed")
+
+        out = evaluate_answers(
+            GOLDEN, retrieve, answer, embedder_fn=_bag_of_letters, prepare=broken
+        )
+        assert out["errors"] == 0
+        assert all(r["answer"] == ANSWERS[r["question"]] for r in out["per_question"])
+
 
 class TestLLMJudge:
     def test_unreachable_endpoint_is_tried_once_and_reported(self) -> None:
