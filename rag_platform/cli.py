@@ -1163,6 +1163,11 @@ def demo(
     sample question as soon as that tenant is published, printing the cited answer and the time
     to the first answer.
 
+    The API runs without the Dagster daemon while the demo materializes: the daemon's
+    ``tenant_registry_sensor`` would launch a second run of a tenant not materialized yet, on the
+    same cores, beside the demo's own. With ``--keep-serving`` the daemon (uploads, schedules,
+    sensors) starts once every tenant is published, unless one heartbeats for the instance.
+
     Stage progress and the log file are as for ``materialize``. The last line is JSON:
     ``first_answer_seconds`` and ``seconds`` (both from the start of the first
     materialization), the log file and each tenant's run summary.
@@ -1191,7 +1196,7 @@ def demo(
     # log goes to a file (to the terminal with --verbose).
     with server_log.open("ab") as server_out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "rag_platform.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "rag_platform.cli", "serve", "--port", str(port), "--no-daemon"],
             env=env,
             stdout=None if verbose else server_out,
             stderr=None if verbose else subprocess.STDOUT,
@@ -1200,6 +1205,7 @@ def demo(
     keys: dict[str, str] = {}
     summaries: list[dict[str, Any]] = []
     first_answer: float | None = None
+    daemon: subprocess.Popen[bytes] | None = None
     ready = False
     start = time.perf_counter()
     try:
@@ -1240,10 +1246,14 @@ def demo(
             }
         )
         if keep_serving:
+            if not _daemon_running(settings):
+                daemon = _start_daemon(settings)
             typer.echo(f"\nAPI at {base}; keys: {json.dumps(keys)}; Ctrl-C to stop.", err=True)
             server.wait()
     finally:
         _stop_server(server)
+        if daemon is not None:
+            _stop_daemon(daemon)
 
 
 def _stop_server(server: subprocess.Popen[bytes]) -> None:

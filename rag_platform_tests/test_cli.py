@@ -242,3 +242,14 @@ class TestDemo:
         assert "Backups are kept for 30 days." in out and "time to first answer" in out
         assert "serving.access" not in result.stdout + result.stderr  # the API log is a file
         assert list((rag_home.home / "logs").glob("serve-*.log"))
+        # no daemon ran beside the demo, so no sensor launched a second run of a tenant
+        from rag_platform.runner import dagster_instance
+
+        instance = dagster_instance(rag_home)
+        try:
+            assert instance.get_daemon_heartbeats() == {}
+            runs = instance.get_runs()
+            assert sorted(r.tags.get("dagster/partition") for r in runs) == ["first", "second"]
+            assert not [r for r in runs if "dagster/sensor_name" in r.tags]
+        finally:
+            instance.dispose()
