@@ -187,15 +187,19 @@ def bare_retrieval(
     single-query service time."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from rag_platform.lib.embedding import get_embedder, get_sparse_encoder
+    from rag_platform.lib.embedding import get_sparse_encoder
     from rag_platform.lib.index.edge import EdgeIndexReader
-    from rag_platform.lib.rag import build_retriever
+    from rag_platform.lib.rag import build_embedder, build_retriever
     from rag_platform.lib.tenants import RetrievalSettings
+    from rag_platform.settings import get_settings
 
     filters = SearchFilters(acl_groups=("all",))
+    # the query encoder of the version's own backend, as the API's (torch for an int8 index
+    # would measure another model)
+    encoder = build_embedder(get_settings(), version.details)
     with EdgeIndexReader(Path(version.path)) as reader:
         retriever = build_retriever(
-            reader, TENANT, RetrievalSettings(), get_embedder(), get_sparse_encoder()
+            reader, TENANT, RetrievalSettings(), encoder, get_sparse_encoder()
         )
         retriever.retrieve("warm up", 10, filters)
         deadline = time.monotonic() + seconds
