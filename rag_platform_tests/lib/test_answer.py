@@ -277,21 +277,27 @@ class TestLLMAnswerer:
             LLMAnswerer(base_url="", model="m")
 
 
+class _Counting:
+    """The real embedder, recording how many texts each ``embed_documents`` call embeds."""
+
+    def __init__(self, embedder: Any, calls: list[int]) -> None:
+        self._embedder = embedder
+        self._calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._embedder, name)
+
+    def embed_documents(self, texts: list[str]) -> Any:
+        self._calls.append(len(texts))
+        return self._embedder.embed_documents(texts)
+
+
 def test_sentence_vectors_are_cached_and_answers_unchanged() -> None:
     """The second question over the same hits embeds only itself, and the answer is the one
     an answerer without the cache gives."""
     embedder = get_embedder()
     embedded: list[int] = []
-
-    class Counting:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(embedder, name)
-
-        def embed_documents(self, texts: list[str]) -> Any:
-            embedded.append(len(texts))
-            return embedder.embed_documents(texts)
-
-    cached = ExtractiveAnswerer(Counting())  # type: ignore[arg-type]
+    cached = ExtractiveAnswerer(_Counting(embedder, embedded))  # type: ignore[arg-type]
     uncached = ExtractiveAnswerer(embedder, sentence_cache=0)
     first = cached.answer("What does vitamin D deficiency cause?", HITS)
     second = cached.answer("How is calcium absorbed?", HITS)
@@ -307,17 +313,8 @@ def test_prime_embeds_every_sentence_in_one_call_and_answers_stay_the_same() -> 
     answers are those of an answerer that was never primed."""
     embedder = get_embedder()
     calls: list[int] = []
-
-    class Counting:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(embedder, name)
-
-        def embed_documents(self, texts: list[str]) -> Any:
-            calls.append(len(texts))
-            return embedder.embed_documents(texts)
-
     questions = ["What does vitamin D deficiency cause?", "How is calcium absorbed?"]
-    primed = ExtractiveAnswerer(Counting())  # type: ignore[arg-type]
+    primed = ExtractiveAnswerer(_Counting(embedder, calls))  # type: ignore[arg-type]
     sentences = primed.prime([(q, HITS) for q in questions])
     assert sentences > 1 and calls == [sentences]
     assert primed.prime([(questions[0], HITS)]) == 0 and calls == [sentences]  # all cached
