@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -28,6 +29,7 @@ def _tenant(**chunking: int) -> dict:
 
 
 class TestEvaluationGate:
+    @pytest.mark.slow  # ~50 s: two real materializations of a SciFact subset
     def test_bad_chunking_is_not_published(self, rag_home, write_tenants) -> None:
         write_tenants(_tenant())
         good = materialize_tenant("gated", rag_home)

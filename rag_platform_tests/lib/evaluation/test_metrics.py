@@ -140,6 +140,7 @@ class TestEvaluateRetrieval:
             evaluate_retrieval(golden, lambda q, k: runs[q], k_values=(0, 10))
 
 
+@pytest.mark.slow  # ~60 s: ranx's numba kernels compile first
 def test_trec_eval_scores_agree_with_ranx_on_random_runs() -> None:
     """Same definitions, two implementations: trec_eval (through pytrec_eval, what the platform
     uses) and ranx (what it used before), on 200 seeded random questions with graded relevance,
