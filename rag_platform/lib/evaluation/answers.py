@@ -182,10 +182,9 @@ def evaluate_answers(
             prepare([(q.question, h) for q, (h, _) in zip(sample, retrieved, strict=True) if h])
         except Exception as exc:  # only the batching is lost: each answer embeds its own
             logger.warning("preparing the answers in one batch failed: %s", exc)
-    for q, row, (maybe_hits, retrieval_ms) in zip(sample, per_question, retrieved, strict=True):
-        if maybe_hits is None:
+    for q, row, (hits, retrieval_ms) in zip(sample, per_question, retrieved, strict=True):
+        if hits is None:
             continue
-        hits = maybe_hits
         started = time.perf_counter()
         try:
             result = answer(q.question, hits)
