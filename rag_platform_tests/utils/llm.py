@@ -12,12 +12,15 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import httpx
 
 from rag_platform.lib.net import free_port, wait_for_http
 from rag_platform.settings import restore_default_signals
@@ -53,6 +56,33 @@ def model_path(cache_dir: Path | None = None) -> Path:
         raise RuntimeError(f"assembled GGUF has sha256 {digest.hexdigest()}, not {MODEL_SHA256}")
     tmp.replace(target)
     return target
+
+
+def _generate_one_token(base: str, proc: subprocess.Popen[bytes]) -> None:
+    """Asks the started server for one token, so that a build the CPU cannot run fails here.
+
+    ``/v1/models`` answers before the model computes anything; a llama.cpp built with kernels the
+    CPU (or its kernel) does not grant, e.g. AMX in a VM, dies with SIGILL on the first token.
+
+    Raises:
+        RuntimeError: the server died or gave no token; names the signal that killed it.
+    """
+    try:
+        httpx.post(
+            f"{base}/completions",
+            json={"model": MODEL_ALIAS, "prompt": "1 2 3", "max_tokens": 1},
+            timeout=120,
+        ).raise_for_status()
+    except httpx.HTTPError as exc:
+        try:
+            code = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"the server gave no first token: {exc!r}") from exc
+        died = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        raise RuntimeError(
+            f"the server died on its first token ({died}); a llama-cpp-python built for another "
+            "CPU: rebuild it as the README says"
+        ) from exc
 
 
 @contextmanager
@@ -105,6 +135,7 @@ def llama_server_process(
         try:
             try:
                 wait_for_http(f"{base}/models", proc, timeout=startup_timeout)
+                _generate_one_token(base, proc)
             except RuntimeError as exc:
                 log.seek(0)
                 err = log.read().decode(errors="replace")[-2000:]
