@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from rag_platform.settings import PROJECT_ROOT, Settings, configure_runtime_env, get_settings
+from rag_platform_tests.utils.model_files import session_models_dir
 
 # The test session is an entry point: offline models, and SIGINT/SIGTERM not left ignored by a
 # shell that started the suite in the background (servers the tests start must stop on kill).
@@ -25,9 +26,10 @@ SMALL_PDFS = ("2023 Q3 AAPL.pdf", "2022 Q3 AAPL.pdf")
 
 
 @pytest.fixture(scope="session")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One RAG_MODELS_DIR for the whole session: the ONNX int8 embedding model is built once."""
-    return tmp_path_factory.mktemp("models")
+def models_dir() -> Path:
+    """One RAG_MODELS_DIR for the whole session: the ONNX int8 embedding model is built once
+    (shared with the serving factories' settings, ``session_models_dir``)."""
+    return session_models_dir()
 
 
 @pytest.fixture

@@ -109,6 +109,7 @@ def home_env(settings: Settings) -> dict[str, str]:
         "RAG_DATABASE_URL": settings.resolved_database_url,
         "RAG_TENANTS_FILE": str(settings.tenants_file),
         "RAG_KEY_PEPPER": settings.key_pepper,
+        "RAG_MODELS_DIR": str(settings.resolved_models_dir),
     }
 
 

@@ -26,6 +26,7 @@ from rag_platform.lib.index.edge import EdgeIndexWriter, IndexPoint, make_payloa
 from rag_platform.lib.models import make_chunk_id, make_doc_id, sha256_hex
 from rag_platform.lib.store import IndexVersion, MetadataStore
 from rag_platform.settings import Settings
+from rag_platform_tests.utils.model_files import session_models_dir
 
 SCIFACT_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "scifact"
 SCIFACT_CORPUS = SCIFACT_DIR / "corpus.jsonl"
@@ -142,9 +143,11 @@ def publish_tenant(
 
 
 def make_settings(home: Path, **overrides: Any) -> Settings:
-    """Test settings: everything under ``home``, SQLite store, no tenants file, high limits."""
+    """Test settings: everything under ``home`` but the session's models folder
+    (:func:`session_models_dir`), SQLite store, no tenants file, high limits."""
     values: dict[str, Any] = {
         "home": home,
+        "models_dir": session_models_dir(),
         "database_url": f"sqlite:///{home / 'metadata.db'}",
         "tenants_file": home / "no-tenants.yaml",
         "key_pepper": "test-pepper",
