@@ -40,11 +40,11 @@ if [ -f "$stamp" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet -c constraints.txt "torch==2.13.0"
-# llama.cpp (the dev extra's local LLM) is built for a portable AVX2 CPU, not -march=native: on a
-# CPU that reports AMX where the kernel does not grant AMX state (VMs, sandboxes), the native
-# build's AMX kernels die with SIGILL on the first token. CMAKE_ARGS set by the caller wins.
-export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
 if [ -n "$extras" ]; then
+  # llama.cpp (the dev extra's local LLM) is built for a portable AVX2 CPU, not -march=native: on
+  # a CPU that reports AMX where the kernel does not grant AMX state (VMs, sandboxes), the native
+  # build's AMX kernels die with SIGILL on the first token. CMAKE_ARGS set by the caller wins.
+  export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
   # pip's wheel cache keys a locally built wheel by its source, not by CMAKE_ARGS: a native wheel
   # built earlier on this machine would be reused, AMX kernels and all. So llama.cpp is built here
   # without the cache (its dependencies come with the install below); installed, it is kept.
